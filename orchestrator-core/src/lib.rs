@@ -1,0 +1,60 @@
+//! The domain model and the composition layer for running kernel and board-support tests.
+//!
+//! - [`TestCase`] says what to run and what it needs; [`TestResult`] and [`Outcome`] say what
+//!   happened, [`Verdict`] judges it against the test's [`Expectation`].
+//! - [`TestRunner`] is the seam runners implement: [`ProcessRunner`] runs host processes here;
+//!   the `qemu-runner` crate boots kernels.
+//! - [`Orchestrator`] runs a list of cases against runners with bounded parallelism, a whole-run
+//!   deadline, retries for infrastructure errors only and cancellation, streaming [`RunEvent`]s.
+//! - [`plan`] reads TOML plan files; [`report`] writes JUnit XML, a versioned JSON report and a
+//!   summary table.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use orchestrator_core::{Orchestrator, ProcessRunner, RunConfig, TestCase, Verdict};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let scratch = tempfile::tempdir()?;
+//! let orchestrator = Orchestrator::new(RunConfig::new(scratch.path()))
+//!     .with_runner(ProcessRunner::default());
+//! let cases = vec![
+//!     TestCase::script("hello", "echo hello from a test").with_timeout(Duration::from_secs(10)),
+//! ];
+//! let report = orchestrator.run(cases).await?;
+//! assert_eq!(report.results[0].verdict(), Verdict::Passed);
+//! assert_eq!(report.results[0].stdout.text, "hello from a test\n");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod case;
+mod orchestrator;
+mod output;
+pub mod plan;
+mod process;
+pub mod report;
+mod result;
+mod runner;
+mod serde_duration;
+
+pub use case::{
+    Arch, Command, DEFAULT_TIMEOUT, EmptyCommand, Expectation, FileSpec, InvalidTestId,
+    Requirements, TestCase, TestId, UnknownArch,
+};
+pub use orchestrator::{Interruption, Orchestrator, OrchestratorError, RunConfig, RunEvent};
+pub use output::BoundedCapture;
+pub use process::{ProcessRunner, ProcessRunnerConfig};
+pub use report::RunReport;
+pub use result::{
+    ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming,
+    TestResult, Verdict,
+};
+pub use runner::{
+    DEFAULT_OUTPUT_LIMIT, ExecutionContext, HostProcess, ProcessObserver, RunnerError, TestRunner,
+};
+
+pub use tokio_util::sync::CancellationToken;

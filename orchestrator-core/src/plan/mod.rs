@@ -1,0 +1,1 @@
+//! Plan files: a TOML description of a run (placeholder, being written).

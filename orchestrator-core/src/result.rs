@@ -1,0 +1,432 @@
+//! What happened when a test ran: [`TestResult`], [`Outcome`] and [`Verdict`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::case::{Expectation, TestCase, TestId};
+use crate::serde_duration;
+
+/// The phase of a test's life, used for timings and to say where a timeout hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Phase {
+    /// Preparing the test: placing files, building images.
+    Setup,
+    /// Booting the machine the test runs in (QEMU runner only).
+    Boot,
+    /// Running the test itself.
+    Test,
+    /// Stopping leftovers and collecting artifacts.
+    Teardown,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Setup => "setup",
+            Phase::Boot => "boot",
+            Phase::Test => "test",
+            Phase::Teardown => "teardown",
+        })
+    }
+}
+
+/// How a guest (or a process) crashed, as classified by the runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum CrashKind {
+    /// `Kernel panic - not syncing`.
+    KernelPanic,
+    /// A kernel oops.
+    Oops,
+    /// A kernel `BUG:` report.
+    Bug,
+    /// A soft or hard lockup detected by the watchdog.
+    Lockup,
+    /// An RCU stall.
+    RcuStall,
+    /// A task blocked for too long (hung-task detector).
+    HungTask,
+    /// The out-of-memory killer acted.
+    OutOfMemory,
+    /// The emulator (or machine) exited or rebooted without the test finishing.
+    UnexpectedExit,
+    /// Anything else the runner recognised as a crash.
+    Other,
+}
+
+impl fmt::Display for CrashKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CrashKind::KernelPanic => "kernel panic",
+            CrashKind::Oops => "oops",
+            CrashKind::Bug => "kernel BUG",
+            CrashKind::Lockup => "lockup",
+            CrashKind::RcuStall => "RCU stall",
+            CrashKind::HungTask => "hung task",
+            CrashKind::OutOfMemory => "out of memory",
+            CrashKind::UnexpectedExit => "unexpected exit",
+            CrashKind::Other => "crash",
+        })
+    }
+}
+
+/// What happened to a test, independent of what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The test ran and succeeded (exit code 0).
+    Passed,
+    /// The test ran and failed.
+    Failed {
+        /// The exit code, when the test exited.
+        exit_code: Option<i32>,
+        /// The signal number, when a signal killed it.
+        signal: Option<i32>,
+    },
+    /// A time limit was hit.
+    TimedOut {
+        /// Which phase was running.
+        phase: Phase,
+        /// The limit that was exceeded.
+        #[serde(with = "serde_duration")]
+        limit: Duration,
+    },
+    /// The system under test crashed.
+    Crashed {
+        /// The kind of crash.
+        crash: CrashKind,
+    },
+    /// The test could not be run properly for reasons outside the test (the runner, the host,
+    /// the emulator). Only these are retried.
+    InfraError {
+        /// What went wrong.
+        message: String,
+    },
+    /// The test was not run.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The run was cancelled (Ctrl-C) while the test was running; it was stopped.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether this is an infrastructure error, the only kind of outcome that is retried.
+    pub fn is_infra_error(&self) -> bool {
+        matches!(self, Outcome::InfraError { .. })
+    }
+
+    /// A short label: `passed`, `failed`, `timed-out`, `crashed`, `infra-error`, `skipped`,
+    /// `cancelled`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed { .. } => "failed",
+            Outcome::TimedOut { .. } => "timed-out",
+            Outcome::Crashed { .. } => "crashed",
+            Outcome::InfraError { .. } => "infra-error",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Passed => f.write_str("passed"),
+            Outcome::Failed {
+                exit_code: Some(c), ..
+            } => write!(f, "failed with exit code {c}"),
+            Outcome::Failed {
+                signal: Some(s), ..
+            } => write!(f, "killed by signal {s}"),
+            Outcome::Failed { .. } => f.write_str("failed"),
+            Outcome::TimedOut { phase, limit } => {
+                write!(
+                    f,
+                    "timed out in {phase} after {}",
+                    humantime::format_duration(*limit)
+                )
+            }
+            Outcome::Crashed { crash } => write!(f, "crashed: {crash}"),
+            Outcome::InfraError { message } => write!(f, "infrastructure error: {message}"),
+            Outcome::Skipped { reason } => write!(f, "skipped: {reason}"),
+            Outcome::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// The outcome judged against the test's [`Expectation`]: what reports count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Passed as expected.
+    Passed,
+    /// Failed, and was expected to fail: counts as a success.
+    ExpectedFailure,
+    /// Failed (including timeouts and crashes) when expected to pass.
+    Failed,
+    /// Passed when expected to fail: counts as a failure.
+    UnexpectedPass,
+    /// An infrastructure error: the test says nothing about the code under test.
+    Error,
+    /// Not run.
+    Skipped,
+    /// Stopped by cancellation.
+    Cancelled,
+}
+
+impl Verdict {
+    /// Judges an outcome against an expectation.
+    pub fn of(outcome: &Outcome, expect: Expectation) -> Verdict {
+        match (outcome, expect) {
+            (Outcome::Passed, Expectation::Pass) => Verdict::Passed,
+            (Outcome::Passed, Expectation::Fail) => Verdict::UnexpectedPass,
+            (
+                Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Crashed { .. },
+                Expectation::Fail,
+            ) => Verdict::ExpectedFailure,
+            (
+                Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Crashed { .. },
+                Expectation::Pass,
+            ) => Verdict::Failed,
+            (Outcome::InfraError { .. }, _) => Verdict::Error,
+            (Outcome::Skipped { .. }, _) => Verdict::Skipped,
+            (Outcome::Cancelled, _) => Verdict::Cancelled,
+        }
+    }
+
+    /// Whether the verdict counts as a success (passed, or failed as expected).
+    pub fn is_success(self) -> bool {
+        matches!(self, Verdict::Passed | Verdict::ExpectedFailure)
+    }
+
+    /// A short upper-case label for terminals: `PASS`, `XFAIL`, `FAIL`, `XPASS`, `ERROR`,
+    /// `SKIP`, `CANCEL`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Passed => "PASS",
+            Verdict::ExpectedFailure => "XFAIL",
+            Verdict::Failed => "FAIL",
+            Verdict::UnexpectedPass => "XPASS",
+            Verdict::Error => "ERROR",
+            Verdict::Skipped => "SKIP",
+            Verdict::Cancelled => "CANCEL",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Captured output of a stream, bounded in size.
+///
+/// When the stream is longer than the limit, the first and last parts are kept and the cut is
+/// marked in `text` with a line `[... N bytes truncated ...]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedOutput {
+    /// The kept text (invalid UTF-8 replaced), including the truncation marker if any.
+    pub text: String,
+    /// How many bytes the stream produced in all.
+    pub total_bytes: u64,
+    /// How many of them were dropped.
+    pub truncated_bytes: u64,
+}
+
+impl CapturedOutput {
+    /// Whether some output was dropped.
+    pub fn is_truncated(&self) -> bool {
+        self.truncated_bytes > 0
+    }
+}
+
+/// When a phase ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: Phase,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+}
+
+impl PhaseTiming {
+    /// How long the phase took.
+    pub fn duration(&self) -> Duration {
+        (self.finished_at - self.started_at)
+            .to_std()
+            .unwrap_or_default()
+    }
+}
+
+/// A file a test produced and the runner collected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ArtifactFile {
+    /// Its name relative to the test's artifact directory.
+    pub name: String,
+    /// Where it is on the host.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl ArtifactFile {
+    /// Describes a collected file.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>, size: u64) -> Self {
+        ArtifactFile {
+            name: name.into(),
+            path: path.into(),
+            size,
+        }
+    }
+}
+
+/// An earlier attempt of a test that ended in an infrastructure error and was retried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt number (1-based).
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The runner's explanation.
+    pub message: Option<String>,
+}
+
+/// Everything known about one execution of one test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TestResult {
+    /// The test's id.
+    pub test_id: TestId,
+    /// The test's display name.
+    pub name: String,
+    /// The runner that executed it.
+    pub runner: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// What was expected.
+    pub expect: Expectation,
+    /// The test's tags.
+    pub tags: Vec<String>,
+    /// Which attempt this is (1-based; above 1 only after infrastructure errors).
+    pub attempt: u32,
+    /// Earlier attempts that ended in infrastructure errors.
+    pub earlier_attempts: Vec<AttemptRecord>,
+    /// A human-readable explanation of the outcome (what timed out, how it was stopped...).
+    pub message: Option<String>,
+    /// When the test started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Timings of the phases it went through.
+    pub phases: Vec<PhaseTiming>,
+    /// Standard output, bounded.
+    pub stdout: CapturedOutput,
+    /// Standard error, bounded.
+    pub stderr: CapturedOutput,
+    /// Collected files.
+    pub artifacts: Vec<ArtifactFile>,
+    /// The interesting part of the machine's console (QEMU runner).
+    pub console_excerpt: Option<String>,
+    /// A record of the environment it ran in (host, accelerator and why, kernel...).
+    pub environment: BTreeMap<String, String>,
+    /// Resource metrics, filled by whoever measured them.
+    pub metrics: BTreeMap<String, serde_json::Value>,
+}
+
+impl TestResult {
+    /// An empty result for `case` that started now, with the given outcome; runners fill in the
+    /// rest.
+    pub fn new(case: &TestCase, runner: impl Into<String>, outcome: Outcome) -> Self {
+        let now = Utc::now();
+        TestResult {
+            test_id: case.id.clone(),
+            name: case.name.clone(),
+            runner: runner.into(),
+            outcome,
+            expect: case.expect,
+            tags: case.tags.clone(),
+            attempt: 1,
+            earlier_attempts: Vec::new(),
+            message: None,
+            started_at: now,
+            finished_at: now,
+            phases: Vec::new(),
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            artifacts: Vec::new(),
+            console_excerpt: None,
+            environment: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    /// The outcome judged against the expectation.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::of(&self.outcome, self.expect)
+    }
+
+    /// Wall-clock duration from start to finish.
+    pub fn duration(&self) -> Duration {
+        (self.finished_at - self.started_at)
+            .to_std()
+            .unwrap_or_default()
+    }
+
+    /// The timing of a phase, if the test went through it.
+    pub fn phase(&self, phase: Phase) -> Option<&PhaseTiming> {
+        self.phases.iter().find(|p| p.phase == phase)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_failures_count_as_success() {
+        let failed = Outcome::Failed {
+            exit_code: Some(1),
+            signal: None,
+        };
+        assert_eq!(
+            Verdict::of(&failed, Expectation::Fail),
+            Verdict::ExpectedFailure
+        );
+        assert!(Verdict::of(&failed, Expectation::Fail).is_success());
+        assert!(!Verdict::of(&Outcome::Passed, Expectation::Fail).is_success());
+        let infra = Outcome::InfraError {
+            message: "qemu missing".into(),
+        };
+        assert_eq!(Verdict::of(&infra, Expectation::Fail), Verdict::Error);
+    }
+
+    #[test]
+    fn outcome_serialises_with_a_kind_tag() {
+        let json = serde_json::to_value(Outcome::TimedOut {
+            phase: Phase::Boot,
+            limit: Duration::from_millis(1500),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "timed-out", "phase": "boot", "limit": 1.5})
+        );
+    }
+}
