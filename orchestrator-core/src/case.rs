@@ -425,9 +425,6 @@ mod tests {
     fn empty_commands_are_rejected() {
         assert!(Command::exec(Vec::<String>::new()).is_err());
         assert!(Command::exec(["  "]).is_err());
-        assert_eq!(
-            Command::exec(["echo", "hi"]).unwrap().describe(),
-            "echo hi"
-        );
+        assert_eq!(Command::exec(["echo", "hi"]).unwrap().describe(), "echo hi");
     }
 }

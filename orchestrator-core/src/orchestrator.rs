@@ -1,7 +1,21 @@
-//! Placeholder.
+//! [`Orchestrator`]: runs cases against runners with bounded parallelism, a run deadline,
+//! infrastructure retries and cancellation.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::case::TestCase;
+use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, Summary};
+use crate::result::{AttemptRecord, Outcome, TestResult};
+use crate::runner::{DEFAULT_OUTPUT_LIMIT, ExecutionContext, ProcessObserver, TestRunner};
+
 /// Why a run ended early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -12,28 +26,479 @@ pub enum Interruption {
     /// The whole-run deadline passed.
     DeadlineReached,
 }
+
 /// How a run is carried out.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RunConfig {
-    /// Where each execution gets its private scratch directory.
+    /// Where each execution gets its private scratch directory
+    /// (`<scratch_root>/<run id>/<test id>/attempt-<n>`).
     pub scratch_root: PathBuf,
-    /// How many tests run at once.
+    /// How many tests run at once (at least 1).
     pub parallelism: usize,
-    /// Deadline of the whole run.
+    /// Deadline of the whole run: tests still running are stopped, tests not started are
+    /// skipped.
     pub run_timeout: Option<Duration>,
-    /// How many times a test ending in an infrastructure error is retried.
+    /// How many times a test ending in an infrastructure error is retried. Real failures are
+    /// never retried.
     pub infra_retries: u32,
     /// Per-stream output limit in bytes.
     pub output_limit: usize,
+    /// The run's name, copied into the report.
+    pub name: Option<String>,
 }
-/// x
-#[derive(Debug)]
-pub struct Orchestrator;
-/// x
-#[derive(Debug)]
-pub enum RunEvent {}
-/// x
+
+impl RunConfig {
+    /// Defaults: parallelism = the number of CPUs, no run deadline, no retries, 1 MiB of output
+    /// per stream.
+    pub fn new(scratch_root: impl Into<PathBuf>) -> Self {
+        RunConfig {
+            scratch_root: scratch_root.into(),
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            run_timeout: None,
+            infra_retries: 0,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
+            name: None,
+        }
+    }
+
+    #[cfg(any())]
+    /// Takes the settings a plan file gives (`[run]`), keeping defaults for what it leaves out.
+    #[must_use]
+    pub fn with_plan_settings(mut self, settings: &PlanSettings) -> Self {
+        if let Some(p) = settings.parallelism {
+            self.parallelism = p;
+        }
+        if settings.timeout.is_some() {
+            self.run_timeout = settings.timeout;
+        }
+        self.infra_retries = settings.retries;
+        if let Some(limit) = settings.output_limit {
+            self.output_limit = limit;
+        }
+        self
+    }
+
+    /// Sets the parallelism.
+    #[must_use]
+    pub fn with_parallelism(mut self, parallelism: usize) -> Self {
+        self.parallelism = parallelism;
+        self
+    }
+
+    /// Sets the whole-run deadline.
+    #[must_use]
+    pub fn with_run_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.run_timeout = timeout;
+        self
+    }
+
+    /// Sets the number of retries for infrastructure errors.
+    #[must_use]
+    pub fn with_infra_retries(mut self, retries: u32) -> Self {
+        self.infra_retries = retries;
+        self
+    }
+
+    /// Sets the per-stream output limit.
+    #[must_use]
+    pub fn with_output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
+        self
+    }
+
+    /// Sets the run's name.
+    #[must_use]
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
+    }
+}
+
+/// Something that happened during a run, streamed as it happens.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum RunEvent {
+    /// The run started with this many tests.
+    RunStarted {
+        /// The run's id.
+        run_id: String,
+        /// Number of tests.
+        total: usize,
+    },
+    /// An attempt of a test started.
+    TestStarted {
+        /// The test.
+        test: TestCase,
+        /// The attempt (1-based).
+        attempt: u32,
+    },
+    /// An attempt ended in an infrastructure error and will be retried.
+    TestRetrying {
+        /// The failed attempt's result.
+        result: Box<TestResult>,
+    },
+    /// A test has its final result.
+    TestFinished {
+        /// The result.
+        result: Box<TestResult>,
+    },
+    /// The run is ending early; running tests are being stopped.
+    Interrupted {
+        /// Why.
+        reason: Interruption,
+    },
+}
+
+/// The run could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("x")]
-pub struct OrchestratorError;
+#[non_exhaustive]
+pub enum OrchestratorError {
+    /// The configuration or the cases are invalid; nothing ran.
+    #[error("invalid run: {}", problems.join("; "))]
+    Invalid {
+        /// Every problem found, each naming the test and the fix.
+        problems: Vec<String>,
+    },
+    /// The scratch directory could not be prepared.
+    #[error("failed to create scratch directory {}", path.display())]
+    Scratch {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs cases against runners.
+///
+/// Each case goes to the runner it names (`TestCase::runner`) or to the default runner (the
+/// first one added). All cases are checked before anything runs.
+#[derive(Debug)]
+pub struct Orchestrator {
+    config: RunConfig,
+    runners: Vec<Arc<dyn TestRunner>>,
+    observer: Option<Arc<dyn ProcessObserver>>,
+}
+
+impl std::fmt::Debug for dyn TestRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestRunner({})", self.name())
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator with no runners yet.
+    pub fn new(config: RunConfig) -> Self {
+        Orchestrator {
+            config,
+            runners: Vec::new(),
+            observer: None,
+        }
+    }
+
+    /// Adds a runner; the first one added is the default.
+    #[must_use]
+    pub fn with_runner(mut self, runner: impl TestRunner + 'static) -> Self {
+        self.runners.push(Arc::new(runner));
+        self
+    }
+
+    /// Adds a shared runner.
+    #[must_use]
+    pub fn with_shared_runner(mut self, runner: Arc<dyn TestRunner>) -> Self {
+        self.runners.push(runner);
+        self
+    }
+
+    /// Sets who is told about the host processes runners start.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn ProcessObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    fn runner_for(&self, case: &TestCase) -> Option<&Arc<dyn TestRunner>> {
+        match &case.runner {
+            Some(name) => self.runners.iter().find(|r| r.name() == name),
+            None => self.runners.first(),
+        }
+    }
+
+    /// Checks the configuration and every case without running anything: duplicate ids,
+    /// unknown runners, zero timeouts, cases a runner cannot execute.
+    pub fn validate(&self, cases: &[TestCase]) -> Result<(), OrchestratorError> {
+        let mut problems = Vec::new();
+        if self.config.parallelism == 0 {
+            problems.push("parallelism is 0: set it to at least 1".to_owned());
+        }
+        if self.runners.is_empty() {
+            problems.push("no runner is configured: add one with `with_runner`".to_owned());
+        }
+        let mut seen = HashSet::new();
+        for case in cases {
+            if !seen.insert(&case.id) {
+                problems.push(format!(
+                    "test id `{}` is used more than once: ids must be unique",
+                    case.id
+                ));
+            }
+            if case.timeout.is_zero() {
+                problems.push(format!(
+                    "test `{}` has a zero timeout: give it a positive one",
+                    case.id
+                ));
+            }
+            match self.runner_for(case) {
+                None => {
+                    if let Some(name) = &case.runner {
+                        let known: Vec<&str> = self.runners.iter().map(|r| r.name()).collect();
+                        problems.push(format!(
+                            "test `{}` asks for runner `{name}`, which is not configured (available: {})",
+                            case.id,
+                            known.join(", ")
+                        ));
+                    }
+                }
+                Some(runner) => {
+                    if let Err(why) = runner.check(case) {
+                        problems.push(format!(
+                            "test `{}` cannot run on the {} runner: {why}",
+                            case.id,
+                            runner.name()
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(OrchestratorError::Invalid { problems })
+        }
+    }
+
+    /// Runs `cases` to completion and returns the report.
+    pub async fn run(&self, cases: Vec<TestCase>) -> Result<RunReport, OrchestratorError> {
+        self.run_with(cases, CancellationToken::new(), |_| {}).await
+    }
+
+    /// Runs `cases`, calling `on_event` as things happen. Cancelling `cancel` stops running
+    /// tests (each runner stops its processes), skips the rest and still returns the report.
+    pub async fn run_with(
+        &self,
+        cases: Vec<TestCase>,
+        cancel: CancellationToken,
+        mut on_event: impl FnMut(&RunEvent),
+    ) -> Result<RunReport, OrchestratorError> {
+        self.validate(&cases)?;
+        let run_id = format!(
+            "{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let run_dir = self.config.scratch_root.join(&run_id);
+        std::fs::create_dir_all(&run_dir).map_err(|source| OrchestratorError::Scratch {
+            path: run_dir.clone(),
+            source,
+        })?;
+        let started_at = Utc::now();
+        let run_deadline = self.config.run_timeout.map(|t| Instant::now() + t);
+        on_event(&RunEvent::RunStarted {
+            run_id: run_id.clone(),
+            total: cases.len(),
+        });
+
+        // The token handed to runners: fires on the caller's cancel and on the run deadline.
+        let stop = cancel.child_token();
+        let mut queue: VecDeque<(usize, u32)> = (0..cases.len()).map(|i| (i, 1)).collect();
+        let mut results: BTreeMap<usize, TestResult> = BTreeMap::new();
+        let mut earlier: HashMap<usize, Vec<AttemptRecord>> = HashMap::new();
+        let mut tasks: JoinSet<(usize, u32, TestResult)> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, (usize, u32)> = HashMap::new();
+        let mut interrupted: Option<Interruption> = None;
+        let parallelism = self.config.parallelism.max(1);
+
+        let deadline_sleep = async {
+            match run_deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline_sleep);
+
+        loop {
+            while interrupted.is_none() && tasks.len() < parallelism {
+                let Some((index, attempt)) = queue.pop_front() else {
+                    break;
+                };
+                let case = cases[index].clone();
+                let runner = Arc::clone(self.runner_for(&case).expect("validated"));
+                let scratch = run_dir
+                    .join(case.id.as_str())
+                    .join(format!("attempt-{attempt}"));
+                let ctx = ExecutionContext::new(&case, &scratch)
+                    .with_run_id(&run_id)
+                    .with_attempt(attempt)
+                    .with_run_deadline(run_deadline)
+                    .with_cancel(stop.child_token())
+                    .with_output_limit(self.config.output_limit)
+                    .with_observer(self.observer.clone());
+                on_event(&RunEvent::TestStarted {
+                    test: case.clone(),
+                    attempt,
+                });
+                let handle = tasks.spawn(async move {
+                    let result = execute_one(runner.as_ref(), &case, &ctx).await;
+                    (index, attempt, result)
+                });
+                in_flight.insert(handle.id(), (index, attempt));
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = tasks.join_next_with_id() => {
+                    let (index, attempt, mut result) = match joined {
+                        Some(Ok((id, value))) => {
+                            in_flight.remove(&id);
+                            value
+                        }
+                        Some(Err(e)) => {
+                            let (index, attempt) = in_flight.remove(&e.id()).expect("known task");
+                            let mut r = TestResult::new(&cases[index], runner_name(self, &cases[index]), Outcome::InfraError {
+                                message: format!("the runner task failed: {e}"),
+                            });
+                            r.attempt = attempt;
+                            (index, attempt, r)
+                        }
+                        None => continue,
+                    };
+                    result.attempt = attempt;
+                    let retry = result.outcome.is_infra_error()
+                        && attempt <= self.config.infra_retries
+                        && interrupted.is_none();
+                    if retry {
+                        on_event(&RunEvent::TestRetrying { result: Box::new(result.clone()) });
+                        earlier.entry(index).or_default().push(AttemptRecord {
+                            attempt,
+                            outcome: result.outcome.clone(),
+                            message: result.message.clone(),
+                        });
+                        queue.push_front((index, attempt + 1));
+                    } else {
+                        result.earlier_attempts = earlier.remove(&index).unwrap_or_default();
+                        on_event(&RunEvent::TestFinished { result: Box::new(result.clone()) });
+                        results.insert(index, result);
+                    }
+                }
+                () = cancel.cancelled(), if interrupted.is_none() => {
+                    interrupted = Some(Interruption::Cancelled);
+                    on_event(&RunEvent::Interrupted { reason: Interruption::Cancelled });
+                }
+                () = &mut deadline_sleep, if interrupted.is_none() => {
+                    interrupted = Some(Interruption::DeadlineReached);
+                    on_event(&RunEvent::Interrupted { reason: Interruption::DeadlineReached });
+                    // Runners enforce the deadline themselves; this is the backstop for any
+                    // that do not: cancel after a grace period.
+                    let stop = stop.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        stop.cancel();
+                    });
+                }
+            }
+        }
+
+        // Whatever never started is skipped, saying why.
+        for (index, _) in queue {
+            let case = &cases[index];
+            let reason = match interrupted {
+                Some(Interruption::Cancelled) => "the run was cancelled before it started",
+                _ => "the run's deadline passed before it started",
+            };
+            let mut r = TestResult::new(
+                case,
+                runner_name(self, case),
+                Outcome::Skipped {
+                    reason: reason.to_owned(),
+                },
+            );
+            r.earlier_attempts = earlier.remove(&index).unwrap_or_default();
+            on_event(&RunEvent::TestFinished {
+                result: Box::new(r.clone()),
+            });
+            results.insert(index, r);
+        }
+
+        for runner in &self.runners {
+            if let Err(e) = runner.cleanup().await {
+                eprintln!(
+                    "warning: cleanup of the {} runner failed: {}",
+                    runner.name(),
+                    e.chain()
+                );
+            }
+        }
+
+        let results: Vec<TestResult> = results.into_values().collect();
+        Ok(RunReport {
+            schema_version: SCHEMA_VERSION,
+            run_id,
+            name: self.config.name.clone(),
+            started_at,
+            finished_at: Utc::now(),
+            interrupted,
+            summary: Summary::of(&results),
+            results,
+            host: HostInfo::current(),
+        })
+    }
+}
+
+fn runner_name(orchestrator: &Orchestrator, case: &TestCase) -> String {
+    orchestrator
+        .runner_for(case)
+        .map_or_else(|| "none".to_owned(), |r| r.name().to_owned())
+}
+
+async fn execute_one(
+    runner: &dyn TestRunner,
+    case: &TestCase,
+    ctx: &ExecutionContext,
+) -> TestResult {
+    let started = Utc::now();
+    if let Err(e) = tokio::fs::create_dir_all(ctx.scratch_dir()).await {
+        let mut r = TestResult::new(
+            case,
+            runner.name(),
+            Outcome::InfraError {
+                message: format!(
+                    "failed to create scratch directory {}: {e}",
+                    ctx.scratch_dir().display()
+                ),
+            },
+        );
+        r.started_at = started;
+        return r;
+    }
+    match runner.execute(case, ctx).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = TestResult::new(
+                case,
+                runner.name(),
+                Outcome::InfraError { message: e.chain() },
+            );
+            r.started_at = started;
+            r.finished_at = Utc::now();
+            r
+        }
+    }
+}

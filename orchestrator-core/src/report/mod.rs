@@ -1,5 +1,6 @@
 //! Reports of a run: the versioned JSON [`RunReport`], JUnit XML and a human summary table.
 
+use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -7,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::orchestrator::Interruption;
 use crate::result::{TestResult, Verdict};
+
+mod junit;
+mod table;
+
+pub use junit::junit_report;
+pub use table::summary_table;
 
 /// Version of the JSON report format; bumped whenever a field is added or changed.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -120,6 +127,26 @@ impl RunReport {
         self.summary.is_success() && self.interrupted.is_none()
     }
 
+    /// Writes the JSON report atomically (a temporary file renamed into place), so a reader
+    /// never sees half a report.
+    pub fn write_json(&self, path: &Path) -> Result<(), ReportError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|source| ReportError::Json {
+            path: path.to_owned(),
+            source,
+        })?;
+        write_atomic(path, &json)
+    }
+
+    /// The JUnit XML document.
+    pub fn junit_xml(&self) -> Result<String, ReportError> {
+        junit_report(self).to_string().map_err(ReportError::Junit)
+    }
+
+    /// Writes the JUnit XML atomically.
+    pub fn write_junit(&self, path: &Path) -> Result<(), ReportError> {
+        write_atomic(path, self.junit_xml()?.as_bytes())
+    }
+
     /// Reads a JSON report, refusing versions newer than this library knows.
     pub fn read_json(path: &Path) -> Result<Self, ReportError> {
         let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
@@ -181,4 +208,21 @@ pub enum ReportError {
     /// JUnit serialisation failed.
     #[error("failed to render JUnit XML")]
     Junit(#[source] quick_junit::SerializeError),
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let io = |source| ReportError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }

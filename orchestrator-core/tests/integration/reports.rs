@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use orchestrator_core::report::{ReportError, summary_table};
+use orchestrator_core::{Expectation, Orchestrator, ProcessRunner, RunConfig, RunReport, TestCase};
+
+async fn sample_report(dir: &std::path::Path) -> RunReport {
+    let cases = vec![
+        TestCase::script("pass", "echo ok"),
+        TestCase::script("fail", "echo bad >&2; exit 2"),
+        TestCase::script("xfail", "exit 1").with_expect(Expectation::Fail),
+        TestCase::script("hang", "sleep 5").with_timeout(Duration::from_millis(200)),
+    ];
+    Orchestrator::new(RunConfig::new(dir).with_name(Some("sample".into())))
+        .with_runner(ProcessRunner::default())
+        .run(cases)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn json_report_round_trips_and_refuses_future_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = sample_report(dir.path()).await;
+    let path = dir.path().join("out/report.json");
+    report.write_json(&path).unwrap();
+    let back = RunReport::read_json(&path).unwrap();
+    assert_eq!(back, report);
+
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(value["schema_version"], 1);
+    assert_eq!(value["summary"]["failed"], 2);
+    assert_eq!(value["results"][3]["outcome"]["kind"], "timed-out");
+    value["schema_version"] = 99.into();
+    std::fs::write(&path, value.to_string()).unwrap();
+    let err = RunReport::read_json(&path).unwrap_err();
+    assert!(matches!(err, ReportError::Version { found: 99, .. }));
+    assert!(err.to_string().contains("upgrade"));
+}
+
+#[tokio::test]
+async fn junit_and_table_describe_every_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = sample_report(dir.path()).await;
+    let xml = report.junit_xml().unwrap();
+    assert!(
+        xml.contains(r#"<testsuite name="process" tests="4" skipped="0" errors="0" failures="2""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"<testcase name="xfail" classname="process""#));
+    assert!(xml.contains("timed out in test after 200ms"));
+    let table = summary_table(&report, false);
+    for needle in [
+        "pass",
+        "XFAIL",
+        "FAIL",
+        "timed out in test",
+        "4 tests in",
+        "1 passed, 1 expected failures, 2 failed",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+}
