@@ -36,6 +36,7 @@ mod orchestrator;
 mod output;
 pub mod plan;
 mod process;
+pub mod progress;
 pub mod report;
 mod result;
 mod runner;

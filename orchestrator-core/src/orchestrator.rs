@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::case::TestCase;
+use crate::plan::PlanSettings;
 use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, Summary};
 use crate::result::{AttemptRecord, Outcome, TestResult};
 use crate::runner::{DEFAULT_OUTPUT_LIMIT, ExecutionContext, ProcessObserver, TestRunner};
@@ -62,7 +63,6 @@ impl RunConfig {
         }
     }
 
-    #[cfg(any())]
     /// Takes the settings a plan file gives (`[run]`), keeping defaults for what it leaves out.
     #[must_use]
     pub fn with_plan_settings(mut self, settings: &PlanSettings) -> Self {

@@ -1,1 +1,239 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
+//!
+//! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask`), then
+//!   runs formatting and lint checks and the whole test suite, heavy tests included.
+//! - `cargo xtask demo`: runs the bundled campaign and writes its reports under `target/demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  test [--no-lints] [-- <nextest args>]
+        install test prerequisites, check formatting, clippy and docs, then run every test
+        (heavy tests included); fails if anything fails
+  demo  run the bundled campaign (examples/plans/demo.toml); reports go to target/demo
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("failed to enter the workspace at {}", root.display()))?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root, &args[1..]),
+        Some("demo") => demo(&root, &args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs a command, echoing it, and fails with its name if it fails.
+fn step(name: &str, mut cmd: Command) -> Result<()> {
+    eprintln!("xtask: == {name}: {cmd:?}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {name}: {cmd:?}"))?;
+    eprintln!(
+        "xtask: == {name}: {} in {:.1} s",
+        if status.success() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let mut lints = true;
+    let mut extra: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--no-lints" => lints = false,
+            "--" => extra.extend(it.by_ref().cloned()),
+            other => bail!("unknown option `{other}` for `test`\n\n{USAGE}"),
+        }
+    }
+
+    // Prerequisites, installed once and cached under target/xtask.
+    let python = ensure_junitparser(root)?;
+
+    if lints {
+        let mut fmt = cargo();
+        fmt.args(["fmt", "--all", "--check"]);
+        step("rustfmt", fmt)?;
+        let mut clippy = cargo();
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        step("clippy", clippy)?;
+        let mut doc = cargo();
+        doc.args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings");
+        step("rustdoc", doc)?;
+    }
+
+    let mut tests = if has_nextest() {
+        let mut c = cargo();
+        c.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--run-ignored",
+            "all",
+            "--no-fail-fast",
+        ]);
+        c
+    } else {
+        eprintln!("xtask: cargo-nextest not found; using cargo test");
+        let mut c = cargo();
+        c.args([
+            "test",
+            "--workspace",
+            "--no-fail-fast",
+            "--",
+            "--include-ignored",
+        ]);
+        c
+    };
+    tests.args(&extra).env("JUNITPARSER_PYTHON", &python);
+    step("tests (heavy tests included)", tests)?;
+
+    let mut doctests = cargo();
+    doctests.args(["test", "--workspace", "--doc"]);
+    step("doctests", doctests)?;
+
+    eprintln!(
+        "xtask: all checks passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use.
+/// Lives in a virtual environment under `target/xtask/venv`, created once.
+fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/xtask/venv");
+    let python = venv.join("bin/python");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import junitparser"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&python) {
+        return Ok(python);
+    }
+    let system_python = which_python().context(
+        "python3 is needed for the JUnit cross-check and was not found: install it (`apt-get install python3 python3-venv`)",
+    )?;
+    if !python.exists() {
+        let mut mk = Command::new(&system_python);
+        mk.args(["-m", "venv"]).arg(&venv);
+        if step("python venv", mk).is_err() {
+            // Debian's python3 lacks venv until python3-venv is installed.
+            let mut apt = Command::new("apt-get");
+            apt.args(["install", "-y", "-q", "python3-venv"]);
+            step("apt-get install python3-venv", apt)?;
+            let mut mk = Command::new(&system_python);
+            mk.args(["-m", "venv"]).arg(&venv);
+            step("python venv", mk)?;
+        }
+    }
+    let mut pip = Command::new(&python);
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "junitparser==3.2.0",
+    ]);
+    step("pip install junitparser", pip)?;
+    if !ready(&python) {
+        bail!(
+            "junitparser is still not importable from {}",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+fn which_python() -> Option<PathBuf> {
+    ["python3", "python"].into_iter().find_map(|name| {
+        Command::new(name)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| PathBuf::from(name))
+    })
+}
+
+fn demo(root: &Path, args: &[String]) -> Result<()> {
+    if let Some(a) = args.first() {
+        bail!("unknown option `{a}` for `demo`\n\n{USAGE}");
+    }
+    let out = root.join("target/demo");
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--quiet",
+        "-p",
+        "examples",
+        "--example",
+        "campaign",
+        "--",
+    ])
+    .arg(root.join("examples/plans/demo.toml"))
+    .arg("--out")
+    .arg(&out);
+    eprintln!("xtask: == demo campaign: {c:?}");
+    // Replace this process so that Ctrl-C reaches the campaign alone, which then stops its
+    // tests and still writes both reports.
+    use std::os::unix::process::CommandExt;
+    let err = c.exec();
+    Err(err).context("failed to start the demo campaign")
+}

@@ -52,18 +52,26 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
         .unwrap_or_default();
     let mut out = table.to_string();
     out.push('\n');
+    let counts = [
+        (s.passed, "passed"),
+        (s.expected_failures, "failed as expected"),
+        (s.failed, "failed"),
+        (s.unexpected_passes, "passed unexpectedly"),
+        (s.errors, "infrastructure errors"),
+        (s.skipped, "skipped"),
+        (s.cancelled, "cancelled"),
+        (s.retries, "retries"),
+    ];
+    let parts: Vec<String> = counts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
     out.push_str(&format!(
-        "{} tests in {:.2}s: {} passed, {} expected failures, {} failed, {} unexpected passes, {} errors, {} skipped, {} cancelled ({} retries)",
+        "{} tests in {:.2}s: {}",
         s.total,
         elapsed.as_secs_f64(),
-        s.passed,
-        s.expected_failures,
-        s.failed,
-        s.unexpected_passes,
-        s.errors,
-        s.skipped,
-        s.cancelled,
-        s.retries
+        if parts.is_empty() { "nothing ran".to_owned() } else { parts.join(", ") }
     ));
     if let Some(i) = report.interrupted {
         out.push_str(match i {

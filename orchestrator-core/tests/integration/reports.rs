@@ -56,7 +56,7 @@ async fn junit_and_table_describe_every_test() {
         "FAIL",
         "timed out in test",
         "4 tests in",
-        "1 passed, 1 expected failures, 2 failed",
+        "1 passed, 1 failed as expected, 2 failed",
     ] {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }

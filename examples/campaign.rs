@@ -1,0 +1,133 @@
+//! Runs a plan file: progress while it runs, a summary table at the end, JUnit XML and a JSON
+//! report in the output directory. Ctrl-C (or SIGTERM) stops running tests cleanly and still
+//! writes both reports; a second Ctrl-C exits at once.
+//!
+//! Exit codes: 0 when every test succeeded, 1 when some failed, 2 for a bad plan or bad
+//! arguments, 130 when interrupted.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use orchestrator_core::progress::{Progress, ProgressMode};
+use orchestrator_core::{
+    CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
+};
+
+/// Run a test plan and write JUnit XML and JSON reports.
+#[derive(Debug, Parser)]
+#[command(name = "campaign")]
+struct Args {
+    /// The plan file (TOML).
+    plan: PathBuf,
+    /// Directory for the reports and each test's scratch files.
+    #[arg(long, default_value = "target/campaign")]
+    out: PathBuf,
+    /// Tests run at once (overrides the plan's `[run] parallelism`).
+    #[arg(short = 'j', long)]
+    parallelism: Option<usize>,
+    /// Progress display: auto (bar on a terminal), lines, quiet.
+    #[arg(long, default_value = "auto")]
+    progress: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mode = match args.progress.as_str() {
+        "auto" => ProgressMode::Auto,
+        "lines" => ProgressMode::Lines,
+        "quiet" => ProgressMode::Quiet,
+        other => anyhow::bail!("unknown --progress `{other}`: use auto, lines or quiet"),
+    };
+    let plan = plan::load(&args.plan)?;
+    let mut config = RunConfig::new(args.out.join("scratch"))
+        .with_plan_settings(&plan.settings)
+        .with_name(plan.name.clone());
+    if let Some(p) = args.parallelism {
+        config = config.with_parallelism(p);
+    }
+    let mut runner_config = ProcessRunnerConfig::default();
+    if let Some(grace) = plan.settings.kill_grace {
+        runner_config.kill_grace = grace;
+    }
+    let orchestrator = Orchestrator::new(config).with_runner(ProcessRunner::new(runner_config));
+    orchestrator
+        .validate(&plan.cases)
+        .with_context(|| format!("plan {} cannot run", args.plan.display()))?;
+
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone());
+
+    let mut progress = Progress::new(mode);
+    let report = orchestrator
+        .run_with(plan.cases, cancel, |event| progress.event(event))
+        .await?;
+    progress.finish();
+
+    let junit = args.out.join("junit.xml");
+    let json = args.out.join("report.json");
+    report.write_junit(&junit)?;
+    report.write_json(&json)?;
+    print!(
+        "{}",
+        report::summary_table(&report, std::io::stdout().is_terminal())
+    );
+    println!("reports: {} {}", junit.display(), json.display());
+    Ok(
+        if report.interrupted == Some(orchestrator_core::Interruption::Cancelled) {
+            ExitCode::from(130)
+        } else if report.is_success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+/// First SIGINT or SIGTERM: cancel the run (tests are stopped, reports written). Second: exit.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            eprintln!("warning: cannot install signal handlers; Ctrl-C will not write reports");
+            return;
+        };
+        for count in 0.. {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            if count == 0 {
+                eprintln!(
+                    "interrupted: stopping running tests and writing reports (press Ctrl-C again to exit at once)"
+                );
+                cancel.cancel();
+            } else {
+                eprintln!("interrupted twice: exiting without reports");
+                std::process::exit(130);
+            }
+        }
+    });
+}

@@ -1,0 +1,274 @@
+//! End-to-end tests of the `campaign` example: the binary a user runs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn campaign_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .package("examples")
+            .example("campaign")
+            .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .run()
+            .expect("the campaign example builds")
+            .path()
+            .to_owned()
+    })
+}
+
+fn write_plan(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_bundled_demo_plan_passes_and_writes_both_reports() {
+    let out = tempfile::tempdir().unwrap();
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/demo.toml");
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("known-failure") && stdout.contains("XFAIL"),
+        "{stdout}"
+    );
+    let report = json(&out.path().join("report.json"));
+    assert_eq!(report["summary"]["failed"], 0);
+    assert_eq!(report["summary"]["expected_failures"], 1);
+    let artifacts = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["test_id"] == "artifacts")
+        .unwrap()["artifacts"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(artifacts, 3);
+    assert!(out.path().join("junit.xml").is_file());
+}
+
+#[test]
+fn a_bad_plan_exits_2_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        "[[test]]\nid = \"a\"\nscript = \"true\"\ntimout = \"1s\"\n",
+    );
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:4:1", plan.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timout"), "{stderr}");
+    assert!(
+        !dir.path().join("out/junit.xml").exists(),
+        "nothing runs half-configured"
+    );
+}
+
+#[test]
+fn sigint_stops_tests_and_still_writes_both_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let mut plan = String::from("[run]\nparallelism = 2\n");
+    for i in 0..3 {
+        plan.push_str(&format!(
+            "[[test]]\nid = \"slow-{i}\"\nscript = \"echo $$ > {}/{i}; sleep 60\"\n",
+            pids.display()
+        ));
+    }
+    let plan = write_plan(dir.path(), &plan);
+    let out = dir.path().join("out");
+    let mut child = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "lines"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut started = 0;
+    let mut line = String::new();
+    while started < 2 {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "campaign ended early"
+        );
+        if line.contains("START") {
+            started += 1;
+        }
+    }
+    // Both tests have written their pid once the files exist.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&pids).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "tests did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "campaign did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130));
+
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["interrupted"], "cancelled");
+    assert_eq!(report["summary"]["cancelled"], 2);
+    assert_eq!(report["summary"]["skipped"], 1);
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(xml.contains("<testcase name=\"slow-2\""), "{xml}");
+    for entry in std::fs::read_dir(&pids).unwrap() {
+        let pid: i32 = std::fs::read_to_string(entry.unwrap().path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "test process {pid} survived the interrupt");
+    }
+}
+
+/// Cross-checks the JUnit XML with an independent parser, Python's `junitparser`.
+#[test]
+#[ignore = "needs Python's junitparser: run `cargo xtask test`, which installs it and sets JUNITPARSER_PYTHON"]
+fn junit_xml_reads_back_with_junitparser() {
+    let python = std::env::var_os("JUNITPARSER_PYTHON")
+        .expect("JUNITPARSER_PYTHON is not set: run this test through `cargo xtask test`");
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"
+name = "junit-check"
+[run]
+timeout = "60s"
+[[test]]
+id = "passes"
+script = "echo 'out <&> \"quoted\"'"
+[[test]]
+id = "fails"
+script = "echo boom >&2; exit 4"
+[[test]]
+id = "xfail"
+expect = "fail"
+script = "exit 1"
+[[test]]
+id = "xpass"
+expect = "fail"
+script = "true"
+[[test]]
+id = "hangs"
+timeout = "300ms"
+script = "sleep 30"
+"#,
+    );
+    let out = dir.path().join("out");
+    let status = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "quiet"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "three tests fail");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_junit.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(out.join("junit.xml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = json(&out.join("report.json"));
+
+    assert_eq!(parsed["tests"], 5);
+    assert_eq!(parsed["failures"], 3);
+    assert_eq!(parsed["errors"], 0);
+    assert_eq!(parsed["skipped"], 0);
+    let cases = parsed["cases"].as_array().unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(cases.len(), results.len());
+    for (case, result) in cases.iter().zip(results) {
+        assert_eq!(case["name"], result["test_id"]);
+        assert_eq!(case["classname"], "process");
+        let expected = match result["test_id"].as_str().unwrap() {
+            "passes" | "xfail" => "passed",
+            _ => "failure",
+        };
+        assert_eq!(case["result"], expected, "{case}");
+        let json_secs = result_duration(result);
+        let xml_secs = case["time"].as_f64().unwrap();
+        assert!(
+            (json_secs - xml_secs).abs() < 0.01,
+            "{json_secs} vs {xml_secs}"
+        );
+    }
+    let passes = &cases[0];
+    assert_eq!(passes["system_out"], "out <&> \"quoted\"\n");
+    let hangs = &cases[4];
+    assert!(
+        hangs["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out in test after 300ms")
+    );
+    let xpass = &cases[3];
+    assert!(
+        xpass["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected to fail")
+    );
+}
+
+fn result_duration(result: &serde_json::Value) -> f64 {
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(result[k].as_str().unwrap()).unwrap();
+    (at("finished_at") - at("started_at")).as_seconds_f64()
+}
