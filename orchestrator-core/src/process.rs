@@ -140,22 +140,11 @@ impl TestRunner for ProcessRunner {
         }
         for file in &case.files {
             check_relative(&file.dest).map_err(RunnerError::new)?;
-            let dest = work.join(&file.dest);
-            if let Some(parent) = dest.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| {
-                    RunnerError::with_source(format!("failed to create {}", parent.display()), e)
-                })?;
-            }
-            tokio::fs::copy(&file.source, &dest).await.map_err(|e| {
-                RunnerError::with_source(
-                    format!(
-                        "failed to copy {} to {}",
-                        file.source.display(),
-                        dest.display()
-                    ),
-                    e,
-                )
-            })?;
+            let (source, dest) = (file.source.clone(), work.join(&file.dest));
+            tokio::task::spawn_blocking(move || copy_tree(&source, &dest))
+                .await
+                .map_err(|e| RunnerError::with_source("copying test files panicked", e))?
+                .map_err(RunnerError::new)?;
         }
         let (program, args) = match &case.command {
             Command::Exec { program, args } => (program.clone(), args.clone()),
@@ -483,6 +472,39 @@ fn parse_stat_state_pgrp(stat: &str) -> Option<(char, i32)> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((state, pgrp))
+}
+
+/// Copies a file, or a directory with everything in it, to `dest`.
+fn copy_tree(source: &Path, dest: &Path) -> Result<(), String> {
+    for entry in walkdir::WalkDir::new(source).follow_links(true) {
+        let entry = entry.map_err(|e| format!("failed to read {}: {e}", source.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(source)
+            .map_err(|e| e.to_string())?;
+        let target = if rel.as_os_str().is_empty() {
+            dest.to_owned()
+        } else {
+            dest.join(rel)
+        };
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target)
+                .map_err(|e| format!("failed to create {}: {e}", target.display()))?;
+        } else {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("failed to create {}: {e}", parent.display()))?;
+            }
+            std::fs::copy(entry.path(), &target).map_err(|e| {
+                format!(
+                    "failed to copy {} to {}: {e}",
+                    entry.path().display(),
+                    target.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies files in `work` matching `globs` into `artifacts` (keeping their relative paths),

@@ -111,7 +111,11 @@ impl Progress {
     }
 
     fn finished_running(&mut self, result: &TestResult) {
-        if let Some(i) = self.running.iter().position(|r| r == result.test_id.as_str()) {
+        if let Some(i) = self
+            .running
+            .iter()
+            .position(|r| r == result.test_id.as_str())
+        {
             self.running.remove(i);
         }
         self.update_message();

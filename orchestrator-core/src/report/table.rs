@@ -71,7 +71,11 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
         "{} tests in {:.2}s: {}",
         s.total,
         elapsed.as_secs_f64(),
-        if parts.is_empty() { "nothing ran".to_owned() } else { parts.join(", ") }
+        if parts.is_empty() {
+            "nothing ran".to_owned()
+        } else {
+            parts.join(", ")
+        }
     ));
     if let Some(i) = report.interrupted {
         out.push_str(match i {

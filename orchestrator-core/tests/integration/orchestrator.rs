@@ -272,3 +272,43 @@ async fn invalid_runs_are_rejected_before_anything_runs() {
     assert!(problems[2].contains("zero timeout"));
     assert!(!marker.exists());
 }
+
+/// Records the processes runners report.
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<(String, u32, String)>>);
+
+impl orchestrator_core::ProcessObserver for Recorder {
+    fn process_started(&self, test: &TestCase, process: &orchestrator_core::HostProcess) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((test.id.to_string(), process.pid, process.label.clone()));
+    }
+}
+
+#[tokio::test]
+async fn observers_learn_every_test_process_and_boxed_runners_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let boxed: Box<dyn TestRunner> = Box::new(ProcessRunner::default());
+    let orch = Orchestrator::new(config(&dir))
+        .with_runner(boxed)
+        .with_observer(recorder.clone());
+    let cases = vec![
+        TestCase::script("one", "echo $$"),
+        TestCase::script("two", "echo $$"),
+    ];
+    let report = orch.run(cases).await.unwrap();
+    let mut seen = recorder.0.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen.len(), 2);
+    for ((id, pid, label), result) in seen.iter().zip(&report.results) {
+        assert_eq!(id, result.test_id.as_str());
+        assert_eq!(label, "test");
+        assert_eq!(
+            result.stdout.text.trim(),
+            pid.to_string(),
+            "the reported pid is the test's"
+        );
+    }
+}

@@ -138,11 +138,15 @@ async fn files_are_placed_and_artifacts_collected() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.txt");
     std::fs::write(&input, "payload").unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/deep.txt"), "deep").unwrap();
     let case = TestCase::script(
         "files",
-        "cat data/in.txt > copy.log\necho direct > \"$ORCH_ARTIFACT_DIR/direct.txt\"\necho no > skip.tmp",
+        "test \"$(cat fixtures/sub/deep.txt)\" = deep\ncat data/in.txt > copy.log\necho direct > \"$ORCH_ARTIFACT_DIR/direct.txt\"\necho no > skip.tmp",
     )
     .with_file(&input, "data/in.txt")
+    .with_file(&tree, "fixtures")
     .with_artifact("*.log");
     let r = run(&case, ExecutionContext::new(&case, dir.path().join("s"))).await;
     assert_eq!(r.outcome, Outcome::Passed, "{:?}", r.stderr);
