@@ -255,6 +255,10 @@ pub struct Requirements {
     pub cpus: Option<u32>,
     /// The kernel image to boot.
     pub kernel: Option<PathBuf>,
+    /// Kernel modules (from the kernel's package) the guest must have loaded, dependencies
+    /// resolved by the runner.
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 impl Requirements {

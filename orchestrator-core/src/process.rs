@@ -80,6 +80,12 @@ impl TestRunner for ProcessRunner {
                 kernel.display()
             ));
         }
+        if !case.requirements.modules.is_empty() {
+            return Err(format!(
+                "it needs kernel modules ({}) but the process runner runs on the host: remove `modules` or use a VM runner",
+                case.requirements.modules.join(", ")
+            ));
+        }
         if let Some(arch) = case.requirements.arch
             && Some(arch) != crate::Arch::host()
         {

@@ -58,6 +58,8 @@ pub enum CrashKind {
     OutOfMemory,
     /// The emulator (or machine) exited or rebooted without the test finishing.
     UnexpectedExit,
+    /// The machine never became ready to run the test (no init, a panic during boot...).
+    BootFailure,
     /// Anything else the runner recognised as a crash.
     Other,
 }
@@ -73,6 +75,7 @@ impl fmt::Display for CrashKind {
             CrashKind::HungTask => "hung task",
             CrashKind::OutOfMemory => "out of memory",
             CrashKind::UnexpectedExit => "unexpected exit",
+            CrashKind::BootFailure => "boot failure",
             CrashKind::Other => "crash",
         })
     }

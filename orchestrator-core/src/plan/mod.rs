@@ -230,6 +230,7 @@ mod tests {
             memory = "1GiB"
             cpus = 2
             kernel = "images/Image"
+            modules = ["virtio_console"]
             artifacts = ["*.log"]
             expect = "fail"
 
@@ -250,6 +251,7 @@ mod tests {
             memory = 256
             cpus = 1
             kernel = "/abs/bzImage"
+            modules = ["test-bpf"]
             artifacts = ["out/**"]
             expect = "pass"
 
@@ -286,6 +288,7 @@ mod tests {
                 memory_mib: Some(1024),
                 cpus: Some(2),
                 kernel: Some(PathBuf::from("./images/Image")),
+                modules: vec!["virtio_console".to_owned()],
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -317,6 +320,7 @@ mod tests {
                 memory_mib: Some(256),
                 cpus: Some(1),
                 kernel: Some(PathBuf::from("/abs/bzImage")),
+                modules: vec!["virtio_console".to_owned(), "test_bpf".to_owned()],
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);

@@ -115,6 +115,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "memory",
     "cpus",
     "kernel",
+    "modules",
     "artifacts",
     "expect",
 ];
@@ -131,6 +132,7 @@ const TEST_KEYS: &[&str] = &[
     "memory",
     "cpus",
     "kernel",
+    "modules",
     "artifacts",
     "tags",
     "expect",
@@ -460,6 +462,7 @@ struct Common {
     memory_mib: Option<u32>,
     cpus: Option<u32>,
     kernel: Option<PathBuf>,
+    modules: Vec<String>,
     artifacts: Vec<String>,
     expect: Option<Expectation>,
 }
@@ -480,6 +483,7 @@ impl Common {
                 self.cpus = Some(u32::try_from(cpus).expect("range was checked"));
             }
             "kernel" => self.kernel = Some(base_dir.join(f.text()?)),
+            "modules" => self.modules = f.modules()?,
             "artifacts" => self.artifacts = f.artifacts()?,
             "expect" => self.expect = Some(f.expect()?),
             _ => return Ok(false),
@@ -532,6 +536,7 @@ impl RawTest {
                 memory_mib: own.memory_mib.or(defaults.memory_mib),
                 cpus: own.cpus.or(defaults.cpus),
                 kernel: own.kernel.or_else(|| defaults.kernel.clone()),
+                modules: appended(&defaults.modules, own.modules),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
@@ -986,6 +991,29 @@ impl<'a, 'i> Field<'a, 'i> {
         Ok(tags)
     }
 
+    fn modules(&self) -> Res<Vec<String>> {
+        let mut modules = Vec::new();
+        for (name, span) in self.strings("an array of kernel module names")? {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(self
+                    .error_at(
+                        span,
+                        format!(
+                            "`modules` entry {name:?} {} is not a kernel module name",
+                            self.scope.place
+                        ),
+                    )
+                    .help("give module names as `modprobe` takes them, for example \"virtio_console\""));
+            }
+            modules.push(name.replace('-', "_"));
+        }
+        Ok(modules)
+    }
+
     fn artifacts(&self) -> Res<Vec<String>> {
         let mut globs = Vec::new();
         for (glob, span) in self.strings("an array of glob patterns")? {
@@ -1341,6 +1369,7 @@ fn example(kind: Kind, key: &str) -> Option<&'static str> {
         (_, "memory") => "memory = \"512MiB\"",
         (_, "cpus") => "cpus = 2",
         (_, "kernel") => "kernel = \"images/bzImage\"",
+        (_, "modules") => "modules = [\"virtio_console\"]",
         (_, "artifacts") => "artifacts = [\"*.log\"]",
         (_, "tags") => "tags = [\"smoke\"]",
         (_, "expect") => "expect = \"fail\"",
