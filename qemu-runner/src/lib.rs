@@ -1,13 +1,51 @@
-//! QEMU implementation of [`orchestrator_core::TestRunner`].
+//! QEMU implementation of [`orchestrator_core::TestRunner`]: boots real kernels on x86_64,
+//! aarch64, armv7 and riscv64 and runs tests inside them.
 //!
-//! This crate will boot real kernels under QEMU on four architectures (x86_64, aarch64, armv7 and
-//! riscv64), with per-architecture machine profiles, accelerator detection (a KVM probe with a TCG
-//! fallback), guest images built from stock distribution kernels, a host↔guest channel, layered
-//! timeouts and crash detection.
+//! - [`profile`]: per-architecture machine profiles as serde data (binary, machine, CPU, console,
+//!   firmware, memory, CPUs, extra arguments, emulation timeout multiplier).
+//! - [`accel`]: KVM only when a probe guest really runs under it; TCG otherwise, with the reason.
+//! - [`provision`]: stock Debian kernels and busybox fetched with the system's own `apt-get`.
+//! - [`initramfs`], [`modules`], [`image`]: the guest's initramfs, built in Rust, with kernel
+//!   modules and their dependencies resolved from the package.
+//! - [`agent`] and [`protocol`]: the guest's `/init` and its nonce-framed console records.
+//! - [`vm`], [`qmp`], [`crash`]: the QEMU process, staged stopping, crash labels.
+//! - [`QemuRunner`]: the runner itself.
 //!
-//! It depends on `orchestrator-core` for the domain model and the runner trait; the core never
-//! depends on it. The runner itself arrives with the QEMU boot issue; today the crate only
-//! re-exports the trait it will implement.
+//! # Examples
+//!
+//! ```no_run
+//! use orchestrator_core::{Arch, Orchestrator, RunConfig, Requirements, TestCase};
+//! use qemu_runner::{QemuConfig, QemuRunner};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut needs = Requirements::default();
+//! needs.arch = Some(Arch::Aarch64);
+//! let case = TestCase::script("uname", "uname -m").with_requirements(needs);
+//! let orchestrator = Orchestrator::new(RunConfig::new("target/scratch"))
+//!     .with_runner(QemuRunner::new(QemuConfig::new()));
+//! let report = orchestrator.run(vec![case]).await?;
+//! assert_eq!(report.results[0].stdout.text, "aarch64\n");
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
+pub mod accel;
+pub mod agent;
+pub mod crash;
+pub mod image;
+pub mod initramfs;
+pub mod kernel;
+pub mod modules;
+pub mod profile;
+pub mod protocol;
+pub mod provision;
+pub mod qmp;
+mod runner;
+pub mod vm;
+
+pub use accel::{Accel, AccelMode};
 pub use orchestrator_core::TestRunner;
+pub use profile::MachineProfile;
+pub use runner::{ImageSource, QemuConfig, QemuRunner};

@@ -1,0 +1,187 @@
+//! The guest agent: the `/init` of every guest, a busybox shell script, and the per-test files
+//! it reads.
+//!
+//! The agent mounts the pseudo file systems, loads the requested kernel modules, draws a random
+//! nonce and announces `READY`, runs the test with its output redirected to files, then sends
+//! stdout, stderr and the kernel log as framed records (see [`crate::protocol`]) and waits for
+//! the host to acknowledge or ask for a resend before powering off.
+
+use std::collections::BTreeMap;
+
+use orchestrator_core::Command;
+
+/// Where the per-test files live in the guest.
+pub const ORCH_DIR: &str = "orch";
+
+/// The `/init` script. It reads `/orch/limit` (bytes of each stream to send), `/orch/modules`
+/// (module files to `insmod`, dependencies first), `/orch/env` (sourced) and runs `/orch/run.sh` in `/work`.
+pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
+# Guest agent of qemu-runner. PID 1. Speaks ORCH1 records on the console.
+B=/bin/busybox
+$B mkdir -p /proc /sys /dev /tmp /run /bin /sbin /usr/bin /usr/sbin /work
+$B mount -t devtmpfs devtmpfs /dev 2>/dev/null
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t tmpfs tmpfs /tmp
+$B mount -t tmpfs tmpfs /run
+$B --install -s 2>/dev/null || $B --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+exec 0</dev/console 1>/dev/console 2>&1
+stty -echo 2>/dev/null
+nonce=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+unset -v ORCH_NONCE
+limit=$(cat /orch/limit 2>/dev/null || echo 262144)
+say() { echo "ORCH1 $nonce $*"; }
+if [ -s /orch/modules ]; then
+    for m in $(cat /orch/modules); do
+        insmod "$m" >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
+    done
+fi
+mkdir -p /tmp/orch
+say READY "$(uname -r)" "$(uname -m)"
+cd /work
+(
+    [ -f /orch/env ] && . /orch/env
+    exec sh /orch/run.sh
+) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
+code=$?
+cd /
+dmesg >/tmp/orch/dmesg 2>/dev/null
+send() {
+    f=/tmp/orch/$1
+    total=$(wc -c <"$f")
+    if [ "$total" -gt "$limit" ]; then
+        half=$((limit / 2))
+        { head -c "$half" "$f"; tail -c $((limit - half)) "$f"; } >"$f.sent"
+    else
+        cp "$f" "$f.sent"
+    fi
+    sent=$(wc -c <"$f.sent")
+    sum=$(md5sum <"$f.sent" | cut -c1-32)
+    say SEND "$1" "$total" "$sent" "$sum"
+    base64 "$f.sent" | sed "s/^/ORCH1 $nonce DATA $1 /"
+    say END "$1"
+}
+tries=0
+while :; do
+    send stdout
+    send stderr
+    send dmesg
+    say EXIT "$code"
+    say DONE
+    tries=$((tries + 1))
+    reply=
+    read -t 20 reply
+    case "$reply" in
+        ACK*) break ;;
+    esac
+    [ "$tries" -ge 5 ] && break
+done
+sync
+poweroff -f
+"#;
+
+/// Quotes a string for the shell (single quotes, with embedded single quotes escaped).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The `/orch/run.sh` the agent runs for `command`.
+pub fn run_script(command: &Command) -> String {
+    match command {
+        Command::Exec { program, args } => {
+            let mut s = String::from("exec");
+            for word in std::iter::once(program).chain(args) {
+                s.push(' ');
+                s.push_str(&shell_quote(word));
+            }
+            s.push('\n');
+            s
+        }
+        Command::Script { shell, body } => {
+            // The script goes to its own file, run by the requested interpreter.
+            let mut s = String::from("exec");
+            let shell = if shell.is_empty() {
+                Command::default_shell()
+            } else {
+                shell.clone()
+            };
+            for word in &shell {
+                s.push(' ');
+                s.push_str(&shell_quote(word));
+            }
+            s.push_str(" /orch/test.sh\n");
+            let _ = body;
+            s
+        }
+        _ => "echo 'agent: unsupported command kind' >&2; exit 127\n".to_owned(),
+    }
+}
+
+/// The `/orch/env` file: one `export` per variable.
+pub fn env_file(env: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for (k, v) in env {
+        s.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    s
+}
+
+/// Whether `name` can be an environment variable name in the guest's shell.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_round_trips_through_a_real_shell() {
+        for s in [
+            "plain",
+            "",
+            "with space",
+            "it's",
+            "$(reboot)",
+            "a\nb",
+            "`x`",
+            "\\",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn exec_commands_keep_their_arguments() {
+        let c = Command::exec(["printf", "%s|", "a b", "c'd"]).unwrap();
+        let script = run_script(&c);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "a b|c'd|");
+    }
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(valid_env_name("FOO_1"));
+        assert!(!valid_env_name("1FOO"));
+        assert!(!valid_env_name("A-B"));
+        assert!(!valid_env_name(""));
+    }
+}

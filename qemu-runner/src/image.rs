@@ -1,0 +1,297 @@
+//! Guest images: the kernel and busybox for an architecture, and the initramfs built from them.
+//!
+//! The initramfs comes in two parts that the kernel unpacks one after the other (concatenated
+//! compressed cpio archives are part of the initramfs format):
+//! - the **base**: busybox, the agent as `/init`, device nodes, and the requested kernel modules
+//!   with a generated `modules.dep`. It depends only on the image and the module list, so it is
+//!   built once and cached by a BLAKE3 digest of its inputs;
+//! - the **test part**: `/orch/*` (what to run, its environment, limits, modules to load) and the
+//!   test's files under `/work`, a few kilobytes built for every test.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use orchestrator_core::{Arch, TestCase};
+
+use crate::agent;
+use crate::initramfs::{Compression, InitramfsBuilder};
+use crate::modules::ModuleIndex;
+
+/// Bumped when the layout of the base archive changes, to invalidate cached ones.
+const BASE_FORMAT: u32 = 1;
+
+/// What a guest is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestParts {
+    /// The architecture.
+    pub arch: Arch,
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// A static busybox for the architecture.
+    pub busybox: PathBuf,
+    /// The kernel's module tree (`lib/modules/<version>`), if modules are available.
+    pub modules_dir: Option<PathBuf>,
+    /// The kernel's release string (the `<version>` of the module tree).
+    pub kernel_version: Option<String>,
+}
+
+/// Where a base archive is, and which modules the agent loads (relative paths, in order).
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    /// The compressed base archive.
+    pub path: PathBuf,
+    /// Module files to `insmod`, dependencies first, relative to `/lib/modules/<version>`.
+    pub load_order: Vec<String>,
+}
+
+/// Builds (or finds in `cache_dir`) the base archive for `parts` with `modules` loadable.
+pub fn base_image(
+    parts: &GuestParts,
+    modules: &[String],
+    cache_dir: &Path,
+) -> Result<BaseImage, String> {
+    let busybox_digest = digest_file(&parts.busybox)?;
+    let mut sorted: Vec<&String> = modules.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(format!("base-v{BASE_FORMAT}\n").as_bytes());
+    hasher.update(agent::INIT_SCRIPT.as_bytes());
+    hasher.update(busybox_digest.as_bytes());
+    hasher.update(parts.arch.as_str().as_bytes());
+    hasher.update(parts.kernel_version.as_deref().unwrap_or("").as_bytes());
+    if let Some(dir) = &parts.modules_dir {
+        hasher.update(dir.to_string_lossy().as_bytes());
+    }
+    for m in &sorted {
+        hasher.update(b"\0");
+        hasher.update(m.as_bytes());
+    }
+    let key = hasher.finalize().to_hex();
+    let path = cache_dir.join(format!("base-{}-{}.cpio.gz", parts.arch, &key[..32]));
+    let order_path = path.with_extension("order");
+
+    if path.is_file() && order_path.is_file() {
+        let order = std::fs::read_to_string(&order_path)
+            .map_err(|e| format!("cannot read {}: {e}", order_path.display()))?;
+        return Ok(BaseImage {
+            path,
+            load_order: order.lines().map(str::to_owned).collect(),
+        });
+    }
+
+    let mut b = InitramfsBuilder::new();
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "work",
+        "orch",
+        "lib/modules",
+    ] {
+        b.dir(d, 0o755);
+    }
+    b.char_device("dev/console", 0o600, 5, 1);
+    b.char_device("dev/null", 0o666, 1, 3);
+    b.file_from_path("bin/busybox", 0o755, &parts.busybox);
+    b.symlink("bin/sh", "busybox");
+    b.file_from_bytes("init", 0o755, agent::INIT_SCRIPT.as_bytes().to_vec());
+
+    let mut load_order = Vec::new();
+    if !modules.is_empty() {
+        let (Some(dir), Some(version)) = (&parts.modules_dir, &parts.kernel_version) else {
+            return Err(format!(
+                "kernel modules {} were asked for, but the {} kernel has no module tree: use the provisioned kernel, or drop `modules`",
+                modules.join(", "),
+                parts.arch
+            ));
+        };
+        let index = ModuleIndex::scan(dir).map_err(|e| e.to_string())?;
+        let names: Vec<&str> = modules.iter().map(String::as_str).collect();
+        let resolved = index.resolve(&names).map_err(|e| e.to_string())?;
+        let root = format!("lib/modules/{version}");
+        b.dir(&root, 0o755);
+        let mut dep_lines = String::new();
+        let rel_of = |name: &str| -> Option<String> {
+            index
+                .relative_path(name)
+                .map(|p| strip_compression(&p.to_string_lossy()))
+        };
+        for m in &resolved {
+            let rel = strip_compression(&m.relative.to_string_lossy());
+            // busybox `insmod` hands the bytes to `init_module`, which takes only plain ELF.
+            let data = crate::modules::read_module(&m.path).map_err(|e| e.to_string())?;
+            b.file_from_bytes(&format!("{root}/{rel}"), 0o644, data);
+            // modules.dep lists every dependency, nearest first; modprobe loads them in reverse.
+            let deps: Vec<String> = transitive_deps(&resolved, &m.name)
+                .into_iter()
+                .filter_map(|d| rel_of(&d))
+                .collect();
+            dep_lines.push_str(&format!("{rel}: {}\n", deps.join(" ")));
+            load_order.push(rel);
+        }
+        b.file_from_bytes(
+            &format!("{root}/modules.dep"),
+            0o644,
+            dep_lines.into_bytes(),
+        );
+    }
+
+    std::fs::create_dir_all(cache_dir)
+        .map_err(|e| format!("cannot create image cache {}: {e}", cache_dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(cache_dir)
+        .map_err(|e| format!("cannot create a file in {}: {e}", cache_dir.display()))?;
+    b.write_to(std::io::BufWriter::new(tmp.as_file()), Compression::Gzip)
+        .map_err(|e| format!("cannot build the base initramfs: {e}"))?;
+    std::fs::write(&order_path, load_order.join("\n"))
+        .map_err(|e| format!("cannot write {}: {e}", order_path.display()))?;
+    tmp.persist(&path)
+        .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(BaseImage { path, load_order })
+}
+
+fn strip_compression(rel: &str) -> String {
+    for ext in [".xz", ".zst", ".gz"] {
+        if let Some(stripped) = rel.strip_suffix(ext) {
+            return stripped.to_owned();
+        }
+    }
+    rel.to_owned()
+}
+
+/// Every module `name` needs, nearest first, among `resolved`.
+fn transitive_deps(resolved: &[crate::modules::ResolvedModule], name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut queue: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    if let Some(m) = resolved.iter().find(|m| m.name == name) {
+        queue.extend(m.depends.iter().cloned());
+    }
+    while let Some(d) = queue.pop_front() {
+        if out.contains(&d) {
+            continue;
+        }
+        if let Some(m) = resolved.iter().find(|m| m.name == d) {
+            queue.extend(m.depends.iter().cloned());
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn digest_file(path: &Path) -> Result<String, String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    std::io::copy(&mut f, &mut hasher)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Settings the agent reads for one test.
+#[derive(Clone, Debug)]
+pub struct TestPart<'a> {
+    /// The test.
+    pub case: &'a TestCase,
+    /// Bytes of each stream the agent sends back.
+    pub output_limit: u64,
+    /// Module files to load, dependencies first.
+    pub load_order: &'a [String],
+    /// The kernel release, for the module paths.
+    pub kernel_version: Option<&'a str>,
+}
+
+/// Builds the per-test archive (gzip) in memory: it is a few kilobytes plus the test's files.
+pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
+    let case = part.case;
+    for key in case.env.keys() {
+        if !agent::valid_env_name(key) {
+            return Err(format!(
+                "environment variable name `{key}` of test `{}` is not valid in a shell: use letters, digits and `_`",
+                case.id
+            ));
+        }
+    }
+    let mut b = InitramfsBuilder::new();
+    b.dir("orch", 0o755);
+    b.dir("work", 0o755);
+    b.file_from_bytes(
+        "orch/run.sh",
+        0o755,
+        agent::run_script(&case.command).into_bytes(),
+    );
+    if let orchestrator_core::Command::Script { body, .. } = &case.command {
+        b.file_from_bytes("orch/test.sh", 0o755, body.clone().into_bytes());
+    }
+    let mut env = case.env.clone();
+    env.insert("ORCH_TEST_ID".into(), case.id.to_string());
+    env.insert("ORCH_WORK_DIR".into(), "/work".into());
+    b.file_from_bytes("orch/env", 0o644, agent::env_file(&env).into_bytes());
+    b.file_from_bytes(
+        "orch/limit",
+        0o644,
+        format!("{}\n", part.output_limit).into_bytes(),
+    );
+    let modules: Vec<String> = match part.kernel_version {
+        Some(v) => part
+            .load_order
+            .iter()
+            .map(|rel| format!("/lib/modules/{v}/{rel}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    for file in &case.files {
+        add_tree(
+            &mut b,
+            &file.source,
+            &format!("work/{}", file.dest.to_string_lossy()),
+        )?;
+    }
+    let mut out = Vec::new();
+    b.write_to(&mut out, Compression::Gzip)
+        .map_err(|e| format!("cannot build the test's initramfs part: {e}"))?;
+    Ok(out)
+}
+
+fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(source)
+        .map_err(|e| format!("cannot read test file {}: {e}", source.display()))?;
+    if meta.is_dir() {
+        b.dir(dest, 0o755);
+        let mut entries: Vec<_> = std::fs::read_dir(source)
+            .map_err(|e| format!("cannot read {}: {e}", source.display()))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            add_tree(
+                b,
+                &e.path(),
+                &format!("{dest}/{}", e.file_name().to_string_lossy()),
+            )?;
+        }
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        b.file_from_path(dest, mode | 0o400, source);
+    }
+    Ok(())
+}
+
+/// Writes the guest's initramfs: the base archive followed by the test part.
+pub fn assemble(base: &Path, test: &[u8], out: &Path) -> Result<(), String> {
+    let mut f =
+        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut src =
+        std::fs::File::open(base).map_err(|e| format!("cannot open {}: {e}", base.display()))?;
+    std::io::copy(&mut src, &mut f).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    f.write_all(test)
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(())
+}

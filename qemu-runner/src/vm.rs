@@ -1,0 +1,337 @@
+//! One QEMU process: its command line, its console, and stopping it in stages.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use orchestrator_core::BoundedCapture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::accel::Accel;
+use crate::profile::MachineProfile;
+use crate::protocol::MAX_LINE;
+use crate::qmp::Qmp;
+
+/// Everything needed to start a guest.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// The machine.
+    pub profile: MachineProfile,
+    /// The QEMU binary (resolved).
+    pub qemu: PathBuf,
+    /// The accelerator.
+    pub accel: Accel,
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// Firmware for `-bios`, if any.
+    pub firmware: Option<PathBuf>,
+    /// Kernel command line.
+    pub append: String,
+    /// Where the QMP socket goes.
+    pub qmp_socket: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Guest CPUs.
+    pub cpus: u32,
+}
+
+/// The QEMU arguments for a spec (without the binary).
+pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
+    let p = &spec.profile;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-M", &p.machine]);
+    match spec.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", &p.cpu_kvm]),
+        Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", &p.cpu_tcg]),
+    }
+    push(&[
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-chardev",
+        "stdio,id=con,signal=off",
+        "-serial",
+        "chardev:con",
+    ]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
+    ]);
+    if let Some(fw) = &spec.firmware {
+        push(&["-bios", &fw.to_string_lossy()]);
+    }
+    push(&["-kernel", &spec.kernel.to_string_lossy()]);
+    push(&["-initrd", &spec.initrd.to_string_lossy()]);
+    push(&["-append", &spec.append]);
+    a.extend(p.extra_args.iter().cloned());
+    a
+}
+
+/// What the console reader reports.
+#[derive(Debug)]
+pub enum ConsoleEvent {
+    /// A line (without its ending; cut at [`MAX_LINE`] bytes).
+    Line(String),
+    /// The console closed (QEMU exited).
+    Closed,
+}
+
+/// How stopping went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StopReport {
+    /// Steps taken, in order: `quit`, `SIGTERM`, `SIGKILL`.
+    pub steps: Vec<&'static str>,
+    /// Whether the process was gone at the end.
+    pub stopped: bool,
+}
+
+/// A running QEMU.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    pid: u32,
+    qmp_socket: PathBuf,
+    stdin: Option<ChildStdin>,
+    console: mpsc::Receiver<ConsoleEvent>,
+    console_task: JoinHandle<ConsoleStats>,
+    stderr_task: JoinHandle<BoundedCapture>,
+}
+
+/// What the console reader saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsoleStats {
+    /// Bytes QEMU wrote to the console.
+    pub total: u64,
+    /// Bytes written to the log file.
+    pub logged: u64,
+}
+
+impl Vm {
+    /// Starts QEMU. The console goes to `console_log` (at most `log_limit` bytes, then a
+    /// marker) and, line by line, to [`Vm::next_console`].
+    pub fn start(spec: &VmSpec, console_log: &Path, log_limit: u64) -> std::io::Result<Vm> {
+        let log = std::fs::File::create(console_log)?;
+        let mut cmd = tokio::process::Command::new(&spec.qemu);
+        cmd.args(qemu_args(spec))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel(4096);
+        let console_task = tokio::spawn(read_console(
+            stdout,
+            tokio::fs::File::from_std(log),
+            log_limit,
+            tx,
+        ));
+        let stderr_task = tokio::spawn(async move {
+            let mut cap = BoundedCapture::new(64 * 1024);
+            let _ = cap.read_to_end(stderr).await;
+            cap
+        });
+        Ok(Vm {
+            stdin: child.stdin.take(),
+            child,
+            pid,
+            qmp_socket: spec.qmp_socket.clone(),
+            console: rx,
+            console_task,
+            stderr_task,
+        })
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next console event; `None` once the reader is done and everything was consumed.
+    pub async fn next_console(&mut self) -> Option<ConsoleEvent> {
+        self.console.recv().await
+    }
+
+    /// Whether QEMU has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits for QEMU to exit.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Writes a line to the guest's console input.
+    pub async fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(std::io::Error::other("console input closed"));
+        };
+        stdin.write_all(line.as_bytes()).await?;
+        stdin.write_all(b"\n").await?;
+        stdin.flush().await
+    }
+
+    /// Stops QEMU in stages, each with a bounded wait: QMP `quit`, SIGTERM, SIGKILL.
+    pub async fn stop(&mut self) -> StopReport {
+        let mut report = StopReport::default();
+        if self.exited().is_some() {
+            report.stopped = true;
+            return report;
+        }
+        report.steps.push("quit");
+        if let Ok(mut qmp) = Qmp::connect(&self.qmp_socket, Duration::from_secs(1)).await {
+            // QEMU may exit before it answers; either way, wait for the process.
+            let _ = tokio::time::timeout(Duration::from_secs(1), qmp.execute("quit", None)).await;
+        }
+        if self.wait_for(Duration::from_secs(2)).await {
+            report.stopped = true;
+            return report;
+        }
+        report.steps.push("SIGTERM");
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        if self.wait_for(Duration::from_secs(2)).await {
+            report.stopped = true;
+            return report;
+        }
+        report.steps.push("SIGKILL");
+        let _ = self.child.start_kill();
+        report.stopped = self.wait_for(Duration::from_secs(5)).await;
+        report
+    }
+
+    async fn wait_for(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.child.wait()).await.is_ok()
+    }
+
+    /// After QEMU exited: its stderr (bounded) and what the console reader saw.
+    pub async fn finish(self) -> (String, ConsoleStats) {
+        drop(self.stdin);
+        drop(self.console);
+        let stats = tokio::time::timeout(Duration::from_secs(2), self.console_task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let stderr = match tokio::time::timeout(Duration::from_secs(2), self.stderr_task).await {
+            Ok(Ok(cap)) => cap.finish().text,
+            _ => String::new(),
+        };
+        (stderr, stats)
+    }
+}
+
+async fn read_console(
+    mut stdout: tokio::process::ChildStdout,
+    mut log: tokio::fs::File,
+    log_limit: u64,
+    tx: mpsc::Sender<ConsoleEvent>,
+) -> ConsoleStats {
+    let mut stats = ConsoleStats::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    let mut marked = false;
+    let mut receiver_alive = true;
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        stats.total += n as u64;
+        if stats.logged < log_limit {
+            let take = (log_limit - stats.logged).min(n as u64) as usize;
+            if log.write_all(&chunk[..take]).await.is_ok() {
+                stats.logged += take as u64;
+            }
+        } else if !marked {
+            marked = true;
+            let _ = log
+                .write_all(b"\n[... console log truncated: limit reached ...]\n")
+                .await;
+        }
+        if !receiver_alive {
+            continue;
+        }
+        for &b in chunk {
+            if b == b'\n' {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if tx.send(ConsoleEvent::Line(text)).await.is_err() {
+                    receiver_alive = false;
+                    break;
+                }
+            } else if line.len() < MAX_LINE {
+                line.push(b);
+            }
+        }
+    }
+    if !line.is_empty() && receiver_alive {
+        let _ = tx
+            .send(ConsoleEvent::Line(
+                String::from_utf8_lossy(&line).into_owned(),
+            ))
+            .await;
+    }
+    let _ = log.flush().await;
+    let _ = tx.send(ConsoleEvent::Closed).await;
+    stats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrator_core::Arch;
+
+    #[test]
+    fn command_lines_follow_the_profile() {
+        let profile = MachineProfile::builtin(Arch::Riscv64);
+        let spec = VmSpec {
+            qemu: "qemu-system-riscv64".into(),
+            accel: Accel::Tcg,
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            firmware: Some("/fw/fw_dynamic.bin".into()),
+            append: "console=ttyS0 panic=-1".into(),
+            qmp_socket: "/run/q.sock".into(),
+            memory_mib: 256,
+            cpus: 2,
+            profile,
+        };
+        let args = qemu_args(&spec).join(" ");
+        assert!(
+            args.starts_with("-M virt -accel tcg,thread=multi -cpu rv64 -m 256 -smp 2 "),
+            "{args}"
+        );
+        assert!(args.contains("-bios /fw/fw_dynamic.bin"));
+        assert!(args.contains("-qmp unix:/run/q.sock,server=on,wait=off"));
+        assert!(args.ends_with("-append console=ttyS0 panic=-1"));
+
+        let mut kvm = spec.clone();
+        kvm.accel = Accel::Kvm;
+        kvm.firmware = None;
+        let args = qemu_args(&kvm).join(" ");
+        assert!(args.contains("-accel kvm -cpu host"));
+        assert!(!args.contains("-bios"));
+    }
+}
