@@ -984,14 +984,20 @@ mod tests {
         assert!(index.is_builtin("virtio-blk") && index.is_builtin("ext4"));
     }
 
-    /// The module tree named by `ORCH_TEST_MODULES_DIR`: a `lib/modules/<version>` directory, or
-    /// an unpacked kernel package containing one.
+    /// The module tree named by `ORCH_TEST_MODULES_DIR` (a `lib/modules/<version>` directory, or
+    /// an unpacked kernel package containing one), else the provisioned riscv64 kernel's (the
+    /// one with compressed `.ko.xz` modules).
     fn real_modules_dir() -> PathBuf {
         let Some(dir) = std::env::var_os("ORCH_TEST_MODULES_DIR") else {
-            panic!(
-                "ORCH_TEST_MODULES_DIR is not set: point it at an unpacked Debian kernel package \
-                 (or its lib/modules/<version>), e.g. by running `cargo xtask test`"
-            );
+            let cache = crate::provision::default_cache_dir();
+            let manifest = crate::provision::load(&cache).unwrap_or_else(|e| {
+                panic!("no provisioned kernel and ORCH_TEST_MODULES_DIR unset: {e}")
+            });
+            return manifest
+                .image(orchestrator_core::Arch::Riscv64)
+                .expect("riscv64 is provisioned")
+                .modules_dir
+                .clone();
         };
         let dir = PathBuf::from(dir);
         if dir.join("kernel").is_dir() {

@@ -244,7 +244,7 @@ impl TestRunner for QemuRunner {
         let modules = self.modules_for(case);
         if !modules.is_empty() && parts.modules_dir.is_none() {
             return Err(format!(
-                "kernel modules ({}) need the provisioned kernel's module tree, but the test gives its own kernel: drop `modules` or `kernel`",
+                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
                 modules.join(", ")
             ));
         }

@@ -85,8 +85,11 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         }
     }
 
-    // Prerequisites, installed once and cached under target/xtask.
+    // Prerequisites, installed once: Python's junitparser (under target/xtask), GNU cpio,
+    // QEMU, and the Debian guest images (in the image cache).
     let python = ensure_junitparser(root)?;
+    ensure_apt_tool("cpio", "cpio")?;
+    provision_guests()?;
 
     if lints {
         let mut fmt = cargo();
@@ -140,6 +143,43 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
 
     eprintln!(
         "xtask: all checks passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Installs a Debian package if its command is missing.
+fn ensure_apt_tool(command: &str, package: &str) -> Result<()> {
+    let present = Command::new(command)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    let mut apt = Command::new("apt-get");
+    apt.args(["install", "-y", "-q", "--no-install-recommends", package]);
+    step(&format!("apt-get install {package}"), apt)
+}
+
+/// QEMU for the four architectures and the stock Debian kernels and busybox the boot tests use.
+fn provision_guests() -> Result<()> {
+    use qemu_runner::provision;
+    let started = Instant::now();
+    eprintln!("xtask: == QEMU: checking the four system emulators");
+    provision::ensure_qemu().context("installing QEMU")?;
+    let options =
+        provision::ProvisionOptions::default().with_progress(|msg| eprintln!("xtask:    {msg}"));
+    eprintln!("xtask: == guest images: {}", options.cache_dir.display());
+    let manifest = provision::provision(&options).context("provisioning guest images")?;
+    for image in manifest.images.values() {
+        eprintln!(
+            "xtask:    {}: {} ({}), busybox {}",
+            image.arch, image.kernel_package, image.debian_suite, image.busybox_version
+        );
+    }
+    eprintln!(
+        "xtask: == QEMU and guest images ready in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
