@@ -15,6 +15,7 @@ use orchestrator_core::progress::{Progress, ProgressMode};
 use orchestrator_core::{
     CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
 };
+use qemu_runner::{QemuConfig, QemuRunner};
 
 /// Run a test plan and write JUnit XML and JSON reports.
 #[derive(Debug, Parser)]
@@ -69,7 +70,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(grace) = plan.settings.kill_grace {
         runner_config.kill_grace = grace;
     }
-    let orchestrator = Orchestrator::new(config).with_runner(ProcessRunner::new(runner_config));
+    // Host processes by default; `runner = "qemu"` boots a guest per test.
+    let orchestrator = Orchestrator::new(config)
+        .with_runner(ProcessRunner::new(runner_config))
+        .with_runner(QemuRunner::new(QemuConfig::new()));
     orchestrator
         .validate(&plan.cases)
         .with_context(|| format!("plan {} cannot run", args.plan.display()))?;

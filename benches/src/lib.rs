@@ -2,4 +2,9 @@
 //!
 //! - `capture`: bounded output capture (`orchestrator_core::BoundedCapture`) against
 //!   collecting everything into a `Vec`, for a test that prints a lot.
+//! - `boot_overhead`: per architecture, the QEMU runner's time to a result for a trivial test
+//!   against a plain `qemu-system-*` command line booting the same kernel and initramfs to
+//!   poweroff, alternated in one run; prints medians and their ratio. Needs QEMU and the
+//!   provisioned images (`cargo xtask test` installs both). `ORCH_BENCH_RUNS` sets the runs per
+//!   side (default 5), `ORCH_BENCH_ARCHS` a comma-separated subset of architectures.
 #![deny(missing_docs)]

@@ -70,6 +70,8 @@ while :; do
     say EXIT "$code"
     say DONE
     tries=$((tries + 1))
+    # Without a host to answer (a plain QEMU command line), power off at once.
+    [ -f /orch/noack ] && break
     reply=
     read -t 20 reply
     case "$reply" in

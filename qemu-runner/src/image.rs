@@ -204,6 +204,9 @@ pub struct TestPart<'a> {
     pub load_order: &'a [String],
     /// The kernel release, for the module paths.
     pub kernel_version: Option<&'a str>,
+    /// Whether the agent waits for the host's `ACK` before powering off (a plain QEMU command
+    /// line with nobody answering sets this to `false`).
+    pub wait_for_ack: bool,
 }
 
 /// Builds the per-test archive (gzip) in memory: it is a few kilobytes plus the test's files.
@@ -246,6 +249,9 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
         None => Vec::new(),
     };
     b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    if !part.wait_for_ack {
+        b.file_from_bytes("orch/noack", 0o644, Vec::new());
+    }
     for file in &case.files {
         add_tree(
             &mut b,

@@ -1574,6 +1574,15 @@ fn source_lines(
 /// OpenSBI `fw_dynamic`, comes with `qemu-system-data`
 /// (`/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin`).
 pub fn ensure_qemu() -> Result<(), ProvisionError> {
+    ensure_qemu_with(false)
+}
+
+/// [`ensure_qemu`], optionally letting apt replace packages that conflict with Debian's QEMU
+/// (for example a `qemu-utils` from backports, whose `qemu-img` is then reinstalled at Debian's
+/// version). `cargo xtask test` allows it: it is the project's documented setup,
+/// `apt-get install qemu-system-x86 qemu-system-arm qemu-system-misc`.
+pub fn ensure_qemu_with(allow_removals: bool) -> Result<(), ProvisionError> {
+    let had_qemu_img = find_in_path("qemu-img").is_some();
     let missing = || -> BTreeSet<&'static str> {
         QEMU_BINARIES
             .iter()
@@ -1606,13 +1615,10 @@ pub fn ensure_qemu() -> Result<(), ProvisionError> {
     };
     // `--no-remove`: never uninstall anything (a conflicting QEMU from elsewhere, say) to make
     // room; fail and let the user decide instead.
-    let mut install = apt_get(&[
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "--no-remove",
-    ]);
+    let mut install = apt_get(&["install", "-y", "-q", "--no-install-recommends"]);
+    if !allow_removals {
+        install.arg("--no-remove");
+    }
     install.args(&packages);
     let explain = |error: ProvisionError| match error {
         ProvisionError::CommandFailed {
@@ -1641,6 +1647,19 @@ pub fn ensure_qemu() -> Result<(), ProvisionError> {
         }
         run(&mut apt_get(&["update", "-q"]), &fix)?;
         run(&mut install, &fix).map_err(explain)?;
+    }
+    if had_qemu_img && find_in_path("qemu-img").is_none() {
+        // A conflicting qemu-utils was replaced: put Debian's back so qemu-img stays.
+        run(
+            &mut apt_get(&[
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "qemu-utils",
+            ]),
+            &fix,
+        )?;
     }
     let still = missing();
     if still.is_empty() {

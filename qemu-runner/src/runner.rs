@@ -193,6 +193,73 @@ impl QemuRunner {
         m
     }
 
+    /// Does everything up to starting QEMU for `case`: picks the profile, kernel and
+    /// accelerator, and writes the initramfs to `dir/initrd.img`. With `wait_for_ack` false the
+    /// guest powers off right after reporting, so [`crate::vm::qemu_args`] of the returned spec is
+    /// a plain QEMU command line that boots, runs the test and exits (what the boot benchmark
+    /// compares the runner with).
+    pub async fn prepare(
+        &self,
+        case: &TestCase,
+        dir: &Path,
+        wait_for_ack: bool,
+    ) -> Result<Prepared, RunnerError> {
+        let arch = self.arch_of(case);
+        let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
+        let qemu = profile.find_qemu().map_err(RunnerError::new)?;
+        let firmware = profile.find_firmware().map_err(RunnerError::new)?;
+        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
+        kernel::check(&parts.kernel, arch).map_err(RunnerError::new)?;
+        let decision = self.accel_for(arch).await.map_err(RunnerError::new)?;
+
+        // The initramfs: cached base plus this test's part.
+        let modules = self.modules_for(case);
+        let cache = self.config.build_cache.clone();
+        let parts2 = parts.clone();
+        let base =
+            tokio::task::spawn_blocking(move || image::base_image(&parts2, &modules, &cache))
+                .await
+                .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
+                .map_err(RunnerError::new)?;
+        let test_part = image::test_archive(&TestPart {
+            case,
+            output_limit: self.config.output_limit,
+            load_order: &base.load_order,
+            kernel_version: parts.kernel_version.as_deref(),
+            wait_for_ack,
+        })
+        .map_err(RunnerError::new)?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            RunnerError::with_source(format!("failed to create {}", dir.display()), e)
+        })?;
+        let initrd = dir.join("initrd.img");
+        image::assemble(&base.path, &test_part, &initrd).map_err(RunnerError::new)?;
+
+        let mut append = format!("console={} panic=-1 rdinit=/init", profile.console);
+        for a in &profile.kernel_args {
+            append.push(' ');
+            append.push_str(a);
+        }
+        let spec = VmSpec {
+            qemu: qemu.clone(),
+            accel: decision.accel,
+            kernel: parts.kernel.clone(),
+            initrd,
+            firmware,
+            append,
+            qmp_socket: dir.join("qmp.sock"),
+            memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
+            cpus: case.requirements.cpus.unwrap_or(profile.cpus),
+            profile: profile.clone(),
+        };
+        Ok(Prepared {
+            spec,
+            decision,
+            profile,
+            qemu,
+        })
+    }
+
     async fn accel_for(&self, arch: Arch) -> Result<AccelDecision, String> {
         let mut cache = self.accel.lock().await;
         if let Some(d) = cache.get(&arch) {
@@ -265,15 +332,15 @@ impl TestRunner for QemuRunner {
     ) -> Result<TestResult, RunnerError> {
         let mut result = TestResult::new(case, NAME, Outcome::Passed);
         let setup_start = Utc::now();
-        let arch = self.arch_of(case);
-        let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
-        let qemu = profile.find_qemu().map_err(RunnerError::new)?;
-        let firmware = profile.find_firmware().map_err(RunnerError::new)?;
-        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
-        kernel::check(&parts.kernel, arch).map_err(RunnerError::new)?;
-        let decision = self.accel_for(arch).await.map_err(RunnerError::new)?;
+        let prepared = self.prepare(case, ctx.scratch_dir(), true).await?;
+        let Prepared {
+            spec,
+            decision,
+            profile,
+            qemu,
+        } = prepared;
         let env = &mut result.environment;
-        env.insert("arch".into(), arch.to_string());
+        env.insert("arch".into(), profile.arch.to_string());
         env.insert("accelerator".into(), decision.accel.to_string());
         env.insert("accelerator-reason".into(), decision.reason.clone());
         env.insert("machine".into(), profile.machine.clone());
@@ -284,28 +351,9 @@ impl TestRunner for QemuRunner {
                 Accel::Tcg => profile.cpu_tcg.clone(),
             },
         );
-        env.insert("qemu".into(), qemu.display().to_string());
-        env.insert("kernel".into(), parts.kernel.display().to_string());
+        env.insert("kernel".into(), spec.kernel.display().to_string());
         env.insert("channel".into(), "serial console".into());
-
-        // The initramfs: cached base plus this test's part.
-        let modules = self.modules_for(case);
-        let cache = self.config.build_cache.clone();
-        let parts2 = parts.clone();
-        let base =
-            tokio::task::spawn_blocking(move || image::base_image(&parts2, &modules, &cache))
-                .await
-                .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
-                .map_err(RunnerError::new)?;
-        let test_part = image::test_archive(&TestPart {
-            case,
-            output_limit: self.config.output_limit,
-            load_order: &base.load_order,
-            kernel_version: parts.kernel_version.as_deref(),
-        })
-        .map_err(RunnerError::new)?;
-        let initrd = ctx.scratch_dir().join("initrd.img");
-        image::assemble(&base.path, &test_part, &initrd).map_err(RunnerError::new)?;
+        env.insert("qemu-command".into(), command_line(&spec));
         let artifacts = ctx.artifact_dir();
         std::fs::create_dir_all(&artifacts).map_err(|e| {
             RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
@@ -318,23 +366,6 @@ impl TestRunner for QemuRunner {
 
         // Boot.
         let boot_start = Utc::now();
-        let mut append = format!("console={} panic=-1 rdinit=/init", profile.console);
-        for a in &profile.kernel_args {
-            append.push(' ');
-            append.push_str(a);
-        }
-        let spec = VmSpec {
-            qemu: qemu.clone(),
-            accel: decision.accel,
-            kernel: parts.kernel.clone(),
-            initrd,
-            firmware,
-            append,
-            qmp_socket: ctx.scratch_dir().join("qmp.sock"),
-            memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
-            cpus: case.requirements.cpus.unwrap_or(profile.cpus),
-            profile: profile.clone(),
-        };
         let console_log = artifacts.join("console.log");
         let mut vm =
             Vm::start(&spec, &console_log, self.config.console_log_limit).map_err(|e| {
@@ -652,6 +683,30 @@ fn list_artifacts(dir: &Path) -> Vec<ArtifactFile> {
         }
     }
     out
+}
+
+/// A guest ready to start: see [`QemuRunner::prepare`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Prepared {
+    /// What to start.
+    pub spec: VmSpec,
+    /// The accelerator and why.
+    pub decision: AccelDecision,
+    /// The machine profile used.
+    pub profile: MachineProfile,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+/// The QEMU command line of a spec, quoted for a shell, for reproducing a run by hand.
+pub fn command_line(spec: &VmSpec) -> String {
+    let mut s = crate::agent::shell_quote(&spec.qemu.to_string_lossy());
+    for a in crate::vm::qemu_args(spec) {
+        s.push(' ');
+        s.push_str(&crate::agent::shell_quote(&a));
+    }
+    s
 }
 
 /// Why waiting on the guest ended.

@@ -167,7 +167,7 @@ fn provision_guests() -> Result<()> {
     use qemu_runner::provision;
     let started = Instant::now();
     eprintln!("xtask: == QEMU: checking the four system emulators");
-    provision::ensure_qemu().context("installing QEMU")?;
+    provision::ensure_qemu_with(true).context("installing QEMU")?;
     let options =
         provision::ProvisionOptions::default().with_progress(|msg| eprintln!("xtask:    {msg}"));
     eprintln!("xtask: == guest images: {}", options.cache_dir.display());
