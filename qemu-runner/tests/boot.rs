@@ -231,12 +231,9 @@ async fn boot_suite(arch: Arch) {
     eprintln!("{arch}: 7 boots in {:.1}s", started.elapsed().as_secs_f64());
 }
 
-const IGNORE: &str = "needs QEMU and provisioned guest images: run `cargo xtask test`";
-
 #[tokio::test]
 #[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
 async fn aarch64_boots() {
-    let _ = IGNORE;
     boot_suite(Arch::Aarch64).await;
 }
 
@@ -350,6 +347,30 @@ async fn cancellation_stops_qemu() {
     let r = by(&report, "cancelled");
     assert_eq!(r.outcome, Outcome::Cancelled, "{r:#?}");
     assert_no_qemu_left(&report);
+}
+
+/// A caller that drops the runner's future (a panic, an aborted task) does not leak QEMU: the
+/// child is killed on drop.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn dropping_a_running_execution_kills_qemu() {
+    use orchestrator_core::{ExecutionContext, TestRunner};
+    let dir = tempfile::tempdir().unwrap();
+    let runner = QemuRunner::new(QemuConfig::new());
+    let case = case(Arch::Aarch64, "dropped", "sleep 100");
+    let ctx = ExecutionContext::new(&case, dir.path());
+    let _ = tokio::time::timeout(Duration::from_secs(3), runner.execute(&case, &ctx)).await;
+    let started = ctx.processes();
+    assert_eq!(started.len(), 1, "QEMU was started and reported");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(started[0].pid) {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU {} survived its dropped execution",
+            started[0].pid
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// QEMU rejecting its arguments is an infrastructure error quoting QEMU.
