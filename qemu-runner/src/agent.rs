@@ -46,13 +46,48 @@ cd /work
 ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
 code=$?
 cd /
+say EXIT "$code"
 dmesg >/tmp/orch/dmesg 2>/dev/null
+: >/tmp/orch/manifest
+: >/tmp/orch/missing
+channel=none
+if [ -s /orch/artifacts ]; then
+    cd /work
+    files=
+    for g in $(cat /orch/artifacts); do
+        found=
+        for f in $g; do
+            [ -e "$f" ] && { files="$files $f"; found=1; }
+        done
+        [ -n "$found" ] || echo "$g" >>/tmp/orch/missing
+    done
+    if [ -n "$files" ]; then
+        find $files -type f | while read -r f; do md5sum "$f"; done >/tmp/orch/manifest
+        port=
+        for p in /sys/class/virtio-ports/*; do
+            [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+        done
+        if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
+            channel=virtio-serial
+        elif tar -cf /tmp/orch/artifacts $files; then
+            channel=serial-console
+        fi
+    fi
+    cd /
+fi
+serial_limit=$(cat /orch/serial-artifact-limit 2>/dev/null || echo 4194304)
+if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
+    echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
+    channel=none
+fi
+echo "$channel" >/tmp/orch/channel
 send() {
     f=/tmp/orch/$1
+    lim=${2:-$limit}
     total=$(wc -c <"$f")
-    if [ "$total" -gt "$limit" ]; then
-        half=$((limit / 2))
-        { head -c "$half" "$f"; tail -c $((limit - half)) "$f"; } >"$f.sent"
+    if [ "$total" -gt "$lim" ]; then
+        half=$((lim / 2))
+        { head -c "$half" "$f"; tail -c $((lim - half)) "$f"; } >"$f.sent"
     else
         cp "$f" "$f.sent"
     fi
@@ -67,6 +102,10 @@ while :; do
     send stdout
     send stderr
     send dmesg
+    send manifest
+    send missing
+    send channel
+    [ "$channel" = serial-console ] && send artifacts "$serial_limit"
     say EXIT "$code"
     say DONE
     tries=$((tries + 1))

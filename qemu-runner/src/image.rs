@@ -204,6 +204,8 @@ pub struct TestPart<'a> {
     pub load_order: &'a [String],
     /// The kernel release, for the module paths.
     pub kernel_version: Option<&'a str>,
+    /// Largest artifact archive sent over the serial console when no virtio port is available.
+    pub serial_artifact_limit: u64,
     /// Whether the agent waits for the host's `ACK` before powering off (a plain QEMU command
     /// line with nobody answering sets this to `false`).
     pub wait_for_ack: bool,
@@ -249,6 +251,17 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
         None => Vec::new(),
     };
     b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    let mut globs = String::new();
+    for g in &case.artifacts {
+        globs.push_str(g);
+        globs.push('\n');
+    }
+    b.file_from_bytes("orch/artifacts", 0o644, globs.into_bytes());
+    b.file_from_bytes(
+        "orch/serial-artifact-limit",
+        0o644,
+        format!("{}\n", part.serial_artifact_limit).into_bytes(),
+    );
     if !part.wait_for_ack {
         b.file_from_bytes("orch/noack", 0o644, Vec::new());
     }

@@ -33,6 +33,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod artifacts;
 pub mod crash;
 pub mod image;
 pub mod initramfs;

@@ -36,6 +36,13 @@ pub struct MachineProfile {
     /// Extra QEMU arguments.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// The virtio-serial controller for the artifact channel (`virtio-serial-pci` on PCI
+    /// machines, `virtio-serial-device` on virtio-mmio ones).
+    #[serde(default)]
+    pub virtio_serial: String,
+    /// Kernel modules the guest needs for that channel (built-in ones are skipped).
+    #[serde(default)]
+    pub channel_modules: Vec<String>,
     /// Extra kernel command-line arguments.
     #[serde(default)]
     pub kernel_args: Vec<String>,
@@ -82,12 +89,19 @@ impl MachineProfile {
             memory_mib: 512,
             cpus: 1,
             extra_args: Vec::new(),
+            virtio_serial: "virtio-serial-device".to_owned(),
+            channel_modules: vec!["virtio_mmio".to_owned(), "virtio_console".to_owned()],
             kernel_args: vec!["quiet".to_owned()],
             boot_timeout: Duration::from_secs(20),
             tcg_multiplier: 5.0,
         };
         match arch {
-            Arch::X86_64 => base("qemu-system-x86_64", "q35", "max", "ttyS0"),
+            Arch::X86_64 => {
+                let mut p = base("qemu-system-x86_64", "q35", "max", "ttyS0");
+                p.virtio_serial = "virtio-serial-pci".to_owned();
+                p.channel_modules = vec!["virtio_pci".to_owned(), "virtio_console".to_owned()];
+                p
+            }
             Arch::Aarch64 => base("qemu-system-aarch64", "virt", "cortex-a57", "ttyAMA0"),
             Arch::Armv7 => base("qemu-system-arm", "virt", "cortex-a15", "ttyAMA0"),
             Arch::Riscv64 => {

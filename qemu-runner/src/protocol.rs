@@ -93,6 +93,7 @@ fn hex_md5(data: &[u8]) -> String {
 pub struct Parser {
     nonce: Option<String>,
     limit: u64,
+    stream_limits: BTreeMap<String, u64>,
     streams: BTreeMap<String, Stream>,
     exit: Option<i32>,
 }
@@ -103,9 +104,21 @@ impl Parser {
         Parser {
             nonce: None,
             limit,
+            stream_limits: BTreeMap::new(),
             streams: BTreeMap::new(),
             exit: None,
         }
+    }
+
+    /// Allows `limit` bytes for the stream `name` instead of the default.
+    #[must_use]
+    pub fn with_stream_limit(mut self, name: &str, limit: u64) -> Self {
+        self.stream_limits.insert(name.to_owned(), limit);
+        self
+    }
+
+    fn limit_of(&self, name: &str) -> u64 {
+        self.stream_limits.get(name).copied().unwrap_or(self.limit)
     }
 
     /// The nonce of this boot, once `READY` was seen.
@@ -166,7 +179,7 @@ impl Parser {
                 let total = fields.next()?.parse().ok()?;
                 let sent: u64 = fields.next()?.parse().ok()?;
                 let md5 = fields.next()?;
-                if md5.len() != 32 || sent > self.limit || fields.next().is_some() {
+                if md5.len() != 32 || sent > self.limit_of(name) || fields.next().is_some() {
                     return None;
                 }
                 self.streams.insert(
@@ -186,7 +199,7 @@ impl Parser {
                 if fields.next().is_some() {
                     return None;
                 }
-                let limit = self.limit;
+                let limit = self.limit_of(name);
                 let stream = self.streams.get_mut(name)?;
                 match base64::engine::general_purpose::STANDARD.decode(b64) {
                     Ok(bytes) if stream.data.len() as u64 + bytes.len() as u64 <= limit => {

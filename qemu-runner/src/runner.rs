@@ -55,6 +55,13 @@ pub struct QemuConfig {
     pub modules: Vec<String>,
     /// How often a damaged transfer is asked for again before giving up.
     pub max_resends: u32,
+    /// Limits on the artifacts a guest may send back.
+    pub artifact_limits: crate::artifacts::ArtifactLimits,
+    /// Largest artifact archive sent over the serial console, when the guest has no virtio
+    /// port (a kernel without the modules); the console carries about 85 KB/s under TCG.
+    pub serial_artifact_limit: u64,
+    /// How long the guest may take to send results and artifacts after the test exits.
+    pub transfer_timeout: std::time::Duration,
 }
 
 impl QemuConfig {
@@ -72,6 +79,9 @@ impl QemuConfig {
             console_log_limit: 16 << 20,
             modules: Vec::new(),
             max_resends: 3,
+            artifact_limits: crate::artifacts::ArtifactLimits::default(),
+            serial_artifact_limit: 4 << 20,
+            transfer_timeout: std::time::Duration::from_secs(120),
         }
     }
 
@@ -183,8 +193,21 @@ impl QemuRunner {
         Ok(parts)
     }
 
-    fn modules_for(&self, case: &TestCase) -> Vec<String> {
-        let mut m = self.config.modules.clone();
+    fn modules_for(
+        &self,
+        case: &TestCase,
+        profile: &MachineProfile,
+        has_tree: bool,
+    ) -> Vec<String> {
+        let mut m = Vec::new();
+        if has_tree && !case.artifacts.is_empty() {
+            m.extend(profile.channel_modules.iter().cloned());
+        }
+        for x in &self.config.modules {
+            if !m.contains(x) {
+                m.push(x.clone());
+            }
+        }
         for x in &case.requirements.modules {
             if !m.contains(x) {
                 m.push(x.clone());
@@ -213,7 +236,7 @@ impl QemuRunner {
         let decision = self.accel_for(arch).await.map_err(RunnerError::new)?;
 
         // The initramfs: cached base plus this test's part.
-        let modules = self.modules_for(case);
+        let modules = self.modules_for(case, &profile, parts.modules_dir.is_some());
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
         let base =
@@ -226,6 +249,7 @@ impl QemuRunner {
             output_limit: self.config.output_limit,
             load_order: &base.load_order,
             kernel_version: parts.kernel_version.as_deref(),
+            serial_artifact_limit: self.config.serial_artifact_limit,
             wait_for_ack,
         })
         .map_err(RunnerError::new)?;
@@ -240,6 +264,19 @@ impl QemuRunner {
             append.push(' ');
             append.push_str(a);
         }
+        // Sockets live in a short private directory: Unix socket paths are limited to 107 bytes.
+        let sockets = tempfile::Builder::new()
+            .prefix("orch-vm-")
+            .tempdir()
+            .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
+        let artifact_listener = if case.artifacts.is_empty() {
+            None
+        } else {
+            let path = sockets.path().join("artifacts.sock");
+            Some(tokio::net::UnixListener::bind(&path).map_err(|e| {
+                RunnerError::with_source(format!("failed to listen on {}", path.display()), e)
+            })?)
+        };
         let spec = VmSpec {
             qemu: qemu.clone(),
             accel: decision.accel,
@@ -247,7 +284,10 @@ impl QemuRunner {
             initrd,
             firmware,
             append,
-            qmp_socket: dir.join("qmp.sock"),
+            qmp_socket: sockets.path().join("qmp.sock"),
+            artifact_socket: artifact_listener
+                .as_ref()
+                .map(|_| sockets.path().join("artifacts.sock")),
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),
@@ -257,6 +297,8 @@ impl QemuRunner {
             decision,
             profile,
             qemu,
+            artifact_listener,
+            sockets,
         })
     }
 
@@ -308,7 +350,7 @@ impl TestRunner for QemuRunner {
                 parts.busybox.display()
             ));
         }
-        let modules = self.modules_for(case);
+        let modules = self.modules_for(case, profile, false);
         if !modules.is_empty() && parts.modules_dir.is_none() {
             return Err(format!(
                 "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
@@ -338,6 +380,8 @@ impl TestRunner for QemuRunner {
             decision,
             profile,
             qemu,
+            artifact_listener,
+            sockets: _sockets,
         } = prepared;
         let env = &mut result.environment;
         env.insert("arch".into(), profile.arch.to_string());
@@ -372,11 +416,29 @@ impl TestRunner for QemuRunner {
                 RunnerError::with_source(format!("failed to start {}", qemu.display()), e)
             })?;
         ctx.process_started(vm.pid(), profile.qemu.clone());
+        let mut artifact_task = artifact_listener.map(|listener| {
+            let dest = artifacts.join("files");
+            let limits = self.config.artifact_limits;
+            tokio::spawn(async move {
+                let (stream, _) =
+                    tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
+                        .await
+                        .ok()?
+                        .ok()?;
+                let stream = stream.into_std().ok()?;
+                stream.set_nonblocking(false).ok()?;
+                tokio::task::spawn_blocking(move || {
+                    crate::artifacts::extract(stream, &dest, limits)
+                })
+                .await
+                .ok()
+            })
+        });
         result
             .environment
             .insert("qemu-pid".into(), vm.pid().to_string());
 
-        let mut watch = Watch::new(self.config.output_limit);
+        let mut watch = Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
         let cancel = ctx.cancel_token().clone();
         let boot_limit = profile.boot_timeout_for(decision.accel);
         let (boot_deadline, _) = ctx.deadline_after(boot_limit);
@@ -390,6 +452,7 @@ impl TestRunner for QemuRunner {
         });
 
         let mut test_start = None;
+        let mut test_end = None;
         match booted {
             Wait::Ready => {}
             Wait::Fatal(kind) => {
@@ -427,7 +490,7 @@ impl TestRunner for QemuRunner {
                 result.outcome = Outcome::Cancelled;
                 notes.push("the run was cancelled during boot".into());
             }
-            Wait::Done => unreachable!("DONE cannot come before READY"),
+            Wait::Done | Wait::TestExit => unreachable!("no record comes before READY"),
         }
 
         if booted == Wait::Ready {
@@ -448,40 +511,13 @@ impl TestRunner for QemuRunner {
             test_start = Some(started);
             let (deadline, by_run) = ctx.deadline_after(case.timeout);
             let test_started = Instant::now();
-            let mut resends = 0;
+            // The test runs until the agent reports its exit code.
+            let mut exit_code = None;
             loop {
                 match wait(&mut vm, &mut watch, deadline, &cancel).await {
-                    Wait::Done => {
-                        if watch.transfer_complete() {
-                            let _ = vm.send_line("ACK").await;
-                            let code = watch.parser.exit().unwrap_or(-1);
-                            result.outcome = match watch.serious {
-                                Some(kind) => {
-                                    notes.push(format!(
-                                        "the kernel reported a problem during the test ({kind}); the test exited with {code}"
-                                    ));
-                                    Outcome::Crashed { crash: kind }
-                                }
-                                None if code == 0 => Outcome::Passed,
-                                None => Outcome::Failed {
-                                    exit_code: Some(code),
-                                    signal: None,
-                                },
-                            };
-                            break;
-                        }
-                        if resends >= self.config.max_resends {
-                            result.outcome = Outcome::InfraError {
-                                message: format!(
-                                    "the guest's results arrived damaged {} times",
-                                    resends + 1
-                                ),
-                            };
-                            break;
-                        }
-                        resends += 1;
-                        watch.parser.reset_transfer();
-                        let _ = vm.send_line("RESEND").await;
+                    Wait::TestExit | Wait::Done => {
+                        exit_code = watch.parser.exit();
+                        break;
                     }
                     Wait::Fatal(kind) => {
                         drain_after_crash(&mut vm, &mut watch).await;
@@ -527,13 +563,88 @@ impl TestRunner for QemuRunner {
                     Wait::Ready => {}
                 }
             }
-            if resends > 0 {
-                result
-                    .environment
-                    .insert("resends".into(), resends.to_string());
+            test_end = Some(Utc::now());
+            if let Some(code) = exit_code {
+                // Then the agent sends the results; a damaged transfer is asked for again.
+                let (deadline, _) = ctx.deadline_after(self.config.transfer_timeout);
+                let mut resends = 0;
+                loop {
+                    match wait(&mut vm, &mut watch, deadline, &cancel).await {
+                        Wait::Done => {
+                            if watch.transfer_complete() {
+                                let _ = vm.send_line("ACK").await;
+                                result.outcome = match watch.serious {
+                                    Some(kind) => {
+                                        notes.push(format!(
+                                            "the kernel reported a problem during the test ({kind}); the test exited with {code}"
+                                        ));
+                                        Outcome::Crashed { crash: kind }
+                                    }
+                                    None if code == 0 => Outcome::Passed,
+                                    None => Outcome::Failed {
+                                        exit_code: Some(code),
+                                        signal: None,
+                                    },
+                                };
+                                break;
+                            }
+                            if resends >= self.config.max_resends {
+                                result.outcome = Outcome::InfraError {
+                                    message: format!(
+                                        "the guest's results arrived damaged {} times",
+                                        resends + 1
+                                    ),
+                                };
+                                break;
+                            }
+                            resends += 1;
+                            watch.parser.reset_transfer();
+                            let _ = vm.send_line("RESEND").await;
+                        }
+                        Wait::TestExit | Wait::Ready => {}
+                        Wait::Fatal(kind) => {
+                            drain_after_crash(&mut vm, &mut watch).await;
+                            result.outcome = Outcome::Crashed { crash: kind };
+                            notes.push(format!(
+                                "the kernel crashed after the test exited with {code}, while results were sent"
+                            ));
+                            break;
+                        }
+                        Wait::Exited => {
+                            result.outcome = Outcome::Crashed {
+                                crash: CrashKind::UnexpectedExit,
+                            };
+                            notes.push(format!(
+                                "QEMU exited after the test exited with {code}, while results were sent"
+                            ));
+                            break;
+                        }
+                        Wait::Deadline => {
+                            result.outcome = Outcome::TimedOut {
+                                phase: Phase::Teardown,
+                                limit: self.config.transfer_timeout,
+                            };
+                            notes.push(format!(
+                                "the test exited with {code} but its results did not arrive within {}",
+                                humantime_secs(self.config.transfer_timeout)
+                            ));
+                            break;
+                        }
+                        Wait::Cancelled => {
+                            result.outcome = Outcome::Cancelled;
+                            notes.push("the run was cancelled while results were sent".into());
+                            break;
+                        }
+                    }
+                }
+                if resends > 0 {
+                    result
+                        .environment
+                        .insert("resends".into(), resends.to_string());
+                }
             }
         }
-        let test_end = Utc::now();
+        let test_end = test_end.unwrap_or_else(Utc::now);
         if let Some(started) = test_start {
             result.phases.push(PhaseTiming {
                 phase: Phase::Test,
@@ -542,8 +653,18 @@ impl TestRunner for QemuRunner {
             });
         }
 
-        // Teardown: stop QEMU, keep the logs.
+        // Teardown: let the artifact archive finish arriving, stop QEMU, keep the logs.
         let teardown_start = Utc::now();
+        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
+        let mut extracted = None;
+        if let Some(task) = artifact_task.as_mut()
+            && transfer_ok
+            && watch.stream_text("channel").as_deref() == Some("virtio-serial")
+            && let Ok(done) = tokio::time::timeout(self.config.transfer_timeout, &mut *task).await
+        {
+            extracted = done.ok().flatten();
+            artifact_task = None;
+        }
         let stop = vm.stop().await;
         if stop.steps.len() > 1 || !stop.stopped {
             notes.push(format!(
@@ -602,6 +723,42 @@ impl TestRunner for QemuRunner {
             }
         } else if !matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. }) {
             notes.push("the kernel log (dmesg) could not be collected; see console.log".into());
+        }
+        // Artifacts: what arrived (over virtio or the console), checked against the guest's
+        // manifest; what did not, named.
+        if let Some(task) = artifact_task {
+            // QEMU is gone, so the socket is closed and the task ends.
+            extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+        }
+        let files_dir = artifacts.join("files");
+        let channel = watch.stream_text("channel");
+        if channel.as_deref() == Some("serial-console")
+            && let Some(s) = streams.get("artifacts")
+            && s.verified()
+        {
+            extracted = Some(crate::artifacts::extract(
+                &s.data[..],
+                &files_dir,
+                self.config.artifact_limits,
+            ));
+        }
+        if !case.artifacts.is_empty() {
+            result.environment.insert(
+                "artifact-channel".into(),
+                channel.clone().unwrap_or_else(|| "none".into()),
+            );
+            notes.extend(check_artifacts(
+                &case.artifacts,
+                extracted.as_ref(),
+                &files_dir,
+                watch.stream_text("manifest").as_deref(),
+                watch.stream_text("missing").as_deref(),
+                transfer_ok,
+            ));
         }
         result.artifacts = list_artifacts(&artifacts);
         let failed = !matches!(result.outcome, Outcome::Passed);
@@ -665,30 +822,128 @@ fn captured(s: &Stream, limit: u64) -> CapturedOutput {
 }
 
 fn list_artifacts(dir: &Path) -> Vec<ArtifactFile> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        if let Ok(meta) = e.metadata()
-            && meta.is_file()
-        {
-            out.push(ArtifactFile::new(
-                e.file_name().to_string_lossy(),
-                e.path(),
-                meta.len(),
-            ));
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<ArtifactFile>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(root, &e.path(), out);
+            } else if meta.is_file() {
+                let rel = e.path().strip_prefix(root).map(Path::to_path_buf);
+                if let Ok(rel) = rel {
+                    out.push(ArtifactFile::new(
+                        rel.to_string_lossy(),
+                        e.path(),
+                        meta.len(),
+                    ));
+                }
+            }
         }
     }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
     out
 }
 
+/// Compares what arrived with what the guest said it sent; returns notes for the result.
+fn check_artifacts(
+    globs: &[String],
+    extracted: Option<&crate::artifacts::Extracted>,
+    files_dir: &Path,
+    manifest: Option<&str>,
+    missing: Option<&str>,
+    transfer_ok: bool,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let extracted = extracted.filter(|e| transfer_ok || !e.files.is_empty());
+    let Some(extracted) = extracted else {
+        notes.push(format!(
+            "artifacts missing: {} ({})",
+            globs.join(", "),
+            if transfer_ok {
+                "the guest sent none"
+            } else {
+                "the test did not finish, so the guest never sent them"
+            }
+        ));
+        return notes;
+    };
+    for (name, why) in &extracted.rejected {
+        notes.push(format!("artifact `{name}` rejected: {why}"));
+    }
+    if let Some(e) = &extracted.error {
+        notes.push(format!("the artifact archive is incomplete: {e}"));
+    }
+    if !transfer_ok {
+        notes.push(format!(
+            "the test did not finish: artifacts received before it stopped: {}",
+            extracted
+                .files
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(missing) = missing {
+        let gone: Vec<&str> = missing.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !gone.is_empty() {
+            notes.push(format!(
+                "artifacts missing: {} (no match in the guest)",
+                gone.join(", ")
+            ));
+        }
+    }
+    let mut damaged = Vec::new();
+    let mut lost = Vec::new();
+    for line in manifest.unwrap_or("").lines() {
+        let Some((sum, name)) = line.split_once("  ") else {
+            continue;
+        };
+        let name = name.trim_start_matches("./");
+        match std::fs::read(files_dir.join(name)) {
+            Ok(data) => {
+                use md5::Digest;
+                let got: String = md5::Md5::digest(&data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                if got != sum {
+                    damaged.push(name.to_owned());
+                }
+            }
+            Err(_) => lost.push(name.to_owned()),
+        }
+    }
+    if !damaged.is_empty() {
+        notes.push(format!(
+            "artifacts damaged in transfer (checksum mismatch): {}",
+            damaged.join(", ")
+        ));
+    }
+    if !lost.is_empty() {
+        notes.push(format!(
+            "artifacts missing: {} (listed by the guest, not received)",
+            lost.join(", ")
+        ));
+    }
+    notes
+}
+
 /// A guest ready to start: see [`QemuRunner::prepare`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct Prepared {
+    /// Where the guest's artifact port connects, when the test collects artifacts.
+    pub artifact_listener: Option<tokio::net::UnixListener>,
+    /// The private directory holding the sockets (removed when dropped).
+    pub sockets: tempfile::TempDir,
     /// What to start.
     pub spec: VmSpec,
     /// The accelerator and why.
@@ -713,6 +968,7 @@ pub fn command_line(spec: &VmSpec) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
     Ready,
+    TestExit,
     Done,
     Exited,
     Fatal(CrashKind),
@@ -735,9 +991,9 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(limit: u64) -> Self {
+    fn new(limit: u64, serial_artifact_limit: u64) -> Self {
         Watch {
-            parser: Parser::new(limit),
+            parser: Parser::new(limit).with_stream_limit("artifacts", serial_artifact_limit),
             excerpt: Excerpt::default(),
             tail: VecDeque::new(),
             ready: None,
@@ -758,6 +1014,7 @@ impl Watch {
                     Some(Wait::Ready)
                 }
                 Record::Done => Some(Wait::Done),
+                Record::Exit(_) => Some(Wait::TestExit),
                 _ => None,
             };
         }
@@ -785,10 +1042,23 @@ impl Watch {
     /// Whether every stream arrived intact, with the exit code.
     fn transfer_complete(&self) -> bool {
         let s = self.parser.streams();
+        let serial_artifacts = self.stream_text("channel").as_deref() == Some("serial-console");
         self.parser.exit().is_some()
-            && ["stdout", "stderr", "dmesg"]
-                .iter()
-                .all(|n| s.get(*n).is_some_and(Stream::verified))
+            && [
+                "stdout", "stderr", "dmesg", "manifest", "missing", "channel",
+            ]
+            .iter()
+            .all(|n| s.get(*n).is_some_and(Stream::verified))
+            && (!serial_artifacts || s.get("artifacts").is_some_and(Stream::verified))
+    }
+
+    /// A small verified stream as trimmed text.
+    fn stream_text(&self, name: &str) -> Option<String> {
+        self.parser
+            .streams()
+            .get(name)
+            .filter(|s| s.verified())
+            .map(|s| String::from_utf8_lossy(&s.data).trim().to_owned())
     }
 }
 

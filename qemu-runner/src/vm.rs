@@ -40,7 +40,13 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Guest CPUs.
     pub cpus: u32,
+    /// The Unix socket (listened on by the host) the guest's artifact port connects to, if the
+    /// test collects artifacts.
+    pub artifact_socket: Option<PathBuf>,
 }
+
+/// The name of the guest's artifact port.
+pub const ARTIFACT_PORT: &str = "org.orch.artifacts";
 
 /// The QEMU arguments for a spec (without the binary).
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
@@ -74,6 +80,19 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
     ]);
+    if let Some(sock) = &spec.artifact_socket
+        && !p.virtio_serial.is_empty()
+    {
+        push(&["-device", &format!("{},id=vser", p.virtio_serial)]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=art,path={}", sock.display()),
+        ]);
+        push(&[
+            "-device",
+            &format!("virtserialport,bus=vser.0,chardev=art,name={ARTIFACT_PORT}"),
+        ]);
+    }
     if let Some(fw) = &spec.firmware {
         push(&["-bios", &fw.to_string_lossy()]);
     }
@@ -316,6 +335,7 @@ mod tests {
             qmp_socket: "/run/q.sock".into(),
             memory_mib: 256,
             cpus: 2,
+            artifact_socket: None,
             profile,
         };
         let args = qemu_args(&spec).join(" ");

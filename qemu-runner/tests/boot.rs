@@ -78,7 +78,34 @@ fn assert_no_qemu_left(report: &RunReport) {
 /// Every scenario the boot issue asks for, on one architecture.
 async fn boot_suite(arch: Arch) {
     let started = Instant::now();
+    // 16 MiB of random data goes in with the test and must come back byte-exact.
+    let data_dir = tempfile::tempdir().unwrap();
+    let big = data_dir.path().join("random.bin");
+    let mut bytes = vec![0u8; 16 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ arch as u64;
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&big, &bytes).unwrap();
     let cases = vec![
+        case(
+            arch,
+            "artifacts",
+            "mkdir -p out && cp random.bin out/copy.bin && echo 'a small note' > note.txt",
+        )
+        .with_file(&big, "random.bin")
+        .with_artifact("out/*.bin")
+        .with_artifact("note.txt")
+        .with_artifact("nothing-*.log"),
+        case(
+            arch,
+            "artifacts-then-panic",
+            "echo kept > note.txt; echo c > /proc/sysrq-trigger",
+        )
+        .with_artifact("note.txt"),
         case(arch, "uname", "uname -m"),
         case(arch, "exit3", "echo about to fail; exit 3"),
         case(arch, "hang", "sleep 100000").with_timeout(Duration::from_secs(3)),
@@ -103,6 +130,49 @@ async fn boot_suite(arch: Arch) {
         ),
     ];
     let report = run_with(QemuConfig::new(), cases, CancellationToken::new()).await;
+
+    let art = by(&report, "artifacts");
+    assert_eq!(art.outcome, Outcome::Passed, "{art:#?}");
+    assert_eq!(
+        art.environment["artifact-channel"], "virtio-serial",
+        "{art:#?}"
+    );
+    let copy = art
+        .artifacts
+        .iter()
+        .find(|a| a.name == "files/out/copy.bin")
+        .expect("copy.bin");
+    assert_eq!(
+        blake3::hash(&std::fs::read(&copy.path).unwrap()),
+        blake3::hash(&bytes),
+        "16 MiB came back byte-exact"
+    );
+    let note = art
+        .artifacts
+        .iter()
+        .find(|a| a.name == "files/note.txt")
+        .expect("note.txt");
+    assert_eq!(
+        std::fs::read_to_string(&note.path).unwrap(),
+        "a small note\n"
+    );
+    let message = art.message.as_deref().unwrap_or("");
+    assert!(
+        message.contains("artifacts missing: nothing-*.log (no match in the guest)"),
+        "{message}"
+    );
+
+    let panicked = by(&report, "artifacts-then-panic");
+    assert_eq!(
+        panicked.outcome,
+        Outcome::Crashed {
+            crash: CrashKind::KernelPanic
+        },
+        "{panicked:#?}"
+    );
+    assert!(panicked.artifacts.iter().any(|a| a.name == "console.log"));
+    let message = panicked.message.as_deref().unwrap();
+    assert!(message.contains("artifacts missing: note.txt"), "{message}");
 
     let uname = by(&report, "uname");
     assert_eq!(uname.outcome, Outcome::Passed, "{uname:#?}");
@@ -228,7 +298,7 @@ async fn boot_suite(arch: Arch) {
     );
     assert_no_qemu_left(&report);
 
-    eprintln!("{arch}: 7 boots in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("{arch}: 9 boots in {:.1}s", started.elapsed().as_secs_f64());
 }
 
 #[tokio::test]
