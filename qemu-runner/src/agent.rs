@@ -37,15 +37,21 @@ if [ -s /orch/modules ]; then
         insmod "$m" >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
     done
 fi
-mkdir -p /tmp/orch
+mkdir -p /tmp/orch/cores
+# A crashing user-space program leaves a core named after it and its signal.
+echo '/tmp/orch/cores/core.%e.%s.%p' >/proc/sys/kernel/core_pattern 2>/dev/null
 say READY "$(uname -r)" "$(uname -m)"
 cd /work
 (
     [ -f /orch/env ] && . /orch/env
+    ulimit -c unlimited 2>/dev/null
     exec sh /orch/run.sh
 ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
 code=$?
 cd /
+if [ -n "$(ls /tmp/orch/cores 2>/dev/null)" ]; then
+    mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
+fi
 say EXIT "$code"
 dmesg >/tmp/orch/dmesg 2>/dev/null
 : >/tmp/orch/manifest

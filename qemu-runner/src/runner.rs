@@ -62,6 +62,10 @@ pub struct QemuConfig {
     pub serial_artifact_limit: u64,
     /// How long the guest may take to send results and artifacts after the test exits.
     pub transfer_timeout: std::time::Duration,
+    /// Whether every guest gets the virtio artifact channel, so that core dumps of crashing
+    /// programs come back even from tests that name no artifacts (costs loading two modules at
+    /// boot).
+    pub core_dumps: bool,
 }
 
 impl QemuConfig {
@@ -82,6 +86,7 @@ impl QemuConfig {
             artifact_limits: crate::artifacts::ArtifactLimits::default(),
             serial_artifact_limit: 4 << 20,
             transfer_timeout: std::time::Duration::from_secs(120),
+            core_dumps: true,
         }
     }
 
@@ -193,6 +198,10 @@ impl QemuRunner {
         Ok(parts)
     }
 
+    fn wants_channel(&self, case: &TestCase) -> bool {
+        self.config.core_dumps || !case.artifacts.is_empty()
+    }
+
     fn modules_for(
         &self,
         case: &TestCase,
@@ -200,7 +209,7 @@ impl QemuRunner {
         has_tree: bool,
     ) -> Vec<String> {
         let mut m = Vec::new();
-        if has_tree && !case.artifacts.is_empty() {
+        if has_tree && self.wants_channel(case) {
             m.extend(profile.channel_modules.iter().cloned());
         }
         for x in &self.config.modules {
@@ -269,7 +278,7 @@ impl QemuRunner {
             .prefix("orch-vm-")
             .tempdir()
             .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
-        let artifact_listener = if case.artifacts.is_empty() {
+        let artifact_listener = if !self.wants_channel(case) {
             None
         } else {
             let path = sockets.path().join("artifacts.sock");
@@ -746,7 +755,20 @@ impl TestRunner for QemuRunner {
                 self.config.artifact_limits,
             ));
         }
-        if !case.artifacts.is_empty() {
+        let cores: Vec<String> = std::fs::read_dir(files_dir.join(".orch-cores"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| describe_core(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !cores.is_empty() {
+            notes.push(format!("core dumps: {}", cores.join(", ")));
+            result
+                .environment
+                .insert("core-dumps".into(), cores.join(", "));
+        }
+        if !case.artifacts.is_empty() || extracted.as_ref().is_some_and(|e| !e.files.is_empty()) {
             result.environment.insert(
                 "artifact-channel".into(),
                 channel.clone().unwrap_or_else(|| "none".into()),
@@ -849,6 +871,16 @@ fn list_artifacts(dir: &Path) -> Vec<ArtifactFile> {
     let mut out = Vec::new();
     walk(dir, dir, &mut out);
     out
+}
+
+/// `core.<program>.<signal>.<pid>` as "program (signal N, pid P)".
+fn describe_core(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("core.")?;
+    let mut parts = rest.rsplitn(3, '.');
+    let pid = parts.next()?;
+    let signal = parts.next()?;
+    let program = parts.next()?;
+    Some(format!("{program} (signal {signal}, pid {pid})"))
 }
 
 /// Compares what arrived with what the guest said it sent; returns notes for the result.

@@ -100,6 +100,7 @@ async fn boot_suite(arch: Arch) {
         .with_artifact("out/*.bin")
         .with_artifact("note.txt")
         .with_artifact("nothing-*.log"),
+        case(arch, "coredump", "sh -c 'kill -SEGV $$' || echo survived"),
         case(
             arch,
             "artifacts-then-panic",
@@ -161,6 +162,19 @@ async fn boot_suite(arch: Arch) {
         message.contains("artifacts missing: nothing-*.log (no match in the guest)"),
         "{message}"
     );
+
+    let core = by(&report, "coredump");
+    assert_eq!(core.outcome, Outcome::Passed, "{core:#?}");
+    assert!(
+        core.environment["core-dumps"].starts_with("sh (signal 11"),
+        "{core:#?}"
+    );
+    let dump = core
+        .artifacts
+        .iter()
+        .find(|a| a.name.starts_with("files/.orch-cores/core.sh.11."))
+        .expect("the core dump is an artifact");
+    assert!(dump.size > 0);
 
     let panicked = by(&report, "artifacts-then-panic");
     assert_eq!(
@@ -298,7 +312,10 @@ async fn boot_suite(arch: Arch) {
     );
     assert_no_qemu_left(&report);
 
-    eprintln!("{arch}: 9 boots in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{arch}: 10 boots in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test]
