@@ -7,4 +7,6 @@
 //!   poweroff, alternated in one run; prints medians and their ratio. Needs QEMU and the
 //!   provisioned images (`cargo xtask test` installs both). `ORCH_BENCH_RUNS` sets the runs per
 //!   side (default 5), `ORCH_BENCH_ARCHS` a comma-separated subset of architectures.
+//! - `guest_io`: per architecture, artifact transfer out of the guest over virtio-serial and over
+//!   the serial console (MB/s), and the throughput of boot-bound tests with 1 and 2 VMs at once.
 #![deny(missing_docs)]

@@ -38,6 +38,7 @@ pub mod crash;
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod ktap;
 pub mod modules;
 pub mod profile;
 pub mod protocol;

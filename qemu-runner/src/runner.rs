@@ -66,6 +66,9 @@ pub struct QemuConfig {
     /// programs come back even from tests that name no artifacts (costs loading two modules at
     /// boot).
     pub core_dumps: bool,
+    /// Whether artifacts travel over a virtio-serial port (fast); `false` forces the serial
+    /// console (slow, for kernels without virtio, and for comparison).
+    pub virtio_artifacts: bool,
 }
 
 impl QemuConfig {
@@ -87,6 +90,7 @@ impl QemuConfig {
             serial_artifact_limit: 4 << 20,
             transfer_timeout: std::time::Duration::from_secs(120),
             core_dumps: true,
+            virtio_artifacts: true,
         }
     }
 
@@ -199,7 +203,7 @@ impl QemuRunner {
     }
 
     fn wants_channel(&self, case: &TestCase) -> bool {
-        self.config.core_dumps || !case.artifacts.is_empty()
+        self.config.virtio_artifacts && (self.config.core_dumps || !case.artifacts.is_empty())
     }
 
     fn modules_for(
@@ -462,6 +466,7 @@ impl TestRunner for QemuRunner {
 
         let mut test_start = None;
         let mut test_end = None;
+        let mut transfer_started: Option<Instant> = None;
         match booted {
             Wait::Ready => {}
             Wait::Fatal(kind) => {
@@ -573,6 +578,7 @@ impl TestRunner for QemuRunner {
                 }
             }
             test_end = Some(Utc::now());
+            transfer_started = Some(Instant::now());
             if let Some(code) = exit_code {
                 // Then the agent sends the results; a damaged transfer is asked for again.
                 let (deadline, _) = ctx.deadline_after(self.config.transfer_timeout);
@@ -673,6 +679,14 @@ impl TestRunner for QemuRunner {
         {
             extracted = done.ok().flatten();
             artifact_task = None;
+        }
+        if let Some(t) = transfer_started
+            && transfer_ok
+        {
+            result.environment.insert(
+                "transfer-seconds".into(),
+                format!("{:.3}", t.elapsed().as_secs_f64()),
+            );
         }
         let stop = vm.stop().await;
         if stop.steps.len() > 1 || !stop.stopped {
