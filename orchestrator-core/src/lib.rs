@@ -51,8 +51,8 @@ pub use output::BoundedCapture;
 pub use process::{ProcessRunner, ProcessRunnerConfig};
 pub use report::RunReport;
 pub use result::{
-    ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming,
-    TestResult, Verdict,
+    ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming, Subtest,
+    SubtestStatus, TestResult, Verdict,
 };
 pub use runner::{
     DEFAULT_OUTPUT_LIMIT, ExecutionContext, HostProcess, ProcessObserver, RunnerError, TestRunner,

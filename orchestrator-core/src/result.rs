@@ -300,6 +300,32 @@ impl ArtifactFile {
     }
 }
 
+/// The status of one case inside a test (a KUnit or kselftest case reported in KTAP/TAP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum SubtestStatus {
+    /// It passed.
+    Passed,
+    /// It failed (or was cut short).
+    Failed,
+    /// It was skipped.
+    Skipped,
+    /// It failed as expected (`TODO`, `XFAIL`).
+    Todo,
+}
+
+/// One case inside a test, as the test reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subtest {
+    /// Its path, parts joined with `.` (`suite.case`).
+    pub name: String,
+    /// What happened.
+    pub status: SubtestStatus,
+    /// The reason of a skip or todo, or the first diagnostic of a failure.
+    pub message: Option<String>,
+}
+
 /// An earlier attempt of a test that ended in an infrastructure error and was retried.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -351,6 +377,9 @@ pub struct TestResult {
     pub environment: BTreeMap<String, String>,
     /// Resource metrics, filled by whoever measured them.
     pub metrics: BTreeMap<String, serde_json::Value>,
+    /// Cases the test reported itself (KTAP/TAP output), in order.
+    #[serde(default)]
+    pub subtests: Vec<Subtest>,
 }
 
 impl TestResult {
@@ -377,6 +406,7 @@ impl TestResult {
             console_excerpt: None,
             environment: BTreeMap::new(),
             metrics: BTreeMap::new(),
+            subtests: Vec::new(),
         }
     }
 

@@ -728,6 +728,17 @@ impl TestRunner for QemuRunner {
         if let Some(s) = streams.get("stderr") {
             result.stderr = captured(s, self.config.output_limit);
         }
+        // Tests that report their own cases (kselftest TAP on stdout, KUnit KTAP in the kernel
+        // log) get them as subtests.
+        let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
+            streams
+                .get("dmesg")
+                .and_then(|s| crate::ktap::subtests_of(&String::from_utf8_lossy(&s.data)))
+        });
+        if let Some((subtests, summary)) = ktap {
+            result.subtests = subtests;
+            notes.push(summary);
+        }
         if let Some(s) = streams.get("dmesg") {
             let path = artifacts.join("dmesg.txt");
             if std::fs::write(&path, &s.data).is_ok() {

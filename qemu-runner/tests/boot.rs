@@ -108,6 +108,12 @@ async fn boot_suite(arch: Arch) {
         )
         .with_artifact("note.txt"),
         case(arch, "uname", "uname -m"),
+        case(
+            arch,
+            "ktap",
+            "echo 'TAP version 13'; echo '1..3'; echo 'ok 1 - boots'\n\
+             echo 'not ok 2 - frobnicates # TODO not yet'; echo 'ok 3 - dma # SKIP no device'",
+        ),
         case(arch, "exit3", "echo about to fail; exit 3"),
         case(arch, "hang", "sleep 100000").with_timeout(Duration::from_secs(3)),
         case(arch, "panic", "echo c > /proc/sysrq-trigger; sleep 30"),
@@ -207,6 +213,22 @@ async fn boot_suite(arch: Arch) {
         // This machine: /dev/kvm exists but nested virtualisation is broken.
         assert!(reason.contains("/dev/kvm"), "{reason}");
     }
+
+    let ktap = by(&report, "ktap");
+    let statuses: Vec<(&str, orchestrator_core::SubtestStatus)> = ktap
+        .subtests
+        .iter()
+        .map(|s| (s.name.as_str(), s.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("boots", orchestrator_core::SubtestStatus::Passed),
+            ("frobnicates", orchestrator_core::SubtestStatus::Todo),
+            ("dma", orchestrator_core::SubtestStatus::Skipped)
+        ],
+        "{ktap:#?}"
+    );
 
     let exit3 = by(&report, "exit3");
     assert_eq!(

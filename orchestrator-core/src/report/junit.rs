@@ -41,10 +41,42 @@ pub fn junit_report(report: &RunReport) -> Report {
         }
         for r in report.results.iter().filter(|r| r.runner == runner) {
             suite.add_test_case(junit_case(r));
+            for sub in &r.subtests {
+                suite.add_test_case(junit_subtest(r, sub));
+            }
         }
         junit.add_test_suite(suite);
     }
     junit
+}
+
+/// A case the test reported itself, as `<test id>/<case path>`.
+fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
+    use crate::result::SubtestStatus;
+    let status = match sub.status {
+        SubtestStatus::Passed | SubtestStatus::Todo => TestCaseStatus::success(),
+        SubtestStatus::Failed => {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_message(sub.message.clone().unwrap_or_else(|| "failed".into()));
+            s
+        }
+        SubtestStatus::Skipped => {
+            let mut s = TestCaseStatus::skipped();
+            if let Some(m) = &sub.message {
+                s.set_message(m.as_str());
+            }
+            s
+        }
+    };
+    let mut case = JunitCase::new(format!("{}/{}", r.test_id, sub.name), status);
+    case.set_classname(format!("{}.{}", r.runner, r.test_id));
+    if sub.status == SubtestStatus::Todo {
+        case.add_property(Property::new(
+            "todo",
+            sub.message.clone().unwrap_or_default(),
+        ));
+    }
+    case
 }
 
 fn junit_case(r: &TestResult) -> JunitCase {

@@ -16,7 +16,9 @@ pub use junit::junit_report;
 pub use table::summary_table;
 
 /// Version of the JSON report format; bumped whenever a field is added or changed.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: results gain `subtests`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything about one run, in the order the tests were given. Serialised as the JSON report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ async fn json_report_round_trips_and_refuses_future_versions() {
 
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(value["schema_version"], 1);
+    assert_eq!(value["schema_version"], 2);
     assert_eq!(value["summary"]["failed"], 2);
     assert_eq!(value["results"][3]["outcome"]["kind"], "timed-out");
     value["schema_version"] = 99.into();
@@ -60,4 +60,37 @@ async fn junit_and_table_describe_every_test() {
     ] {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
+}
+
+#[tokio::test]
+async fn subtests_become_their_own_junit_cases() {
+    use orchestrator_core::{Subtest, SubtestStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let mut report = sample_report(dir.path()).await;
+    report.results[0].subtests = vec![
+        Subtest {
+            name: "suite.ok_case".into(),
+            status: SubtestStatus::Passed,
+            message: None,
+        },
+        Subtest {
+            name: "suite.bad_case".into(),
+            status: SubtestStatus::Failed,
+            message: Some("Expected 1 + 1 == 3".into()),
+        },
+    ];
+    let xml = report.junit_xml().unwrap();
+    assert!(
+        xml.contains(r#"<testcase name="pass/suite.ok_case" classname="process.pass""#),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"message="Expected 1 + 1 == 3""#), "{xml}");
+    let path = dir.path().join("r.json");
+    report.write_json(&path).unwrap();
+    assert_eq!(
+        RunReport::read_json(&path).unwrap().results[0]
+            .subtests
+            .len(),
+        2
+    );
 }
