@@ -1091,6 +1091,58 @@ impl Parser {
     }
 }
 
+/// The cases of `text` as the domain's subtests, and a one-line summary, when `text` holds
+/// KTAP or TAP output (a version line is required, so that ordinary output is never read as
+/// results).
+pub fn subtests_of(text: &str) -> Option<(Vec<orchestrator_core::Subtest>, String)> {
+    if !text.contains("KTAP version") && !text.contains("TAP version") {
+        return None;
+    }
+    let report = parse(text);
+    if report.tests.is_empty() {
+        return None;
+    }
+    let subtests = report
+        .flatten()
+        .into_iter()
+        .map(|(name, t)| {
+            use orchestrator_core::SubtestStatus;
+            let status = match t.result {
+                KtapResult::Pass => SubtestStatus::Passed,
+                KtapResult::Fail | KtapResult::Incomplete => SubtestStatus::Failed,
+                KtapResult::Skip => SubtestStatus::Skipped,
+                KtapResult::Todo => SubtestStatus::Todo,
+            };
+            let message = t
+                .directive
+                .as_ref()
+                .and_then(|d| d.reason().map(str::to_owned))
+                .or_else(|| {
+                    (status == SubtestStatus::Failed)
+                        .then(|| t.diagnostics.first().cloned())
+                        .flatten()
+                });
+            orchestrator_core::Subtest {
+                name,
+                status,
+                message,
+            }
+        })
+        .collect();
+    let c = report.counts();
+    let mut summary = format!(
+        "KTAP: {} passed, {} failed, {} skipped, {} todo",
+        c.passed, c.failed, c.skipped, c.todo
+    );
+    if c.missing > 0 {
+        summary.push_str(&format!(", {} missing", c.missing));
+    }
+    if !report.complete {
+        summary.push_str(" (incomplete)");
+    }
+    Some((subtests, summary))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1242,56 +1294,4 @@ mod tests {
             + "ok 1 x\n";
         let _ = parse(&text);
     }
-}
-
-/// The cases of `text` as the domain's subtests, and a one-line summary, when `text` holds
-/// KTAP or TAP output (a version line is required, so that ordinary output is never read as
-/// results).
-pub fn subtests_of(text: &str) -> Option<(Vec<orchestrator_core::Subtest>, String)> {
-    if !text.contains("KTAP version") && !text.contains("TAP version") {
-        return None;
-    }
-    let report = parse(text);
-    if report.tests.is_empty() {
-        return None;
-    }
-    let subtests = report
-        .flatten()
-        .into_iter()
-        .map(|(name, t)| {
-            use orchestrator_core::SubtestStatus;
-            let status = match t.result {
-                KtapResult::Pass => SubtestStatus::Passed,
-                KtapResult::Fail | KtapResult::Incomplete => SubtestStatus::Failed,
-                KtapResult::Skip => SubtestStatus::Skipped,
-                KtapResult::Todo => SubtestStatus::Todo,
-            };
-            let message = t
-                .directive
-                .as_ref()
-                .and_then(|d| d.reason().map(str::to_owned))
-                .or_else(|| {
-                    (status == SubtestStatus::Failed)
-                        .then(|| t.diagnostics.first().cloned())
-                        .flatten()
-                });
-            orchestrator_core::Subtest {
-                name,
-                status,
-                message,
-            }
-        })
-        .collect();
-    let c = report.counts();
-    let mut summary = format!(
-        "KTAP: {} passed, {} failed, {} skipped, {} todo",
-        c.passed, c.failed, c.skipped, c.todo
-    );
-    if c.missing > 0 {
-        summary.push_str(&format!(", {} missing", c.missing));
-    }
-    if !report.complete {
-        summary.push_str(" (incomplete)");
-    }
-    Some((subtests, summary))
 }
