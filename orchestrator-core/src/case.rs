@@ -307,6 +307,11 @@ pub struct TestCase {
     pub expect: Expectation,
     /// The runner that must execute it; `None` means the orchestrator's default runner.
     pub runner: Option<String>,
+    /// Kernel tracing while the test runs: a tracer (`function`, `function_graph`) or
+    /// space-separated trace events (`sched:sched_switch irq:*`). The trace comes back as an
+    /// artifact.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 impl TestCase {
@@ -324,6 +329,7 @@ impl TestCase {
             tags: Vec::new(),
             expect: Expectation::Pass,
             runner: None,
+            trace: None,
         }
     }
 
@@ -392,6 +398,13 @@ impl TestCase {
     #[must_use]
     pub fn with_requirements(mut self, requirements: Requirements) -> Self {
         self.requirements = requirements;
+        self
+    }
+
+    /// Turns on kernel tracing (a tracer or trace events) while the test runs.
+    #[must_use]
+    pub fn with_trace(mut self, trace: impl Into<String>) -> Self {
+        self.trace = Some(trace.into());
         self
     }
 

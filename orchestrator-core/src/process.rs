@@ -86,6 +86,12 @@ impl TestRunner for ProcessRunner {
                 case.requirements.modules.join(", ")
             ));
         }
+        if case.trace.is_some() {
+            return Err(
+                "it asks for kernel tracing, which the process runner cannot give: remove `trace` or use a VM runner"
+                    .to_owned(),
+            );
+        }
         if let Some(arch) = case.requirements.arch
             && Some(arch) != crate::Arch::host()
         {

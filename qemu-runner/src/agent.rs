@@ -40,6 +40,20 @@ fi
 mkdir -p /tmp/orch/cores
 # A crashing user-space program leaves a core named after it and its signal.
 echo '/tmp/orch/cores/core.%e.%s.%p' >/proc/sys/kernel/core_pattern 2>/dev/null
+# Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
+t=/sys/kernel/tracing
+if [ -s /orch/trace ]; then
+    mount -t tracefs nodev $t 2>/dev/null
+    echo 0 >$t/tracing_on
+    echo >$t/trace
+    for e in $(cat /orch/trace); do
+        case "$e" in
+            *:*) echo "$e" >>$t/set_event ;;
+            *) echo "$e" >$t/current_tracer ;;
+        esac
+    done
+    echo 1 >$t/tracing_on
+fi
 say READY "$(uname -r)" "$(uname -m)"
 cd /work
 (
@@ -49,6 +63,10 @@ cd /work
 ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
 code=$?
 cd /
+if [ -s /orch/trace ]; then
+    echo 0 >$t/tracing_on
+    mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && echo .orch-trace >>/orch/artifacts
+fi
 if [ -n "$(ls /tmp/orch/cores 2>/dev/null)" ]; then
     mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
 fi

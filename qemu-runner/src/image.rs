@@ -257,6 +257,9 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
         globs.push('\n');
     }
     b.file_from_bytes("orch/artifacts", 0o644, globs.into_bytes());
+    if let Some(trace) = &case.trace {
+        b.file_from_bytes("orch/trace", 0o644, format!("{trace}\n").into_bytes());
+    }
     b.file_from_bytes(
         "orch/serial-artifact-limit",
         0o644,

@@ -203,7 +203,8 @@ impl QemuRunner {
     }
 
     fn wants_channel(&self, case: &TestCase) -> bool {
-        self.config.virtio_artifacts && (self.config.core_dumps || !case.artifacts.is_empty())
+        self.config.virtio_artifacts
+            && (self.config.core_dumps || !case.artifacts.is_empty() || case.trace.is_some())
     }
 
     fn modules_for(
@@ -787,6 +788,17 @@ impl TestRunner for QemuRunner {
                     .collect()
             })
             .unwrap_or_default();
+        if case.trace.is_some() {
+            match std::fs::metadata(files_dir.join(".orch-trace/trace.txt")) {
+                Ok(m) => {
+                    result.environment.insert(
+                        "trace".into(),
+                        format!("files/.orch-trace/trace.txt ({} bytes)", m.len()),
+                    );
+                }
+                Err(_) => notes.push("the kernel trace did not come back".into()),
+            }
+        }
         if !cores.is_empty() {
             notes.push(format!("core dumps: {}", cores.join(", ")));
             result

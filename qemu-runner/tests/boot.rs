@@ -100,6 +100,8 @@ async fn boot_suite(arch: Arch) {
         .with_artifact("out/*.bin")
         .with_artifact("note.txt")
         .with_artifact("nothing-*.log"),
+        case(arch, "trace", "ls / > /dev/null; sleep 0.2")
+            .with_trace("sched:sched_switch syscalls:sys_enter_openat"),
         case(arch, "coredump", "sh -c 'kill -SEGV $$' || echo survived"),
         case(
             arch,
@@ -167,6 +169,20 @@ async fn boot_suite(arch: Arch) {
     assert!(
         message.contains("artifacts missing: nothing-*.log (no match in the guest)"),
         "{message}"
+    );
+
+    let trace = by(&report, "trace");
+    assert_eq!(trace.outcome, Outcome::Passed, "{trace:#?}");
+    let file = trace
+        .artifacts
+        .iter()
+        .find(|a| a.name == "files/.orch-trace/trace.txt")
+        .expect("the trace is an artifact");
+    let text = std::fs::read_to_string(&file.path).unwrap();
+    assert!(
+        text.contains("sched_switch"),
+        "{}",
+        &text[..text.len().min(2000)]
     );
 
     let core = by(&report, "coredump");

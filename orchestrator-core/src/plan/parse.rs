@@ -118,6 +118,7 @@ const DEFAULTS_KEYS: &[&str] = &[
     "modules",
     "artifacts",
     "expect",
+    "trace",
 ];
 const TEST_KEYS: &[&str] = &[
     "id",
@@ -137,6 +138,7 @@ const TEST_KEYS: &[&str] = &[
     "tags",
     "expect",
     "runner",
+    "trace",
 ];
 /// Keys of `[[test]]` that `[defaults]` does not take.
 const TEST_ONLY_KEYS: &[&str] = &["id", "name", "command", "script", "files"];
@@ -465,6 +467,7 @@ struct Common {
     modules: Vec<String>,
     artifacts: Vec<String>,
     expect: Option<Expectation>,
+    trace: Option<String>,
 }
 
 impl Common {
@@ -486,6 +489,15 @@ impl Common {
             "modules" => self.modules = f.modules()?,
             "artifacts" => self.artifacts = f.artifacts()?,
             "expect" => self.expect = Some(f.expect()?),
+            "trace" => {
+                let t = f.text()?.trim().to_owned();
+                if t.is_empty() {
+                    return Err(f
+                        .error(format!("`trace` {} is empty", f.scope.place))
+                        .help("name a tracer (\"function\") or events (\"sched:sched_switch irq:*\")"));
+                }
+                self.trace = Some(t);
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -542,6 +554,7 @@ impl RawTest {
             tags: appended(&defaults.tags, own.tags),
             expect: own.expect.or(defaults.expect).unwrap_or_default(),
             runner: own.runner.or_else(|| defaults.runner.clone()),
+            trace: own.trace.or_else(|| defaults.trace.clone()),
         }
     }
 }
