@@ -36,6 +36,11 @@ pub struct MachineProfile {
     /// Extra QEMU arguments.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// A display device (`VGA`, `bochs-display`, `ramfb`, `virtio-gpu-device`...): when set,
+    /// the runner takes a PNG screenshot through QMP at the end of each test (and when it fails
+    /// with the machine still up). Default: none (no display, a little faster).
+    #[serde(default)]
+    pub display: Option<String>,
     /// The virtio-serial controller for the artifact channel (`virtio-serial-pci` on PCI
     /// machines, `virtio-serial-device` on virtio-mmio ones).
     #[serde(default)]
@@ -89,6 +94,7 @@ impl MachineProfile {
             memory_mib: 512,
             cpus: 1,
             extra_args: Vec::new(),
+            display: None,
             virtio_serial: "virtio-serial-device".to_owned(),
             channel_modules: vec!["virtio_mmio".to_owned(), "virtio_console".to_owned()],
             kernel_args: vec!["quiet".to_owned()],

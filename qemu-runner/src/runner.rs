@@ -681,6 +681,12 @@ impl TestRunner for QemuRunner {
             extracted = done.ok().flatten();
             artifact_task = None;
         }
+        if profile.display.is_some() && vm.exited().is_none() {
+            let shot = artifacts.join("screenshot.png");
+            if let Err(e) = vm.screenshot(&shot).await {
+                notes.push(format!("no screenshot: {e}"));
+            }
+        }
         if let Some(t) = transfer_started
             && transfer_ok
         {

@@ -80,6 +80,9 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
     ]);
+    if let Some(display) = &p.display {
+        push(&["-device", display]);
+    }
     if let Some(sock) = &spec.artifact_socket
         && !p.virtio_serial.is_empty()
     {
@@ -209,6 +212,22 @@ impl Vm {
         stdin.write_all(line.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
         stdin.flush().await
+    }
+
+    /// Saves a PNG of the display to `path` (the profile must have a display device).
+    pub async fn screenshot(&self, path: &Path) -> Result<(), String> {
+        let mut qmp = Qmp::connect(&self.qmp_socket, Duration::from_secs(2))
+            .await
+            .map_err(|e| e.to_string())?;
+        let args = serde_json::json!({ "filename": path.display().to_string(), "format": "png" });
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            qmp.execute("screendump", Some(args)),
+        )
+        .await
+        .map_err(|_| "QMP screendump timed out".to_owned())?
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// Stops QEMU in stages, each with a bounded wait: QMP `quit`, SIGTERM, SIGKILL.

@@ -26,11 +26,13 @@ fn with_modules(mut case: TestCase, modules: &[&str]) -> TestCase {
     case
 }
 
+/// Runs `cases`; the scratch directory (with the artifacts) lives as long as the returned guard,
+/// or stays on disk with `ORCH_KEEP_SCRATCH` set (for debugging).
 async fn run_with(
     config: QemuConfig,
     cases: Vec<TestCase>,
     cancel: CancellationToken,
-) -> RunReport {
+) -> (RunReport, Option<tempfile::TempDir>) {
     let scratch = tempfile::tempdir().unwrap();
     let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
         .with_runner(QemuRunner::new(config));
@@ -47,11 +49,11 @@ async fn run_with(
             r.message.as_deref().unwrap_or("")
         );
     }
-    // Keep the logs of failed runs for debugging.
-    if report.results.iter().any(|r| !r.verdict().is_success()) {
-        let _ = scratch.keep();
+    if std::env::var_os("ORCH_KEEP_SCRATCH").is_some() {
+        eprintln!("scratch kept: {}", scratch.keep().display());
+        return (report, None);
     }
-    report
+    (report, Some(scratch))
 }
 
 fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
@@ -138,7 +140,7 @@ async fn boot_suite(arch: Arch) {
             &["9p"],
         ),
     ];
-    let report = run_with(QemuConfig::new(), cases, CancellationToken::new()).await;
+    let (report, _scratch) = run_with(QemuConfig::new(), cases, CancellationToken::new()).await;
 
     let art = by(&report, "artifacts");
     assert_eq!(art.outcome, Outcome::Passed, "{art:#?}");
@@ -314,7 +316,7 @@ async fn boot_suite(arch: Arch) {
     profile.kernel_args.push("rdinit=/nonexistent".into());
     profile.kernel_args.push("init=/nonexistent".into());
     let deadline = profile.boot_timeout_for(qemu_runner::Accel::Tcg);
-    let report = run_with(
+    let (report, _scratch) = run_with(
         QemuConfig::new().with_profile(profile),
         vec![case(arch, "noinit", "true")],
         CancellationToken::new(),
@@ -402,7 +404,7 @@ async fn floods_are_bounded() {
         )
         .with_timeout(Duration::from_secs(8)),
     ];
-    let report = run_with(config, cases, CancellationToken::new()).await;
+    let (report, _scratch) = run_with(config, cases, CancellationToken::new()).await;
     let out = by(&report, "stdout-flood");
     assert_eq!(out.outcome, Outcome::Passed, "{out:#?}");
     assert_eq!(out.stdout.total_bytes, 100_000_005);
@@ -453,6 +455,40 @@ async fn floods_are_bounded() {
     assert!(hwm_kib < 200 * 1024, "peak RSS {hwm_kib} KiB");
 }
 
+/// A profile with a display gives a PNG screenshot of it at the end of each test.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn screenshots_of_a_display() {
+    for (arch, device) in [(Arch::X86_64, "VGA"), (Arch::Aarch64, "ramfb")] {
+        let mut profile = MachineProfile::builtin(arch);
+        profile.display = Some(device.to_owned());
+        let (report, _scratch) = run_with(
+            QemuConfig::new().with_profile(profile),
+            vec![case(arch, "screen", "echo on screen > /dev/tty0 || true")],
+            CancellationToken::new(),
+        )
+        .await;
+        let r = by(&report, "screen");
+        assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+        let shot = r
+            .artifacts
+            .iter()
+            .find(|a| a.name == "screenshot.png")
+            .expect("a screenshot");
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&shot.path).unwrap(),
+        ));
+        let reader = decoder.read_info().expect("the PNG decodes");
+        let info = reader.info();
+        assert!(
+            info.width >= 320 && info.height >= 200,
+            "{arch}: {}x{}",
+            info.width,
+            info.height
+        );
+    }
+}
+
 /// Ctrl-C during boot: the test is cancelled and QEMU does not survive.
 #[tokio::test]
 #[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
@@ -463,7 +499,7 @@ async fn cancellation_stops_qemu() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         trigger.cancel();
     });
-    let report = run_with(
+    let (report, _scratch) = run_with(
         QemuConfig::new(),
         vec![case(Arch::Riscv64, "cancelled", "sleep 100")],
         cancel,
@@ -504,7 +540,7 @@ async fn dropping_a_running_execution_kills_qemu() {
 async fn qemu_that_fails_to_start_is_an_infrastructure_error() {
     let mut profile = MachineProfile::builtin(Arch::Aarch64);
     profile.extra_args = vec!["-no-such-option".into()];
-    let report = run_with(
+    let (report, _scratch) = run_with(
         QemuConfig::new().with_profile(profile),
         vec![case(Arch::Aarch64, "badargs", "true")],
         CancellationToken::new(),
