@@ -29,82 +29,17 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 exec 0</dev/console 1>/dev/console 2>&1
 stty -echo 2>/dev/null
 nonce=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-unset -v ORCH_NONCE
-limit=$(cat /orch/limit 2>/dev/null || echo 262144)
 say() { echo "ORCH1 $nonce $*"; }
 if [ -s /orch/modules ]; then
     for m in $(cat /orch/modules); do
         insmod "$m" >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
     done
 fi
-mkdir -p /tmp/orch/cores
 # A crashing user-space program leaves a core named after it and its signal.
 echo '/tmp/orch/cores/core.%e.%s.%p' >/proc/sys/kernel/core_pattern 2>/dev/null
-# Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
 t=/sys/kernel/tracing
-if [ -s /orch/trace ]; then
-    mount -t tracefs nodev $t 2>/dev/null
-    echo 0 >$t/tracing_on
-    echo >$t/trace
-    for e in $(cat /orch/trace); do
-        case "$e" in
-            *:*) echo "$e" >>$t/set_event ;;
-            *) echo "$e" >$t/current_tracer ;;
-        esac
-    done
-    echo 1 >$t/tracing_on
-fi
-say READY "$(uname -r)" "$(uname -m)"
-cd /work
-(
-    [ -f /orch/env ] && . /orch/env
-    ulimit -c unlimited 2>/dev/null
-    exec sh /orch/run.sh
-) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
-code=$?
-cd /
-if [ -s /orch/trace ]; then
-    echo 0 >$t/tracing_on
-    mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && echo .orch-trace >>/orch/artifacts
-fi
-if [ -n "$(ls /tmp/orch/cores 2>/dev/null)" ]; then
-    mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
-fi
-say EXIT "$code"
-dmesg >/tmp/orch/dmesg 2>/dev/null
-: >/tmp/orch/manifest
-: >/tmp/orch/missing
-channel=none
-if [ -s /orch/artifacts ]; then
-    cd /work
-    files=
-    for g in $(cat /orch/artifacts); do
-        found=
-        for f in $g; do
-            [ -e "$f" ] && { files="$files $f"; found=1; }
-        done
-        [ -n "$found" ] || echo "$g" >>/tmp/orch/missing
-    done
-    if [ -n "$files" ]; then
-        find $files -type f | while read -r f; do md5sum "$f"; done >/tmp/orch/manifest
-        port=
-        for p in /sys/class/virtio-ports/*; do
-            [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
-        done
-        if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
-            channel=virtio-serial
-        elif tar -cf /tmp/orch/artifacts $files; then
-            channel=serial-console
-        fi
-    fi
-    cd /
-fi
-serial_limit=$(cat /orch/serial-artifact-limit 2>/dev/null || echo 4194304)
-if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
-    echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
-    channel=none
-fi
-echo "$channel" >/tmp/orch/channel
+dmesg -c >/dev/null 2>&1
+
 send() {
     f=/tmp/orch/$1
     lim=${2:-$limit}
@@ -112,36 +47,140 @@ send() {
     if [ "$total" -gt "$lim" ]; then
         half=$((lim / 2))
         { head -c "$half" "$f"; tail -c $((lim - half)) "$f"; } >"$f.sent"
-    else
-        cp "$f" "$f.sent"
+        f="$f.sent"
     fi
-    sent=$(wc -c <"$f.sent")
-    sum=$(md5sum <"$f.sent" | cut -c1-32)
+    sent=$(wc -c <"$f")
+    sum=$(md5sum <"$f" | cut -c1-32)
     say SEND "$1" "$total" "$sent" "$sum"
-    base64 "$f.sent" | sed "s/^/ORCH1 $nonce DATA $1 /"
+    [ "$sent" -gt 0 ] && base64 "$f" | sed "s/^/ORCH1 $nonce DATA $1 /"
     say END "$1"
 }
-tries=0
-while :; do
-    send stdout
-    send stderr
-    send dmesg
-    send manifest
-    send missing
-    send channel
-    [ "$channel" = serial-console ] && send artifacts "$serial_limit"
+
+# Runs the test described by /orch and /work, then reports until the host acknowledges.
+run_one() {
+    rm -rf /tmp/orch
+    mkdir -p /tmp/orch/cores
+    limit=$(cat /orch/limit 2>/dev/null || echo 262144)
+    # Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
+    if [ -s /orch/trace ]; then
+        mount -t tracefs nodev $t 2>/dev/null
+        echo 0 >$t/tracing_on
+        echo >$t/trace
+        echo nop >$t/current_tracer
+        echo >$t/set_event
+        for e in $(cat /orch/trace); do
+            case "$e" in
+                *:*) echo "$e" >>$t/set_event ;;
+                *) echo "$e" >$t/current_tracer ;;
+            esac
+        done
+        echo 1 >$t/tracing_on
+    fi
+    cd /work
+    (
+        [ -f /orch/env ] && . /orch/env
+        ulimit -c unlimited 2>/dev/null
+        exec sh /orch/run.sh
+    ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
+    code=$?
+    cd /
+    if [ -s /orch/trace ]; then
+        echo 0 >$t/tracing_on
+        mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && echo .orch-trace >>/orch/artifacts
+    fi
+    if [ -n "$(ls /tmp/orch/cores 2>/dev/null)" ]; then
+        mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
+    fi
     say EXIT "$code"
-    say DONE
-    tries=$((tries + 1))
-    # Without a host to answer (a plain QEMU command line), power off at once.
-    [ -f /orch/noack ] && break
-    reply=
-    read -t 20 reply
-    case "$reply" in
-        ACK*) break ;;
-    esac
-    [ "$tries" -ge 5 ] && break
-done
+    # -c: the next test of a session sees only its own kernel messages.
+    dmesg -c >/tmp/orch/dmesg 2>/dev/null
+    : >/tmp/orch/manifest
+    : >/tmp/orch/missing
+    channel=none
+    if [ -s /orch/artifacts ]; then
+        cd /work
+        files=
+        for g in $(cat /orch/artifacts); do
+            found=
+            for f in $g; do
+                [ -e "$f" ] && { files="$files $f"; found=1; }
+            done
+            [ -n "$found" ] || echo "$g" >>/tmp/orch/missing
+        done
+        if [ -n "$files" ]; then
+            find $files -type f | while read -r f; do md5sum "$f"; done >/tmp/orch/manifest
+            port=
+            for p in /sys/class/virtio-ports/*; do
+                [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+            done
+            if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
+                channel=virtio-serial
+            elif tar -cf /tmp/orch/artifacts $files; then
+                channel=serial-console
+            fi
+        fi
+        cd /
+    fi
+    serial_limit=$(cat /orch/serial-artifact-limit 2>/dev/null || echo 4194304)
+    if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
+        echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
+        channel=none
+    fi
+    echo "$channel" >/tmp/orch/channel
+    tries=0
+    while :; do
+        send stdout
+        send stderr
+        send dmesg
+        send manifest
+        send missing
+        send channel
+        [ "$channel" = serial-console ] && send artifacts "$serial_limit"
+        say EXIT "$code"
+        say DONE
+        tries=$((tries + 1))
+        # Without a host to answer (a plain QEMU command line), go on at once.
+        [ -f /orch/noack ] && break
+        reply=
+        read -t 20 reply
+        case "$reply" in
+            ACK*) break ;;
+        esac
+        [ "$tries" -ge 5 ] && break
+    done
+}
+
+say READY "$(uname -r)" "$(uname -m)"
+if [ -f /orch/session ]; then
+    # Session: the host sends each test as `RUN <lines> <md5>` and base64 lines of a gzip'd
+    # cpio archive holding /orch and /work; `QUIT` ends the session.
+    while :; do
+        cmd=
+        read -r cmd n sum || continue
+        case "$cmd" in
+            RUN)
+                : >/tmp/in.b64
+                i=0
+                while [ "$i" -lt "$n" ]; do
+                    read -r l
+                    echo "$l" >>/tmp/in.b64
+                    i=$((i + 1))
+                done
+                if [ "$(base64 -d /tmp/in.b64 | md5sum | cut -c1-32)" = "$sum" ]; then
+                    rm -rf /work /orch/run.sh /orch/test.sh /orch/env /orch/artifacts /orch/trace
+                    mkdir -p /work
+                    base64 -d /tmp/in.b64 | gunzip | (cd / && cpio -idmu 2>/dev/null)
+                    run_one
+                else
+                    say BADRUN
+                fi
+                ;;
+            QUIT) break ;;
+        esac
+    done
+else
+    run_one
+fi
 sync
 poweroff -f
 "#;
