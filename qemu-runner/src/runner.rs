@@ -316,6 +316,272 @@ impl QemuRunner {
         })
     }
 
+    /// The test phase (until the agent reports the exit code) and the transfer of its
+    /// results, with `ACK`/`RESEND`; sets the outcome.
+    async fn run_phases(
+        &self,
+        vm: &mut Vm,
+        watch: &mut Watch,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+        result: &mut TestResult,
+        notes: &mut Vec<String>,
+    ) -> Phases {
+        let cancel = ctx.cancel_token().clone();
+        let started = Utc::now();
+        let (deadline, by_run) = ctx.deadline_after(case.timeout);
+        let test_started = Instant::now();
+        // The test runs until the agent reports its exit code.
+        let mut exit_code = None;
+        loop {
+            match wait(vm, watch, deadline, &cancel).await {
+                Wait::TestExit | Wait::Done => {
+                    exit_code = watch.parser.exit();
+                    break;
+                }
+                Wait::Fatal(kind) => {
+                    drain_after_crash(vm, watch).await;
+                    result.outcome = Outcome::Crashed { crash: kind };
+                    break;
+                }
+                Wait::Exited => {
+                    let kind = watch.serious.unwrap_or(CrashKind::UnexpectedExit);
+                    result.outcome = Outcome::Crashed { crash: kind };
+                    notes.push(if watch.shutdown_seen {
+                        "the guest rebooted or powered off before the test finished".into()
+                    } else {
+                        "QEMU exited before the test finished".into()
+                    });
+                    break;
+                }
+                Wait::Deadline => {
+                    let limit = if by_run {
+                        test_started.elapsed()
+                    } else {
+                        case.timeout
+                    };
+                    result.outcome = Outcome::TimedOut {
+                        phase: Phase::Test,
+                        limit,
+                    };
+                    notes.push(format!(
+                        "{} after {}",
+                        if by_run {
+                            "the run's deadline passed"
+                        } else {
+                            "the test exceeded its timeout"
+                        },
+                        humantime_secs(limit)
+                    ));
+                    break;
+                }
+                Wait::Cancelled => {
+                    result.outcome = Outcome::Cancelled;
+                    notes.push("the run was cancelled during the test".into());
+                    break;
+                }
+                Wait::Ready => {}
+            }
+        }
+        let test_end = Utc::now();
+        let transfer_started = Some(Instant::now());
+        if let Some(code) = exit_code {
+            // Then the agent sends the results; a damaged transfer is asked for again.
+            let (deadline, _) = ctx.deadline_after(self.config.transfer_timeout);
+            let mut resends = 0;
+            loop {
+                match wait(vm, watch, deadline, &cancel).await {
+                    Wait::Done => {
+                        if watch.transfer_complete() {
+                            let _ = vm.send_line("ACK").await;
+                            result.outcome = match watch.serious {
+                                Some(kind) => {
+                                    notes.push(format!(
+                                        "the kernel reported a problem during the test ({kind}); the test exited with {code}"
+                                    ));
+                                    Outcome::Crashed { crash: kind }
+                                }
+                                None if code == 0 => Outcome::Passed,
+                                None => Outcome::Failed {
+                                    exit_code: Some(code),
+                                    signal: None,
+                                },
+                            };
+                            break;
+                        }
+                        if resends >= self.config.max_resends {
+                            result.outcome = Outcome::InfraError {
+                                message: format!(
+                                    "the guest's results arrived damaged {} times",
+                                    resends + 1
+                                ),
+                            };
+                            break;
+                        }
+                        resends += 1;
+                        watch.parser.reset_transfer();
+                        let _ = vm.send_line("RESEND").await;
+                    }
+                    Wait::TestExit | Wait::Ready => {}
+                    Wait::Fatal(kind) => {
+                        drain_after_crash(vm, watch).await;
+                        result.outcome = Outcome::Crashed { crash: kind };
+                        notes.push(format!(
+                            "the kernel crashed after the test exited with {code}, while results were sent"
+                        ));
+                        break;
+                    }
+                    Wait::Exited => {
+                        result.outcome = Outcome::Crashed {
+                            crash: CrashKind::UnexpectedExit,
+                        };
+                        notes.push(format!(
+                            "QEMU exited after the test exited with {code}, while results were sent"
+                        ));
+                        break;
+                    }
+                    Wait::Deadline => {
+                        result.outcome = Outcome::TimedOut {
+                            phase: Phase::Teardown,
+                            limit: self.config.transfer_timeout,
+                        };
+                        notes.push(format!(
+                            "the test exited with {code} but its results did not arrive within {}",
+                            humantime_secs(self.config.transfer_timeout)
+                        ));
+                        break;
+                    }
+                    Wait::Cancelled => {
+                        result.outcome = Outcome::Cancelled;
+                        notes.push("the run was cancelled while results were sent".into());
+                        break;
+                    }
+                }
+            }
+            if resends > 0 {
+                result
+                    .environment
+                    .insert("resends".into(), resends.to_string());
+            }
+        }
+        Phases {
+            test_start: started,
+            test_end,
+            transfer_started,
+        }
+    }
+
+    /// Puts what the guest sent into the result: output, subtests, the kernel log, artifacts
+    /// (checked against the guest's manifest; what is missing named), the console excerpt.
+    #[allow(clippy::too_many_arguments)]
+    fn gather(
+        &self,
+        watch: &Watch,
+        case: &TestCase,
+        artifacts: &Path,
+        mut extracted: Option<crate::artifacts::Extracted>,
+        transfer_ok: bool,
+        result: &mut TestResult,
+        notes: &mut Vec<String>,
+    ) {
+        let streams = watch.parser.streams().clone();
+        if let Some(s) = streams.get("stdout") {
+            result.stdout = captured(s, self.config.output_limit);
+        }
+        if let Some(s) = streams.get("stderr") {
+            result.stderr = captured(s, self.config.output_limit);
+        }
+        // Tests that report their own cases (kselftest TAP on stdout, KUnit KTAP in the kernel
+        // log) get them as subtests.
+        let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
+            streams
+                .get("dmesg")
+                .and_then(|s| crate::ktap::subtests_of(&String::from_utf8_lossy(&s.data)))
+        });
+        if let Some((subtests, summary)) = ktap {
+            result.subtests = subtests;
+            notes.push(summary);
+        }
+        if let Some(s) = streams.get("dmesg") {
+            let path = artifacts.join("dmesg.txt");
+            if std::fs::write(&path, &s.data).is_ok() {
+                let text = String::from_utf8_lossy(&s.data);
+                let warnings = text
+                    .lines()
+                    .filter(|l| crash::classify(l) == Some(Signal::Warning))
+                    .count()
+                    + watch.warnings;
+                if warnings > 0 {
+                    result
+                        .environment
+                        .insert("kernel-warnings".into(), warnings.to_string());
+                    notes.push(format!("the kernel logged {warnings} WARNING(s)"));
+                }
+            }
+        } else if !matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. }) {
+            notes.push("the kernel log (dmesg) could not be collected; see console.log".into());
+        }
+        let files_dir = artifacts.join("files");
+        let channel = watch.stream_text("channel");
+        if channel.as_deref() == Some("serial-console")
+            && let Some(s) = streams.get("artifacts")
+            && s.verified()
+        {
+            extracted = Some(crate::artifacts::extract(
+                &s.data[..],
+                &files_dir,
+                self.config.artifact_limits,
+            ));
+        }
+        let cores: Vec<String> = std::fs::read_dir(files_dir.join(".orch-cores"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| describe_core(&e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if case.trace.is_some() {
+            match std::fs::metadata(files_dir.join(".orch-trace/trace.txt")) {
+                Ok(m) => {
+                    result.environment.insert(
+                        "trace".into(),
+                        format!("files/.orch-trace/trace.txt ({} bytes)", m.len()),
+                    );
+                }
+                Err(_) => notes.push("the kernel trace did not come back".into()),
+            }
+        }
+        if !cores.is_empty() {
+            notes.push(format!("core dumps: {}", cores.join(", ")));
+            result
+                .environment
+                .insert("core-dumps".into(), cores.join(", "));
+        }
+        if !case.artifacts.is_empty() || extracted.as_ref().is_some_and(|e| !e.files.is_empty()) {
+            result.environment.insert(
+                "artifact-channel".into(),
+                channel.clone().unwrap_or_else(|| "none".into()),
+            );
+            notes.extend(check_artifacts(
+                &case.artifacts,
+                extracted.as_ref(),
+                &files_dir,
+                watch.stream_text("manifest").as_deref(),
+                watch.stream_text("missing").as_deref(),
+                transfer_ok,
+            ));
+        }
+        result.artifacts = list_artifacts(artifacts);
+        let failed = !matches!(result.outcome, Outcome::Passed);
+        result.console_excerpt = if watch.excerpt.triggered() || failed {
+            watch
+                .excerpt
+                .text(&watch.tail.iter().cloned().collect::<Vec<_>>())
+        } else {
+            None
+        };
+    }
+
     async fn accel_for(&self, arch: Arch) -> Result<AccelDecision, String> {
         let mut cache = self.accel.lock().await;
         if let Some(d) = cache.get(&arch) {
@@ -522,143 +788,12 @@ impl TestRunner for QemuRunner {
                     .environment
                     .insert("guest-machine".into(), machine.clone());
             }
-            let started = Utc::now();
-            test_start = Some(started);
-            let (deadline, by_run) = ctx.deadline_after(case.timeout);
-            let test_started = Instant::now();
-            // The test runs until the agent reports its exit code.
-            let mut exit_code = None;
-            loop {
-                match wait(&mut vm, &mut watch, deadline, &cancel).await {
-                    Wait::TestExit | Wait::Done => {
-                        exit_code = watch.parser.exit();
-                        break;
-                    }
-                    Wait::Fatal(kind) => {
-                        drain_after_crash(&mut vm, &mut watch).await;
-                        result.outcome = Outcome::Crashed { crash: kind };
-                        break;
-                    }
-                    Wait::Exited => {
-                        let kind = watch.serious.unwrap_or(CrashKind::UnexpectedExit);
-                        result.outcome = Outcome::Crashed { crash: kind };
-                        notes.push(if watch.shutdown_seen {
-                            "the guest rebooted or powered off before the test finished".into()
-                        } else {
-                            "QEMU exited before the test finished".into()
-                        });
-                        break;
-                    }
-                    Wait::Deadline => {
-                        let limit = if by_run {
-                            test_started.elapsed()
-                        } else {
-                            case.timeout
-                        };
-                        result.outcome = Outcome::TimedOut {
-                            phase: Phase::Test,
-                            limit,
-                        };
-                        notes.push(format!(
-                            "{} after {}",
-                            if by_run {
-                                "the run's deadline passed"
-                            } else {
-                                "the test exceeded its timeout"
-                            },
-                            humantime_secs(limit)
-                        ));
-                        break;
-                    }
-                    Wait::Cancelled => {
-                        result.outcome = Outcome::Cancelled;
-                        notes.push("the run was cancelled during the test".into());
-                        break;
-                    }
-                    Wait::Ready => {}
-                }
-            }
-            test_end = Some(Utc::now());
-            transfer_started = Some(Instant::now());
-            if let Some(code) = exit_code {
-                // Then the agent sends the results; a damaged transfer is asked for again.
-                let (deadline, _) = ctx.deadline_after(self.config.transfer_timeout);
-                let mut resends = 0;
-                loop {
-                    match wait(&mut vm, &mut watch, deadline, &cancel).await {
-                        Wait::Done => {
-                            if watch.transfer_complete() {
-                                let _ = vm.send_line("ACK").await;
-                                result.outcome = match watch.serious {
-                                    Some(kind) => {
-                                        notes.push(format!(
-                                            "the kernel reported a problem during the test ({kind}); the test exited with {code}"
-                                        ));
-                                        Outcome::Crashed { crash: kind }
-                                    }
-                                    None if code == 0 => Outcome::Passed,
-                                    None => Outcome::Failed {
-                                        exit_code: Some(code),
-                                        signal: None,
-                                    },
-                                };
-                                break;
-                            }
-                            if resends >= self.config.max_resends {
-                                result.outcome = Outcome::InfraError {
-                                    message: format!(
-                                        "the guest's results arrived damaged {} times",
-                                        resends + 1
-                                    ),
-                                };
-                                break;
-                            }
-                            resends += 1;
-                            watch.parser.reset_transfer();
-                            let _ = vm.send_line("RESEND").await;
-                        }
-                        Wait::TestExit | Wait::Ready => {}
-                        Wait::Fatal(kind) => {
-                            drain_after_crash(&mut vm, &mut watch).await;
-                            result.outcome = Outcome::Crashed { crash: kind };
-                            notes.push(format!(
-                                "the kernel crashed after the test exited with {code}, while results were sent"
-                            ));
-                            break;
-                        }
-                        Wait::Exited => {
-                            result.outcome = Outcome::Crashed {
-                                crash: CrashKind::UnexpectedExit,
-                            };
-                            notes.push(format!(
-                                "QEMU exited after the test exited with {code}, while results were sent"
-                            ));
-                            break;
-                        }
-                        Wait::Deadline => {
-                            result.outcome = Outcome::TimedOut {
-                                phase: Phase::Teardown,
-                                limit: self.config.transfer_timeout,
-                            };
-                            notes.push(format!(
-                                "the test exited with {code} but its results did not arrive within {}",
-                                humantime_secs(self.config.transfer_timeout)
-                            ));
-                            break;
-                        }
-                        Wait::Cancelled => {
-                            result.outcome = Outcome::Cancelled;
-                            notes.push("the run was cancelled while results were sent".into());
-                            break;
-                        }
-                    }
-                }
-                if resends > 0 {
-                    result
-                        .environment
-                        .insert("resends".into(), resends.to_string());
-                }
-            }
+            let phases = self
+                .run_phases(&mut vm, &mut watch, case, ctx, &mut result, &mut notes)
+                .await;
+            test_start = Some(phases.test_start);
+            test_end = Some(phases.test_end);
+            transfer_started = phases.transfer_started;
         }
         let test_end = test_end.unwrap_or_else(Utc::now);
         if let Some(started) = test_start {
@@ -728,112 +863,24 @@ impl TestRunner for QemuRunner {
                 qemu_stderr.trim().chars().take(2000).collect(),
             );
         }
-        let streams = watch.parser.streams().clone();
-        if let Some(s) = streams.get("stdout") {
-            result.stdout = captured(s, self.config.output_limit);
-        }
-        if let Some(s) = streams.get("stderr") {
-            result.stderr = captured(s, self.config.output_limit);
-        }
-        // Tests that report their own cases (kselftest TAP on stdout, KUnit KTAP in the kernel
-        // log) get them as subtests.
-        let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
-            streams
-                .get("dmesg")
-                .and_then(|s| crate::ktap::subtests_of(&String::from_utf8_lossy(&s.data)))
-        });
-        if let Some((subtests, summary)) = ktap {
-            result.subtests = subtests;
-            notes.push(summary);
-        }
-        if let Some(s) = streams.get("dmesg") {
-            let path = artifacts.join("dmesg.txt");
-            if std::fs::write(&path, &s.data).is_ok() {
-                let text = String::from_utf8_lossy(&s.data);
-                let warnings = text
-                    .lines()
-                    .filter(|l| crash::classify(l) == Some(Signal::Warning))
-                    .count()
-                    + watch.warnings;
-                if warnings > 0 {
-                    result
-                        .environment
-                        .insert("kernel-warnings".into(), warnings.to_string());
-                    notes.push(format!("the kernel logged {warnings} WARNING(s)"));
-                }
-            }
-        } else if !matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. }) {
-            notes.push("the kernel log (dmesg) could not be collected; see console.log".into());
-        }
-        // Artifacts: what arrived (over virtio or the console), checked against the guest's
-        // manifest; what did not, named.
+        // Artifacts: what arrived over virtio, once QEMU is gone (the socket closed, the
+        // task ends).
         if let Some(task) = artifact_task {
-            // QEMU is gone, so the socket is closed and the task ends.
             extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
                 .await
                 .ok()
                 .and_then(Result::ok)
                 .flatten();
         }
-        let files_dir = artifacts.join("files");
-        let channel = watch.stream_text("channel");
-        if channel.as_deref() == Some("serial-console")
-            && let Some(s) = streams.get("artifacts")
-            && s.verified()
-        {
-            extracted = Some(crate::artifacts::extract(
-                &s.data[..],
-                &files_dir,
-                self.config.artifact_limits,
-            ));
-        }
-        let cores: Vec<String> = std::fs::read_dir(files_dir.join(".orch-cores"))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| describe_core(&e.file_name().to_string_lossy()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if case.trace.is_some() {
-            match std::fs::metadata(files_dir.join(".orch-trace/trace.txt")) {
-                Ok(m) => {
-                    result.environment.insert(
-                        "trace".into(),
-                        format!("files/.orch-trace/trace.txt ({} bytes)", m.len()),
-                    );
-                }
-                Err(_) => notes.push("the kernel trace did not come back".into()),
-            }
-        }
-        if !cores.is_empty() {
-            notes.push(format!("core dumps: {}", cores.join(", ")));
-            result
-                .environment
-                .insert("core-dumps".into(), cores.join(", "));
-        }
-        if !case.artifacts.is_empty() || extracted.as_ref().is_some_and(|e| !e.files.is_empty()) {
-            result.environment.insert(
-                "artifact-channel".into(),
-                channel.clone().unwrap_or_else(|| "none".into()),
-            );
-            notes.extend(check_artifacts(
-                &case.artifacts,
-                extracted.as_ref(),
-                &files_dir,
-                watch.stream_text("manifest").as_deref(),
-                watch.stream_text("missing").as_deref(),
-                transfer_ok,
-            ));
-        }
-        result.artifacts = list_artifacts(&artifacts);
-        let failed = !matches!(result.outcome, Outcome::Passed);
-        result.console_excerpt = if watch.excerpt.triggered() || failed {
-            watch
-                .excerpt
-                .text(&watch.tail.iter().cloned().collect::<Vec<_>>())
-        } else {
-            None
-        };
+        self.gather(
+            &watch,
+            case,
+            &artifacts,
+            extracted,
+            transfer_ok,
+            &mut result,
+            &mut notes,
+        );
         result.phases.push(PhaseTiming {
             phase: Phase::Teardown,
             started_at: teardown_start,
@@ -1037,6 +1084,14 @@ pub fn command_line(spec: &VmSpec) -> String {
         s.push_str(&crate::agent::shell_quote(&a));
     }
     s
+}
+
+/// When the test and its transfer ran.
+#[derive(Debug)]
+struct Phases {
+    test_start: chrono::DateTime<Utc>,
+    test_end: chrono::DateTime<Utc>,
+    transfer_started: Option<Instant>,
 }
 
 /// Why waiting on the guest ended.
