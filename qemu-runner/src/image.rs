@@ -317,3 +317,39 @@ pub fn assemble(base: &Path, test: &[u8], out: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(())
 }
+
+/// The archive that turns a guest into a session: the agent waits for tests from the host
+/// instead of running one from its initramfs. It carries the limits and the modules to load at
+/// boot (shared by every test of the session).
+pub fn session_archive(
+    output_limit: u64,
+    serial_artifact_limit: u64,
+    load_order: &[String],
+    kernel_version: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let mut b = InitramfsBuilder::new();
+    b.dir("orch", 0o755);
+    b.file_from_bytes("orch/session", 0o644, Vec::new());
+    b.file_from_bytes(
+        "orch/limit",
+        0o644,
+        format!("{output_limit}\n").into_bytes(),
+    );
+    b.file_from_bytes(
+        "orch/serial-artifact-limit",
+        0o644,
+        format!("{serial_artifact_limit}\n").into_bytes(),
+    );
+    let modules: Vec<String> = match kernel_version {
+        Some(v) => load_order
+            .iter()
+            .map(|rel| format!("/lib/modules/{v}/{rel}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    let mut out = Vec::new();
+    b.write_to(&mut out, Compression::Gzip)
+        .map_err(|e| format!("cannot build the session's initramfs part: {e}"))?;
+    Ok(out)
+}

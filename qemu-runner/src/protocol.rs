@@ -49,6 +49,8 @@ pub enum Record {
     Exit(i32),
     /// The agent has sent everything and waits for `ACK` or `RESEND`.
     Done,
+    /// In a session, the test the host sent arrived damaged.
+    BadRun,
     /// A line carrying this boot's nonce that does not parse: a corrupted record.
     Corrupt(String),
 }
@@ -221,6 +223,7 @@ impl Parser {
                 Some(Record::Exit(code))
             }
             "DONE" => Some(Record::Done),
+            "BADRUN" => Some(Record::BadRun),
             _ => None,
         }
     }

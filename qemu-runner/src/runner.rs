@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use chrono::Utc;
 use orchestrator_core::{
     Arch, ArtifactFile, CapturedOutput, CrashKind, ExecutionContext, Outcome, Phase, PhaseTiming,
@@ -69,6 +70,13 @@ pub struct QemuConfig {
     /// Whether artifacts travel over a virtio-serial port (fast); `false` forces the serial
     /// console (slow, for kernels without virtio, and for comparison).
     pub virtio_artifacts: bool,
+    /// Session mode: a booted guest runs test after test (each with its own timeout, output,
+    /// exit code and artifacts) instead of one boot per test. A guest that hangs, crashes or
+    /// loses its results is thrown away and the next test boots a fresh one. Tests are sent
+    /// over the console, so a test whose files are larger than a few kilobytes still gets a
+    /// guest of its own; artifacts come back over the console (bounded by
+    /// `serial_artifact_limit`).
+    pub session: bool,
 }
 
 impl QemuConfig {
@@ -91,6 +99,7 @@ impl QemuConfig {
             transfer_timeout: std::time::Duration::from_secs(120),
             core_dumps: true,
             virtio_artifacts: true,
+            session: false,
         }
     }
 
@@ -112,6 +121,13 @@ impl QemuConfig {
     #[must_use]
     pub fn with_profile(mut self, profile: MachineProfile) -> Self {
         self.profiles.insert(profile.arch, profile);
+        self
+    }
+
+    /// Turns session mode on or off (see [`QemuConfig::session`]).
+    #[must_use]
+    pub fn with_session(mut self, session: bool) -> Self {
+        self.session = session;
         self
     }
 
@@ -137,6 +153,9 @@ pub struct QemuRunner {
     config: QemuConfig,
     accel: tokio::sync::Mutex<HashMap<Arch, AccelDecision>>,
     manifest: Mutex<Option<provision::Manifest>>,
+    /// Idle session guests, by what they were booted with.
+    sessions: Mutex<HashMap<String, Vec<Guest>>>,
+    boots: std::sync::atomic::AtomicU32,
 }
 
 const NAME: &str = "qemu";
@@ -148,6 +167,8 @@ impl QemuRunner {
             config,
             accel: tokio::sync::Mutex::new(HashMap::new()),
             manifest: Mutex::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            boots: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -241,6 +262,16 @@ impl QemuRunner {
         dir: &Path,
         wait_for_ack: bool,
     ) -> Result<Prepared, RunnerError> {
+        self.prepare_inner(case, dir, wait_for_ack, false).await
+    }
+
+    async fn prepare_inner(
+        &self,
+        case: &TestCase,
+        dir: &Path,
+        wait_for_ack: bool,
+        session: bool,
+    ) -> Result<Prepared, RunnerError> {
         let arch = self.arch_of(case);
         let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
         let qemu = profile.find_qemu().map_err(RunnerError::new)?;
@@ -250,7 +281,7 @@ impl QemuRunner {
         let decision = self.accel_for(arch).await.map_err(RunnerError::new)?;
 
         // The initramfs: cached base plus this test's part.
-        let modules = self.modules_for(case, &profile, parts.modules_dir.is_some());
+        let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
         let base =
@@ -258,14 +289,23 @@ impl QemuRunner {
                 .await
                 .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
                 .map_err(RunnerError::new)?;
-        let test_part = image::test_archive(&TestPart {
-            case,
-            output_limit: self.config.output_limit,
-            load_order: &base.load_order,
-            kernel_version: parts.kernel_version.as_deref(),
-            serial_artifact_limit: self.config.serial_artifact_limit,
-            wait_for_ack,
-        })
+        let test_part = if session {
+            image::session_archive(
+                self.config.output_limit,
+                self.config.serial_artifact_limit,
+                &base.load_order,
+                parts.kernel_version.as_deref(),
+            )
+        } else {
+            image::test_archive(&TestPart {
+                case,
+                output_limit: self.config.output_limit,
+                load_order: &base.load_order,
+                kernel_version: parts.kernel_version.as_deref(),
+                serial_artifact_limit: self.config.serial_artifact_limit,
+                wait_for_ack,
+            })
+        }
         .map_err(RunnerError::new)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             RunnerError::with_source(format!("failed to create {}", dir.display()), e)
@@ -283,7 +323,7 @@ impl QemuRunner {
             .prefix("orch-vm-")
             .tempdir()
             .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
-        let artifact_listener = if !self.wants_channel(case) {
+        let artifact_listener = if session || !self.wants_channel(case) {
             None
         } else {
             let path = sockets.path().join("artifacts.sock");
@@ -337,6 +377,12 @@ impl QemuRunner {
             match wait(vm, watch, deadline, &cancel).await {
                 Wait::TestExit | Wait::Done => {
                     exit_code = watch.parser.exit();
+                    break;
+                }
+                Wait::BadRun => {
+                    result.outcome = Outcome::InfraError {
+                        message: "the test sent to the session guest arrived damaged".into(),
+                    };
                     break;
                 }
                 Wait::Fatal(kind) => {
@@ -422,7 +468,7 @@ impl QemuRunner {
                         watch.parser.reset_transfer();
                         let _ = vm.send_line("RESEND").await;
                     }
-                    Wait::TestExit | Wait::Ready => {}
+                    Wait::TestExit | Wait::Ready | Wait::BadRun => {}
                     Wait::Fatal(kind) => {
                         drain_after_crash(vm, watch).await;
                         result.outcome = Outcome::Crashed { crash: kind };
@@ -652,6 +698,33 @@ impl TestRunner for QemuRunner {
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        if self.config.session {
+            return self.execute_in_session(case, ctx).await;
+        }
+        self.execute_alone(case, ctx).await
+    }
+
+    async fn cleanup(&self) -> Result<(), RunnerError> {
+        let idle: Vec<Guest> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.drain().flat_map(|(_, v)| v).collect()
+        };
+        for mut guest in idle {
+            let _ = guest.vm.send_line("QUIT").await;
+            guest.vm.stop().await;
+            let _ = guest.vm.finish().await;
+        }
+        Ok(())
+    }
+}
+
+impl QemuRunner {
+    /// One boot for one test.
+    async fn execute_alone(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
         let mut result = TestResult::new(case, NAME, Outcome::Passed);
         let setup_start = Utc::now();
         let prepared = self.prepare(case, ctx.scratch_dir(), true).await?;
@@ -663,21 +736,7 @@ impl TestRunner for QemuRunner {
             artifact_listener,
             sockets: _sockets,
         } = prepared;
-        let env = &mut result.environment;
-        env.insert("arch".into(), profile.arch.to_string());
-        env.insert("accelerator".into(), decision.accel.to_string());
-        env.insert("accelerator-reason".into(), decision.reason.clone());
-        env.insert("machine".into(), profile.machine.clone());
-        env.insert(
-            "cpu".into(),
-            match decision.accel {
-                Accel::Kvm => profile.cpu_kvm.clone(),
-                Accel::Tcg => profile.cpu_tcg.clone(),
-            },
-        );
-        env.insert("kernel".into(), spec.kernel.display().to_string());
-        env.insert("channel".into(), "serial console".into());
-        env.insert("qemu-command".into(), command_line(&spec));
+        describe_guest(&mut result, &profile, &decision, &spec);
         let artifacts = ctx.artifact_dir();
         std::fs::create_dir_all(&artifacts).map_err(|e| {
             RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
@@ -734,44 +793,9 @@ impl TestRunner for QemuRunner {
         let mut test_start = None;
         let mut test_end = None;
         let mut transfer_started: Option<Instant> = None;
-        match booted {
-            Wait::Ready => {}
-            Wait::Fatal(kind) => {
-                drain_after_crash(&mut vm, &mut watch).await;
-                result.outcome = Outcome::Crashed {
-                    crash: CrashKind::BootFailure,
-                };
-                notes.push(format!(
-                    "the kernel crashed before the guest was ready ({kind})"
-                ));
-            }
-            Wait::Exited => {
-                result.outcome = if watch.lines_seen == 0 {
-                    Outcome::InfraError {
-                        message: String::new(),
-                    }
-                } else {
-                    Outcome::Crashed {
-                        crash: CrashKind::BootFailure,
-                    }
-                };
-                notes.push("QEMU exited before the guest was ready".into());
-            }
-            Wait::Deadline => {
-                result.outcome = Outcome::TimedOut {
-                    phase: Phase::Boot,
-                    limit: boot_limit,
-                };
-                notes.push(format!(
-                    "boot failure: the guest did not become ready within {}",
-                    humantime_secs(boot_limit)
-                ));
-            }
-            Wait::Cancelled => {
-                result.outcome = Outcome::Cancelled;
-                notes.push("the run was cancelled during boot".into());
-            }
-            Wait::Done | Wait::TestExit => unreachable!("no record comes before READY"),
+        if let Some((outcome, note)) = boot_outcome(&mut vm, &mut watch, booted, boot_limit).await {
+            result.outcome = outcome;
+            notes.push(note);
         }
 
         if booted == Wait::Ready {
@@ -881,6 +905,254 @@ impl TestRunner for QemuRunner {
             &mut result,
             &mut notes,
         );
+        result.phases.push(PhaseTiming {
+            phase: Phase::Teardown,
+            started_at: teardown_start,
+            finished_at: Utc::now(),
+        });
+        result.started_at = setup_start;
+        result.finished_at = Utc::now();
+        if !notes.is_empty() {
+            result.message = Some(notes.join("; "));
+        }
+        Ok(result)
+    }
+
+    /// A test in a session guest: reuse an idle guest booted the same way, or boot one.
+    async fn execute_in_session(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        let mut result = TestResult::new(case, NAME, Outcome::Passed);
+        let mut notes: Vec<String> = Vec::new();
+        let setup_start = Utc::now();
+        let arch = self.arch_of(case);
+        let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
+        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
+        // The test goes over the console; what does not fit gets a guest of its own.
+        let part = image::test_archive(&TestPart {
+            case,
+            output_limit: self.config.output_limit,
+            load_order: &[],
+            kernel_version: None,
+            serial_artifact_limit: self.config.serial_artifact_limit,
+            wait_for_ack: true,
+        })
+        .map_err(RunnerError::new)?;
+        if part.len() > SESSION_PART_LIMIT {
+            let mut r = self.execute_alone(case, ctx).await?;
+            let note = format!(
+                "booted alone: its files ({} bytes compressed) are too large to send to a session guest",
+                part.len()
+            );
+            r.message = Some(match r.message.take() {
+                Some(m) => format!("{note}; {m}"),
+                None => note,
+            });
+            return Ok(r);
+        }
+        let key = format!(
+            "{arch}|{}|{:?}|{}|{:?}|{:?}",
+            parts.kernel.display(),
+            self.modules_for(case, &profile, parts.modules_dir.is_some()),
+            serde_json::to_string(&profile).unwrap_or_default(),
+            case.requirements.memory_mib,
+            case.requirements.cpus
+        );
+        let artifacts = ctx.artifact_dir();
+        std::fs::create_dir_all(&artifacts).map_err(|e| {
+            RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
+        })?;
+        let idle = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&key)
+            .and_then(Vec::pop);
+        let mut guest = match idle {
+            Some(guest) => {
+                result.phases.push(PhaseTiming {
+                    phase: Phase::Setup,
+                    started_at: setup_start,
+                    finished_at: Utc::now(),
+                });
+                guest
+            }
+            None => {
+                let dir = ctx.scratch_dir().join("session");
+                let prepared = self.prepare_inner(case, &dir, true, true).await?;
+                result.phases.push(PhaseTiming {
+                    phase: Phase::Setup,
+                    started_at: setup_start,
+                    finished_at: Utc::now(),
+                });
+                let boot_start = Utc::now();
+                let id = self
+                    .boots
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                let mut vm = Vm::start(
+                    &prepared.spec,
+                    &dir.join("console.log"),
+                    self.config.console_log_limit,
+                )
+                .map_err(|e| {
+                    RunnerError::with_source(
+                        format!("failed to start {}", prepared.qemu.display()),
+                        e,
+                    )
+                })?;
+                let mut watch =
+                    Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
+                let boot_limit = prepared.profile.boot_timeout_for(prepared.decision.accel);
+                let (deadline, _) = ctx.deadline_after(boot_limit);
+                let booted = wait(&mut vm, &mut watch, deadline, ctx.cancel_token()).await;
+                result.phases.push(PhaseTiming {
+                    phase: Phase::Boot,
+                    started_at: boot_start,
+                    finished_at: Utc::now(),
+                });
+                if let Some((outcome, note)) =
+                    boot_outcome(&mut vm, &mut watch, booted, boot_limit).await
+                {
+                    describe_guest(
+                        &mut result,
+                        &prepared.profile,
+                        &prepared.decision,
+                        &prepared.spec,
+                    );
+                    result.outcome = outcome;
+                    notes.push(note);
+                    vm.stop().await;
+                    let (stderr, _) = vm.finish().await;
+                    if let Outcome::InfraError { message } = &mut result.outcome {
+                        *message = format!(
+                            "QEMU failed to start the guest: {}",
+                            first_lines(&stderr, 5).unwrap_or_else(|| "no error output".into())
+                        );
+                    }
+                    let _ = std::fs::copy(dir.join("console.log"), artifacts.join("console.log"));
+                    result.artifacts = list_artifacts(&artifacts);
+                    result.console_excerpt = watch
+                        .excerpt
+                        .text(&watch.tail.iter().cloned().collect::<Vec<_>>());
+                    result.started_at = setup_start;
+                    result.finished_at = Utc::now();
+                    result.message = Some(notes.join("; "));
+                    return Ok(result);
+                }
+                Guest {
+                    id,
+                    vm,
+                    watch,
+                    prepared,
+                    tests: 0,
+                }
+            }
+        };
+        describe_guest(
+            &mut result,
+            &guest.prepared.profile,
+            &guest.prepared.decision,
+            &guest.prepared.spec,
+        );
+        result.environment.insert(
+            "session".into(),
+            format!("guest {}, test {}", guest.id, guest.tests + 1),
+        );
+        result
+            .environment
+            .insert("qemu-pid".into(), guest.vm.pid().to_string());
+        ctx.process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
+
+        // Send the test: `RUN <lines> <md5>`, then base64 lines.
+        guest.watch.start_test();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&part);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        let sum: String = {
+            use md5::Digest;
+            md5::Md5::digest(&part)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let mut text = format!("RUN {} {sum}\n", lines.len());
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        if let Err(e) = guest.vm.send_line(text.trim_end()).await {
+            notes.push(format!("the session guest's console input failed: {e}"));
+        }
+        let phases = self
+            .run_phases(
+                &mut guest.vm,
+                &mut guest.watch,
+                case,
+                ctx,
+                &mut result,
+                &mut notes,
+            )
+            .await;
+        result.phases.push(PhaseTiming {
+            phase: Phase::Test,
+            started_at: phases.test_start,
+            finished_at: phases.test_end,
+        });
+        let teardown_start = Utc::now();
+        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
+        if let Some(t) = phases.transfer_started
+            && transfer_ok
+        {
+            result.environment.insert(
+                "transfer-seconds".into(),
+                format!("{:.3}", t.elapsed().as_secs_f64()),
+            );
+        }
+        if let Some(slice) = guest.watch.slice.take() {
+            let _ = std::fs::write(artifacts.join("console.log"), slice);
+        }
+        if transfer_ok && guest.vm.exited().is_none() {
+            self.gather(
+                &guest.watch,
+                case,
+                &artifacts,
+                None,
+                transfer_ok,
+                &mut result,
+                &mut notes,
+            );
+            guest.tests += 1;
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .push(guest);
+        } else {
+            let stop = guest.vm.stop().await;
+            let _ = guest.vm.finish().await;
+            self.gather(
+                &guest.watch,
+                case,
+                &artifacts,
+                None,
+                transfer_ok,
+                &mut result,
+                &mut notes,
+            );
+            notes.push(format!(
+                "session guest {} was stopped ({}) after {} test(s); the next test boots a new one",
+                guest.id,
+                stop.steps.join(", then "),
+                guest.tests + 1
+            ));
+        }
         result.phases.push(PhaseTiming {
             phase: Phase::Teardown,
             started_at: teardown_start,
@@ -1094,10 +1366,28 @@ struct Phases {
     transfer_started: Option<Instant>,
 }
 
+/// Console bytes kept per test in session mode.
+const SLICE_LIMIT: usize = 1 << 20;
+
+/// Largest gzip'd test part sent to a session guest over the console (its base64 must fit the
+/// guest's terminal input buffer, 4 KiB, so nothing is dropped).
+const SESSION_PART_LIMIT: usize = 2800;
+
+/// A booted session guest between tests.
+#[derive(Debug)]
+struct Guest {
+    id: u32,
+    vm: Vm,
+    watch: Watch,
+    prepared: Prepared,
+    tests: u32,
+}
+
 /// Why waiting on the guest ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
     Ready,
+    BadRun,
     TestExit,
     Done,
     Exited,
@@ -1118,6 +1408,8 @@ struct Watch {
     shutdown_seen: bool,
     closed: bool,
     lines_seen: u64,
+    /// Console lines of the current test (session mode), bounded.
+    slice: Option<Vec<u8>>,
 }
 
 impl Watch {
@@ -1132,7 +1424,20 @@ impl Watch {
             shutdown_seen: false,
             closed: false,
             lines_seen: 0,
+            slice: None,
         }
+    }
+
+    /// Forgets what belonged to the previous test of a session and starts keeping this
+    /// test's console lines.
+    fn start_test(&mut self) {
+        self.parser.reset_transfer();
+        self.excerpt = Excerpt::default();
+        self.tail.clear();
+        self.serious = None;
+        self.warnings = 0;
+        self.shutdown_seen = false;
+        self.slice = Some(Vec::new());
     }
 
     fn line(&mut self, line: &str) -> Option<Wait> {
@@ -1145,8 +1450,15 @@ impl Watch {
                 }
                 Record::Done => Some(Wait::Done),
                 Record::Exit(_) => Some(Wait::TestExit),
+                Record::BadRun => Some(Wait::BadRun),
                 _ => None,
             };
+        }
+        if let Some(slice) = &mut self.slice
+            && slice.len() < SLICE_LIMIT
+        {
+            slice.extend_from_slice(line.as_bytes());
+            slice.push(b'\n');
         }
         let signal = crash::classify(line);
         self.excerpt.line(
@@ -1218,6 +1530,81 @@ async fn wait(
             () = cancel.cancelled() => return Wait::Cancelled,
         }
     }
+}
+
+/// Records how the guest was set up in the result's environment.
+fn describe_guest(
+    result: &mut TestResult,
+    profile: &MachineProfile,
+    decision: &AccelDecision,
+    spec: &VmSpec,
+) {
+    let env = &mut result.environment;
+    env.insert("arch".into(), profile.arch.to_string());
+    env.insert("accelerator".into(), decision.accel.to_string());
+    env.insert("accelerator-reason".into(), decision.reason.clone());
+    env.insert("machine".into(), profile.machine.clone());
+    env.insert(
+        "cpu".into(),
+        match decision.accel {
+            Accel::Kvm => profile.cpu_kvm.clone(),
+            Accel::Tcg => profile.cpu_tcg.clone(),
+        },
+    );
+    env.insert("kernel".into(), spec.kernel.display().to_string());
+    env.insert("channel".into(), "serial console".into());
+    env.insert("qemu-command".into(), command_line(&spec));
+}
+
+/// The outcome of a boot that did not reach `READY` (`None` when it did).
+async fn boot_outcome(
+    vm: &mut Vm,
+    watch: &mut Watch,
+    booted: Wait,
+    boot_limit: std::time::Duration,
+) -> Option<(Outcome, String)> {
+    Some(match booted {
+        Wait::Ready => return None,
+        Wait::Fatal(kind) => {
+            drain_after_crash(vm, watch).await;
+            (
+                Outcome::Crashed {
+                    crash: CrashKind::BootFailure,
+                },
+                format!("the kernel crashed before the guest was ready ({kind})"),
+            )
+        }
+        Wait::Exited => (
+            if watch.lines_seen == 0 {
+                // Filled in with QEMU's own words once its stderr is read.
+                Outcome::InfraError {
+                    message: String::new(),
+                }
+            } else {
+                Outcome::Crashed {
+                    crash: CrashKind::BootFailure,
+                }
+            },
+            "QEMU exited before the guest was ready".into(),
+        ),
+        Wait::Deadline => (
+            Outcome::TimedOut {
+                phase: Phase::Boot,
+                limit: boot_limit,
+            },
+            format!(
+                "boot failure: the guest did not become ready within {}",
+                humantime_secs(boot_limit)
+            ),
+        ),
+        Wait::Cancelled => (
+            Outcome::Cancelled,
+            "the run was cancelled during boot".into(),
+        ),
+        Wait::Done | Wait::TestExit | Wait::BadRun => {
+            unreachable!("no record comes before READY")
+        }
+    })
 }
 
 /// After a fatal crash: read what the kernel still prints (the backtrace) until QEMU exits

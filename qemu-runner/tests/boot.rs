@@ -555,3 +555,88 @@ async fn qemu_that_fails_to_start_is_an_infrastructure_error() {
         "{message}"
     );
 }
+
+/// Session mode: 50 tests in one boot, with a hang and a panic in the middle; the guest is
+/// replaced twice and every test gets its own correct result.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
+    let arch = Arch::Aarch64;
+    let mut cases = Vec::new();
+    for n in 0..50u32 {
+        let c = match n {
+            20 => {
+                case(arch, &format!("s{n:02}"), "sleep 1000").with_timeout(Duration::from_secs(3))
+            }
+            35 => case(arch, &format!("s{n:02}"), "echo c > /proc/sysrq-trigger"),
+            _ => case(
+                arch,
+                &format!("s{n:02}"),
+                &format!("echo test {n}; exit {}", n % 4),
+            ),
+        };
+        cases.push(c);
+    }
+    let started = Instant::now();
+    let (report, _scratch) = run_with(
+        QemuConfig::new().with_session(true),
+        cases,
+        CancellationToken::new(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let mut guests = std::collections::BTreeSet::new();
+    let mut durations = Vec::new();
+    for (n, r) in report.results.iter().enumerate() {
+        let n = n as u32;
+        match n {
+            20 => assert!(
+                matches!(
+                    r.outcome,
+                    Outcome::TimedOut {
+                        phase: Phase::Test,
+                        ..
+                    }
+                ),
+                "{r:#?}"
+            ),
+            35 => assert_eq!(
+                r.outcome,
+                Outcome::Crashed {
+                    crash: CrashKind::KernelPanic
+                },
+                "{r:#?}"
+            ),
+            _ => {
+                let expected = if n % 4 == 0 {
+                    Outcome::Passed
+                } else {
+                    Outcome::Failed {
+                        exit_code: Some((n % 4) as i32),
+                        signal: None,
+                    }
+                };
+                assert_eq!(r.outcome, expected, "{r:#?}");
+                assert_eq!(r.stdout.text, format!("test {n}\n"), "{r:#?}");
+                if let Some(t) = r.phase(Phase::Test) {
+                    durations.push(
+                        t.duration()
+                            + r.phase(Phase::Teardown)
+                                .map_or(Duration::ZERO, |p| p.duration()),
+                    );
+                }
+            }
+        }
+        let session = &r.environment["session"];
+        guests.insert(session.split(',').next().unwrap().to_owned());
+    }
+    assert_eq!(guests.len(), 3, "one boot plus two restarts: {guests:?}");
+    durations.sort();
+    eprintln!(
+        "session: 50 tests in {:.1}s on {} guests; median per-test time in a booted guest {:.0} ms",
+        elapsed.as_secs_f64(),
+        guests.len(),
+        durations[durations.len() / 2].as_secs_f64() * 1000.0
+    );
+    assert_no_qemu_left(&report);
+}
