@@ -1553,7 +1553,7 @@ fn describe_guest(
     );
     env.insert("kernel".into(), spec.kernel.display().to_string());
     env.insert("channel".into(), "serial console".into());
-    env.insert("qemu-command".into(), command_line(&spec));
+    env.insert("qemu-command".into(), command_line(spec));
 }
 
 /// The outcome of a boot that did not reach `READY` (`None` when it did).
