@@ -608,7 +608,7 @@ async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
                 "{r:#?}"
             ),
             _ => {
-                let expected = if n % 4 == 0 {
+                let expected = if n.is_multiple_of(4) {
                     Outcome::Passed
                 } else {
                     Outcome::Failed {
