@@ -828,8 +828,13 @@ impl QemuRunner {
             });
         }
 
-        // Teardown: let the artifact archive finish arriving, stop QEMU, keep the logs.
-        let teardown_start = Utc::now();
+        // Teardown (from the test's exit, so it includes the transfer of its results): let the
+        // artifact archive finish arriving, stop QEMU, keep the logs.
+        let teardown_start = if test_start.is_some() {
+            test_end
+        } else {
+            Utc::now()
+        };
         let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
         let mut extracted = None;
         if let Some(task) = artifact_task.as_mut()
@@ -1104,7 +1109,8 @@ impl QemuRunner {
             started_at: phases.test_start,
             finished_at: phases.test_end,
         });
-        let teardown_start = Utc::now();
+        // Teardown counts from the test's exit: it includes the transfer of the results.
+        let teardown_start = phases.test_end;
         let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
         if let Some(t) = phases.transfer_started
             && transfer_ok

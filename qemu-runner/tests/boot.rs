@@ -631,6 +631,14 @@ async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
         guests.insert(session.split(',').next().unwrap().to_owned());
     }
     assert_eq!(guests.len(), 3, "one boot plus two restarts: {guests:?}");
+    for r in &report.results[5..8] {
+        let phases: Vec<String> = r
+            .phases
+            .iter()
+            .map(|p| format!("{} {:.0} ms", p.phase, p.duration().as_secs_f64() * 1000.0))
+            .collect();
+        eprintln!("{}: {}", r.test_id, phases.join(", "));
+    }
     durations.sort();
     eprintln!(
         "session: 50 tests in {:.1}s on {} guests; median per-test time in a booted guest {:.0} ms",
