@@ -492,9 +492,9 @@ impl Common {
             "trace" => {
                 let t = f.text()?.trim().to_owned();
                 if t.is_empty() {
-                    return Err(f
-                        .error(format!("`trace` {} is empty", f.scope.place))
-                        .help("name a tracer (\"function\") or events (\"sched:sched_switch irq:*\")"));
+                    return Err(f.error(format!("`trace` {} is empty", f.scope.place)).help(
+                        "name a tracer (\"function\") or events (\"sched:sched_switch irq:*\")",
+                    ));
                 }
                 self.trace = Some(t);
             }
