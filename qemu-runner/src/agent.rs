@@ -44,15 +44,22 @@ send() {
     f=/tmp/orch/$1
     lim=${2:-$limit}
     total=$(wc -c <"$f")
+    if [ "$total" -eq 0 ]; then
+        # The MD5 of nothing: no need to run md5sum for an empty stream.
+        say SEND "$1" 0 0 d41d8cd98f00b204e9800998ecf8427e
+        say END "$1"
+        return
+    fi
+    sent=$total
     if [ "$total" -gt "$lim" ]; then
         half=$((lim / 2))
         { head -c "$half" "$f"; tail -c $((lim - half)) "$f"; } >"$f.sent"
         f="$f.sent"
+        sent=$lim
     fi
-    sent=$(wc -c <"$f")
-    sum=$(md5sum <"$f" | cut -c1-32)
-    say SEND "$1" "$total" "$sent" "$sum"
-    [ "$sent" -gt 0 ] && base64 "$f" | sed "s/^/ORCH1 $nonce DATA $1 /"
+    sum=$(md5sum <"$f")
+    say SEND "$1" "$total" "$sent" "${sum%% *}"
+    base64 "$f" | sed "s/^/ORCH1 $nonce DATA $1 /"
     say END "$1"
 }
 
@@ -60,7 +67,8 @@ send() {
 run_one() {
     rm -rf /tmp/orch
     mkdir -p /tmp/orch/cores
-    limit=$(cat /orch/limit 2>/dev/null || echo 262144)
+    limit=262144
+    [ -f /orch/limit ] && read -r limit </orch/limit
     # Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
     if [ -s /orch/trace ]; then
         mount -t tracefs nodev $t 2>/dev/null
@@ -88,7 +96,8 @@ run_one() {
         echo 0 >$t/tracing_on
         mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && echo .orch-trace >>/orch/artifacts
     fi
-    if [ -n "$(ls /tmp/orch/cores 2>/dev/null)" ]; then
+    set -- /tmp/orch/cores/*
+    if [ -e "$1" ]; then
         mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
     fi
     say EXIT "$code"
@@ -121,7 +130,8 @@ run_one() {
         fi
         cd /
     fi
-    serial_limit=$(cat /orch/serial-artifact-limit 2>/dev/null || echo 4194304)
+    serial_limit=4194304
+    [ -f /orch/serial-artifact-limit ] && read -r serial_limit </orch/serial-artifact-limit
     if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
         echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
         channel=none
