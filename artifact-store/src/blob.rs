@@ -1,0 +1,618 @@
+//! The content store: blobs addressed by BLAKE3 in `content-v1/blake3/ab/cd/<hex>`.
+//!
+//! A blob file is a 16-byte header (`ASB1`, codec, three reserved bytes, the raw length as a
+//! little-endian u64) followed by the content, raw or as one zstd frame. The digest is of the raw
+//! content, so the same content always has the same address whatever its encoding.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::Digest;
+use crate::error::{CorruptBlob, Error, Result};
+
+const MAGIC: &[u8; 4] = b"ASB1";
+const CODEC_RAW: u8 = 0;
+const CODEC_ZSTD: u8 = 1;
+/// Bytes looked at to decide whether content compresses.
+const SAMPLE: usize = 256 * 1024;
+/// Streaming chunk size: memory per put or get is a few of these, whatever the blob size.
+const CHUNK: usize = 1024 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+
+/// How hard the store works to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// fsync every blob and its directory before it becomes visible, and every catalog commit
+    /// (SQLite `synchronous=FULL`). Survives power loss.
+    #[default]
+    Fsync,
+    /// No fsync: survives the process being killed but not power loss. For scratch stores and
+    /// benchmarks.
+    Relaxed,
+}
+
+/// The directory layout and blob I/O, without the catalog.
+#[derive(Debug, Clone)]
+pub(crate) struct Blobs {
+    pub(crate) content: PathBuf,
+    pub(crate) tmp: PathBuf,
+    pub(crate) quarantine: PathBuf,
+    pub(crate) durability: Durability,
+}
+
+/// A blob that was written (or found already present) but whose record is not yet committed.
+///
+/// While it lives, its own copy of the content stays in the store's temp directory, so a garbage
+/// collection running at the same moment cannot lose it: after the record commits, the store
+/// re-links the blob from this copy if a collector removed it in between. Dropping it removes the
+/// copy.
+#[derive(Debug)]
+#[must_use = "a pending blob protects content only until it is recorded or dropped"]
+pub struct PendingBlob {
+    pub(crate) digest: Digest,
+    pub(crate) raw_size: u64,
+    pub(crate) stored_size: u64,
+    pub(crate) compressed: bool,
+    pub(crate) dedup: bool,
+    pub(crate) temp: PathBuf,
+    pub(crate) path: PathBuf,
+}
+
+impl PendingBlob {
+    /// The content digest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// Content size in bytes.
+    pub fn raw_size(&self) -> u64 {
+        self.raw_size
+    }
+    /// Size on disk.
+    pub fn stored_size(&self) -> u64 {
+        self.stored_size
+    }
+    /// Whether the content is stored zstd-compressed.
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
+    /// Whether the blob was already in the store (a dedup hit).
+    pub fn dedup(&self) -> bool {
+        self.dedup
+    }
+}
+
+impl Drop for PendingBlob {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// A temp file written but not yet committed.
+#[derive(Debug)]
+pub(crate) struct Written {
+    digest: Digest,
+    raw_size: u64,
+    stored_size: u64,
+    compressed: bool,
+    guard: TempGuard,
+}
+
+/// Removes a temp file unless disarmed.
+#[derive(Debug)]
+struct TempGuard(Option<PathBuf>);
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+thread_local! {
+    /// Compression contexts reused across puts on a thread (allocating one costs more than
+    /// compressing a small file).
+    static CCTX: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn compress_small(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if !c.iter().any(|(l, _)| *l == level) {
+            c.push((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, cctx) = c.iter_mut().find(|(l, _)| *l == level)?;
+        cctx.compress(data).ok()
+    })
+}
+
+/// Blobs up to this size on disk are read in one go.
+const SMALL_READ: u64 = 1 << 20;
+
+thread_local! {
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn decompress_small(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set above").decompress(data, capacity)
+    })
+}
+
+fn header(codec: u8, raw_len: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = codec;
+    h[8..].copy_from_slice(&raw_len.to_le_bytes());
+    h
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Whether `pid` names a live process (on this host).
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(_) => true,
+    }
+}
+
+impl Blobs {
+    pub(crate) fn new(root: &Path, durability: Durability) -> Self {
+        Blobs {
+            content: root.join("content-v1").join("blake3"),
+            tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
+            durability,
+        }
+    }
+
+    pub(crate) fn create_dirs(&self) -> Result<()> {
+        for d in [&self.content, &self.tmp, &self.quarantine] {
+            fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
+        }
+        Ok(())
+    }
+
+    /// `content-v1/blake3/ab/cd/<hex>`.
+    pub(crate) fn path_of(&self, d: &Digest) -> PathBuf {
+        let hex = d.to_hex();
+        self.content.join(&hex[..2]).join(&hex[2..4]).join(hex)
+    }
+
+    fn new_temp(&self) -> Result<(File, PathBuf)> {
+        let path = self.tmp.join(format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create temp file", &path, e))?;
+        Ok((f, path))
+    }
+
+    /// Streams `reader` into the store. Memory use is bounded (a few MiB) whatever the size.
+    pub(crate) fn put(&self, reader: &mut dyn Read) -> Result<PendingBlob> {
+        let sync = self.durability == Durability::Fsync;
+        let w = self.write_temp(reader, sync)?;
+        self.commit_written(w, sync)
+    }
+
+    /// Makes a written temp file visible (see [`commit`](Self::commit)).
+    pub(crate) fn commit_written(&self, mut w: Written, sync_dirs: bool) -> Result<PendingBlob> {
+        let temp = w.guard.0.take().expect("armed guard");
+        let path = self.path_of(&w.digest);
+        let dedup = match self.commit(&temp, &path, &w.digest, w.stored_size, sync_dirs) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        Ok(PendingBlob {
+            digest: w.digest,
+            raw_size: w.raw_size,
+            stored_size: w.stored_size,
+            compressed: w.compressed,
+            dedup,
+            temp,
+            path,
+        })
+    }
+
+    /// Writes `reader` to a new temp file (fsynced if `sync`) without making it visible.
+    pub(crate) fn write_temp(&self, reader: &mut dyn Read, sync: bool) -> Result<Written> {
+        let (file, temp) = self.new_temp()?;
+        let guard = TempGuard(Some(temp.clone()));
+        let werr = |e: io::Error| Error::io("write", &temp, e);
+        let mut hasher = blake3::Hasher::new();
+        let mut sample = Vec::new();
+        (&mut *reader)
+            .take(SAMPLE as u64)
+            .read_to_end(&mut sample)
+            .map_err(|e| Error::io("read input for", &temp, e))?;
+        let n = sample.len();
+        let mut out;
+        let (raw_size, compressed);
+        if n < SAMPLE {
+            // Whole content in hand: compress once, keep whichever is smaller, one write.
+            hasher.update(&sample);
+            raw_size = n as u64;
+            let z = if n >= 64 {
+                compress_small(&sample, ZSTD_LEVEL)
+            } else {
+                None
+            };
+            let mut file = file;
+            match z {
+                Some(z) if (z.len() as u64) < raw_size - raw_size / 20 => {
+                    let mut buf = Vec::with_capacity(16 + z.len());
+                    buf.extend_from_slice(&header(CODEC_ZSTD, raw_size));
+                    buf.extend_from_slice(&z);
+                    file.write_all(&buf).map_err(werr)?;
+                    compressed = true;
+                }
+                _ => {
+                    let mut buf = Vec::with_capacity(16 + sample.len());
+                    buf.extend_from_slice(&header(CODEC_RAW, raw_size));
+                    buf.extend_from_slice(&sample);
+                    file.write_all(&buf).map_err(werr)?;
+                    compressed = false;
+                }
+            }
+            out = BufWriter::with_capacity(0, file);
+        } else {
+            // Large content: decide from a fast compression of the first 256 KiB.
+            out = BufWriter::with_capacity(CHUNK, file);
+            let probe = compress_small(&sample, 1).map(|z| z.len()).unwrap_or(n);
+            compressed = probe < n - n / 10;
+            out.write_all(&header(if compressed { CODEC_ZSTD } else { CODEC_RAW }, 0))
+                .map_err(werr)?;
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            if compressed {
+                let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(werr)?;
+                // One worker thread: compression overlaps with reading and hashing.
+                enc.multithread(1).map_err(werr)?;
+                hasher.update(&sample);
+                enc.write_all(&sample).map_err(werr)?;
+                total += n as u64;
+                loop {
+                    let k = read_full(reader, &mut buf)
+                        .map_err(|e| Error::io("read input for", &temp, e))?;
+                    if k == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..k]);
+                    enc.write_all(&buf[..k]).map_err(werr)?;
+                    total += k as u64;
+                }
+                out = enc.finish().map_err(werr)?;
+            } else {
+                hasher.update(&sample);
+                out.write_all(&sample).map_err(werr)?;
+                total += n as u64;
+                loop {
+                    let k = read_full(reader, &mut buf)
+                        .map_err(|e| Error::io("read input for", &temp, e))?;
+                    if k == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..k]);
+                    out.write_all(&buf[..k]).map_err(werr)?;
+                    total += k as u64;
+                }
+            }
+            raw_size = total;
+            out.seek(SeekFrom::Start(8)).map_err(werr)?;
+            out.write_all(&raw_size.to_le_bytes()).map_err(werr)?;
+        }
+        let mut file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+        let stored_size = file.seek(SeekFrom::End(0)).map_err(werr)?;
+        if sync {
+            file.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+        }
+        drop(file);
+        let digest = Digest::from(hasher.finalize());
+        Ok(Written {
+            digest,
+            raw_size,
+            stored_size,
+            compressed,
+            guard,
+        })
+    }
+
+    /// Makes `temp`'s content visible at `path` without ever clobbering a good blob. Returns
+    /// whether the blob was already there.
+    pub(crate) fn commit(
+        &self,
+        temp: &Path,
+        path: &Path,
+        digest: &Digest,
+        stored_size: u64,
+        sync_dirs: bool,
+    ) -> Result<bool> {
+        let shard = path.parent().expect("blob paths have a parent");
+        if !shard.exists() {
+            fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
+            if sync_dirs {
+                fsync_dir(shard.parent().expect("shard parent"))?;
+                fsync_dir(&self.content)?;
+            }
+        }
+        match fs::hard_link(temp, path) {
+            Ok(()) => {
+                if sync_dirs {
+                    fsync_dir(shard)?;
+                }
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Dedup hit. A same-size existing blob is trusted (reads verify anyway); anything
+                // else is checked and replaced atomically if it is damaged.
+                let same = fs::metadata(path)
+                    .map(|m| m.len() == stored_size)
+                    .unwrap_or(false);
+                if !same && self.verify_file(path, digest).is_err() {
+                    let repl = self.tmp.join(format!(
+                        "{}.{}.repl",
+                        std::process::id(),
+                        uuid::Uuid::new_v4().simple()
+                    ));
+                    fs::hard_link(temp, &repl).map_err(|e| Error::io("link", &repl, e))?;
+                    fs::rename(&repl, path)
+                        .map_err(|e| Error::io("replace corrupt blob", path, e))?;
+                    if sync_dirs {
+                        fsync_dir(shard)?;
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) => Err(Error::io("link blob", path, e)),
+        }
+    }
+
+    /// After a record commits: puts the blob back from the pending copy if a concurrent
+    /// collector removed it.
+    pub(crate) fn ensure_present(&self, p: &PendingBlob) -> Result<()> {
+        if p.path.exists() {
+            return Ok(());
+        }
+        self.commit(
+            &p.temp,
+            &p.path,
+            &p.digest,
+            p.stored_size,
+            self.durability == Durability::Fsync,
+        )
+        .map(|_| ())
+    }
+
+    /// Opens a verifying reader.
+    pub(crate) fn open(&self, digest: &Digest) -> Result<BlobReader> {
+        let path = self.path_of(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::MissingBlob {
+                    digest: *digest,
+                    path,
+                    artifact: None,
+                });
+            }
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        BlobReader::new(file, path, *digest)
+    }
+
+    /// Reads the whole blob through the verifier, discarding the content.
+    pub(crate) fn verify_file(&self, path: &Path, digest: &Digest) -> Result<u64> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut r = BlobReader::new(file, path.to_owned(), *digest)?;
+        io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io("read", path, e))
+    }
+
+    /// Every blob file on disk with its digest (files with malformed names are returned as
+    /// `Err(path)`).
+    pub(crate) fn list(&self) -> Result<Vec<std::result::Result<(Digest, PathBuf), PathBuf>>> {
+        let mut out = Vec::new();
+        let rd = |p: &Path| fs::read_dir(p).map_err(|e| Error::io("list", p, e));
+        for a in rd(&self.content)? {
+            let a = a.map_err(|e| Error::io("list", &self.content, e))?.path();
+            if !a.is_dir() {
+                out.push(Err(a));
+                continue;
+            }
+            for b in rd(&a)? {
+                let b = b.map_err(|e| Error::io("list", &a, e))?.path();
+                if !b.is_dir() {
+                    out.push(Err(b));
+                    continue;
+                }
+                for f in rd(&b)? {
+                    let f = f.map_err(|e| Error::io("list", &b, e))?.path();
+                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    match Digest::from_hex(name) {
+                        Ok(d) if self.path_of(&d) == f => out.push(Ok((d, f))),
+                        _ => out.push(Err(f)),
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+enum Inner {
+    Mem(io::Cursor<Vec<u8>>),
+    Raw(BufReader<File>),
+    Zstd(zstd::stream::read::Decoder<'static, BufReader<File>>),
+}
+
+/// Streams a blob's content and verifies it: when the end is reached, the length and BLAKE3
+/// digest must match or the final `read` fails with an `InvalidData` error carrying a
+/// [`CorruptBlob`](crate::CorruptBlob). Never trust content from a reader that did not reach the
+/// end; [`ArtifactStore::get`](crate::ArtifactStore::get) and
+/// [`ArtifactStore::read_to`](crate::ArtifactStore::read_to) handle this for you.
+pub struct BlobReader {
+    inner: Inner,
+    hasher: blake3::Hasher,
+    digest: Digest,
+    path: PathBuf,
+    expected: u64,
+    seen: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for BlobReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("digest", &self.digest)
+            .field("path", &self.path)
+            .field("seen", &self.seen)
+            .finish()
+    }
+}
+
+impl BlobReader {
+    fn new(mut file: File, path: PathBuf, digest: Digest) -> Result<Self> {
+        let corrupt = |detail: &str| Error::Corrupt {
+            digest,
+            path: path.clone(),
+            artifact: None,
+            detail: detail.into(),
+        };
+        let mut h = [0u8; 16];
+        let n = read_full(&mut file, &mut h).map_err(|e| Error::io("read", &path, e))?;
+        if n < 16 || &h[..4] != MAGIC {
+            return Err(corrupt("bad or truncated header"));
+        }
+        let expected = u64::from_le_bytes(h[8..].try_into().expect("8 bytes"));
+        let stored = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let inner = if stored <= SMALL_READ && expected <= 4 * SMALL_READ && h[4] <= CODEC_ZSTD {
+            // Small blob: one read, one decompression with a reused context.
+            let mut body = Vec::with_capacity(stored as usize);
+            file.read_to_end(&mut body)
+                .map_err(|e| Error::io("read", &path, e))?;
+            if h[4] == CODEC_ZSTD {
+                body = decompress_small(&body, expected as usize)
+                    .map_err(|e| corrupt(&format!("undecodable content: {e}")))?;
+            }
+            Inner::Mem(io::Cursor::new(body))
+        } else {
+            let body = BufReader::with_capacity(CHUNK.min(stored as usize), file);
+            match h[4] {
+                CODEC_RAW => Inner::Raw(body),
+                CODEC_ZSTD => Inner::Zstd(
+                    zstd::stream::read::Decoder::with_buffer(body)
+                        .map_err(|e| Error::io("start decoding", &path, e))?,
+                ),
+                _ => return Err(corrupt("unknown codec")),
+            }
+        };
+        Ok(BlobReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            digest,
+            path,
+            expected,
+            seen: 0,
+            done: false,
+        })
+    }
+
+    /// The digest being verified.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The content length announced by the blob header.
+    pub fn len_hint(&self) -> u64 {
+        self.expected
+    }
+
+    fn corrupt(&self, detail: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            CorruptBlob {
+                digest: self.digest,
+                path: self.path.clone(),
+                detail,
+            },
+        )
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let r = match &mut self.inner {
+            Inner::Mem(r) => r.read(buf),
+            Inner::Raw(r) => r.read(buf),
+            Inner::Zstd(r) => r.read(buf),
+        };
+        let n = match r {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) if e.raw_os_error().is_some() => return Err(e),
+            Err(e) => return Err(self.corrupt(format!("undecodable content: {e}"))),
+        };
+        if n == 0 {
+            self.done = true;
+            if self.seen != self.expected {
+                return Err(self.corrupt(format!(
+                    "length {} but the header says {}",
+                    self.seen, self.expected
+                )));
+            }
+            let got = Digest::from(self.hasher.finalize());
+            if got != self.digest {
+                return Err(self.corrupt(format!("content hashes to {got}")));
+            }
+            return Ok(0);
+        }
+        self.seen += n as u64;
+        if self.seen > self.expected {
+            self.done = true;
+            return Err(self.corrupt(format!(
+                "longer than the {} bytes in the header",
+                self.expected
+            )));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,400 @@
+//! The catalog: one SQLite database in WAL mode, shared safely by several processes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter,
+};
+
+use crate::Digest;
+use crate::blob::Durability;
+use crate::error::{Error, Result};
+use crate::model::{ArtifactRecord, Eviction, Query};
+
+/// The catalog format this crate writes (`PRAGMA user_version`).
+pub const CATALOG_VERSION: u32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS artifacts(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  digest TEXT NOT NULL,
+  test_id TEXT NOT NULL,
+  run_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  name TEXT NOT NULL,
+  raw_size INTEGER NOT NULL,
+  stored_size INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  outcome TEXT,
+  arch TEXT,
+  evicted_at INTEGER,
+  eviction_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS artifacts_test ON artifacts(test_id, created_at);
+CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run_id);
+CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
+CREATE INDEX IF NOT EXISTS artifacts_created ON artifacts(created_at);
+CREATE TABLE IF NOT EXISTS metadata(
+  artifact INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY(artifact, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metadata_kv ON metadata(key, value);
+CREATE TABLE IF NOT EXISTS blobs(
+  digest TEXT PRIMARY KEY,
+  raw_size INTEGER NOT NULL,
+  stored_size INTEGER NOT NULL,
+  compressed INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const COLUMNS: &str = "seq, id, digest, test_id, run_id, kind, name, raw_size, stored_size, created_at, outcome, arch, evicted_at, eviction_reason";
+
+pub(crate) fn to_micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    pub(crate) path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+/// Blob facts recorded with an artifact.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlobInfo {
+    pub(crate) digest: Digest,
+    pub(crate) raw_size: u64,
+    pub(crate) stored_size: u64,
+    pub(crate) compressed: bool,
+}
+
+impl Catalog {
+    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let err = |ctx: &str, e| Error::catalog(path, ctx, e);
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err("open", e))?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(|e| err("set busy timeout", e))?;
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| err("read format version", e))?;
+        if version > CATALOG_VERSION {
+            return Err(Error::NewerFormat {
+                path: path.to_owned(),
+                found: version,
+                supported: CATALOG_VERSION,
+            });
+        }
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| err("enable WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err("enable WAL", rusqlite::Error::InvalidQuery));
+        }
+        let sync = if durability == Durability::Fsync {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(|e| err("set synchronous", e))?;
+        if version < CATALOG_VERSION {
+            // Idempotent, under the write lock: several processes may open a new store at once.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| err("begin schema creation", e))?;
+            tx.execute_batch(SCHEMA)
+                .map_err(|e| err("create schema", e))?;
+            tx.pragma_update(None, "user_version", CATALOG_VERSION)
+                .map_err(|e| err("write format version", e))?;
+            tx.commit().map_err(|e| err("commit schema", e))?;
+        }
+        Ok(Catalog {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub(crate) fn err(&self, ctx: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        let ctx = ctx.into();
+        move |e| Error::catalog(&self.path, ctx, e)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inserts records in one transaction.
+    pub(crate) fn insert(&self, items: &[(BlobInfo, &ArtifactRecord)]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin insert"))?;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT INTO artifacts(id, digest, test_id, run_id, kind, name, raw_size, stored_size, created_at, outcome, arch, evicted_at, eviction_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, NULL)",
+                )
+                .map_err(self.err("prepare insert"))?;
+            let mut meta = tx
+                .prepare_cached("INSERT INTO metadata(artifact, key, value) VALUES (?1, ?2, ?3)")
+                .map_err(self.err("prepare insert"))?;
+            let mut blob = tx
+                .prepare_cached("INSERT OR IGNORE INTO blobs(digest, raw_size, stored_size, compressed) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(self.err("prepare insert"))?;
+            let mut last_blob = None;
+            for (b, r) in items {
+                ins.execute(params![
+                    r.id,
+                    r.digest.to_hex(),
+                    r.test_id,
+                    r.run_id,
+                    r.kind.as_str(),
+                    r.name,
+                    r.raw_size as i64,
+                    r.stored_size as i64,
+                    to_micros(r.created_at),
+                    r.outcome.map(|o| o.as_str()),
+                    r.arch,
+                ])
+                .map_err(|e| Error::catalog(&self.path, format!("insert artifact {}", r.id), e))?;
+                let seq = tx.last_insert_rowid();
+                for (k, v) in &r.metadata {
+                    meta.execute(params![seq, k, v])
+                        .map_err(self.err("insert metadata"))?;
+                }
+                if last_blob != Some(b.digest) {
+                    blob.execute(params![
+                        b.digest.to_hex(),
+                        b.raw_size as i64,
+                        b.stored_size as i64,
+                        b.compressed
+                    ])
+                    .map_err(self.err("insert blob"))?;
+                    last_blob = Some(b.digest);
+                }
+            }
+        }
+        tx.commit().map_err(self.err("commit insert"))
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Option<ArtifactRecord>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM artifacts WHERE id = ?1"))
+            .map_err(self.err("prepare lookup"))?;
+        let row = st
+            .query_row([id], row_to_record)
+            .optional()
+            .map_err(self.err(format!("look up artifact {id}")))?;
+        drop(st);
+        match row {
+            Some((seq, mut r)) => {
+                r.metadata = load_meta(&conn, seq).map_err(self.err("load metadata"))?;
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn query(&self, q: &Query) -> Result<Vec<ArtifactRecord>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut add = |cond: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+        };
+        use rusqlite::types::Value as V;
+        if let Some(t) = &q.test_id {
+            add(" AND test_id = ?", V::Text(t.clone()));
+        }
+        if let Some(t) = &q.run_id {
+            add(" AND run_id = ?", V::Text(t.clone()));
+        }
+        if let Some(k) = q.kind {
+            add(" AND kind = ?", V::Text(k.as_str().into()));
+        }
+        if let Some(o) = q.outcome {
+            add(" AND outcome = ?", V::Text(o.as_str().into()));
+        }
+        if let Some(a) = &q.arch {
+            add(" AND arch = ?", V::Text(a.clone()));
+        }
+        if let Some(t) = q.since {
+            add(" AND created_at >= ?", V::Integer(to_micros(t)));
+        }
+        if let Some(t) = q.until {
+            add(" AND created_at < ?", V::Integer(to_micros(t)));
+        }
+        for (k, v) in &q.metadata {
+            args.push(V::Text(k.clone()));
+            args.push(V::Text(v.clone()));
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM metadata m WHERE m.artifact = a.seq AND m.key = ?{} AND m.value = ?{})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        if !q.include_evicted {
+            sql.push_str(" AND evicted_at IS NULL");
+        }
+        sql.push_str(" ORDER BY created_at, seq");
+        if let Some(n) = q.limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&sql)
+            .map_err(self.err("prepare query"))?;
+        let rows = st
+            .query_map(params_from_iter(args), row_to_record)
+            .map_err(self.err("run query"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("read query results"))?;
+        drop(st);
+        let mut out = Vec::with_capacity(rows.len());
+        if rows.len() > 2000 {
+            // Many rows: one pass over the metadata table beats a lookup per row.
+            let mut all: std::collections::HashMap<i64, BTreeMap<String, String>> =
+                std::collections::HashMap::new();
+            let mut st = conn
+                .prepare("SELECT artifact, key, value FROM metadata")
+                .map_err(self.err("prepare metadata"))?;
+            let mut it = st.query([]).map_err(self.err("load metadata"))?;
+            while let Some(r) = it.next().map_err(self.err("load metadata"))? {
+                all.entry(r.get(0).map_err(self.err("load metadata"))?)
+                    .or_default()
+                    .insert(
+                        r.get(1).map_err(self.err("load metadata"))?,
+                        r.get(2).map_err(self.err("load metadata"))?,
+                    );
+            }
+            for (seq, mut r) in rows {
+                r.metadata = all.remove(&seq).unwrap_or_default();
+                out.push(r);
+            }
+        } else {
+            for (seq, mut r) in rows {
+                r.metadata = load_meta(&conn, seq).map_err(self.err("load metadata"))?;
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks records evicted (only those not already evicted). Returns how many changed.
+    pub(crate) fn evict(&self, ids: &[(String, String)], at: DateTime<Utc>) -> Result<u64> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin eviction"))?;
+        let mut n = 0;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE artifacts SET evicted_at = ?2, eviction_reason = ?3 WHERE id = ?1 AND evicted_at IS NULL")
+                .map_err(self.err("prepare eviction"))?;
+            for (id, reason) in ids {
+                n += st
+                    .execute(params![id, to_micros(at), reason])
+                    .map_err(self.err(format!("evict {id}")))? as u64;
+            }
+        }
+        tx.commit().map_err(self.err("commit eviction"))?;
+        Ok(n)
+    }
+
+    /// Runs `f` inside an IMMEDIATE transaction with the digests that live records need:
+    /// concurrent record inserts wait until it commits.
+    pub(crate) fn with_live_digests<T>(
+        &self,
+        f: impl FnOnce(&std::collections::HashSet<Digest>, &rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin collection"))?;
+        let live = {
+            let mut st = tx
+                .prepare_cached("SELECT DISTINCT digest FROM artifacts WHERE evicted_at IS NULL")
+                .map_err(self.err("list live blobs"))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(self.err("list live blobs"))?;
+            let mut set = std::collections::HashSet::new();
+            for r in rows {
+                let hex = r.map_err(self.err("list live blobs"))?;
+                if let Ok(d) = Digest::from_hex(&hex) {
+                    set.insert(d);
+                }
+            }
+            set
+        };
+        let out = f(&live, &tx)?;
+        tx.commit().map_err(self.err("commit collection"))?;
+        Ok(out)
+    }
+}
+
+fn load_meta(conn: &Connection, seq: i64) -> rusqlite::Result<BTreeMap<String, String>> {
+    let mut st = conn.prepare_cached("SELECT key, value FROM metadata WHERE artifact = ?1")?;
+    let rows = st.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+fn bad(col: usize, e: Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, ArtifactRecord)> {
+    let digest: String = r.get(2)?;
+    let kind: String = r.get(5)?;
+    let outcome: Option<String> = r.get(10)?;
+    let evicted_at: Option<i64> = r.get(12)?;
+    Ok((
+        r.get(0)?,
+        ArtifactRecord {
+            id: r.get(1)?,
+            digest: Digest::from_hex(&digest).map_err(|e| bad(2, e))?,
+            test_id: r.get(3)?,
+            run_id: r.get(4)?,
+            kind: kind.parse().map_err(|e| bad(5, e))?,
+            name: r.get(6)?,
+            raw_size: r.get::<_, i64>(7)? as u64,
+            stored_size: r.get::<_, i64>(8)? as u64,
+            created_at: from_micros(r.get(9)?),
+            outcome: outcome
+                .map(|o| o.parse())
+                .transpose()
+                .map_err(|e| bad(10, e))?,
+            arch: r.get(11)?,
+            metadata: BTreeMap::new(),
+            evicted: evicted_at
+                .map(|at| -> rusqlite::Result<Eviction> {
+                    Ok(Eviction {
+                        at: from_micros(at),
+                        reason: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                    })
+                })
+                .transpose()?,
+        },
+    ))
+}

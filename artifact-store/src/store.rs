@@ -1,0 +1,695 @@
+//! The store: content, catalog, collection, verification and statistics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+use crate::blob::{BlobReader, Blobs, Durability, PendingBlob, pid_alive};
+use crate::catalog::{BlobInfo, Catalog};
+use crate::error::{Error, Result};
+use crate::model::{ArtifactRecord, NewArtifact, Query};
+
+/// The layout version of the store directory (`content-v1`, `catalog-v1.sqlite`).
+pub const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_FILE: &str = "LAYOUT";
+
+/// Options for [`ArtifactStore::open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// fsync policy (default: [`Durability::Fsync`]).
+    pub durability: Durability,
+}
+
+/// Options for [`ArtifactStore::gc`].
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Temp files of processes that are still alive are removed only when older than this
+    /// (those of dead processes always are). Default: one day.
+    pub temp_grace: Duration,
+    /// Report what would be removed without removing anything.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            temp_grace: Duration::from_secs(24 * 3600),
+            dry_run: false,
+        }
+    }
+}
+
+/// What a collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    /// Blobs no live record needs, removed.
+    pub blobs_removed: u64,
+    /// Their size on disk.
+    pub bytes_removed: u64,
+    /// Blobs kept.
+    pub blobs_kept: u64,
+    /// Abandoned temp files removed.
+    pub temp_files_removed: u64,
+}
+
+/// A corrupt blob found by [`ArtifactStore::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorruptEntry {
+    /// The digest it should have.
+    pub digest: Digest,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub detail: String,
+    /// Records that need it.
+    pub artifacts: Vec<String>,
+}
+
+/// A record whose blob is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingEntry {
+    /// The artifact id.
+    pub artifact: String,
+    /// Its blob digest.
+    pub digest: Digest,
+}
+
+/// Options for [`ArtifactStore::verify`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions {
+    /// Repair: corrupt blobs are moved to `quarantine/`, their records and records of missing
+    /// blobs are marked evicted (`blob corrupt` / `blob missing`), stray files are quarantined
+    /// and orphans are collected.
+    pub repair: bool,
+}
+
+/// What [`ArtifactStore::verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Blob files read and hashed.
+    pub blobs_checked: u64,
+    /// Blobs whose content does not match their digest.
+    pub corrupt: Vec<CorruptEntry>,
+    /// Live records whose blob is not on disk.
+    pub missing: Vec<MissingEntry>,
+    /// Good blobs that no live record needs.
+    pub orphans: Vec<Digest>,
+    /// Files in the content directory that are not blobs.
+    pub stray_files: Vec<PathBuf>,
+    /// Whether the findings were repaired.
+    pub repaired: bool,
+}
+
+impl VerifyReport {
+    /// Nothing corrupt, missing, orphaned or stray.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty()
+            && self.missing.is_empty()
+            && self.orphans.is_empty()
+            && self.stray_files.is_empty()
+    }
+}
+
+/// Bytes and counts for one kind or test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Live records.
+    pub records: u64,
+    /// Sum of their content sizes.
+    pub raw_bytes: u64,
+}
+
+/// Store statistics from the catalog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Records with their blob.
+    pub live_records: u64,
+    /// Records whose blob was evicted.
+    pub evicted_records: u64,
+    /// Distinct blobs that live records use.
+    pub blobs: u64,
+    /// Sum of live records' content sizes (what the store would hold without dedup).
+    pub logical_bytes: u64,
+    /// Sum of the distinct blobs' content sizes.
+    pub unique_bytes: u64,
+    /// Sum of the distinct blobs' sizes on disk.
+    pub stored_bytes: u64,
+    /// Per kind.
+    pub by_kind: BTreeMap<String, Usage>,
+    /// Per test.
+    pub by_test: BTreeMap<String, Usage>,
+}
+
+impl Stats {
+    /// `logical_bytes / unique_bytes` (1.0 when empty).
+    pub fn dedup_ratio(&self) -> f64 {
+        if self.unique_bytes == 0 {
+            1.0
+        } else {
+            self.logical_bytes as f64 / self.unique_bytes as f64
+        }
+    }
+    /// `unique_bytes / stored_bytes` (1.0 when empty).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.stored_bytes == 0 {
+            1.0
+        } else {
+            self.unique_bytes as f64 / self.stored_bytes as f64
+        }
+    }
+}
+
+/// A content-addressed artifact store with its catalog. Cheap to share between threads
+/// (`&self` methods, internally locked); several processes may open the same directory.
+#[derive(Debug)]
+pub struct ArtifactStore {
+    root: PathBuf,
+    pub(crate) blobs: Blobs,
+    pub(crate) catalog: Catalog,
+}
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store at `root` with default options.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open_with(root: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let root = root.as_ref().to_owned();
+        fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        let layout = root.join(LAYOUT_FILE);
+        match fs::read_to_string(&layout) {
+            Ok(s) => {
+                let found: u32 = s.trim().parse().map_err(|_| Error::Invalid {
+                    what: "store layout file",
+                    detail: format!("{} does not hold a version number", layout.display()),
+                })?;
+                if found > LAYOUT_VERSION {
+                    return Err(Error::NewerFormat {
+                        path: layout,
+                        found,
+                        supported: LAYOUT_VERSION,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let tmp = root.join(format!(".{LAYOUT_FILE}.{}", std::process::id()));
+                fs::write(&tmp, format!("{LAYOUT_VERSION}\n"))
+                    .map_err(|e| Error::io("write", &tmp, e))?;
+                fs::rename(&tmp, &layout).map_err(|e| Error::io("write", &layout, e))?;
+            }
+            Err(e) => return Err(Error::io("read", layout, e)),
+        }
+        let blobs = Blobs::new(&root, options.durability);
+        blobs.create_dirs()?;
+        let catalog = Catalog::open(&root.join("catalog-v1.sqlite"), options.durability)?;
+        Ok(ArtifactStore {
+            root,
+            blobs,
+            catalog,
+        })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.path_of(digest)
+    }
+
+    /// Streams content into the store without recording it yet. Record it with
+    /// [`record`](Self::record); until then the returned [`PendingBlob`] protects it from
+    /// garbage collection.
+    pub fn put_blob(&self, mut reader: impl Read) -> Result<PendingBlob> {
+        self.blobs.put(&mut reader)
+    }
+
+    /// Records an artifact for a pending blob.
+    pub fn record(&self, blob: &PendingBlob, artifact: NewArtifact) -> Result<ArtifactRecord> {
+        let mut v = self.record_many(blob, vec![artifact])?;
+        Ok(v.pop().expect("one record"))
+    }
+
+    /// Records several artifacts sharing one pending blob, in one transaction.
+    pub fn record_many(
+        &self,
+        blob: &PendingBlob,
+        artifacts: Vec<NewArtifact>,
+    ) -> Result<Vec<ArtifactRecord>> {
+        let now = Utc::now();
+        let mut records = Vec::with_capacity(artifacts.len());
+        for a in artifacts {
+            a.validate()?;
+            records.push(new_record(blob, a, now));
+        }
+        let info = info_of(blob);
+        let items: Vec<_> = records.iter().map(|r| (info, r)).collect();
+        self.catalog.insert(&items)?;
+        // A collector that ran between the put and this commit may have removed the blob;
+        // any later one sees the record. Put it back from the pending copy.
+        self.blobs.ensure_present(blob)?;
+        Ok(records)
+    }
+
+    pub(crate) fn record_existing(&self, items: &[(&PendingBlob, &ArtifactRecord)]) -> Result<()> {
+        let v: Vec<_> = items.iter().map(|(b, r)| (info_of(b), *r)).collect();
+        self.catalog.insert(&v)?;
+        for (b, _) in items {
+            self.blobs.ensure_present(b)?;
+        }
+        Ok(())
+    }
+
+    /// Stores content from `reader` and records it: the usual way to add an artifact.
+    pub fn add(&self, artifact: NewArtifact, reader: impl Read) -> Result<ArtifactRecord> {
+        artifact.validate()?;
+        let blob = self.put_blob(reader)?;
+        self.record(&blob, artifact)
+    }
+
+    /// Stores and records many artifacts at once, all or nothing: one catalog transaction and,
+    /// with [`Durability::Fsync`], two `syncfs(2)` calls for the whole batch instead of fsyncs
+    /// per file. Much faster than [`add`](Self::add) in a loop for many small files.
+    pub fn add_many<R: Read>(
+        &self,
+        items: impl IntoIterator<Item = (NewArtifact, R)>,
+    ) -> Result<Vec<ArtifactRecord>> {
+        let mut written = Vec::new();
+        for (a, mut r) in items {
+            a.validate()?;
+            written.push((a, self.blobs.write_temp(&mut r, false)?));
+        }
+        let sync = self.blobs.durability == Durability::Fsync;
+        let syncfs = || {
+            let tmp = &self.blobs.tmp;
+            let dir = File::open(tmp).map_err(|e| Error::io("open", tmp, e))?;
+            nix::unistd::syncfs(&dir).map_err(|e| Error::io("syncfs", tmp, io::Error::from(e)))
+        };
+        if sync && !written.is_empty() {
+            syncfs()?;
+        }
+        let mut pending = Vec::with_capacity(written.len());
+        for (a, w) in written {
+            pending.push((a, self.blobs.commit_written(w, false)?));
+        }
+        if sync && !pending.is_empty() {
+            syncfs()?;
+        }
+        let now = Utc::now();
+        let records: Vec<_> = pending
+            .iter()
+            .map(|(a, b)| new_record(b, a.clone(), now))
+            .collect();
+        let items: Vec<_> = pending
+            .iter()
+            .zip(&records)
+            .map(|((_, b), r)| (b, r))
+            .collect();
+        self.record_existing(&items)?;
+        Ok(records)
+    }
+
+    /// Stores `bytes` and records them.
+    pub fn add_bytes(&self, artifact: NewArtifact, bytes: &[u8]) -> Result<ArtifactRecord> {
+        self.add(artifact, bytes)
+    }
+
+    /// Stores the file at `path` and records it.
+    pub fn add_file(
+        &self,
+        artifact: NewArtifact,
+        path: impl AsRef<Path>,
+    ) -> Result<ArtifactRecord> {
+        let path = path.as_ref();
+        let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        self.add(artifact, f)
+    }
+
+    /// The record of artifact `id`.
+    pub fn record_of(&self, id: &str) -> Result<ArtifactRecord> {
+        self.catalog
+            .get(id)?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })
+    }
+
+    /// A verifying reader over artifact `id`'s content (see [`BlobReader`]).
+    pub fn open_artifact(&self, id: &str) -> Result<BlobReader> {
+        let r = self.record_of(id)?;
+        if let Some(ev) = r.evicted {
+            return Err(Error::Evicted {
+                id: r.id,
+                digest: r.digest,
+                reason: ev.reason,
+            });
+        }
+        self.blobs.open(&r.digest).map_err(|e| e.with_artifact(id))
+    }
+
+    /// A verifying reader over a blob.
+    pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
+        self.blobs.open(digest)
+    }
+
+    /// Streams artifact `id` into `out`, verifying it; returns the byte count. On corruption the
+    /// error comes after the content was written: discard `out` then.
+    pub fn read_to(&self, id: &str, out: &mut impl Write) -> Result<u64> {
+        let mut r = self.open_artifact(id)?;
+        let path = self.blobs.path_of(&r.digest());
+        let fail = |e| Error::io("read", &path, e).with_artifact(id);
+        // Large reads: fewer decoder calls, and BLAKE3 hashes big chunks in parallel lanes.
+        let mut buf = vec![0u8; (r.len_hint() as usize).clamp(8 << 10, 1 << 20)];
+        let mut total = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("write output of", &path, e).with_artifact(id))?;
+            total += n as u64;
+        }
+    }
+
+    /// Artifact `id`'s whole content, verified.
+    pub fn get(&self, id: &str) -> Result<Vec<u8>> {
+        let mut r = self.open_artifact(id)?;
+        let path = self.blobs.path_of(&r.digest());
+        let mut v = Vec::with_capacity(r.len_hint().min(64 << 20) as usize);
+        r.read_to_end(&mut v)
+            .map_err(|e| Error::io("read", path, e).with_artifact(id))?;
+        Ok(v)
+    }
+
+    /// Writes artifact `id` to `dest` atomically (temp file beside it, then rename): a corrupt
+    /// blob leaves nothing at `dest`.
+    pub fn get_to_file(&self, id: &str, dest: impl AsRef<Path>) -> Result<u64> {
+        let dest = dest.as_ref();
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.{}.part",
+            dest.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("artifact"),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let res = (|| {
+            let mut f =
+                io::BufWriter::new(File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?);
+            let n = self.read_to(id, &mut f)?;
+            f.flush().map_err(|e| Error::io("write", &tmp, e))?;
+            fs::rename(&tmp, dest).map_err(|e| Error::io("rename into place", dest, e))?;
+            Ok(n)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    /// Records matching `query`, oldest first.
+    pub fn query(&self, query: &Query) -> Result<Vec<ArtifactRecord>> {
+        self.catalog.query(query)
+    }
+
+    /// Marks artifacts evicted with a reason; their blobs go at the next [`gc`](Self::gc)
+    /// unless another live record needs them. Returns how many records changed.
+    pub fn evict(&self, ids: &[(String, String)]) -> Result<u64> {
+        self.catalog.evict(ids, Utc::now())
+    }
+
+    /// Removes blobs that no live record needs and abandoned temp files.
+    ///
+    /// Safe while other threads and processes write: blobs are removed inside a catalog write
+    /// transaction, so a record committed earlier protects its blob, and a writer committing later
+    /// re-links the blob from its [`PendingBlob`] copy.
+    pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        // Temp files first: those of dead writers, or older than the grace period.
+        let now = SystemTime::now();
+        for e in fs::read_dir(&self.blobs.tmp).map_err(|e| Error::io("list", &self.blobs.tmp, e))? {
+            let Ok(e) = e else { continue };
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let pid: Option<i32> = name.split('.').next().and_then(|p| p.parse().ok());
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > options.temp_grace);
+            let dead = pid.is_some_and(|p| p != std::process::id() as i32 && !pid_alive(p));
+            if dead || old {
+                if !options.dry_run {
+                    let _ = fs::remove_file(e.path());
+                }
+                report.temp_files_removed += 1;
+            }
+        }
+        let on_disk = self.blobs.list()?;
+        self.catalog.with_live_digests(|live, tx| {
+            for (d, path) in on_disk.iter().flatten() {
+                if live.contains(d) {
+                    report.blobs_kept += 1;
+                    continue;
+                }
+                let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if !options.dry_run {
+                    match fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("remove blob", path, e)),
+                    }
+                    tx.execute("DELETE FROM blobs WHERE digest = ?1", [d.to_hex()])
+                        .map_err(|e| Error::catalog(&self.catalog.path, "forget blob", e))?;
+                }
+                report.blobs_removed += 1;
+                report.bytes_removed += size;
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    /// Reads every blob and checks it against the catalog: corrupt blobs, records whose blob is
+    /// missing, orphans and stray files. With `repair`, fixes the catalog (see
+    /// [`VerifyOptions::repair`]).
+    pub fn verify(&self, options: VerifyOptions) -> Result<VerifyReport> {
+        let mut report = VerifyReport {
+            repaired: options.repair,
+            ..Default::default()
+        };
+        let mut good: HashSet<Digest> = HashSet::new();
+        let mut corrupt_paths = Vec::new();
+        for entry in self.blobs.list()? {
+            match entry {
+                Ok((d, path)) => {
+                    report.blobs_checked += 1;
+                    match self.blobs.verify_file(&path, &d) {
+                        Ok(_) => {
+                            good.insert(d);
+                        }
+                        Err(Error::Corrupt { detail, .. }) => {
+                            corrupt_paths.push((d, path.clone()));
+                            report.corrupt.push(CorruptEntry {
+                                digest: d,
+                                path,
+                                detail,
+                                artifacts: Vec::new(),
+                            });
+                        }
+                        Err(Error::MissingBlob { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(path) => report.stray_files.push(path),
+            }
+        }
+        let live = self.catalog.query(&Query::new())?;
+        let mut needed = HashSet::new();
+        for r in &live {
+            needed.insert(r.digest);
+            if let Some(c) = report.corrupt.iter_mut().find(|c| c.digest == r.digest) {
+                c.artifacts.push(r.id.clone());
+            } else if !good.contains(&r.digest) && !self.blobs.path_of(&r.digest).exists() {
+                report.missing.push(MissingEntry {
+                    artifact: r.id.clone(),
+                    digest: r.digest,
+                });
+            }
+        }
+        report.orphans = good
+            .iter()
+            .filter(|d| !needed.contains(d))
+            .copied()
+            .collect();
+        report.orphans.sort();
+        if options.repair {
+            let mut evict = Vec::new();
+            for (d, path) in &corrupt_paths {
+                let q = self.blobs.quarantine.join(format!(
+                    "{}.{}",
+                    d.to_hex(),
+                    uuid::Uuid::new_v4().simple()
+                ));
+                fs::rename(path, &q).map_err(|e| Error::io("quarantine", path, e))?;
+            }
+            for c in &report.corrupt {
+                evict.extend(
+                    c.artifacts
+                        .iter()
+                        .map(|a| (a.clone(), "blob corrupt".to_owned())),
+                );
+            }
+            evict.extend(
+                report
+                    .missing
+                    .iter()
+                    .map(|m| (m.artifact.clone(), "blob missing".to_owned())),
+            );
+            self.evict(&evict)?;
+            for p in &report.stray_files {
+                let q = self
+                    .blobs
+                    .quarantine
+                    .join(format!("stray.{}", uuid::Uuid::new_v4().simple()));
+                fs::rename(p, &q).map_err(|e| Error::io("quarantine", p, e))?;
+            }
+            self.gc(&GcOptions::default())?;
+        }
+        Ok(report)
+    }
+
+    /// Bytes by kind and by test, dedup and compression ratios.
+    pub fn stats(&self) -> Result<Stats> {
+        let conn = self.catalog.lock();
+        let e = |ctx: &'static str| move |err| Error::catalog(&self.catalog.path, ctx, err);
+        let mut s = Stats::default();
+        let (live, evicted, logical): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COALESCE(SUM(evicted_at IS NULL), 0), COALESCE(SUM(evicted_at IS NOT NULL), 0), COALESCE(SUM(CASE WHEN evicted_at IS NULL THEN raw_size ELSE 0 END), 0) FROM artifacts",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(e("count records"))?;
+        s.live_records = live as u64;
+        s.evicted_records = evicted as u64;
+        s.logical_bytes = logical as u64;
+        let (blobs, unique, stored): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(raw_size), 0), COALESCE(SUM(stored_size), 0) FROM blobs WHERE digest IN (SELECT digest FROM artifacts WHERE evicted_at IS NULL)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(e("sum blobs"))?;
+        s.blobs = blobs as u64;
+        s.unique_bytes = unique as u64;
+        s.stored_bytes = stored as u64;
+        for (col, map) in [("kind", &mut s.by_kind), ("test_id", &mut s.by_test)] {
+            let mut st = conn
+                .prepare(&format!("SELECT {col}, COUNT(*), SUM(raw_size) FROM artifacts WHERE evicted_at IS NULL GROUP BY {col}"))
+                .map_err(e("group records"))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(e("group records"))?;
+            for row in rows {
+                let (k, n, b) = row.map_err(e("group records"))?;
+                map.insert(
+                    k,
+                    Usage {
+                        records: n as u64,
+                        raw_bytes: b as u64,
+                    },
+                );
+            }
+        }
+        Ok(s)
+    }
+}
+
+fn new_record(blob: &PendingBlob, a: NewArtifact, now: chrono::DateTime<Utc>) -> ArtifactRecord {
+    ArtifactRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        digest: blob.digest,
+        test_id: a.test_id,
+        run_id: a.run_id,
+        kind: a.kind,
+        name: a.name,
+        raw_size: blob.raw_size,
+        stored_size: blob.stored_size,
+        created_at: a.created_at.unwrap_or(now),
+        outcome: a.outcome,
+        arch: a.arch,
+        metadata: a.metadata,
+        evicted: None,
+    }
+}
+
+fn info_of(b: &PendingBlob) -> BlobInfo {
+    BlobInfo {
+        digest: b.digest,
+        raw_size: b.raw_size,
+        stored_size: b.stored_size,
+        compressed: b.compressed,
+    }
+}
+
+impl ArtifactStore {
+    /// A dry run: every live artifact with whether `policy` keeps it and why. Nothing changes.
+    pub fn plan_retention(
+        &self,
+        policy: &(impl crate::retention::RetentionPolicy + ?Sized),
+        now: chrono::DateTime<Utc>,
+    ) -> Result<crate::retention::RetentionPlan> {
+        let records = self.catalog.query(&Query::new())?;
+        let ctx = crate::retention::RetentionContext::new(now, &records);
+        Ok(crate::retention::plan(policy, &ctx))
+    }
+
+    /// Applies a plan: marks the removed artifacts evicted (records stay, with the reason) and
+    /// collects blobs no live record needs.
+    pub fn apply_retention(
+        &self,
+        plan: &crate::retention::RetentionPlan,
+    ) -> Result<RetentionOutcome> {
+        let ids: Vec<_> = plan
+            .removed()
+            .map(|d| (d.artifact.clone(), d.reason.clone()))
+            .collect();
+        let evicted = self.evict(&ids)?;
+        let gc = self.gc(&GcOptions::default())?;
+        Ok(RetentionOutcome {
+            records_evicted: evicted,
+            gc,
+        })
+    }
+}
+
+/// What [`ArtifactStore::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionOutcome {
+    /// Records marked evicted.
+    pub records_evicted: u64,
+    /// The collection that followed.
+    pub gc: GcReport,
+}

@@ -1,0 +1,9 @@
+//! Integration tests of `artifact-store` (one binary; see the modules).
+
+mod bundles;
+mod concurrency;
+mod crash;
+mod props;
+mod retention;
+mod store;
+mod support;

@@ -1,0 +1,454 @@
+use std::fs;
+use std::io::{Read, Write};
+
+use artifact_store::{
+    ArtifactKind, ArtifactStore, Digest, Error, GcOptions, NewArtifact, Query, TestOutcome,
+    VerifyOptions,
+};
+use chrono::{Duration, Utc};
+
+use crate::support::{art, store};
+
+#[test]
+fn put_get_dedup_and_layout() {
+    let (_d, s) = store();
+    let a = s.add_bytes(art("t", "r1"), b"hello").unwrap();
+    let b = s.add_bytes(art("t", "r2"), b"hello").unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert_eq!(a.digest, Digest::of(b"hello"));
+    assert_ne!(a.id, b.id);
+    let hex = a.digest.to_hex();
+    let p = s
+        .root()
+        .join("content-v1/blake3")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(&hex);
+    assert!(p.is_file());
+    assert_eq!(s.blob_path(&a.digest), p);
+    assert_eq!(s.get(&b.id).unwrap(), b"hello");
+    let pb = s.put_blob(&b"hello"[..]).unwrap();
+    assert!(pb.dedup());
+    drop(pb);
+    assert!(
+        fs::read_dir(s.root().join("tmp")).unwrap().next().is_none(),
+        "temp files cleaned up"
+    );
+}
+
+#[test]
+fn compression_is_skipped_for_incompressible_data() {
+    let (_d, s) = store();
+    let text: Vec<u8> = b"kernel: line of log output\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    let mut x = 88172645463325252u64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let t = s.put_blob(text.as_slice()).unwrap();
+    let n = s.put_blob(noise.as_slice()).unwrap();
+    assert!(t.compressed() && t.stored_size() < t.raw_size() / 10);
+    assert!(!n.compressed());
+    assert_eq!(n.stored_size(), n.raw_size() + 16);
+    let small = s.put_blob(&noise[..1000]).unwrap();
+    assert!(!small.compressed());
+}
+
+#[test]
+fn streaming_large_content_uses_bounded_memory() {
+    // 512 MiB through put and get; peak RSS must grow far less than that.
+    struct Gen(u64, u64);
+    impl Read for Gen {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0 as usize);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((self.1 + i as u64) / 4096) as u8;
+            }
+            self.0 -= n as u64;
+            self.1 += n as u64;
+            Ok(n)
+        }
+    }
+    fn hwm_kib() -> u64 {
+        let s = fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+    let (_d, s) = store();
+    let size = 512u64 << 20;
+    let before = hwm_kib();
+    let r = s
+        .add(art("big", "r1").meta("what", "core"), Gen(size, 0))
+        .unwrap();
+    assert_eq!(r.raw_size, size);
+    let mut reader = s.open_artifact(&r.id).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut pos_ok) = (0u64, true);
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        pos_ok &= buf[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == ((total + i as u64) / 4096) as u8);
+        total += n as u64;
+    }
+    assert!(pos_ok);
+    assert_eq!(total, size);
+    let grown = hwm_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
+}
+
+#[test]
+fn corrupt_and_truncated_blobs_fail_loudly_and_verify_repairs() {
+    let (_d, s) = store();
+    let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let a = s.add_bytes(art("t", "r1"), &data).unwrap();
+    let b = s
+        .add_bytes(art("t", "r1"), b"second blob, stays intact")
+        .unwrap();
+    let path = s.blob_path(&a.digest);
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+    let err = s.get(&a.id).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&a.id) && msg.contains(&path.display().to_string()),
+        "{msg}"
+    );
+    // Truncated.
+    fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    assert!(matches!(s.get(&a.id).unwrap_err(), Error::Corrupt { .. }));
+    // get_to_file leaves nothing behind on corruption.
+    let out = s.root().parent().unwrap().join("out.bin");
+    assert!(s.get_to_file(&a.id, &out).is_err());
+    assert!(!out.exists());
+
+    let report = s.verify(VerifyOptions::default()).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].artifacts, vec![a.id.clone()]);
+    assert!(!report.is_clean());
+    let report = s.verify(VerifyOptions { repair: true }).unwrap();
+    assert!(report.repaired);
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+    let rec = s.record_of(&a.id).unwrap();
+    assert_eq!(rec.evicted.unwrap().reason, "blob corrupt");
+    assert_eq!(s.get(&b.id).unwrap(), b"second blob, stays intact");
+    // Storing the content again heals it.
+    let c = s.add_bytes(art("t", "r2"), &data).unwrap();
+    assert_eq!(s.get(&c.id).unwrap(), data);
+}
+
+#[test]
+fn a_dedup_hit_replaces_a_damaged_blob() {
+    let (_d, s) = store();
+    let data = vec![7u8; 300_000];
+    let a = s.add_bytes(art("t", "r1"), &data).unwrap();
+    fs::write(s.blob_path(&a.digest), b"garbage").unwrap();
+    let b = s.add_bytes(art("t", "r2"), &data).unwrap();
+    assert_eq!(s.get(&a.id).unwrap(), data);
+    assert_eq!(s.get(&b.id).unwrap(), data);
+}
+
+#[test]
+fn missing_blobs_and_orphans_are_reported() {
+    let (_d, s) = store();
+    let a = s.add_bytes(art("t", "r1"), b"gone soon").unwrap();
+    fs::remove_file(s.blob_path(&a.digest)).unwrap();
+    let err = s.get(&a.id).unwrap_err();
+    assert!(
+        matches!(err, Error::MissingBlob { .. }) && err.to_string().contains(&a.id),
+        "{err}"
+    );
+    let orphan = s.put_blob(&b"nobody records me"[..]).unwrap();
+    let d = orphan.digest();
+    drop(orphan);
+    let rep = s.verify(VerifyOptions::default()).unwrap();
+    assert_eq!(rep.missing.len(), 1);
+    assert_eq!(rep.orphans, vec![d]);
+    fs::write(s.root().join("content-v1/blake3/stray"), b"x").unwrap();
+    let rep = s.verify(VerifyOptions { repair: true }).unwrap();
+    assert_eq!(rep.stray_files.len(), 1);
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+    assert_eq!(
+        s.record_of(&a.id).unwrap().evicted.unwrap().reason,
+        "blob missing"
+    );
+}
+
+#[test]
+fn gc_racing_a_pending_put_never_loses_the_blob() {
+    let (_d, s) = store();
+    let pending = s.put_blob(&b"racing content"[..]).unwrap();
+    // A collector sees an unreferenced blob and removes it...
+    let rep = s.gc(&GcOptions::default()).unwrap();
+    assert_eq!(rep.blobs_removed, 1);
+    assert!(!s.blob_path(&pending.digest()).exists());
+    // ...and the record committed afterwards brings it back from the pending copy.
+    let r = s.record(&pending, art("t", "r")).unwrap();
+    assert_eq!(s.get(&r.id).unwrap(), b"racing content");
+    // Temp files of live writers survive a collection.
+    let other = s.put_blob(&b"still pending"[..]).unwrap();
+    assert_eq!(s.gc(&GcOptions::default()).unwrap().temp_files_removed, 0);
+    drop(other);
+}
+
+#[test]
+fn records_outlive_evicted_blobs_and_shared_blobs_stay_while_needed() {
+    let (_d, s) = store();
+    let a = s.add_bytes(art("t", "r1"), b"shared").unwrap();
+    let b = s.add_bytes(art("t", "r2"), b"shared").unwrap();
+    s.evict(&[(a.id.clone(), "test".into())]).unwrap();
+    assert_eq!(s.gc(&GcOptions::default()).unwrap().blobs_removed, 0);
+    assert_eq!(s.get(&b.id).unwrap(), b"shared");
+    assert!(matches!(s.get(&a.id).unwrap_err(), Error::Evicted { .. }));
+    s.evict(&[(b.id.clone(), "test".into())]).unwrap();
+    assert_eq!(s.gc(&GcOptions::default()).unwrap().blobs_removed, 1);
+    let all = s.query(&Query::new().include_evicted(true)).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|r| r.evicted.as_ref().unwrap().reason == "test")
+    );
+    assert!(s.query(&Query::new()).unwrap().is_empty());
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+}
+
+#[test]
+fn queries_by_every_field() {
+    let (_d, s) = store();
+    let t0 = Utc::now() - Duration::days(10);
+    let add = |test: &str, run: &str, kind, outcome, arch: &str, days: i64, meta: (&str, &str)| {
+        s.add_bytes(
+            NewArtifact::new(test, run, kind, "f")
+                .outcome(outcome)
+                .arch(arch)
+                .created_at(t0 + Duration::days(days))
+                .meta(meta.0, meta.1),
+            format!("{test}{run}{days}").as_bytes(),
+        )
+        .unwrap()
+    };
+    add(
+        "boot",
+        "r1",
+        ArtifactKind::Console,
+        TestOutcome::Passed,
+        "x86_64",
+        0,
+        ("kernel", "6.1"),
+    );
+    add(
+        "boot",
+        "r2",
+        ArtifactKind::Console,
+        TestOutcome::Crashed,
+        "aarch64",
+        1,
+        ("kernel", "6.6"),
+    );
+    add(
+        "boot",
+        "r2",
+        ArtifactKind::CoreDump,
+        TestOutcome::Crashed,
+        "aarch64",
+        1,
+        ("kernel", "6.6"),
+    );
+    add(
+        "net",
+        "r2",
+        ArtifactKind::Log,
+        TestOutcome::Failed,
+        "x86_64",
+        2,
+        ("kernel", "6.6"),
+    );
+    add(
+        "net",
+        "r3",
+        ArtifactKind::Trace,
+        TestOutcome::Passed,
+        "riscv64",
+        3,
+        ("kernel", "6.1"),
+    );
+    let n = |q: Query| s.query(&q).unwrap().len();
+    assert_eq!(n(Query::new()), 5);
+    assert_eq!(n(Query::new().test("boot")), 3);
+    assert_eq!(n(Query::new().run("r2")), 3);
+    assert_eq!(n(Query::new().kind(ArtifactKind::Console)), 2);
+    assert_eq!(n(Query::new().outcome(TestOutcome::Crashed)), 2);
+    assert_eq!(n(Query::new().arch("x86_64")), 2);
+    assert_eq!(n(Query::new().since(t0 + Duration::days(1))), 4);
+    assert_eq!(
+        n(Query::new()
+            .since(t0 + Duration::days(1))
+            .until(t0 + Duration::days(2))),
+        2
+    );
+    assert_eq!(n(Query::new().meta("kernel", "6.1")), 2);
+    assert_eq!(n(Query::new().meta("kernel", "6.6").test("net")), 1);
+    assert_eq!(n(Query::new().limit(2)), 2);
+    let recs = s.query(&Query::new().test("net")).unwrap();
+    assert_eq!(recs[0].metadata["kernel"], "6.6");
+    assert!(recs[0].created_at < recs[1].created_at);
+    // The outcome mapping from the orchestrator's type.
+    let o = orchestrator_core::Outcome::Passed;
+    assert_eq!(TestOutcome::from(&o), TestOutcome::Passed);
+}
+
+#[test]
+fn stats_report_dedup_and_compression() {
+    let (_d, s) = store();
+    let text = vec![b'a'; 100_000];
+    s.add_bytes(art("a", "r1"), &text).unwrap();
+    s.add_bytes(art("b", "r1"), &text).unwrap();
+    s.add_bytes(
+        NewArtifact::new("b", "r1", ArtifactKind::Trace, "t"),
+        b"xyz",
+    )
+    .unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(st.live_records, 3);
+    assert_eq!(st.blobs, 2);
+    assert_eq!(st.logical_bytes, 200_003);
+    assert_eq!(st.unique_bytes, 100_003);
+    assert!((st.dedup_ratio() - 2.0).abs() < 0.01);
+    assert!(st.compression_ratio() > 10.0);
+    assert_eq!(st.by_kind["log"].records, 2);
+    assert_eq!(st.by_test["b"].raw_bytes, 100_003);
+}
+
+#[test]
+fn newer_formats_are_refused() {
+    let (_d, s) = store();
+    let root = s.root().to_owned();
+    drop(s);
+    let conn = rusqlite::Connection::open(root.join("catalog-v1.sqlite")).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = ArtifactStore::open(&root).unwrap_err();
+    assert!(matches!(err, Error::NewerFormat { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("catalog-v1.sqlite"));
+    fs::write(root.join("LAYOUT"), "7\n").unwrap();
+    assert!(matches!(
+        ArtifactStore::open(&root).unwrap_err(),
+        Error::NewerFormat { found: 7, .. }
+    ));
+}
+
+/// Root ignores file permissions, so as root this drops to `nobody` after setting the store up,
+/// which is only safe in a process of its own (nextest's process-per-test mode).
+#[test]
+#[ignore = "as root it drops its rights, which needs nextest's process-per-test mode: run `cargo xtask test`"]
+fn read_only_store_gives_a_clear_error_and_loses_nothing() {
+    let root = nix::unistd::Uid::effective().is_root();
+    assert!(
+        !root || std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test"),
+        "as root this test must run in a process of its own: run it through `cargo xtask test`"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, s) = store();
+    let a = s.add_bytes(art("t", "r1"), b"kept").unwrap();
+    let tmp = s.root().join("tmp");
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555)).unwrap();
+    if root {
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::setresuid(nobody, nobody, nobody).unwrap();
+    }
+    let err = s.add_bytes(art("t", "r2"), b"new").unwrap_err();
+    if !root {
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+    assert_eq!(s.get(&a.id).unwrap(), b"kept");
+}
+
+#[test]
+fn invalid_input_is_rejected() {
+    let (_d, s) = store();
+    assert!(matches!(
+        s.add_bytes(art("", "r"), b"x").unwrap_err(),
+        Error::Invalid { .. }
+    ));
+    assert!(matches!(s.get("nope").unwrap_err(), Error::NotFound { .. }));
+    let mut out = Vec::new();
+    assert!(s.read_to("nope", &mut out).is_err());
+    out.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_api_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = artifact_store::AsyncArtifactStore::open(dir.path().join("s"), Default::default())
+        .await
+        .unwrap();
+    let (mut w, r) = tokio::io::duplex(1 << 16);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for i in 0..100u32 {
+            w.write_all(format!("line {i}\n").as_bytes()).await.unwrap();
+        }
+    });
+    let rec = s.add_reader(art("t", "r"), r).await.unwrap();
+    writer.await.unwrap();
+    let got = s.get(rec.id.clone()).await.unwrap();
+    assert!(got.starts_with(b"line 0\n") && got.ends_with(b"line 99\n"));
+    let dest = dir.path().join("out.txt");
+    assert_eq!(
+        s.get_to_file(rec.id.clone(), &dest).await.unwrap(),
+        got.len() as u64
+    );
+    assert_eq!(s.query(Query::new().test("t")).await.unwrap().len(), 1);
+    assert!(s.verify(VerifyOptions::default()).await.unwrap().is_clean());
+    assert_eq!(s.stats().await.unwrap().live_records, 1);
+}
+
+#[test]
+fn add_many_records_a_batch_with_dedup() {
+    let (_d, s) = store();
+    let items: Vec<_> = (0..50u32)
+        .map(|i| {
+            (
+                art("t", &format!("r{}", i % 5)),
+                format!("content {}", i % 10).into_bytes(),
+            )
+        })
+        .collect();
+    let recs = s
+        .add_many(items.iter().map(|(a, d)| (a.clone(), d.as_slice())))
+        .unwrap();
+    assert_eq!(recs.len(), 50);
+    for ((_, d), r) in items.iter().zip(&recs) {
+        assert_eq!(&s.get(&r.id).unwrap(), d);
+    }
+    assert_eq!(s.stats().unwrap().blobs, 10);
+    assert!(fs::read_dir(s.root().join("tmp")).unwrap().next().is_none());
+    // All or nothing: an invalid item records nothing.
+    let bad = vec![(art("t", "r"), &b"x"[..]), (art("", "r"), &b"y"[..])];
+    assert!(s.add_many(bad).is_err());
+    assert_eq!(s.query(&Query::new()).unwrap().len(), 50);
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+}
