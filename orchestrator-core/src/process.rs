@@ -174,11 +174,7 @@ impl TestRunner for ProcessRunner {
                 (program, argv)
             }
         };
-        result.phases.push(PhaseTiming {
-            phase: Phase::Setup,
-            started_at: setup_start,
-            finished_at: Utc::now(),
-        });
+        result.end_phase(Phase::Setup, setup_start);
 
         // Test.
         let test_start = Utc::now();
@@ -307,16 +303,8 @@ impl TestRunner for ProcessRunner {
                 .map_err(|e| RunnerError::with_source("artifact collection panicked", e))?
                 .map_err(|e| RunnerError::new(format!("failed to collect artifacts: {e}")))?;
         result.artifacts = collected;
-        result.phases.push(PhaseTiming {
-            phase: Phase::Teardown,
-            started_at: teardown_start,
-            finished_at: Utc::now(),
-        });
-        result.started_at = setup_start;
-        result.finished_at = Utc::now();
-        if !notes.is_empty() {
-            result.message = Some(notes.join("; "));
-        }
+        result.end_phase(Phase::Teardown, teardown_start);
+        result.finish(setup_start, &notes);
         Ok(result)
     }
 }

@@ -422,6 +422,25 @@ impl TestResult {
             .unwrap_or_default()
     }
 
+    /// Records that `phase` ran from `started_at` until now.
+    pub fn end_phase(&mut self, phase: Phase, started_at: DateTime<Utc>) {
+        self.phases.push(PhaseTiming {
+            phase,
+            started_at,
+            finished_at: Utc::now(),
+        });
+    }
+
+    /// Closes the result: it started at `started_at` and ends now; `notes`, if any, become the
+    /// message.
+    pub fn finish(&mut self, started_at: DateTime<Utc>, notes: &[String]) {
+        self.started_at = started_at;
+        self.finished_at = Utc::now();
+        if !notes.is_empty() {
+            self.message = Some(notes.join("; "));
+        }
+    }
+
     /// The timing of a phase, if the test went through it.
     pub fn phase(&self, phase: Phase) -> Option<&PhaseTiming> {
         self.phases.iter().find(|p| p.phase == phase)

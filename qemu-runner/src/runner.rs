@@ -741,11 +741,7 @@ impl QemuRunner {
         std::fs::create_dir_all(&artifacts).map_err(|e| {
             RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
         })?;
-        result.phases.push(PhaseTiming {
-            phase: Phase::Setup,
-            started_at: setup_start,
-            finished_at: Utc::now(),
-        });
+        result.end_phase(Phase::Setup, setup_start);
 
         // Boot.
         let boot_start = Utc::now();
@@ -910,16 +906,8 @@ impl QemuRunner {
             &mut result,
             &mut notes,
         );
-        result.phases.push(PhaseTiming {
-            phase: Phase::Teardown,
-            started_at: teardown_start,
-            finished_at: Utc::now(),
-        });
-        result.started_at = setup_start;
-        result.finished_at = Utc::now();
-        if !notes.is_empty() {
-            result.message = Some(notes.join("; "));
-        }
+        result.end_phase(Phase::Teardown, teardown_start);
+        result.finish(setup_start, &notes);
         Ok(result)
     }
 
@@ -977,21 +965,13 @@ impl QemuRunner {
             .and_then(Vec::pop);
         let mut guest = match idle {
             Some(guest) => {
-                result.phases.push(PhaseTiming {
-                    phase: Phase::Setup,
-                    started_at: setup_start,
-                    finished_at: Utc::now(),
-                });
+                result.end_phase(Phase::Setup, setup_start);
                 guest
             }
             None => {
                 let dir = ctx.scratch_dir().join("session");
                 let prepared = self.prepare_inner(case, &dir, true, true).await?;
-                result.phases.push(PhaseTiming {
-                    phase: Phase::Setup,
-                    started_at: setup_start,
-                    finished_at: Utc::now(),
-                });
+                result.end_phase(Phase::Setup, setup_start);
                 let boot_start = Utc::now();
                 let id = self
                     .boots
@@ -1159,16 +1139,8 @@ impl QemuRunner {
                 guest.tests + 1
             ));
         }
-        result.phases.push(PhaseTiming {
-            phase: Phase::Teardown,
-            started_at: teardown_start,
-            finished_at: Utc::now(),
-        });
-        result.started_at = setup_start;
-        result.finished_at = Utc::now();
-        if !notes.is_empty() {
-            result.message = Some(notes.join("; "));
-        }
+        result.end_phase(Phase::Teardown, teardown_start);
+        result.finish(setup_start, &notes);
         Ok(result)
     }
 }
