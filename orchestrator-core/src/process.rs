@@ -234,25 +234,10 @@ impl TestRunner for ProcessRunner {
             }
             End::TimedOut => {
                 let stop = stop_group(&mut child, pgid, self.config.kill_grace).await;
-                let limit = if by_run {
-                    (test_end - test_start).to_std().unwrap_or_default()
-                } else {
-                    case.timeout
-                };
-                result.outcome = Outcome::TimedOut {
-                    phase: Phase::Test,
-                    limit,
-                };
-                notes.push(format!(
-                    "{} after {}; {}",
-                    if by_run {
-                        "the run's deadline passed"
-                    } else {
-                        "the test exceeded its timeout"
-                    },
-                    humantime::format_duration(limit),
-                    stop.describe(pid)
-                ));
+                let ran_for = (test_end - test_start).to_std().unwrap_or_default();
+                let (outcome, why) = Outcome::test_timed_out(case.timeout, ran_for, by_run);
+                result.outcome = outcome;
+                notes.push(format!("{why}; {}", stop.describe(pid)));
             }
             End::Cancelled => {
                 let stop = stop_group(&mut child, pgid, self.config.kill_grace).await;

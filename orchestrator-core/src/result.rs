@@ -129,6 +129,29 @@ impl Outcome {
         matches!(self, Outcome::InfraError { .. })
     }
 
+    /// A test that ran out of time in its test phase: past its own `timeout`, or stopped by the
+    /// run's deadline (`by_run`) after running for `ran_for`. Returns the outcome and a sentence
+    /// for the result's message.
+    pub fn test_timed_out(timeout: Duration, ran_for: Duration, by_run: bool) -> (Outcome, String) {
+        let limit = if by_run {
+            Duration::from_millis(ran_for.as_millis().try_into().unwrap_or(u64::MAX))
+        } else {
+            timeout
+        };
+        let why = if by_run {
+            "the run's deadline passed"
+        } else {
+            "the test exceeded its timeout"
+        };
+        (
+            Outcome::TimedOut {
+                phase: Phase::Test,
+                limit,
+            },
+            format!("{why} after {}", humantime::format_duration(limit)),
+        )
+    }
+
     /// A short label: `passed`, `failed`, `timed-out`, `crashed`, `infra-error`, `skipped`,
     /// `cancelled`.
     pub fn label(&self) -> &'static str {

@@ -401,24 +401,10 @@ impl QemuRunner {
                     break;
                 }
                 Wait::Deadline => {
-                    let limit = if by_run {
-                        test_started.elapsed()
-                    } else {
-                        case.timeout
-                    };
-                    result.outcome = Outcome::TimedOut {
-                        phase: Phase::Test,
-                        limit,
-                    };
-                    notes.push(format!(
-                        "{} after {}",
-                        if by_run {
-                            "the run's deadline passed"
-                        } else {
-                            "the test exceeded its timeout"
-                        },
-                        humantime_secs(limit)
-                    ));
+                    let (outcome, why) =
+                        Outcome::test_timed_out(case.timeout, test_started.elapsed(), by_run);
+                    result.outcome = outcome;
+                    notes.push(why);
                     break;
                 }
                 Wait::Cancelled => {
