@@ -110,6 +110,30 @@ impl Drop for TempGuard {
     }
 }
 
+/// Hashes and writes `sample`, then the rest of `reader` chunk by chunk; returns the byte count.
+fn hash_copy(
+    sample: &[u8],
+    reader: &mut dyn Read,
+    buf: &mut [u8],
+    hasher: &mut blake3::Hasher,
+    out: &mut impl Write,
+    temp: &Path,
+) -> Result<u64> {
+    let werr = |e: io::Error| Error::io("write", temp, e);
+    hasher.update(sample);
+    out.write_all(sample).map_err(werr)?;
+    let mut total = sample.len() as u64;
+    loop {
+        let k = read_full(reader, buf).map_err(|e| Error::io("read input for", temp, e))?;
+        if k == 0 {
+            return Ok(total);
+        }
+        hasher.update(&buf[..k]);
+        out.write_all(&buf[..k]).map_err(werr)?;
+        total += k as u64;
+    }
+}
+
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -299,39 +323,15 @@ impl Blobs {
             out.write_all(&header(if compressed { CODEC_ZSTD } else { CODEC_RAW }, 0))
                 .map_err(werr)?;
             let mut buf = vec![0u8; CHUNK];
-            let mut total = 0u64;
+            let total;
             if compressed {
                 let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(werr)?;
                 // One worker thread: compression overlaps with reading and hashing.
                 enc.multithread(1).map_err(werr)?;
-                hasher.update(&sample);
-                enc.write_all(&sample).map_err(werr)?;
-                total += n as u64;
-                loop {
-                    let k = read_full(reader, &mut buf)
-                        .map_err(|e| Error::io("read input for", &temp, e))?;
-                    if k == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..k]);
-                    enc.write_all(&buf[..k]).map_err(werr)?;
-                    total += k as u64;
-                }
+                total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut enc, &temp)?;
                 out = enc.finish().map_err(werr)?;
             } else {
-                hasher.update(&sample);
-                out.write_all(&sample).map_err(werr)?;
-                total += n as u64;
-                loop {
-                    let k = read_full(reader, &mut buf)
-                        .map_err(|e| Error::io("read input for", &temp, e))?;
-                    if k == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..k]);
-                    out.write_all(&buf[..k]).map_err(werr)?;
-                    total += k as u64;
-                }
+                total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut out, &temp)?;
             }
             raw_size = total;
             out.seek(SeekFrom::Start(8)).map_err(werr)?;
