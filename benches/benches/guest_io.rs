@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use orchestrator_core::{Arch, Orchestrator, Outcome, Requirements, RunConfig, TestCase};
+use orchestrator_core::{
+    Arch, ExecutionContext, Orchestrator, Outcome, Requirements, RunConfig, TestCase, TestRunner,
+};
 use qemu_runner::{QemuConfig, QemuRunner};
 
 fn case(arch: Arch, id: &str, script: &str) -> TestCase {
@@ -52,6 +54,69 @@ async fn throughput(arch: Arch, vms: usize, tests: usize) -> f64 {
     tests as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Median time to a guest ready for a test: a fresh boot (QEMU start to the agent's `READY`)
+/// and a restore from a snapshot (QEMU start to the restored guest running), alternated so
+/// both see the same machine load.
+async fn snapshot_vs_boot(arch: Arch, runs: usize) -> (Duration, Duration) {
+    let scratch = tempfile::tempdir().unwrap();
+    let fresh = QemuRunner::new(QemuConfig::new());
+    let restoring = QemuRunner::new(QemuConfig::new().with_snapshot_reset(true));
+    let (mut boots, mut restores) = (Vec::new(), Vec::new());
+    for i in 0..=runs {
+        for (tag, runner, times) in [
+            ("fresh", &fresh, &mut boots),
+            ("restored", &restoring, &mut restores),
+        ] {
+            let c = case(arch, &format!("reset{i}"), "true");
+            let dir = scratch.path().join(format!("{tag}-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let ctx = ExecutionContext::new(&c, &dir);
+            let r = runner.execute(&c, &ctx).await.expect("runner works");
+            assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+            let boot = r
+                .phase(orchestrator_core::Phase::Boot)
+                .expect("a boot phase")
+                .duration();
+            // The first restore also boots and saves the guest: not a restore.
+            if i > 0 {
+                times.push(boot);
+            }
+        }
+    }
+    restoring.cleanup().await.unwrap();
+    boots.sort();
+    restores.sort();
+    (boots[boots.len() / 2], restores[restores.len() / 2])
+}
+
+/// Median wall time of a no-op test in a booted session guest, as the caller sees it (from
+/// handing the test to the runner to its result), after one test that boots the guest.
+async fn session_overhead(arch: Arch, tests: usize) -> Duration {
+    let scratch = tempfile::tempdir().unwrap();
+    let runner = QemuRunner::new(QemuConfig::new().with_session(true));
+    let mut times = Vec::new();
+    for i in 0..=tests {
+        let c = case(arch, &format!("noop{i}"), "true");
+        let dir = scratch.path().join(format!("t{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = ExecutionContext::new(&c, &dir);
+        let started = Instant::now();
+        let r = runner.execute(&c, &ctx).await.expect("runner works");
+        let took = started.elapsed();
+        assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+        if i > 0 {
+            assert!(
+                r.environment["session"].starts_with("guest 1,"),
+                "every test runs in the first guest: {r:#?}"
+            );
+            times.push(took);
+        }
+    }
+    runner.cleanup().await.unwrap();
+    times.sort();
+    times[times.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -65,22 +130,51 @@ async fn main() {
             .collect(),
         Err(_) => Arch::ALL.to_vec(),
     };
+    // `ORCH_BENCH_ONLY=session` (or a comma list of transfer, session, snapshot, pool) runs a
+    // subset; the other columns print as "-".
+    let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();
+    let wants = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     let tests = 6;
     println!(
-        "| arch | virtio-serial, 16 MiB | serial console, 512 KiB | speed-up | 1 VM tests/s | 2 VMs tests/s | 2 VMs ÷ 1 VM |"
+        "| arch | virtio-serial, 16 MiB | serial console, 512 KiB | speed-up | session: no-op test (median) | boot (median) | snapshot restore (median) | restore ÷ boot | 1 VM tests/s | 2 VMs tests/s | 2 VMs ÷ 1 VM |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for arch in archs {
-        let virtio = transfer(arch, QemuConfig::new(), 16 << 20).await;
-        let mut serial_cfg = QemuConfig::new();
-        serial_cfg.virtio_artifacts = false;
-        let serial = transfer(arch, serial_cfg, 512 << 10).await;
-        let one = throughput(arch, 1, tests).await;
-        let two = throughput(arch, 2, tests).await;
-        println!(
-            "| {arch} | {virtio:.1} MB/s | {serial:.3} MB/s | {:.0}× | {one:.3} | {two:.3} | {:.2} |",
-            virtio / serial,
-            two / one
-        );
+        let mut row = vec![arch.to_string()];
+        if wants("transfer") {
+            let virtio = transfer(arch, QemuConfig::new(), 16 << 20).await;
+            let mut serial_cfg = QemuConfig::new();
+            serial_cfg.virtio_artifacts = false;
+            let serial = transfer(arch, serial_cfg, 512 << 10).await;
+            row.push(format!("{virtio:.1} MB/s"));
+            row.push(format!("{serial:.3} MB/s"));
+            row.push(format!("{:.0}×", virtio / serial));
+        } else {
+            row.extend(["-".into(), "-".into(), "-".into()]);
+        }
+        if wants("session") {
+            let t = session_overhead(arch, 21).await;
+            row.push(format!("{:.1} ms", t.as_secs_f64() * 1e3));
+        } else {
+            row.push("-".into());
+        }
+        if wants("snapshot") {
+            let (boot, restore) = snapshot_vs_boot(arch, 5).await;
+            row.push(format!("{:.2} s", boot.as_secs_f64()));
+            row.push(format!("{:.2} s", restore.as_secs_f64()));
+            row.push(format!("{:.2}", restore.as_secs_f64() / boot.as_secs_f64()));
+        } else {
+            row.extend(["-".into(), "-".into(), "-".into()]);
+        }
+        if wants("pool") {
+            let one = throughput(arch, 1, tests).await;
+            let two = throughput(arch, 2, tests).await;
+            row.push(format!("{one:.3}"));
+            row.push(format!("{two:.3}"));
+            row.push(format!("{:.2}", two / one));
+        } else {
+            row.extend(["-".into(), "-".into(), "-".into()]);
+        }
+        println!("| {} |", row.join(" | "));
     }
 }

@@ -42,14 +42,14 @@ dmesg -c >/dev/null 2>&1
 
 send() {
     f=/tmp/orch/$1
-    lim=${2:-$limit}
-    total=$(wc -c <"$f")
-    if [ "$total" -eq 0 ]; then
-        # The MD5 of nothing: no need to run md5sum for an empty stream.
+    if [ ! -s "$f" ]; then
+        # The MD5 of nothing: no process to start for an empty stream.
         say SEND "$1" 0 0 d41d8cd98f00b204e9800998ecf8427e
         say END "$1"
         return
     fi
+    lim=${2:-$limit}
+    total=$(wc -c <"$f")
     sent=$total
     if [ "$total" -gt "$lim" ]; then
         half=$((lim / 2))
@@ -63,10 +63,40 @@ send() {
     say END "$1"
 }
 
+# The channel is one of three words: their sizes, MD5s and base64 are constants.
+send_channel() {
+    case "$channel" in
+        virtio-serial) set -- 14 70cb1001a8aaa3524d5f8bf0146804fd dmlydGlvLXNlcmlhbAo= ;;
+        serial-console) set -- 15 6b6ee7ac5bbab76c49eebee934fcf4be c2VyaWFsLWNvbnNvbGUK ;;
+        *) set -- 5 7e5b152fcf63f8dab71a695d1dbe01fa bm9uZQo= ;;
+    esac
+    say SEND channel "$1" "$1" "$2"
+    say DATA channel "$3"
+    say END channel
+}
+
+# Empties /work for the next test of a session; forks only when the last test left files.
+clean_work() {
+    [ -d /work ] || mkdir -p /work
+    for f in /work/* /work/.[!.]* /work/..?*; do
+        if [ -e "$f" ] || [ -L "$f" ]; then
+            rm -rf /work
+            mkdir -p /work
+            return
+        fi
+    done
+}
+
 # Runs the test described by /orch and /work, then reports until the host acknowledges.
 run_one() {
-    rm -rf /tmp/orch
-    mkdir -p /tmp/orch/cores
+    # What the previous test of a session left: removed without a process when nothing is.
+    if [ -d /tmp/orch/cores ]; then
+        for f in /tmp/orch/*.sent /tmp/orch/artifacts /tmp/orch/cores/*; do
+            if [ -e "$f" ]; then rm -rf "$f"; fi
+        done
+    else
+        mkdir -p /tmp/orch/cores
+    fi
     limit=262144
     [ -f /orch/limit ] && read -r limit </orch/limit
     # Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
@@ -84,13 +114,25 @@ run_one() {
         done
         echo 1 >$t/tracing_on
     fi
+    # In a session the kernel log of a test is what the kernel prints on the console while it
+    # runs: every level goes to the console during the test, none but the gravest outside it.
+    [ -n "$session" ] && echo 8 >/proc/sys/kernel/printk
     cd /work
     (
+        # The test sees none of the agent's functions and variables.
+        unset -f say send send_channel clean_work run_one
+        unset B nonce t limit lim f total sent half sum code channel files found g port p \
+            serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m
         [ -f /orch/env ] && . /orch/env
+        read -r ORCH_TEST_ID </orch/id
+        export ORCH_TEST_ID
         ulimit -c unlimited 2>/dev/null
-        exec sh /orch/run.sh
+        # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
+        # no shell is started only to be replaced.
+        . /orch/run.sh
     ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
     code=$?
+    [ -n "$session" ] && echo "$quiet" >/proc/sys/kernel/printk
     cd /
     if [ -s /orch/trace ]; then
         echo 0 >$t/tracing_on
@@ -101,8 +143,11 @@ run_one() {
         mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
     fi
     say EXIT "$code"
-    # -c: the next test of a session sees only its own kernel messages.
-    dmesg -c >/tmp/orch/dmesg 2>/dev/null
+    if [ -n "$session" ]; then
+        : >/tmp/orch/dmesg
+    else
+        dmesg -c >/tmp/orch/dmesg 2>/dev/null
+    fi
     : >/tmp/orch/manifest
     : >/tmp/orch/missing
     channel=none
@@ -136,15 +181,14 @@ run_one() {
         echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
         channel=none
     fi
-    echo "$channel" >/tmp/orch/channel
     tries=0
     while :; do
-        send stdout
-        send stderr
-        send dmesg
-        send manifest
-        send missing
-        send channel
+        empty=
+        for s in stdout stderr dmesg manifest missing; do
+            if [ -s "/tmp/orch/$s" ]; then send "$s"; else empty="$empty $s"; fi
+        done
+        [ -n "$empty" ] && say EMPTY $empty
+        send_channel
         [ "$channel" = serial-console ] && send artifacts "$serial_limit"
         say EXIT "$code"
         say DONE
@@ -161,13 +205,48 @@ run_one() {
 }
 
 say READY "$(uname -r)" "$(uname -m)"
+session=
 if [ -f /orch/session ]; then
-    # Session: the host sends each test as `RUN <lines> <md5>` and base64 lines of a gzip'd
-    # cpio archive holding /orch and /work; `QUIT` ends the session.
+    session=1
+    read -r quiet _ </proc/sys/kernel/printk
+    # Session: the host sends each test either as `TEXT <files> <bytes>`, then per file a
+    # `<name> <lines>` line and its lines (small all-text tests; only the files that changed
+    # since the last test), or as `RUN <lines> <md5>` and base64 lines of a gzip'd cpio
+    # archive holding /orch and /work; `QUIT` ends the session.
     while :; do
         cmd=
         read -r cmd n sum || continue
         case "$cmd" in
+            TEXT)
+                got=0
+                ok=1
+                i=0
+                while [ "$i" -lt "$n" ]; do
+                    read -r name lines || { ok=; break; }
+                    case "$name" in
+                        id | run.sh | test.sh | env | limit | artifacts | trace | serial-artifact-limit) ;;
+                        *) ok=; break ;;
+                    esac
+                    case "$lines" in
+                        '' | *[!0-9]*) ok=; break ;;
+                    esac
+                    : >"/orch/$name"
+                    j=0
+                    while [ "$j" -lt "$lines" ]; do
+                        IFS= read -r l
+                        printf '%s\n' "$l" >>"/orch/$name"
+                        got=$((got + ${#l} + 1))
+                        j=$((j + 1))
+                    done
+                    i=$((i + 1))
+                done
+                if [ -n "$ok" ] && [ "$got" = "$sum" ]; then
+                    clean_work
+                    run_one
+                else
+                    say BADRUN
+                fi
+                ;;
             RUN)
                 : >/tmp/in.b64
                 i=0
@@ -219,19 +298,19 @@ pub fn run_script(command: &Command) -> String {
             s
         }
         Command::Script { shell, body } => {
-            // The script goes to its own file, run by the requested interpreter.
+            let _ = body;
+            // The script goes to its own file. The agent sources run.sh in a fresh subshell of
+            // its own `sh`: a script for the default `sh -e` runs right there.
+            if shell.is_empty() || *shell == Command::default_shell() {
+                return "set -e\n. /orch/test.sh\n".to_owned();
+            }
+            // Any other interpreter is started on it.
             let mut s = String::from("exec");
-            let shell = if shell.is_empty() {
-                Command::default_shell()
-            } else {
-                shell.clone()
-            };
-            for word in &shell {
+            for word in shell {
                 s.push(' ');
                 s.push_str(&shell_quote(word));
             }
             s.push_str(" /orch/test.sh\n");
-            let _ = body;
             s
         }
         _ => "echo 'agent: unsupported command kind' >&2; exit 127\n".to_owned(),
@@ -289,6 +368,94 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "a b|c'd|");
+    }
+
+    #[test]
+    fn the_test_sees_none_of_the_agents_variables() {
+        // Every variable the agent sets (`x=`, `for x in`, `read x`) is unset in the subshell
+        // the test runs in, as the test sourced there would otherwise see it.
+        let script = INIT_SCRIPT;
+        let unset_at = script.find("unset B ").expect("the unset line");
+        let unset_end = unset_at
+            + script[unset_at..]
+                .find("\n        [ -f /orch/env ]")
+                .unwrap();
+        let unset: Vec<&str> = script[unset_at..unset_end]
+            .split(|c: char| c.is_whitespace() || c == '\\')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let ident = |w: &str| {
+            !w.is_empty()
+                && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !w.as_bytes()[0].is_ascii_digit()
+        };
+        let mut set = std::collections::BTreeSet::new();
+        for line in script.lines() {
+            let line = line.trim_start();
+            // Comments and the channel constants (base64 ends in `=`) set nothing.
+            if line.starts_with('#') || line.contains("set -- ") {
+                continue;
+            }
+            let words: Vec<&str> = line
+                .split(|c: char| c.is_whitespace() || c == ';' || c == '(')
+                .filter(|w| !w.is_empty())
+                .collect();
+            for (i, w) in words.iter().enumerate() {
+                if let Some((name, _)) = w.split_once('=')
+                    && ident(name)
+                {
+                    set.insert(name.to_owned());
+                }
+                if *w == "for" && i + 1 < words.len() {
+                    set.insert(words[i + 1].to_owned());
+                }
+                if *w == "read" {
+                    for v in &words[i + 1..] {
+                        if v.starts_with('<') || ["|", "||", "&&", "do", "then"].contains(v) {
+                            break;
+                        }
+                        if ident(v) {
+                            set.insert((*v).to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        for allowed in ["IFS", "PATH", "ORCH_TEST_ID", "_"] {
+            set.remove(allowed);
+        }
+        let missing: Vec<_> = set
+            .iter()
+            .filter(|v| !unset.contains(&v.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "not unset for the test: {missing:?}");
+    }
+
+    #[test]
+    fn channel_constants_are_the_words_md5_and_base64() {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        for word in ["none", "virtio-serial", "serial-console"] {
+            let bytes = format!("{word}\n");
+            let md5: String = md5::Md5::digest(bytes.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes.as_bytes());
+            let expected = format!("set -- {} {md5} {b64} ;;", bytes.len());
+            assert!(INIT_SCRIPT.contains(&expected), "{word}: {expected}");
+        }
+    }
+
+    #[test]
+    fn default_shell_scripts_are_sourced_and_others_started() {
+        let sourced = run_script(&Command::script("true"));
+        assert_eq!(sourced, "set -e\n. /orch/test.sh\n");
+        let bash = run_script(&Command::Script {
+            shell: vec!["bash".into(), "-eu".into()],
+            body: "true".into(),
+        });
+        assert_eq!(bash, "exec bash -eu /orch/test.sh\n");
     }
 
     #[test]

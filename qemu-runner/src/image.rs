@@ -211,8 +211,12 @@ pub struct TestPart<'a> {
     pub wait_for_ack: bool,
 }
 
-/// Builds the per-test archive (gzip) in memory: it is a few kilobytes plus the test's files.
-pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
+/// One of the agent's files: its name under `/orch`, its mode and its contents.
+pub type AgentFile = (&'static str, u32, Vec<u8>);
+
+/// The agent's files for one test under `/orch`: name, mode and contents. Optional files the
+/// test does not use (`test.sh`, `trace`, `noack`) are left out.
+pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, String> {
     let case = part.case;
     for key in case.env.keys() {
         if !agent::valid_env_name(key) {
@@ -222,26 +226,24 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
             ));
         }
     }
-    let mut b = InitramfsBuilder::new();
-    b.dir("orch", 0o755);
-    b.dir("work", 0o755);
-    b.file_from_bytes(
-        "orch/run.sh",
+    let mut files = vec![(
+        "run.sh",
         0o755,
         agent::run_script(&case.command).into_bytes(),
-    );
+    )];
     if let orchestrator_core::Command::Script { body, .. } = &case.command {
-        b.file_from_bytes("orch/test.sh", 0o755, body.clone().into_bytes());
+        files.push(("test.sh", 0o755, body.clone().into_bytes()));
     }
+    // The test's id has a file of its own: in a session only it changes from test to test.
+    files.push(("id", 0o644, format!("{}\n", case.id).into_bytes()));
     let mut env = case.env.clone();
-    env.insert("ORCH_TEST_ID".into(), case.id.to_string());
     env.insert("ORCH_WORK_DIR".into(), "/work".into());
-    b.file_from_bytes("orch/env", 0o644, agent::env_file(&env).into_bytes());
-    b.file_from_bytes(
-        "orch/limit",
+    files.push(("env", 0o644, agent::env_file(&env).into_bytes()));
+    files.push((
+        "limit",
         0o644,
         format!("{}\n", part.output_limit).into_bytes(),
-    );
+    ));
     let modules: Vec<String> = match part.kernel_version {
         Some(v) => part
             .load_order
@@ -250,25 +252,36 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
             .collect(),
         None => Vec::new(),
     };
-    b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    files.push(("modules", 0o644, modules.join("\n").into_bytes()));
     let mut globs = String::new();
     for g in &case.artifacts {
         globs.push_str(g);
         globs.push('\n');
     }
-    b.file_from_bytes("orch/artifacts", 0o644, globs.into_bytes());
+    files.push(("artifacts", 0o644, globs.into_bytes()));
     if let Some(trace) = &case.trace {
-        b.file_from_bytes("orch/trace", 0o644, format!("{trace}\n").into_bytes());
+        files.push(("trace", 0o644, format!("{trace}\n").into_bytes()));
     }
-    b.file_from_bytes(
-        "orch/serial-artifact-limit",
+    files.push((
+        "serial-artifact-limit",
         0o644,
         format!("{}\n", part.serial_artifact_limit).into_bytes(),
-    );
+    ));
     if !part.wait_for_ack {
-        b.file_from_bytes("orch/noack", 0o644, Vec::new());
+        files.push(("noack", 0o644, Vec::new()));
     }
-    for file in &case.files {
+    Ok(files)
+}
+
+/// Builds the per-test archive (gzip) in memory: it is a few kilobytes plus the test's files.
+pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
+    let mut b = InitramfsBuilder::new();
+    b.dir("orch", 0o755);
+    b.dir("work", 0o755);
+    for (name, mode, data) in test_files(part)? {
+        b.file_from_bytes(&format!("orch/{name}"), mode, data);
+    }
+    for file in &part.case.files {
         add_tree(
             &mut b,
             &file.source,
@@ -279,6 +292,78 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
     b.write_to(&mut out, Compression::Gzip)
         .map_err(|e| format!("cannot build the test's initramfs part: {e}"))?;
     Ok(out)
+}
+
+/// The `/orch` files a session guest's agent accepts as text (`TEXT`); the others (`modules`,
+/// `noack`) have no place in a session.
+pub const TEXT_FILES: [&str; 8] = [
+    "id",
+    "run.sh",
+    "test.sh",
+    "env",
+    "limit",
+    "artifacts",
+    "trace",
+    "serial-artifact-limit",
+];
+
+/// Longest line of a file sent as text to a session guest.
+pub const TEXT_LINE_LIMIT: usize = 1024;
+
+/// The `/orch` files of a test as text for a session guest, every one of [`TEXT_FILES`] (empty
+/// when the test does not use it), or `None` when the test cannot go as text: it brings files
+/// of its own, or a file holds anything but printable ASCII and tabs (the guest's terminal
+/// would interpret control characters) or a line longer than [`TEXT_LINE_LIMIT`].
+pub fn text_files(part: &TestPart<'_>) -> Result<Option<Vec<(&'static str, String)>>, String> {
+    if !part.case.files.is_empty() {
+        return Ok(None);
+    }
+    let files = test_files(part)?;
+    let mut out = Vec::new();
+    for name in TEXT_FILES {
+        let data = files
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, d)| d.as_slice())
+            .unwrap_or_default();
+        let printable = data
+            .iter()
+            .all(|&b| b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b));
+        if !printable
+            || data
+                .split(|&b| b == b'\n')
+                .any(|l| l.len() > TEXT_LINE_LIMIT)
+        {
+            return Ok(None);
+        }
+        out.push((name, String::from_utf8_lossy(data).into_owned()));
+    }
+    Ok(Some(out))
+}
+
+/// The `TEXT` message that sends `files` to a session guest: the header, then per file its
+/// name, its number of lines and the lines. The count the header ends with is what the agent
+/// adds up as it writes (each line and its newline), so a line lost on the way is noticed.
+pub fn text_message(files: &[(&str, &str)]) -> String {
+    let mut body = String::new();
+    let mut bytes = 0usize;
+    for (name, text) in files {
+        let lines: Vec<&str> = if text.is_empty() {
+            Vec::new()
+        } else {
+            text.strip_suffix('\n')
+                .unwrap_or(text)
+                .split('\n')
+                .collect()
+        };
+        body.push_str(&format!("{name} {}\n", lines.len()));
+        for l in lines {
+            body.push_str(l);
+            body.push('\n');
+            bytes += l.len() + 1;
+        }
+    }
+    format!("TEXT {} {bytes}\n{body}", files.len())
 }
 
 fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), String> {

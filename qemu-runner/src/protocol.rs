@@ -7,6 +7,7 @@
 //! ORCH1 <nonce> SEND <stream> <total-bytes> <sent-bytes> <md5 of the sent bytes>
 //! ORCH1 <nonce> DATA <stream> <base64 line>
 //! ORCH1 <nonce> END <stream>
+//! ORCH1 <nonce> EMPTY <stream>...
 //! ORCH1 <nonce> EXIT <code>
 //! ORCH1 <nonce> DONE
 //! ```
@@ -211,6 +212,29 @@ impl Parser {
                 }
                 Some(Record::Data)
             }
+            "EMPTY" => {
+                // Streams with nothing in them, in one line: no MD5 to compute in the guest.
+                let names: Vec<&str> = fields.collect();
+                if names.is_empty()
+                    || names.len() > 16
+                    || names
+                        .iter()
+                        .any(|n| n.len() > 32 || !n.bytes().all(|b| b.is_ascii_lowercase()))
+                {
+                    return None;
+                }
+                for name in names {
+                    self.streams.insert(
+                        name.to_owned(),
+                        Stream {
+                            md5: hex_md5(b""),
+                            ended: true,
+                            ..Stream::default()
+                        },
+                    );
+                }
+                Some(Record::Data)
+            }
             "END" => {
                 let name = fields.next()?;
                 let stream = self.streams.get_mut(name)?;
@@ -318,6 +342,25 @@ mod tests {
             p.line(&format!("ORCH1 {N} EXIT nope")),
             Some(Record::Corrupt(format!("ORCH1 {N} EXIT nope")))
         );
+    }
+
+    #[test]
+    fn empty_streams_come_in_one_record() {
+        let mut p = Parser::new(1 << 20);
+        p.line(&format!("ORCH1 {N} READY 6.1 x86_64"));
+        assert_eq!(
+            p.line(&format!("ORCH1 {N} EMPTY stdout dmesg")),
+            Some(Record::Data)
+        );
+        assert!(p.streams()["stdout"].verified());
+        assert!(p.streams()["dmesg"].data.is_empty());
+        // A name cut by a kernel message, or no name at all, is a corrupt record.
+        for bad in ["EMPTY", "EMPTY std[   1.2] oops", "EMPTY Stdout"] {
+            assert!(matches!(
+                p.line(&format!("ORCH1 {N} {bad}")),
+                Some(Record::Corrupt(_))
+            ));
+        }
     }
 
     #[test]

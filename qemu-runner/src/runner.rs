@@ -77,6 +77,11 @@ pub struct QemuConfig {
     /// guest of its own; artifacts come back over the console (bounded by
     /// `serial_artifact_limit`).
     pub session: bool,
+    /// Snapshot reset: the first test of a kind boots a guest, which is saved (QEMU migration
+    /// to a file) once its agent is ready; every test then runs in a guest restored from that
+    /// file, pristine, in a fraction of a boot's time. Tests are sent and results come back
+    /// as in session mode.
+    pub snapshot_reset: bool,
 }
 
 impl QemuConfig {
@@ -100,6 +105,7 @@ impl QemuConfig {
             core_dumps: true,
             virtio_artifacts: true,
             session: false,
+            snapshot_reset: false,
         }
     }
 
@@ -131,6 +137,13 @@ impl QemuConfig {
         self
     }
 
+    /// Turns snapshot reset on or off (see [`QemuConfig::snapshot_reset`]).
+    #[must_use]
+    pub fn with_snapshot_reset(mut self, on: bool) -> Self {
+        self.snapshot_reset = on;
+        self
+    }
+
     /// Sets where built archives are cached.
     #[must_use]
     pub fn with_build_cache(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -155,6 +168,8 @@ pub struct QemuRunner {
     manifest: Mutex<Option<provision::Manifest>>,
     /// Idle session guests, by what they were booted with.
     sessions: Mutex<HashMap<String, Vec<Guest>>>,
+    /// Saved guests for snapshot reset, by what they were booted with.
+    snapshots: Mutex<HashMap<String, std::sync::Arc<tokio::sync::OnceCell<Snapshot>>>>,
     boots: std::sync::atomic::AtomicU32,
 }
 
@@ -168,6 +183,7 @@ impl QemuRunner {
             accel: tokio::sync::Mutex::new(HashMap::new()),
             manifest: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
             boots: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -342,6 +358,7 @@ impl QemuRunner {
             artifact_socket: artifact_listener
                 .as_ref()
                 .map(|_| sockets.path().join("artifacts.sock")),
+            incoming: false,
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),
@@ -525,24 +542,35 @@ impl QemuRunner {
         }
         // Tests that report their own cases (kselftest TAP on stdout, KUnit KTAP in the kernel
         // log) get them as subtests.
+        // A session guest's kernel log is what the kernel printed on the console during the
+        // test (see the agent); a guest of its own sends `dmesg`.
+        let kernel_log: Option<Vec<u8>> = if watch.kernel_log_from_console {
+            Some(watch.slice.clone().unwrap_or_default())
+        } else {
+            streams.get("dmesg").map(|s| s.data.clone())
+        };
         let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
-            streams
-                .get("dmesg")
-                .and_then(|s| crate::ktap::subtests_of(&String::from_utf8_lossy(&s.data)))
+            kernel_log
+                .as_ref()
+                .and_then(|d| crate::ktap::subtests_of(&String::from_utf8_lossy(d)))
         });
         if let Some((subtests, summary)) = ktap {
             result.subtests = subtests;
             notes.push(summary);
         }
-        if let Some(s) = streams.get("dmesg") {
+        if let Some(data) = &kernel_log {
             let path = artifacts.join("dmesg.txt");
-            if std::fs::write(&path, &s.data).is_ok() {
-                let text = String::from_utf8_lossy(&s.data);
-                let warnings = text
-                    .lines()
-                    .filter(|l| crash::classify(l) == Some(Signal::Warning))
-                    .count()
-                    + watch.warnings;
+            if std::fs::write(&path, data).is_ok() {
+                // Console lines were counted as they arrived; a log of its own is counted here.
+                let logged = if watch.kernel_log_from_console {
+                    0
+                } else {
+                    String::from_utf8_lossy(data)
+                        .lines()
+                        .filter(|l| crash::classify(l) == Some(Signal::Warning))
+                        .count()
+                };
+                let warnings = logged + watch.warnings;
                 if warnings > 0 {
                     result
                         .environment
@@ -684,6 +712,9 @@ impl TestRunner for QemuRunner {
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        if self.config.snapshot_reset {
+            return self.execute_from_snapshot(case, ctx).await;
+        }
         if self.config.session {
             return self.execute_in_session(case, ctx).await;
         }
@@ -700,6 +731,11 @@ impl TestRunner for QemuRunner {
             guest.vm.stop().await;
             let _ = guest.vm.finish().await;
         }
+        // Saved guests go with their files.
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(())
     }
 }
@@ -897,6 +933,206 @@ impl QemuRunner {
         Ok(result)
     }
 
+    /// What a session guest is sent for `case`: text when it can (no process to start in the
+    /// guest), else an archive, or `Err(bytes)` when even the archive is too large for the
+    /// console.
+    fn session_payload(&self, case: &TestCase) -> Result<Result<Payload, usize>, RunnerError> {
+        let test_part = TestPart {
+            case,
+            output_limit: self.config.output_limit,
+            load_order: &[],
+            kernel_version: None,
+            serial_artifact_limit: self.config.serial_artifact_limit,
+            wait_for_ack: true,
+        };
+        let text = image::text_files(&test_part)
+            .map_err(RunnerError::new)?
+            .filter(|files| {
+                let all: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+                image::text_message(&all).len() <= SESSION_PART_LIMIT
+            });
+        if let Some(files) = text {
+            return Ok(Ok(Payload::Text(files)));
+        }
+        let part = image::test_archive(&test_part).map_err(RunnerError::new)?;
+        if part.len() > SESSION_PART_LIMIT {
+            return Ok(Err(part.len()));
+        }
+        Ok(Ok(Payload::Archive(part)))
+    }
+
+    /// Runs `case` in a guest of its own because it is too large to send to a session guest.
+    async fn execute_alone_too_large(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+        bytes: usize,
+    ) -> Result<TestResult, RunnerError> {
+        let mut r = self.execute_alone(case, ctx).await?;
+        let note = format!(
+            "booted alone: its files ({bytes} bytes compressed) are too large to send to a session guest"
+        );
+        r.message = Some(match r.message.take() {
+            Some(m) => format!("{note}; {m}"),
+            None => note,
+        });
+        Ok(r)
+    }
+
+    /// What session guests for `case` are booted with: tests with the same key share them.
+    fn session_key(&self, case: &TestCase) -> Result<String, RunnerError> {
+        let arch = self.arch_of(case);
+        let profile = self.profile(arch).map_err(RunnerError::new)?;
+        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
+        Ok(format!(
+            "{arch}|{}|{:?}|{}|{:?}|{:?}",
+            parts.kernel.display(),
+            self.modules_for(case, profile, parts.modules_dir.is_some()),
+            serde_json::to_string(profile).unwrap_or_default(),
+            case.requirements.memory_mib,
+            case.requirements.cpus
+        ))
+    }
+
+    /// Boots a session guest for `case` in `dir` and waits for its agent. A guest that does not
+    /// come up yields the test's finished result instead.
+    async fn boot_session_guest(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+        dir: &Path,
+        result: &mut TestResult,
+        setup_start: chrono::DateTime<Utc>,
+    ) -> Result<Result<Guest, ()>, RunnerError> {
+        let prepared = self.prepare_inner(case, dir, true, true).await?;
+        result.end_phase(Phase::Setup, setup_start);
+        let boot_start = Utc::now();
+        let id = self
+            .boots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut vm = Vm::start(
+            &prepared.spec,
+            &dir.join("console.log"),
+            self.config.console_log_limit,
+        )
+        .map_err(|e| {
+            RunnerError::with_source(format!("failed to start {}", prepared.qemu.display()), e)
+        })?;
+        let mut watch = Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
+        let boot_limit = prepared.profile.boot_timeout_for(prepared.decision.accel);
+        let (deadline, _) = ctx.deadline_after(boot_limit);
+        let booted = wait(&mut vm, &mut watch, deadline, ctx.cancel_token()).await;
+        result.phases.push(PhaseTiming {
+            phase: Phase::Boot,
+            started_at: boot_start,
+            finished_at: Utc::now(),
+        });
+        if let Some((outcome, note)) = boot_outcome(&mut vm, &mut watch, booted, boot_limit).await {
+            describe_guest(
+                result,
+                &prepared.profile,
+                &prepared.decision,
+                &prepared.spec,
+            );
+            result.outcome = outcome;
+            let mut notes = vec![note];
+            vm.stop().await;
+            let (stderr, _) = vm.finish().await;
+            if let Outcome::InfraError { message } = &mut result.outcome {
+                *message = format!(
+                    "QEMU failed to start the guest: {}",
+                    first_lines(&stderr, 5).unwrap_or_else(|| "no error output".into())
+                );
+            }
+            let artifacts = ctx.artifact_dir();
+            let _ = std::fs::copy(dir.join("console.log"), artifacts.join("console.log"));
+            result.artifacts = list_artifacts(&artifacts);
+            result.console_excerpt = watch
+                .excerpt
+                .text(&watch.tail.iter().cloned().collect::<Vec<_>>());
+            result.started_at = setup_start;
+            result.finished_at = Utc::now();
+            result.message = Some(std::mem::take(&mut notes).join("; "));
+            return Ok(Err(()));
+        }
+        watch.kernel_log_from_console = true;
+        Ok(Ok(Guest {
+            id,
+            vm,
+            watch,
+            prepared,
+            tests: 0,
+            known: BTreeMap::new(),
+            stop_report: None,
+        }))
+    }
+
+    /// Sends `case` to a booted guest and takes its results. Returns whether the guest can
+    /// take another test.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_in_guest(
+        &self,
+        guest: &mut Guest,
+        payload: Payload,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+        result: &mut TestResult,
+        notes: &mut Vec<String>,
+    ) -> bool {
+        let artifacts = ctx.artifact_dir();
+        describe_guest(
+            result,
+            &guest.prepared.profile,
+            &guest.prepared.decision,
+            &guest.prepared.spec,
+        );
+        result
+            .environment
+            .insert("qemu-pid".into(), guest.vm.pid().to_string());
+        ctx.process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
+        guest.watch.start_test();
+        let message = payload.message(&mut guest.known);
+        if let Err(e) = guest.vm.send_line(message.trim_end()).await {
+            notes.push(format!("the guest's console input failed: {e}"));
+        }
+        let phases = self
+            .run_phases(&mut guest.vm, &mut guest.watch, case, ctx, result, notes)
+            .await;
+        result.phases.push(PhaseTiming {
+            phase: Phase::Test,
+            started_at: phases.test_start,
+            finished_at: phases.test_end,
+        });
+        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
+        if let Some(t) = phases.transfer_started
+            && transfer_ok
+        {
+            result.environment.insert(
+                "transfer-seconds".into(),
+                format!("{:.3}", t.elapsed().as_secs_f64()),
+            );
+        }
+        if let Some(slice) = &guest.watch.slice {
+            let _ = std::fs::write(artifacts.join("console.log"), slice);
+        }
+        let reusable = transfer_ok && guest.vm.exited().is_none();
+        if !reusable {
+            guest.stop_report = Some(guest.vm.stop().await);
+        }
+        self.gather(
+            &guest.watch,
+            case,
+            &artifacts,
+            None,
+            transfer_ok,
+            result,
+            notes,
+        );
+        guest.tests += 1;
+        reusable
+    }
+
     /// A test in a session guest: reuse an idle guest booted the same way, or boot one.
     async fn execute_in_session(
         &self,
@@ -906,39 +1142,12 @@ impl QemuRunner {
         let mut result = TestResult::new(case, NAME, Outcome::Passed);
         let mut notes: Vec<String> = Vec::new();
         let setup_start = Utc::now();
-        let arch = self.arch_of(case);
-        let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
-        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
         // The test goes over the console; what does not fit gets a guest of its own.
-        let part = image::test_archive(&TestPart {
-            case,
-            output_limit: self.config.output_limit,
-            load_order: &[],
-            kernel_version: None,
-            serial_artifact_limit: self.config.serial_artifact_limit,
-            wait_for_ack: true,
-        })
-        .map_err(RunnerError::new)?;
-        if part.len() > SESSION_PART_LIMIT {
-            let mut r = self.execute_alone(case, ctx).await?;
-            let note = format!(
-                "booted alone: its files ({} bytes compressed) are too large to send to a session guest",
-                part.len()
-            );
-            r.message = Some(match r.message.take() {
-                Some(m) => format!("{note}; {m}"),
-                None => note,
-            });
-            return Ok(r);
-        }
-        let key = format!(
-            "{arch}|{}|{:?}|{}|{:?}|{:?}",
-            parts.kernel.display(),
-            self.modules_for(case, &profile, parts.modules_dir.is_some()),
-            serde_json::to_string(&profile).unwrap_or_default(),
-            case.requirements.memory_mib,
-            case.requirements.cpus
-        );
+        let payload = match self.session_payload(case)? {
+            Ok(payload) => payload,
+            Err(bytes) => return self.execute_alone_too_large(case, ctx, bytes).await,
+        };
+        let key = self.session_key(case)?;
         let artifacts = ctx.artifact_dir();
         std::fs::create_dir_all(&artifacts).map_err(|e| {
             RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
@@ -956,150 +1165,26 @@ impl QemuRunner {
             }
             None => {
                 let dir = ctx.scratch_dir().join("session");
-                let prepared = self.prepare_inner(case, &dir, true, true).await?;
-                result.end_phase(Phase::Setup, setup_start);
-                let boot_start = Utc::now();
-                let id = self
-                    .boots
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                let mut vm = Vm::start(
-                    &prepared.spec,
-                    &dir.join("console.log"),
-                    self.config.console_log_limit,
-                )
-                .map_err(|e| {
-                    RunnerError::with_source(
-                        format!("failed to start {}", prepared.qemu.display()),
-                        e,
-                    )
-                })?;
-                let mut watch =
-                    Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
-                let boot_limit = prepared.profile.boot_timeout_for(prepared.decision.accel);
-                let (deadline, _) = ctx.deadline_after(boot_limit);
-                let booted = wait(&mut vm, &mut watch, deadline, ctx.cancel_token()).await;
-                result.phases.push(PhaseTiming {
-                    phase: Phase::Boot,
-                    started_at: boot_start,
-                    finished_at: Utc::now(),
-                });
-                if let Some((outcome, note)) =
-                    boot_outcome(&mut vm, &mut watch, booted, boot_limit).await
+                match self
+                    .boot_session_guest(case, ctx, &dir, &mut result, setup_start)
+                    .await?
                 {
-                    describe_guest(
-                        &mut result,
-                        &prepared.profile,
-                        &prepared.decision,
-                        &prepared.spec,
-                    );
-                    result.outcome = outcome;
-                    notes.push(note);
-                    vm.stop().await;
-                    let (stderr, _) = vm.finish().await;
-                    if let Outcome::InfraError { message } = &mut result.outcome {
-                        *message = format!(
-                            "QEMU failed to start the guest: {}",
-                            first_lines(&stderr, 5).unwrap_or_else(|| "no error output".into())
-                        );
-                    }
-                    let _ = std::fs::copy(dir.join("console.log"), artifacts.join("console.log"));
-                    result.artifacts = list_artifacts(&artifacts);
-                    result.console_excerpt = watch
-                        .excerpt
-                        .text(&watch.tail.iter().cloned().collect::<Vec<_>>());
-                    result.started_at = setup_start;
-                    result.finished_at = Utc::now();
-                    result.message = Some(notes.join("; "));
-                    return Ok(result);
-                }
-                Guest {
-                    id,
-                    vm,
-                    watch,
-                    prepared,
-                    tests: 0,
+                    Ok(guest) => guest,
+                    Err(()) => return Ok(result),
                 }
             }
         };
-        describe_guest(
-            &mut result,
-            &guest.prepared.profile,
-            &guest.prepared.decision,
-            &guest.prepared.spec,
-        );
         result.environment.insert(
             "session".into(),
             format!("guest {}, test {}", guest.id, guest.tests + 1),
         );
-        result
-            .environment
-            .insert("qemu-pid".into(), guest.vm.pid().to_string());
-        ctx.process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
-
-        // Send the test: `RUN <lines> <md5>`, then base64 lines.
-        guest.watch.start_test();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&part);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(76)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect();
-        let sum: String = {
-            use md5::Digest;
-            md5::Md5::digest(&part)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
-        let mut text = format!("RUN {} {sum}\n", lines.len());
-        for l in &lines {
-            text.push_str(l);
-            text.push('\n');
-        }
-        if let Err(e) = guest.vm.send_line(text.trim_end()).await {
-            notes.push(format!("the session guest's console input failed: {e}"));
-        }
-        let phases = self
-            .run_phases(
-                &mut guest.vm,
-                &mut guest.watch,
-                case,
-                ctx,
-                &mut result,
-                &mut notes,
-            )
+        let reusable = self
+            .run_in_guest(&mut guest, payload, case, ctx, &mut result, &mut notes)
             .await;
-        result.phases.push(PhaseTiming {
-            phase: Phase::Test,
-            started_at: phases.test_start,
-            finished_at: phases.test_end,
-        });
-        // Teardown counts from the test's exit: it includes the transfer of the results.
-        let teardown_start = phases.test_end;
-        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
-        if let Some(t) = phases.transfer_started
-            && transfer_ok
-        {
-            result.environment.insert(
-                "transfer-seconds".into(),
-                format!("{:.3}", t.elapsed().as_secs_f64()),
-            );
-        }
-        if let Some(slice) = guest.watch.slice.take() {
-            let _ = std::fs::write(artifacts.join("console.log"), slice);
-        }
-        if transfer_ok && guest.vm.exited().is_none() {
-            self.gather(
-                &guest.watch,
-                case,
-                &artifacts,
-                None,
-                transfer_ok,
-                &mut result,
-                &mut notes,
-            );
-            guest.tests += 1;
+        let teardown_start = result
+            .phase(Phase::Test)
+            .map_or_else(Utc::now, |p| p.finished_at);
+        if reusable {
             self.sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1107,27 +1192,290 @@ impl QemuRunner {
                 .or_default()
                 .push(guest);
         } else {
-            let stop = guest.vm.stop().await;
             let _ = guest.vm.finish().await;
-            self.gather(
-                &guest.watch,
-                case,
-                &artifacts,
-                None,
-                transfer_ok,
-                &mut result,
-                &mut notes,
-            );
+            let steps = guest
+                .stop_report
+                .as_ref()
+                .map(|r| r.steps.join(", then "))
+                .unwrap_or_default();
             notes.push(format!(
-                "session guest {} was stopped ({}) after {} test(s); the next test boots a new one",
-                guest.id,
-                stop.steps.join(", then "),
-                guest.tests + 1
+                "session guest {} was stopped ({steps}) after {} test(s); the next test boots a new one",
+                guest.id, guest.tests
             ));
         }
+        // Teardown counts from the test's exit: it includes the transfer of the results.
         result.end_phase(Phase::Teardown, teardown_start);
         result.finish(setup_start, &notes);
         Ok(result)
+    }
+
+    /// A test in a guest restored from a snapshot of a booted guest: every test starts from
+    /// the same pristine state, without a boot. The first test of a kind boots the guest and
+    /// takes the snapshot.
+    async fn execute_from_snapshot(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        let mut result = TestResult::new(case, NAME, Outcome::Passed);
+        let mut notes: Vec<String> = Vec::new();
+        let setup_start = Utc::now();
+        let payload = match self.session_payload(case)? {
+            Ok(payload) => payload,
+            Err(bytes) => return self.execute_alone_too_large(case, ctx, bytes).await,
+        };
+        let key = self.session_key(case)?;
+        let artifacts = ctx.artifact_dir();
+        std::fs::create_dir_all(&artifacts).map_err(|e| {
+            RunnerError::with_source(format!("failed to create {}", artifacts.display()), e)
+        })?;
+        let cell = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut taken_now = false;
+        let snapshot = cell
+            .get_or_try_init(|| async {
+                taken_now = true;
+                self.take_snapshot(case, ctx, &mut result, setup_start)
+                    .await
+            })
+            .await;
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            // The boot for the snapshot failed: this test's result says how.
+            Err(SnapshotError::Boot) => return Ok(result),
+            Err(SnapshotError::Runner(e)) => return Err(e),
+        };
+        if !taken_now {
+            result.end_phase(Phase::Setup, setup_start);
+        }
+        let restore_start = Utc::now();
+        let started = Instant::now();
+        let mut guest = match snapshot.restore(self, ctx).await {
+            Ok(guest) => guest,
+            Err(e) => {
+                result.outcome = Outcome::InfraError {
+                    message: format!("restoring the guest from its snapshot failed: {e}"),
+                };
+                result.finish(setup_start, &notes);
+                return Ok(result);
+            }
+        };
+        result.phases.push(PhaseTiming {
+            phase: Phase::Boot,
+            started_at: restore_start,
+            finished_at: Utc::now(),
+        });
+        result.environment.insert(
+            "snapshot-restore".into(),
+            format!(
+                "{:.0} ms (the boot it replaces took {:.0} ms)",
+                started.elapsed().as_secs_f64() * 1e3,
+                snapshot.boot.as_secs_f64() * 1e3
+            ),
+        );
+        let reusable = self
+            .run_in_guest(&mut guest, payload, case, ctx, &mut result, &mut notes)
+            .await;
+        let teardown_start = result
+            .phase(Phase::Test)
+            .map_or_else(Utc::now, |p| p.finished_at);
+        if reusable {
+            // A pristine guest per test: this one is done.
+            guest.vm.stop().await;
+        }
+        let _ = guest.vm.finish().await;
+        result.end_phase(Phase::Teardown, teardown_start);
+        result.finish(setup_start, &notes);
+        Ok(result)
+    }
+
+    /// Boots a session guest and saves it, waiting for its first test, to a migration file.
+    async fn take_snapshot(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+        result: &mut TestResult,
+        setup_start: chrono::DateTime<Utc>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let dir = tempfile::Builder::new()
+            .prefix("qemu-runner-snapshot-")
+            .tempdir()
+            .map_err(|e| {
+                SnapshotError::Runner(RunnerError::with_source(
+                    "failed to create a directory for a guest snapshot",
+                    e,
+                ))
+            })?;
+        let started = Instant::now();
+        let mut guest = match self
+            .boot_session_guest(case, ctx, dir.path(), result, setup_start)
+            .await
+            .map_err(SnapshotError::Runner)?
+        {
+            Ok(guest) => guest,
+            Err(()) => return Err(SnapshotError::Boot),
+        };
+        let boot = started.elapsed();
+        let file = dir.path().join("guest.state");
+        let saved = crate::vm::save_state(&guest.prepared.spec.qmp_socket, &file).await;
+        guest.vm.stop().await;
+        let _ = guest.vm.finish().await;
+        saved.map_err(|e| {
+            SnapshotError::Runner(RunnerError::new(format!(
+                "saving the booted {} guest to {} failed: {e}",
+                guest.prepared.profile.arch,
+                file.display()
+            )))
+        })?;
+        let ready = guest.watch.ready.clone();
+        Ok(Snapshot {
+            dir,
+            file,
+            prepared: guest.prepared,
+            ready,
+            boot,
+            restores: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+}
+
+/// How a session guest is sent a test.
+#[derive(Debug)]
+enum Payload {
+    /// The `/orch` files as text.
+    Text(Vec<(&'static str, String)>),
+    /// A gzip'd cpio archive of `/orch` and `/work`.
+    Archive(Vec<u8>),
+}
+
+impl Payload {
+    /// The console message, given what the guest already has (updated).
+    fn message(self, known: &mut BTreeMap<&'static str, String>) -> String {
+        match self {
+            Payload::Text(files) => {
+                // Only what changed since the last test.
+                let changed: Vec<(&str, &str)> = files
+                    .iter()
+                    .filter(|(n, t)| known.get(n) != Some(t))
+                    .map(|(n, t)| (*n, t.as_str()))
+                    .collect();
+                let message = image::text_message(&changed);
+                *known = files.into_iter().collect();
+                message
+            }
+            Payload::Archive(part) => {
+                // `RUN <lines> <md5>`, then base64 lines; the archive replaces every file.
+                known.clear();
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&part);
+                let sum: String = {
+                    use md5::Digest;
+                    md5::Md5::digest(&part)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                };
+                let lines: Vec<&[u8]> = b64.as_bytes().chunks(76).collect();
+                let mut message = format!("RUN {} {sum}\n", lines.len());
+                for l in lines {
+                    message.push_str(std::str::from_utf8(l).unwrap_or_default());
+                    message.push('\n');
+                }
+                message
+            }
+        }
+    }
+}
+
+/// A booted guest saved to a file, restored for each test.
+#[derive(Debug)]
+struct Snapshot {
+    /// Holds the state file; removed with the snapshot.
+    #[allow(dead_code)]
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    prepared: Prepared,
+    /// The agent's `READY`, which fixes the nonce every restored guest speaks with.
+    ready: Option<Record>,
+    /// How long the boot took.
+    boot: std::time::Duration,
+    restores: std::sync::atomic::AtomicU32,
+}
+
+#[derive(Debug)]
+enum SnapshotError {
+    /// The guest did not boot; the test's result says why.
+    Boot,
+    Runner(RunnerError),
+}
+
+impl Snapshot {
+    /// Starts a QEMU that takes its state from the snapshot and lets it run.
+    async fn restore(&self, runner: &QemuRunner, ctx: &ExecutionContext) -> Result<Guest, String> {
+        let n = self
+            .restores
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let sockets = tempfile::Builder::new()
+            .prefix("qemu-runner-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a socket directory: {e}"))?;
+        let mut spec = self.prepared.spec.clone();
+        spec.qmp_socket = sockets.path().join("qmp.sock");
+        spec.incoming = true;
+        let dir = ctx.scratch_dir().join("restored");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut vm = Vm::start(
+            &spec,
+            &dir.join("console.log"),
+            runner.config.console_log_limit,
+        )
+        .map_err(|e| format!("failed to start {}: {e}", spec.qemu.display()))?;
+        if let Err(e) = crate::vm::load_state(&spec.qmp_socket, &self.file).await {
+            vm.stop().await;
+            let (stderr, _) = vm.finish().await;
+            return Err(match first_lines(&stderr, 3) {
+                Some(qemu) => format!("{e} (QEMU: {qemu})"),
+                None => e,
+            });
+        }
+        let mut watch = Watch::new(
+            runner.config.output_limit,
+            runner.config.serial_artifact_limit,
+        );
+        if let Some(Record::Ready {
+            nonce,
+            kernel_release,
+            machine,
+        }) = &self.ready
+        {
+            watch.line(&format!(
+                "{} {nonce} READY {kernel_release} {machine}",
+                crate::protocol::PREFIX
+            ));
+        }
+        watch.kernel_log_from_console = true;
+        Ok(Guest {
+            id: n,
+            vm,
+            watch,
+            prepared: Prepared {
+                artifact_listener: None,
+                sockets,
+                spec,
+                decision: self.prepared.decision.clone(),
+                profile: self.prepared.profile.clone(),
+                qemu: self.prepared.qemu.clone(),
+            },
+            tests: 0,
+            known: BTreeMap::new(),
+            stop_report: None,
+        })
     }
 }
 
@@ -1345,6 +1693,11 @@ struct Guest {
     watch: Watch,
     prepared: Prepared,
     tests: u32,
+    /// The `/orch` files the agent has from the last test sent as text (empty after an
+    /// archive): a `TEXT` message sends only the ones that differ.
+    known: BTreeMap<&'static str, String>,
+    /// How the guest was stopped, once it was.
+    stop_report: Option<crate::vm::StopReport>,
 }
 
 /// Why waiting on the guest ended.
@@ -1374,6 +1727,9 @@ struct Watch {
     lines_seen: u64,
     /// Console lines of the current test (session mode), bounded.
     slice: Option<Vec<u8>>,
+    /// Whether the test's kernel log is its console lines (a session guest) rather than the
+    /// agent's `dmesg` stream.
+    kernel_log_from_console: bool,
 }
 
 impl Watch {
@@ -1389,6 +1745,7 @@ impl Watch {
             closed: false,
             lines_seen: 0,
             slice: None,
+            kernel_log_from_console: false,
         }
     }
 

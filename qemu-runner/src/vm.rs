@@ -43,6 +43,9 @@ pub struct VmSpec {
     /// The Unix socket (listened on by the host) the guest's artifact port connects to, if the
     /// test collects artifacts.
     pub artifact_socket: Option<PathBuf>,
+    /// Whether QEMU starts waiting for its state from a migration (`-incoming defer`; see
+    /// [`load_state`]) instead of booting.
+    pub incoming: bool,
 }
 
 /// The name of the guest's artifact port.
@@ -103,7 +106,124 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     push(&["-initrd", &spec.initrd.to_string_lossy()]);
     push(&["-append", &spec.append]);
     a.extend(p.extra_args.iter().cloned());
+    if spec.incoming {
+        a.extend(["-incoming".to_owned(), "defer".to_owned()]);
+    }
     a
+}
+
+/// The `exec:` migration URI that runs `cat` with a redirection to or from `file`.
+fn exec_uri(redirect: &str, file: &Path) -> Result<String, String> {
+    let path = file
+        .to_str()
+        .ok_or_else(|| format!("the state file path {} is not UTF-8", file.display()))?;
+    Ok(format!(
+        "exec:cat {redirect} {}",
+        crate::agent::shell_quote(path)
+    ))
+}
+
+/// Polls a QMP query until `done` says the answer is final, for at most `limit`.
+async fn poll_qmp(
+    qmp: &mut Qmp,
+    command: &str,
+    limit: Duration,
+    mut done: impl FnMut(&serde_json::Value) -> Option<Result<(), String>>,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let answer = qmp
+            .execute(command, None)
+            .await
+            .map_err(|e| format!("QMP {command}: {e}"))?;
+        if let Some(r) = done(&answer) {
+            return r;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("QMP {command} still says {answer} after {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Stops the guest behind `qmp_socket` and saves its whole state (memory and devices) to
+/// `file` with a migration; the guest stays stopped.
+pub async fn save_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
+    let mut qmp = Qmp::connect(qmp_socket, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    qmp.execute("stop", None)
+        .await
+        .map_err(|e| format!("QMP stop: {e}"))?;
+    let uri = exec_uri(">", file)?;
+    qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
+        .await
+        .map_err(|e| format!("QMP migrate: {e}"))?;
+    poll_qmp(
+        &mut qmp,
+        "query-migrate",
+        Duration::from_secs(120),
+        |a| match a.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => Some(Ok(())),
+            Some("failed" | "cancelled") => Some(Err(format!(
+                "the migration to {} failed: {}",
+                file.display(),
+                a.get("error-desc")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("no reason given")
+            ))),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// Connects to the QMP socket of a QEMU that was just started, waiting (up to `limit`) for
+/// QEMU to create it.
+async fn connect_when_up(qmp_socket: &Path, limit: Duration) -> Result<Qmp, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match Qmp::connect(qmp_socket, limit).await {
+            Ok(qmp) => return Ok(qmp),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Loads a state saved by [`save_state`] into a QEMU started with [`VmSpec::incoming`], and
+/// lets the guest run.
+pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
+    let mut qmp = connect_when_up(qmp_socket, Duration::from_secs(10)).await?;
+    let uri = exec_uri("<", file)?;
+    qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+        .await
+        .map_err(|e| format!("QMP migrate-incoming: {e}"))?;
+    let mut status = String::new();
+    poll_qmp(&mut qmp, "query-status", Duration::from_secs(120), |a| {
+        status = a
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("")
+            .to_owned();
+        match status.as_str() {
+            "inmigrate" => None,
+            _ => Some(Ok(())),
+        }
+    })
+    .await?;
+    match status.as_str() {
+        "running" => Ok(()),
+        "paused" | "postmigrate" | "prelaunch" => qmp
+            .execute("cont", None)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("QMP cont: {e}")),
+        other => Err(format!(
+            "the guest state from {} did not load: QEMU says `{other}`",
+            file.display()
+        )),
+    }
 }
 
 /// What the console reader reports.
@@ -355,6 +475,7 @@ mod tests {
             memory_mib: 256,
             cpus: 2,
             artifact_socket: None,
+            incoming: false,
             profile,
         };
         let args = qemu_args(&spec).join(" ");

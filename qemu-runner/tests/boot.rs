@@ -562,8 +562,41 @@ async fn qemu_that_fails_to_start_is_an_infrastructure_error() {
 #[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
 async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
     let arch = Arch::Aarch64;
+    let fixtures = tempfile::tempdir().unwrap();
+    let data = fixtures.path().join("data.txt");
+    std::fs::write(&data, "from the host\n").unwrap();
+    // Tests in the middle of the session that check what a session must keep apart or carry:
+    // the kernel log of each test (taken from the console), a test with files of its own (sent
+    // as an archive) between tests sent as text, a script that is not plain ASCII, the agent's
+    // variables hidden from the test, artifacts, and /work emptied between tests.
+    let special: [(u32, &str); 7] = [
+        (5, "echo test 5; echo orch-kmsg-5 > /dev/kmsg; exit 1"),
+        (7, "cat data.txt; echo test 7; exit 3"),
+        (9, "echo 'test 9 \u{e9}' >/dev/null; echo test 9; exit 1"),
+        (
+            10,
+            "if [ -n \"$nonce$limit$t$session\" ] || [ \"$ORCH_TEST_ID\" != s10@aarch64 ] || command -v say; then exit 10; fi; echo test 10; exit 2",
+        ),
+        (
+            11,
+            "echo kept > out.txt; touch .hidden; echo test 11; exit 3",
+        ),
+        (12, "[ -z \"$(ls -A /work)\" ] || exit 12; echo test 12"),
+        (13, "echo test 13; exit 1"),
+    ];
     let mut cases = Vec::new();
     for n in 0..50u32 {
+        if let Some((_, script)) = special.iter().find(|(k, _)| *k == n) {
+            let mut c = case(arch, &format!("s{n:02}"), script);
+            if n == 7 {
+                c = c.with_file(&data, "data.txt");
+            }
+            if n == 11 {
+                c = c.with_artifact("out.txt");
+            }
+            cases.push(c);
+            continue;
+        }
         let c = match n {
             20 => {
                 case(arch, &format!("s{n:02}"), "sleep 1000").with_timeout(Duration::from_secs(3))
@@ -617,7 +650,20 @@ async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
                     }
                 };
                 assert_eq!(r.outcome, expected, "{r:#?}");
-                assert_eq!(r.stdout.text, format!("test {n}\n"), "{r:#?}");
+                let stdout = match n {
+                    7 => "from the host\ntest 7\n".to_owned(),
+                    _ => format!("test {n}\n"),
+                };
+                assert_eq!(r.stdout.text, stdout, "{r:#?}");
+                let dmesg = r.artifacts.iter().find(|a| a.name == "dmesg.txt");
+                let dmesg = std::fs::read_to_string(&dmesg.expect("a kernel log").path).unwrap();
+                // Each test's kernel log holds its own messages and no other test's.
+                assert_eq!(dmesg.contains("orch-kmsg-5"), n == 5, "{n}: {dmesg}");
+                if n == 11 {
+                    let out = r.artifacts.iter().find(|a| a.name == "files/out.txt");
+                    let out = std::fs::read_to_string(&out.expect("out.txt").path).unwrap();
+                    assert_eq!(out, "kept\n");
+                }
                 if let Some(t) = r.phase(Phase::Test) {
                     durations.push(
                         t.duration()
@@ -647,4 +693,89 @@ async fn a_session_of_fifty_tests_survives_a_hang_and_a_panic() {
         durations[durations.len() / 2].as_secs_f64() * 1000.0
     );
     assert_no_qemu_left(&report);
+}
+
+/// Snapshot reset: one boot, then every test in a guest restored from the saved state, each
+/// starting pristine (what one test leaves in the guest, the next does not see).
+async fn snapshot_suite(arch: Arch) {
+    let mut cases = Vec::new();
+    for n in 0..4 {
+        cases.push(case(
+            arch,
+            &format!("snap{n}"),
+            &format!(
+                "[ ! -e /tmp/left-behind ] || exit 9; echo {n} > /tmp/left-behind; uname -m; exit {}",
+                n % 2
+            ),
+        ));
+    }
+    cases.push(case(arch, "snap-panic", "echo c > /proc/sysrq-trigger"));
+    cases.push(case(
+        arch,
+        "snap-after",
+        "[ ! -e /tmp/left-behind ] && echo fine",
+    ));
+    let (report, _scratch) = run_with(
+        QemuConfig::new().with_snapshot_reset(true),
+        cases,
+        CancellationToken::new(),
+    )
+    .await;
+    let machine = match arch {
+        Arch::Armv7 => "armv7l",
+        other => other.as_str(),
+    };
+    let mut pids = std::collections::BTreeSet::new();
+    for n in 0..4 {
+        let r = by(&report, &format!("snap{n}"));
+        let expected = if n % 2 == 0 {
+            Outcome::Passed
+        } else {
+            Outcome::Failed {
+                exit_code: Some(1),
+                signal: None,
+            }
+        };
+        assert_eq!(r.outcome, expected, "{r:#?}");
+        assert_eq!(r.stdout.text, format!("{machine}\n"), "{r:#?}");
+        assert!(r.environment["snapshot-restore"].ends_with("ms)"), "{r:#?}");
+        pids.insert(r.environment["qemu-pid"].clone());
+    }
+    assert_eq!(pids.len(), 4, "a QEMU of its own per test: {pids:?}");
+    let panic = by(&report, "snap-panic");
+    assert_eq!(
+        panic.outcome,
+        Outcome::Crashed {
+            crash: CrashKind::KernelPanic
+        },
+        "{panic:#?}"
+    );
+    let after = by(&report, "snap-after");
+    assert_eq!(after.outcome, Outcome::Passed, "{after:#?}");
+    assert_eq!(after.stdout.text, "fine\n");
+    assert_no_qemu_left(&report);
+}
+
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn snapshot_reset_aarch64() {
+    snapshot_suite(Arch::Aarch64).await;
+}
+
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn snapshot_reset_x86_64() {
+    snapshot_suite(Arch::X86_64).await;
+}
+
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn snapshot_reset_armv7() {
+    snapshot_suite(Arch::Armv7).await;
+}
+
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn snapshot_reset_riscv64() {
+    snapshot_suite(Arch::Riscv64).await;
 }
