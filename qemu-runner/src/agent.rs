@@ -55,6 +55,7 @@ send() {
         half=$((lim / 2))
         { head -c "$half" "$f"; tail -c $((lim - half)) "$f"; } >"$f.sent"
         f="$f.sent"
+        leftover=1
         sent=$lim
     fi
     sum=$(md5sum <"$f")
@@ -63,22 +64,26 @@ send() {
     say END "$1"
 }
 
-# The channel is one of three words: their sizes, MD5s and base64 are constants.
+# The channel word goes as constants (its size, MD5 and base64); `none` as an empty stream.
 send_channel() {
     case "$channel" in
         virtio-serial) set -- 14 70cb1001a8aaa3524d5f8bf0146804fd dmlydGlvLXNlcmlhbAo= ;;
         serial-console) set -- 15 6b6ee7ac5bbab76c49eebee934fcf4be c2VyaWFsLWNvbnNvbGUK ;;
-        *) set -- 5 7e5b152fcf63f8dab71a695d1dbe01fa bm9uZQo= ;;
+        *) return ;;
     esac
     say SEND channel "$1" "$1" "$2"
     say DATA channel "$3"
     say END channel
 }
 
-# Empties /work for the next test of a session; forks only when the last test left files.
+# Empties /work for the next test of a session; starts a process only when the last test
+# left files there.
 clean_work() {
     [ -d /work ] || mkdir -p /work
-    for f in /work/* /work/.[!.]* /work/..?*; do
+    for f in /work/* /work/.*; do
+        case "$f" in
+            /work/. | /work/..) continue ;;
+        esac
         if [ -e "$f" ] || [ -L "$f" ]; then
             rm -rf /work
             mkdir -p /work
@@ -87,20 +92,33 @@ clean_work() {
     done
 }
 
+# Reads the test's settings from /orch (a guest of its own, or a test sent as an archive; a
+# test sent as text sets them as it arrives). Under TCG each system call costs tens of
+# microseconds and each process milliseconds, so the per-test path keeps settings in variables.
+load_settings() {
+    limit=262144
+    serial_limit=4194304
+    test_id=
+    tracing=
+    acks=1
+    [ -f /orch/limit ] && read -r limit </orch/limit
+    [ -f /orch/serial-artifact-limit ] && read -r serial_limit </orch/serial-artifact-limit
+    [ -f /orch/id ] && read -r test_id </orch/id
+    [ -s /orch/trace ] && tracing=1
+    [ -f /orch/noack ] && acks=
+}
+
 # Runs the test described by /orch and /work, then reports until the host acknowledges.
 run_one() {
-    # What the previous test of a session left: removed without a process when nothing is.
-    if [ -d /tmp/orch/cores ]; then
-        for f in /tmp/orch/*.sent /tmp/orch/artifacts /tmp/orch/cores/*; do
-            if [ -e "$f" ]; then rm -rf "$f"; fi
-        done
-    else
+    # What the previous test of a session left in /tmp/orch (only then a process to start).
+    if [ -n "$leftover" ]; then
+        rm -rf /tmp/orch
         mkdir -p /tmp/orch/cores
+        leftover=
     fi
-    limit=262144
-    [ -f /orch/limit ] && read -r limit </orch/limit
+    extra=
     # Tracing asked for by the test: a tracer name, or trace events (they contain a colon).
-    if [ -s /orch/trace ]; then
+    if [ -n "$tracing" ]; then
         mount -t tracefs nodev $t 2>/dev/null
         echo 0 >$t/tracing_on
         echo >$t/trace
@@ -114,47 +132,45 @@ run_one() {
         done
         echo 1 >$t/tracing_on
     fi
-    # In a session the kernel log of a test is what the kernel prints on the console while it
-    # runs: every level goes to the console during the test, none but the gravest outside it.
-    [ -n "$session" ] && echo 8 >/proc/sys/kernel/printk
     cd /work
     (
-        # The test sees none of the agent's functions and variables.
-        unset -f say send send_channel clean_work run_one
-        unset B nonce t limit lim f total sent half sum code channel files found g port p \
-            serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m
-        [ -f /orch/env ] && . /orch/env
-        read -r ORCH_TEST_ID </orch/id
+        ORCH_TEST_ID=$test_id
         export ORCH_TEST_ID
+        # The test sees none of the agent's functions and variables.
+        unset -f say send send_channel clean_work load_settings run_one
+        unset B nonce t limit lim f total sent half sum code channel files found g port p \
+            serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
+            test_id tracing acks leftover extra pending rest arg maybe
+        [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
         # no shell is started only to be replaced.
         . /orch/run.sh
     ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
     code=$?
-    [ -n "$session" ] && echo "$quiet" >/proc/sys/kernel/printk
     cd /
-    if [ -s /orch/trace ]; then
+    if [ -n "$tracing" ]; then
         echo 0 >$t/tracing_on
-        mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && echo .orch-trace >>/orch/artifacts
+        mkdir -p /work/.orch-trace && cat $t/trace >/work/.orch-trace/trace.txt && extra="$extra .orch-trace"
     fi
     set -- /tmp/orch/cores/*
     if [ -e "$1" ]; then
-        mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && echo .orch-cores >>/orch/artifacts
+        mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && extra="$extra .orch-cores"
     fi
     say EXIT "$code"
-    if [ -n "$session" ]; then
-        : >/tmp/orch/dmesg
-    else
-        dmesg -c >/tmp/orch/dmesg 2>/dev/null
-    fi
-    : >/tmp/orch/manifest
-    : >/tmp/orch/missing
+    # A session test's kernel log came on the console; a guest of its own sends dmesg.
+    [ -n "$session" ] || { dmesg -c >/tmp/orch/dmesg 2>/dev/null; leftover=1; }
     channel=none
-    if [ -s /orch/artifacts ]; then
+    # Streams that can only have content when the test collects artifacts.
+    maybe="manifest missing"
+    if [ -s /orch/artifacts ] || [ -n "$extra" ]; then
+        maybe=
+        leftover=1
+        : >/tmp/orch/manifest
+        : >/tmp/orch/missing
         cd /work
         files=
-        for g in $(cat /orch/artifacts); do
+        for g in $(cat /orch/artifacts) $extra; do
             found=
             for f in $g; do
                 [ -e "$f" ] && { files="$files $f"; found=1; }
@@ -175,30 +191,42 @@ run_one() {
         fi
         cd /
     fi
-    serial_limit=4194304
-    [ -f /orch/serial-artifact-limit ] && read -r serial_limit </orch/serial-artifact-limit
     if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
         echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
         channel=none
     fi
     tries=0
     while :; do
-        empty=
+        empty=$maybe
+        [ -n "$session" ] && empty="$empty dmesg"
         for s in stdout stderr dmesg manifest missing; do
+            case " $empty " in
+                *" $s "*) continue ;;
+            esac
             if [ -s "/tmp/orch/$s" ]; then send "$s"; else empty="$empty $s"; fi
         done
-        [ -n "$empty" ] && say EMPTY $empty
+        [ "$channel" = none ] && empty="$empty channel"
+        say EMPTY $empty
         send_channel
         [ "$channel" = serial-console ] && send artifacts "$serial_limit"
         say EXIT "$code"
         say DONE
         tries=$((tries + 1))
         # Without a host to answer (a plain QEMU command line), go on at once.
-        [ -f /orch/noack ] && break
+        [ -n "$acks" ] || break
         reply=
-        read -t 20 reply
+        if [ -n "$session" ]; then
+            # In a session the next test (or QUIT) acknowledges this one.
+            read -r reply rest
+        else
+            read -t 20 reply
+        fi
         case "$reply" in
             ACK*) break ;;
+            TEXT | RUN | QUIT)
+                pending="$reply $rest"
+                break
+                ;;
         esac
         [ "$tries" -ge 5 ] && break
     done
@@ -206,25 +234,37 @@ run_one() {
 
 say READY "$(uname -r)" "$(uname -m)"
 session=
+leftover=1
+pending=
+load_settings
 if [ -f /orch/session ]; then
     session=1
-    read -r quiet _ </proc/sys/kernel/printk
-    # Session: the host sends each test either as `TEXT <files> <bytes>`, then per file a
-    # `<name> <lines>` line and its lines (small all-text tests; only the files that changed
-    # since the last test), or as `RUN <lines> <md5>` and base64 lines of a gzip'd cpio
+    # The kernel log of a session test is what the kernel prints on the console while it runs:
+    # every level goes to the console (no dmesg process per test).
+    echo 8 >/proc/sys/kernel/printk
+    # Session: the host sends each test either as `TEXT <files> <bytes> <test id>`, then per
+    # file a `<name> <lines>` line and its lines (small all-text tests; only the files that
+    # changed since the last test), or as `RUN <lines> <md5>` and base64 lines of a gzip'd cpio
     # archive holding /orch and /work; `QUIT` ends the session.
     while :; do
         cmd=
-        read -r cmd n sum || continue
+        if [ -n "$pending" ]; then
+            set -- $pending
+            cmd=$1 n=$2 sum=$3 arg=$4
+            pending=
+        else
+            read -r cmd n sum arg || continue
+        fi
         case "$cmd" in
             TEXT)
+                test_id=$arg
                 got=0
                 ok=1
                 i=0
                 while [ "$i" -lt "$n" ]; do
                     read -r name lines || { ok=; break; }
                     case "$name" in
-                        id | run.sh | test.sh | env | limit | artifacts | trace | serial-artifact-limit) ;;
+                        run.sh | test.sh | env | limit | artifacts | trace | serial-artifact-limit) ;;
                         *) ok=; break ;;
                     esac
                     case "$lines" in
@@ -232,12 +272,19 @@ if [ -f /orch/session ]; then
                     esac
                     : >"/orch/$name"
                     j=0
+                    l=
                     while [ "$j" -lt "$lines" ]; do
                         IFS= read -r l
                         printf '%s\n' "$l" >>"/orch/$name"
                         got=$((got + ${#l} + 1))
                         j=$((j + 1))
                     done
+                    # The one-line settings, kept as variables.
+                    case "$name" in
+                        limit) limit=$l ;;
+                        serial-artifact-limit) serial_limit=$l ;;
+                        trace) tracing=${l:+1} ;;
+                    esac
                     i=$((i + 1))
                 done
                 if [ -n "$ok" ] && [ "$got" = "$sum" ]; then
@@ -256,9 +303,10 @@ if [ -f /orch/session ]; then
                     i=$((i + 1))
                 done
                 if [ "$(base64 -d /tmp/in.b64 | md5sum | cut -c1-32)" = "$sum" ]; then
-                    rm -rf /work /orch/run.sh /orch/test.sh /orch/env /orch/artifacts /orch/trace
+                    rm -rf /work /orch/run.sh /orch/test.sh /orch/env /orch/artifacts /orch/trace /orch/id
                     mkdir -p /work
                     base64 -d /tmp/in.b64 | gunzip | (cd / && cpio -idmu 2>/dev/null)
+                    load_settings
                     run_one
                 else
                     say BADRUN
@@ -435,7 +483,7 @@ mod tests {
     fn channel_constants_are_the_words_md5_and_base64() {
         use base64::Engine as _;
         use md5::Digest as _;
-        for word in ["none", "virtio-serial", "serial-console"] {
+        for word in ["virtio-serial", "serial-console"] {
             let bytes = format!("{word}\n");
             let md5: String = md5::Md5::digest(bytes.as_bytes())
                 .iter()

@@ -294,10 +294,9 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The `/orch` files a session guest's agent accepts as text (`TEXT`); the others (`modules`,
-/// `noack`) have no place in a session.
-pub const TEXT_FILES: [&str; 8] = [
-    "id",
+/// The `/orch` files a session guest's agent accepts as text (`TEXT`); the test's id goes in
+/// the message's header, and the others (`modules`, `noack`) have no place in a session.
+pub const TEXT_FILES: [&str; 7] = [
     "run.sh",
     "test.sh",
     "env",
@@ -341,10 +340,11 @@ pub fn text_files(part: &TestPart<'_>) -> Result<Option<Vec<(&'static str, Strin
     Ok(Some(out))
 }
 
-/// The `TEXT` message that sends `files` to a session guest: the header, then per file its
-/// name, its number of lines and the lines. The count the header ends with is what the agent
-/// adds up as it writes (each line and its newline), so a line lost on the way is noticed.
-pub fn text_message(files: &[(&str, &str)]) -> String {
+/// The `TEXT` message that sends the test `id` and `files` to a session guest: the header
+/// (`TEXT <files> <bytes> <id>`), then per file its name, its number of lines and the lines.
+/// The byte count is what the agent adds up as it writes (each line and its newline), so a
+/// line lost on the way is noticed.
+pub fn text_message(id: &str, files: &[(&str, &str)]) -> String {
     let mut body = String::new();
     let mut bytes = 0usize;
     for (name, text) in files {
@@ -363,7 +363,7 @@ pub fn text_message(files: &[(&str, &str)]) -> String {
             bytes += l.len() + 1;
         }
     }
-    format!("TEXT {} {bytes}\n{body}", files.len())
+    format!("TEXT {} {bytes} {id}\n{body}", files.len())
 }
 
 fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), String> {

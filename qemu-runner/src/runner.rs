@@ -442,7 +442,10 @@ impl QemuRunner {
                 match wait(vm, watch, deadline, &cancel).await {
                     Wait::Done => {
                         if watch.transfer_complete() {
-                            let _ = vm.send_line("ACK").await;
+                            // A session guest takes its next test (or QUIT) as the ACK.
+                            if !watch.session_guest {
+                                let _ = vm.send_line("ACK").await;
+                            }
                             result.outcome = match watch.serious {
                                 Some(kind) => {
                                     notes.push(format!(
@@ -544,7 +547,7 @@ impl QemuRunner {
         // log) get them as subtests.
         // A session guest's kernel log is what the kernel printed on the console during the
         // test (see the agent); a guest of its own sends `dmesg`.
-        let kernel_log: Option<Vec<u8>> = if watch.kernel_log_from_console {
+        let kernel_log: Option<Vec<u8>> = if watch.session_guest {
             Some(watch.slice.clone().unwrap_or_default())
         } else {
             streams.get("dmesg").map(|s| s.data.clone())
@@ -562,7 +565,7 @@ impl QemuRunner {
             let path = artifacts.join("dmesg.txt");
             if std::fs::write(&path, data).is_ok() {
                 // Console lines were counted as they arrived; a log of its own is counted here.
-                let logged = if watch.kernel_log_from_console {
+                let logged = if watch.session_guest {
                     0
                 } else {
                     String::from_utf8_lossy(data)
@@ -582,7 +585,8 @@ impl QemuRunner {
             notes.push("the kernel log (dmesg) could not be collected; see console.log".into());
         }
         let files_dir = artifacts.join("files");
-        let channel = watch.stream_text("channel");
+        // An empty channel stream: nothing was sent.
+        let channel = watch.stream_text("channel").filter(|c| !c.is_empty());
         if channel.as_deref() == Some("serial-console")
             && let Some(s) = streams.get("artifacts")
             && s.verified()
@@ -949,7 +953,7 @@ impl QemuRunner {
             .map_err(RunnerError::new)?
             .filter(|files| {
                 let all: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-                image::text_message(&all).len() <= SESSION_PART_LIMIT
+                image::text_message(case.id.as_str(), &all).len() <= SESSION_PART_LIMIT
             });
         if let Some(files) = text {
             return Ok(Ok(Payload::Text(files)));
@@ -1056,7 +1060,7 @@ impl QemuRunner {
             result.message = Some(std::mem::take(&mut notes).join("; "));
             return Ok(Err(()));
         }
-        watch.kernel_log_from_console = true;
+        watch.session_guest = true;
         Ok(Ok(Guest {
             id,
             vm,
@@ -1092,7 +1096,7 @@ impl QemuRunner {
             .insert("qemu-pid".into(), guest.vm.pid().to_string());
         ctx.process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
         guest.watch.start_test();
-        let message = payload.message(&mut guest.known);
+        let message = payload.message(case.id.as_str(), &mut guest.known);
         if let Err(e) = guest.vm.send_line(message.trim_end()).await {
             notes.push(format!("the guest's console input failed: {e}"));
         }
@@ -1355,7 +1359,7 @@ enum Payload {
 
 impl Payload {
     /// The console message, given what the guest already has (updated).
-    fn message(self, known: &mut BTreeMap<&'static str, String>) -> String {
+    fn message(self, id: &str, known: &mut BTreeMap<&'static str, String>) -> String {
         match self {
             Payload::Text(files) => {
                 // Only what changed since the last test.
@@ -1364,7 +1368,7 @@ impl Payload {
                     .filter(|(n, t)| known.get(n) != Some(t))
                     .map(|(n, t)| (*n, t.as_str()))
                     .collect();
-                let message = image::text_message(&changed);
+                let message = image::text_message(id, &changed);
                 *known = files.into_iter().collect();
                 message
             }
@@ -1459,7 +1463,7 @@ impl Snapshot {
                 crate::protocol::PREFIX
             ));
         }
-        watch.kernel_log_from_console = true;
+        watch.session_guest = true;
         Ok(Guest {
             id: n,
             vm,
@@ -1727,9 +1731,9 @@ struct Watch {
     lines_seen: u64,
     /// Console lines of the current test (session mode), bounded.
     slice: Option<Vec<u8>>,
-    /// Whether the test's kernel log is its console lines (a session guest) rather than the
-    /// agent's `dmesg` stream.
-    kernel_log_from_console: bool,
+    /// A session guest: a test's kernel log is its console lines rather than the agent's
+    /// `dmesg` stream, and the next test (or `QUIT`) acknowledges a test's results.
+    session_guest: bool,
 }
 
 impl Watch {
@@ -1745,7 +1749,7 @@ impl Watch {
             closed: false,
             lines_seen: 0,
             slice: None,
-            kernel_log_from_console: false,
+            session_guest: false,
         }
     }
 
