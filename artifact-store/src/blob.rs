@@ -183,6 +183,14 @@ fn decompress_small(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
     })
 }
 
+/// The codec and content length of a blob starting with `h`, if it has a valid header.
+fn parse_header(h: &[u8]) -> Option<(u8, u64)> {
+    if h.len() < 16 || &h[..4] != MAGIC {
+        return None;
+    }
+    Some((h[4], u64::from_le_bytes(h[8..16].try_into().ok()?)))
+}
+
 fn header(codec: u8, raw_len: u64) -> [u8; 16] {
     let mut h = [0u8; 16];
     h[..4].copy_from_slice(MAGIC);
@@ -439,8 +447,9 @@ impl Blobs {
     /// Reads the whole blob through the verifier, discarding the content.
     pub(crate) fn verify_file(&self, path: &Path, digest: &Digest) -> Result<u64> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let mut r = BlobReader::new(file, path.to_owned(), *digest)?;
-        io::copy(&mut r, &mut io::sink()).map_err(|e| Error::io("read", path, e))
+        let r = BlobReader::new(file, path.to_owned(), *digest)?;
+        r.copy_to(&mut io::sink())
+            .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))
     }
 
     /// Every blob file on disk with its digest (files with malformed names are returned as
@@ -475,10 +484,33 @@ impl Blobs {
 }
 
 enum Inner {
-    Mem(io::Cursor<Vec<u8>>),
+    /// A small blob read whole: the content is `buf[pos..]`.
+    Mem {
+        buf: Vec<u8>,
+        pos: usize,
+    },
     Raw(BufReader<File>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<File>>),
 }
+
+impl Read for Inner {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Inner::Mem { buf, pos } => {
+                let n = out.len().min(buf.len() - *pos);
+                out[..n].copy_from_slice(&buf[*pos..*pos + n]);
+                *pos += n;
+                Ok(n)
+            }
+            Inner::Raw(r) => r.read(out),
+            Inner::Zstd(r) => r.read(out),
+        }
+    }
+}
+
+/// Streamed blobs at least this large are copied by two threads: one decodes, the other hashes
+/// and writes.
+const PIPELINE_MIN: u64 = 4 * CHUNK as u64;
 
 /// Streams a blob's content and verifies it: when the end is reached, the length and BLAKE3
 /// digest must match or the final `read` fails with an `InvalidData` error carrying a
@@ -513,32 +545,52 @@ impl BlobReader {
             artifact: None,
             detail: detail.into(),
         };
-        let mut h = [0u8; 16];
-        let n = read_full(&mut file, &mut h).map_err(|e| Error::io("read", &path, e))?;
-        if n < 16 || &h[..4] != MAGIC {
+        let stored = file
+            .metadata()
+            .map_err(|e| Error::io("read", &path, e))?
+            .len();
+        if stored < 16 {
             return Err(corrupt("bad or truncated header"));
         }
-        let expected = u64::from_le_bytes(h[8..].try_into().expect("8 bytes"));
-        let stored = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-        let inner = if stored <= SMALL_READ && expected <= 4 * SMALL_READ && h[4] <= CODEC_ZSTD {
-            // Small blob: one read, one decompression with a reused context.
-            let mut body = Vec::with_capacity(stored as usize);
-            file.read_to_end(&mut body)
-                .map_err(|e| Error::io("read", &path, e))?;
-            if h[4] == CODEC_ZSTD {
-                body = decompress_small(&body, expected as usize)
-                    .map_err(|e| corrupt(&format!("undecodable content: {e}")))?;
-            }
-            Inner::Mem(io::Cursor::new(body))
-        } else {
-            let body = BufReader::with_capacity(CHUNK.min(stored as usize), file);
-            match h[4] {
-                CODEC_RAW => Inner::Raw(body),
-                CODEC_ZSTD => Inner::Zstd(
-                    zstd::stream::read::Decoder::with_buffer(body)
-                        .map_err(|e| Error::io("start decoding", &path, e))?,
-                ),
+        let mut small = None;
+        if stored <= SMALL_READ {
+            // Small blob: one read of the whole file, one decompression with a reused context.
+            let mut buf = vec![0u8; stored as usize];
+            let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("read", &path, e))?;
+            buf.truncate(n);
+            let (codec, expected) =
+                parse_header(&buf).ok_or_else(|| corrupt("bad or truncated header"))?;
+            match codec {
+                CODEC_RAW => small = Some((Inner::Mem { buf, pos: 16 }, expected)),
+                CODEC_ZSTD if expected <= 4 * SMALL_READ => {
+                    let buf = decompress_small(&buf[16..], expected as usize)
+                        .map_err(|e| corrupt(&format!("undecodable content: {e}")))?;
+                    small = Some((Inner::Mem { buf, pos: 0 }, expected));
+                }
+                // Compresses very well: stream it rather than hold it all.
+                CODEC_ZSTD => {}
                 _ => return Err(corrupt("unknown codec")),
+            }
+        }
+        let (inner, expected) = match small {
+            Some(s) => s,
+            None => {
+                let mut h = [0u8; 16];
+                file.seek(SeekFrom::Start(0))
+                    .map_err(|e| Error::io("read", &path, e))?;
+                let n = read_full(&mut file, &mut h).map_err(|e| Error::io("read", &path, e))?;
+                let (codec, expected) =
+                    parse_header(&h[..n]).ok_or_else(|| corrupt("bad or truncated header"))?;
+                let body = BufReader::with_capacity(CHUNK.min(stored as usize), file);
+                let inner = match codec {
+                    CODEC_RAW => Inner::Raw(body),
+                    CODEC_ZSTD => Inner::Zstd(
+                        zstd::stream::read::Decoder::with_buffer(body)
+                            .map_err(|e| Error::io("start decoding", &path, e))?,
+                    ),
+                    _ => return Err(corrupt("unknown codec")),
+                };
+                (inner, expected)
             }
         };
         Ok(BlobReader {
@@ -555,6 +607,10 @@ impl BlobReader {
     /// The digest being verified.
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The content length announced by the blob header.
@@ -574,37 +630,26 @@ impl BlobReader {
     }
 }
 
-impl Read for BlobReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
-            return Ok(0);
+impl BlobReader {
+    /// Checks the content seen so far against the header and digest (at the end).
+    fn finish(&mut self) -> io::Result<()> {
+        self.done = true;
+        if self.seen != self.expected {
+            return Err(self.corrupt(format!(
+                "length {} but the header says {}",
+                self.seen, self.expected
+            )));
         }
-        let r = match &mut self.inner {
-            Inner::Mem(r) => r.read(buf),
-            Inner::Raw(r) => r.read(buf),
-            Inner::Zstd(r) => r.read(buf),
-        };
-        let n = match r {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) if e.raw_os_error().is_some() => return Err(e),
-            Err(e) => return Err(self.corrupt(format!("undecodable content: {e}"))),
-        };
-        if n == 0 {
-            self.done = true;
-            if self.seen != self.expected {
-                return Err(self.corrupt(format!(
-                    "length {} but the header says {}",
-                    self.seen, self.expected
-                )));
-            }
-            let got = Digest::from(self.hasher.finalize());
-            if got != self.digest {
-                return Err(self.corrupt(format!("content hashes to {got}")));
-            }
-            return Ok(0);
+        let got = Digest::from(self.hasher.finalize());
+        if got != self.digest {
+            return Err(self.corrupt(format!("content hashes to {got}")));
         }
-        self.seen += n as u64;
+        Ok(())
+    }
+
+    /// Accounts for `data` just read: length check and hashing.
+    fn consume(&mut self, data: &[u8]) -> io::Result<()> {
+        self.seen += data.len() as u64;
         if self.seen > self.expected {
             self.done = true;
             return Err(self.corrupt(format!(
@@ -612,7 +657,139 @@ impl Read for BlobReader {
                 self.expected
             )));
         }
-        self.hasher.update(&buf[..n]);
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    /// Turns a decoder error into a corruption error (I/O errors stay as they are).
+    fn decode_error(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() {
+            e
+        } else {
+            self.corrupt(format!("undecodable content: {e}"))
+        }
+    }
+
+    /// The whole content, verified (the store's fast path for small blobs: no copy).
+    pub(crate) fn into_vec(mut self) -> io::Result<Vec<u8>> {
+        if self.seen == 0
+            && let Inner::Mem { buf, pos } = &mut self.inner
+        {
+            let mut buf = std::mem::take(buf);
+            buf.drain(..*pos);
+            self.consume(&buf)?;
+            self.finish()?;
+            return Ok(buf);
+        }
+        let mut v = Vec::with_capacity(self.expected.min(64 << 20) as usize);
+        self.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    /// Copies the rest of the content to `out`, verified; returns the byte count. Small blobs
+    /// are verified before anything is written; large ones are decoded on a second thread while
+    /// this one hashes and writes, and a corruption error comes after the content was written.
+    /// Write errors come back as `Err(Ok(e))`, read and verification errors as `Err(Err(e))`.
+    pub(crate) fn copy_to(
+        mut self,
+        out: &mut dyn Write,
+    ) -> std::result::Result<u64, std::result::Result<io::Error, io::Error>> {
+        if let Inner::Mem { buf, pos } = &mut self.inner {
+            let data = std::mem::take(buf);
+            let start = std::mem::take(pos);
+            self.consume(&data[start..]).map_err(Err)?;
+            self.finish().map_err(Err)?;
+            out.write_all(&data[start..]).map_err(Ok)?;
+            return Ok((data.len() - start) as u64);
+        }
+        if self.expected >= PIPELINE_MIN {
+            return self.copy_pipelined(out);
+        }
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0;
+        loop {
+            let n = match self.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Err(e)),
+            };
+            out.write_all(&buf[..n]).map_err(Ok)?;
+            total += n as u64;
+        }
+    }
+
+    /// One thread decodes into a few recycled buffers, this one hashes and writes them.
+    fn copy_pipelined(
+        mut self,
+        out: &mut dyn Write,
+    ) -> std::result::Result<u64, std::result::Result<io::Error, io::Error>> {
+        use std::sync::mpsc;
+        let mut inner = std::mem::replace(
+            &mut self.inner,
+            Inner::Mem {
+                buf: Vec::new(),
+                pos: 0,
+            },
+        );
+        std::thread::scope(|s| {
+            let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(4);
+            let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+            for _ in 0..4 {
+                free_tx.send(vec![0u8; CHUNK]).expect("receiver alive");
+            }
+            s.spawn(move || {
+                while let Ok(mut buf) = free_rx.recv() {
+                    let r = read_full(&mut inner, &mut buf);
+                    let last = !matches!(r, Ok(n) if n > 0);
+                    if full_tx.send(r.map(|n| (buf, n))).is_err() || last {
+                        return;
+                    }
+                }
+            });
+            let mut total = 0u64;
+            loop {
+                let (buf, n) = match full_rx.recv() {
+                    Ok(Ok(x)) => x,
+                    Ok(Err(e)) => {
+                        self.done = true;
+                        return Err(Err(self.decode_error(e)));
+                    }
+                    Err(_) => {
+                        return Err(Err(io::Error::other(format!(
+                            "decoder thread of {} stopped early",
+                            self.path.display()
+                        ))));
+                    }
+                };
+                if n == 0 {
+                    self.finish().map_err(Err)?;
+                    return Ok(total);
+                }
+                self.consume(&buf[..n]).map_err(Err)?;
+                out.write_all(&buf[..n]).map_err(Ok)?;
+                total += n as u64;
+                // The decoder may have stopped after a short (final) read; that is fine.
+                let _ = free_tx.send(buf);
+            }
+        })
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => return Err(self.decode_error(e)),
+        };
+        if n == 0 {
+            self.finish()?;
+            return Ok(0);
+        }
+        self.consume(&buf[..n])?;
         Ok(n)
     }
 }

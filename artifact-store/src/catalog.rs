@@ -72,6 +72,9 @@ pub(crate) struct Catalog {
     conn: Mutex<Connection>,
 }
 
+/// An artifact's blob digest and, if it was evicted, the reason.
+pub(crate) type BlobOf = (Digest, Option<String>);
+
 /// Blob facts recorded with an artifact.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlobInfo {
@@ -216,6 +219,56 @@ impl Catalog {
         }
     }
 
+    /// What a read needs of artifact `id`: its digest and, if evicted, the reason. One cached
+    /// statement, no metadata.
+    pub(crate) fn blob_of(&self, id: &str) -> Result<Option<BlobOf>> {
+        let conn = self.lock();
+        lookup_blob(&conn, id).map_err(self.err(format!("look up artifact {id}")))
+    }
+
+    /// [`blob_of`](Self::blob_of) for many ids in one read transaction.
+    pub(crate) fn blobs_of<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<(&'a str, Option<BlobOf>)>> {
+        let mut conn = self.lock();
+        // DEFERRED: a read transaction, one snapshot for the whole batch.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(self.err("begin lookup"))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let b = lookup_blob(&tx, id).map_err(self.err(format!("look up artifact {id}")))?;
+            out.push((id, b));
+        }
+        tx.commit().map_err(self.err("end lookup"))?;
+        Ok(out)
+    }
+
+    /// Runs `f` inside an IMMEDIATE transaction (record inserts and collections wait), with a
+    /// test of whether a live record needs a digest.
+    pub(crate) fn with_write_lock<T>(
+        &self,
+        f: impl FnOnce(&dyn Fn(&Digest) -> Result<bool>) -> T,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin cleanup"))?;
+        let needed = |d: &Digest| -> Result<bool> {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT 1 FROM artifacts WHERE digest = ?1 AND evicted_at IS NULL LIMIT 1",
+                )
+                .map_err(self.err("prepare lookup"))?;
+            st.exists([d.to_hex()])
+                .map_err(self.err(format!("look up records of blob {d}")))
+        };
+        let out = f(&needed);
+        tx.commit().map_err(self.err("end cleanup"))?;
+        Ok(out)
+    }
+
     pub(crate) fn query(&self, q: &Query) -> Result<Vec<ArtifactRecord>> {
         let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -352,6 +405,20 @@ impl Catalog {
         tx.commit().map_err(self.err("commit collection"))?;
         Ok(out)
     }
+}
+
+fn lookup_blob(conn: &Connection, id: &str) -> rusqlite::Result<Option<BlobOf>> {
+    let mut st = conn.prepare_cached(
+        "SELECT digest, evicted_at IS NOT NULL, eviction_reason FROM artifacts WHERE id = ?1",
+    )?;
+    st.query_row([id], |r| {
+        let digest: String = r.get(0)?;
+        let digest = Digest::from_hex(&digest).map_err(|e| bad(0, e))?;
+        let evicted: bool = r.get(1)?;
+        let reason = evicted.then(|| r.get::<_, Option<String>>(2)).transpose()?;
+        Ok((digest, reason.map(Option::unwrap_or_default)))
+    })
+    .optional()
 }
 
 fn load_meta(conn: &Connection, seq: i64) -> rusqlite::Result<BTreeMap<String, String>> {

@@ -24,11 +24,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The file system is full (ENOSPC or EDQUOT). Nothing partial was made visible.
-    #[error("no space left on the store's file system while writing {}", path.display())]
+    /// The file system is full (ENOSPC or EDQUOT, or SQLite's "database or disk is full" for the
+    /// catalog). A put that fails this way leaves nothing partial visible: no temp file, no blob
+    /// without a record, no record.
+    #[error("no space left on the file system holding {}{}: free space there (in a store: apply a retention policy or run `gc`) and retry", path.display(), artifact.as_ref().map(|a| format!(" (storing {a})")).unwrap_or_default())]
     StorageFull {
-        /// The file being written.
+        /// The file being written (a temp file of the store, or its catalog).
         path: PathBuf,
+        /// The artifact being stored, if known (`test <test> run <run> name <name>`).
+        artifact: Option<String>,
         /// The underlying error.
         #[source]
         source: io::Error,
@@ -140,7 +144,11 @@ impl Error {
         }
         match source.raw_os_error() {
             Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT => {
-                Error::StorageFull { path, source }
+                Error::StorageFull {
+                    path,
+                    artifact: None,
+                    source,
+                }
             }
             Some(code) if code == nix::libc::EROFS => Error::ReadOnly { path, source },
             _ if source.kind() == io::ErrorKind::PermissionDenied
@@ -158,6 +166,20 @@ impl Error {
         context: impl Into<String>,
         source: rusqlite::Error,
     ) -> Self {
+        if let rusqlite::Error::SqliteFailure(e, _) = &source
+            && e.code == rusqlite::ErrorCode::DiskFull
+        {
+            // The catalog could not grow (SQLite rolled the transaction back).
+            let context = context.into();
+            return Error::StorageFull {
+                path: path.into(),
+                artifact: None,
+                source: io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("catalog: failed to {context}: {source}"),
+                ),
+            };
+        }
         Error::Catalog {
             path: path.into(),
             context: context.into(),
@@ -182,6 +204,22 @@ impl Error {
                 digest,
                 path,
                 artifact: Some(id.to_owned()),
+            },
+            other => other,
+        }
+    }
+
+    /// Names the artifact a failed put was storing.
+    pub(crate) fn storing(self, test: &str, run: &str, name: &str) -> Self {
+        match self {
+            Error::StorageFull {
+                path,
+                artifact: None,
+                source,
+            } => Error::StorageFull {
+                path,
+                artifact: Some(format!("test `{test}` run `{run}` name `{name}`")),
+                source,
             },
             other => other,
         }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Digest;
 use crate::blob::{BlobReader, Blobs, Durability, PendingBlob, pid_alive};
-use crate::catalog::{BlobInfo, Catalog};
+use crate::catalog::{BlobInfo, BlobOf, Catalog};
 use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, NewArtifact, Query};
 
@@ -271,15 +271,45 @@ impl ArtifactStore {
     }
 
     /// Stores content from `reader` and records it: the usual way to add an artifact.
+    ///
+    /// All or nothing: if it fails (a full disk, say), neither a record nor a blob nor a temp
+    /// file of it stays behind.
     pub fn add(&self, artifact: NewArtifact, reader: impl Read) -> Result<ArtifactRecord> {
         artifact.validate()?;
-        let blob = self.put_blob(reader)?;
-        self.record(&blob, artifact)
+        let blob = self
+            .put_blob(reader)
+            .map_err(|e| e.storing(&artifact.test_id, &artifact.run_id, &artifact.name))?;
+        let record = new_record(&blob, artifact, Utc::now());
+        match self.record_existing(&[(&blob, &record)]) {
+            Ok(()) => Ok(record),
+            Err(e) => {
+                self.discard_unrecorded([&blob]);
+                Err(e.storing(&record.test_id, &record.run_id, &record.name))
+            }
+        }
+    }
+
+    /// After a failed record: removes the blobs these puts linked (not dedup hits) that no live
+    /// record needs, under the catalog write lock as a collection does, so a failed put leaves
+    /// no blob behind. Best effort: what stays is an orphan the next [`gc`](Self::gc) removes.
+    fn discard_unrecorded<'a>(&self, blobs: impl IntoIterator<Item = &'a PendingBlob>) {
+        let fresh: Vec<_> = blobs.into_iter().filter(|b| !b.dedup).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let _ = self.catalog.with_write_lock(|needed| {
+            for b in fresh {
+                if let Ok(false) = needed(&b.digest) {
+                    let _ = fs::remove_file(&b.path);
+                }
+            }
+        });
     }
 
     /// Stores and records many artifacts at once, all or nothing: one catalog transaction and,
     /// with [`Durability::Fsync`], two `syncfs(2)` calls for the whole batch instead of fsyncs
-    /// per file. Much faster than [`add`](Self::add) in a loop for many small files.
+    /// per file. Much faster than [`add`](Self::add) in a loop for many small files. If it fails,
+    /// none of the records, blobs or temp files of the batch stay behind.
     pub fn add_many<R: Read>(
         &self,
         items: impl IntoIterator<Item = (NewArtifact, R)>,
@@ -287,7 +317,11 @@ impl ArtifactStore {
         let mut written = Vec::new();
         for (a, mut r) in items {
             a.validate()?;
-            written.push((a, self.blobs.write_temp(&mut r, false)?));
+            let w = self
+                .blobs
+                .write_temp(&mut r, false)
+                .map_err(|e| e.storing(&a.test_id, &a.run_id, &a.name))?;
+            written.push((a, w));
         }
         let sync = self.blobs.durability == Durability::Fsync;
         let syncfs = || {
@@ -299,11 +333,20 @@ impl ArtifactStore {
             syncfs()?;
         }
         let mut pending = Vec::with_capacity(written.len());
+        let discard = |pending: &[(NewArtifact, PendingBlob)]| {
+            self.discard_unrecorded(pending.iter().map(|(_, b)| b));
+        };
         for (a, w) in written {
-            pending.push((a, self.blobs.commit_written(w, false)?));
+            match self.blobs.commit_written(w, false) {
+                Ok(b) => pending.push((a, b)),
+                Err(e) => {
+                    discard(&pending);
+                    return Err(e.storing(&a.test_id, &a.run_id, &a.name));
+                }
+            }
         }
         if sync && !pending.is_empty() {
-            syncfs()?;
+            syncfs().inspect_err(|_| discard(&pending))?;
         }
         let now = Utc::now();
         let records: Vec<_> = pending
@@ -315,7 +358,8 @@ impl ArtifactStore {
             .zip(&records)
             .map(|((_, b), r)| (b, r))
             .collect();
-        self.record_existing(&items)?;
+        self.record_existing(&items)
+            .inspect_err(|_| discard(&pending))?;
         Ok(records)
     }
 
@@ -344,15 +388,20 @@ impl ArtifactStore {
 
     /// A verifying reader over artifact `id`'s content (see [`BlobReader`]).
     pub fn open_artifact(&self, id: &str) -> Result<BlobReader> {
-        let r = self.record_of(id)?;
-        if let Some(ev) = r.evicted {
-            return Err(Error::Evicted {
-                id: r.id,
-                digest: r.digest,
-                reason: ev.reason,
-            });
+        let found = self.catalog.blob_of(id)?;
+        self.open_found(id, found)
+    }
+
+    fn open_found(&self, id: &str, found: Option<BlobOf>) -> Result<BlobReader> {
+        match found {
+            None => Err(Error::NotFound { id: id.to_owned() }),
+            Some((digest, Some(reason))) => Err(Error::Evicted {
+                id: id.to_owned(),
+                digest,
+                reason,
+            }),
+            Some((digest, None)) => self.blobs.open(&digest).map_err(|e| e.with_artifact(id)),
         }
-        self.blobs.open(&r.digest).map_err(|e| e.with_artifact(id))
     }
 
     /// A verifying reader over a blob.
@@ -360,36 +409,54 @@ impl ArtifactStore {
         self.blobs.open(digest)
     }
 
-    /// Streams artifact `id` into `out`, verifying it; returns the byte count. On corruption the
-    /// error comes after the content was written: discard `out` then.
+    /// Streams artifact `id` into `out`, verifying it; returns the byte count. Content up to
+    /// 1 MiB on disk is verified before anything is written. Larger content is decoded on a
+    /// second thread while this one hashes and writes, so on corruption the error comes after
+    /// the content was written: discard `out` then.
     pub fn read_to(&self, id: &str, out: &mut impl Write) -> Result<u64> {
-        let mut r = self.open_artifact(id)?;
-        let path = self.blobs.path_of(&r.digest());
-        let fail = |e| Error::io("read", &path, e).with_artifact(id);
-        // Large reads: fewer decoder calls, and BLAKE3 hashes big chunks in parallel lanes.
-        let mut buf = vec![0u8; (r.len_hint() as usize).clamp(8 << 10, 1 << 20)];
-        let mut total = 0u64;
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return Ok(total),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(fail(e)),
-            };
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io("write output of", &path, e).with_artifact(id))?;
-            total += n as u64;
-        }
+        let r = self.open_artifact(id)?;
+        copy_out(r, id, out)
     }
 
     /// Artifact `id`'s whole content, verified.
     pub fn get(&self, id: &str) -> Result<Vec<u8>> {
-        let mut r = self.open_artifact(id)?;
+        let r = self.open_artifact(id)?;
         let path = self.blobs.path_of(&r.digest());
-        let mut v = Vec::with_capacity(r.len_hint().min(64 << 20) as usize);
-        r.read_to_end(&mut v)
-            .map_err(|e| Error::io("read", path, e).with_artifact(id))?;
-        Ok(v)
+        r.into_vec()
+            .map_err(|e| Error::io("read", path, e).with_artifact(id))
+    }
+
+    /// The verified content of many artifacts, in the order of `ids`: one catalog read
+    /// transaction for all the lookups instead of one per artifact, otherwise as
+    /// [`get`](Self::get) in a loop. Stops at the first failure, naming its artifact.
+    pub fn get_many<S: AsRef<str>>(&self, ids: &[S]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        self.read_many(ids, |_, _, content| {
+            out.push(content);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `sink(index, id, content)` with the verified content of each artifact in `ids`, in
+    /// order, holding only one at a time: [`get_many`](Self::get_many) for when the contents go
+    /// elsewhere (files, a socket). One catalog read transaction for all the lookups. Stops at
+    /// the first failure, of a read or of `sink`.
+    pub fn read_many<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+        mut sink: impl FnMut(usize, &str, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let found = self.catalog.blobs_of(ids.iter().map(AsRef::as_ref))?;
+        for (i, (id, f)) in found.into_iter().enumerate() {
+            let r = self.open_found(id, f)?;
+            let path = self.blobs.path_of(&r.digest());
+            let content = r
+                .into_vec()
+                .map_err(|e| Error::io("read", path, e).with_artifact(id))?;
+            sink(i, id, content)?;
+        }
+        Ok(())
     }
 
     /// Writes artifact `id` to `dest` atomically (temp file beside it, then rename): a corrupt
@@ -625,6 +692,20 @@ impl ArtifactStore {
         }
         Ok(s)
     }
+}
+
+/// Copies a verified blob to `out`, naming `id` in errors.
+fn copy_out(r: BlobReader, id: &str, out: &mut dyn Write) -> Result<u64> {
+    let path = r.path().to_owned();
+    r.copy_to(out).map_err(|e| match e {
+        // Not classified by errno: a full or read-only output is not the store's.
+        Ok(source) => Error::Io {
+            op: "write output of",
+            path,
+            source,
+        },
+        Err(e) => Error::io("read", &path, e).with_artifact(id),
+    })
 }
 
 fn new_record(blob: &PendingBlob, a: NewArtifact, now: chrono::DateTime<Utc>) -> ArtifactRecord {

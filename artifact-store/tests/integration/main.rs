@@ -3,6 +3,7 @@
 mod bundles;
 mod concurrency;
 mod crash;
+mod enospc;
 mod props;
 mod retention;
 mod store;

@@ -452,3 +452,132 @@ fn add_many_records_a_batch_with_dedup() {
     assert_eq!(s.query(&Query::new()).unwrap().len(), 50);
     assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
 }
+
+#[test]
+fn get_many_and_read_many_return_verified_content_in_order() {
+    let (_d, s) = store();
+    let contents: Vec<Vec<u8>> = (0..30u32)
+        .map(|i| format!("log {i}\n").repeat(i as usize * 40).into_bytes())
+        .collect();
+    let recs = s
+        .add_many(contents.iter().map(|c| (art("t", "r"), c.as_slice())))
+        .unwrap();
+    // Reversed, with a duplicate: order and repeats are kept.
+    let mut ids: Vec<&str> = recs.iter().rev().map(|r| r.id.as_str()).collect();
+    ids.push(&recs[3].id);
+    let got = s.get_many(&ids).unwrap();
+    let mut want: Vec<Vec<u8>> = contents.iter().rev().cloned().collect();
+    want.push(contents[3].clone());
+    assert_eq!(got, want);
+    let mut seen = Vec::new();
+    s.read_many(&ids, |i, id, content| {
+        assert_eq!(id, ids[i]);
+        seen.push(content);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, want);
+    assert!(s.get_many::<&str>(&[]).unwrap().is_empty());
+
+    // Failures name the artifact: unknown, evicted, corrupt; and the sink's error comes back.
+    let err = s.get_many(&[recs[0].id.as_str(), "nope"]).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { id } if id == "nope"),
+        "{err}"
+    );
+    s.evict(&[(recs[1].id.clone(), "old".into())]).unwrap();
+    let err = s.get_many(&[&recs[1].id]).unwrap_err();
+    assert!(matches!(err, Error::Evicted { .. }), "{err}");
+    let path = s.blob_path(&recs[5].digest);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let err = s.get_many(&[&recs[4].id, &recs[5].id]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { artifact: Some(a), .. } if *a == recs[5].id),
+        "{err}"
+    );
+    let mut calls = 0;
+    let err = s
+        .read_many(&[&recs[6].id, &recs[7].id], |_, id, _| {
+            calls += 1;
+            Err(Error::NotFound { id: id.to_owned() })
+        })
+        .unwrap_err();
+    assert!(matches!(&err, Error::NotFound { id } if *id == recs[6].id));
+    assert_eq!(calls, 1);
+}
+
+/// Content of several MiB is copied by two threads (one decodes, one hashes and writes): it must
+/// still round-trip, and corruption, truncation and a failing writer must still be reported.
+#[test]
+fn large_reads_verify_and_report_corruption_and_write_errors() {
+    let (_d, s) = store();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let noise: Vec<u8> = (0..9 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let text: Vec<u8> = noise
+        .iter()
+        .map(|b| b"abcdefgh\n"[(b % 9) as usize])
+        .collect();
+    let zeros = vec![0u8; 24 << 20];
+    for (what, data) in [("noise", &noise), ("text", &text), ("zeros", &zeros)] {
+        let r = s.add_bytes(art(what, "r"), data).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(s.read_to(&r.id, &mut out).unwrap(), data.len() as u64);
+        assert!(out == *data, "{what}");
+        assert!(s.get(&r.id).unwrap() == *data, "{what}");
+        // A writer that fails after 3 MiB: a write error naming the artifact's blob, not a hang
+        // and not "corrupt".
+        struct Failing(usize);
+        impl Write for Failing {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0 >= 3 << 20 {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = s.read_to(&r.id, &mut Failing(0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    op: "write output of",
+                    ..
+                }
+            ),
+            "{what}: {err:?}"
+        );
+        // One flipped byte in the middle, then truncation.
+        let path = s.blob_path(&r.digest);
+        let mut bytes = fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        for _ in 0..2 {
+            let err = s.read_to(&r.id, &mut std::io::sink()).unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { artifact: Some(a), .. } if *a == r.id),
+                "{what}: {err}"
+            );
+            assert!(matches!(s.get(&r.id).unwrap_err(), Error::Corrupt { .. }));
+            bytes[mid] ^= 0x40;
+            fs::write(&path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        }
+        let report = s.verify(VerifyOptions::default()).unwrap();
+        assert_eq!(report.corrupt.len(), 1, "{what}");
+        s.verify(VerifyOptions { repair: true }).unwrap();
+    }
+}
