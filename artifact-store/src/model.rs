@@ -77,8 +77,8 @@ impl FromStr for ArtifactKind {
 
 /// The outcome of the test that produced an artifact, as stored in the catalog.
 ///
-/// This is the label of [`orchestrator_core::Outcome`] (details such as exit codes stay in the
-/// report); convert with `TestOutcome::from(&outcome)`.
+/// The labels are those of `orchestrator_core::Outcome::label` (details such as exit codes stay
+/// in the report); the orchestrator converts its outcomes when it stores a test's artifacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -111,7 +111,7 @@ impl TestOutcome {
         TestOutcome::Cancelled,
     ];
 
-    /// The stored label, the same as [`orchestrator_core::Outcome::label`].
+    /// The stored label, the same as `orchestrator_core::Outcome::label`.
     pub fn as_str(self) -> &'static str {
         match self {
             TestOutcome::Passed => "passed",
@@ -158,21 +158,13 @@ impl FromStr for TestOutcome {
     }
 }
 
-impl From<&orchestrator_core::Outcome> for TestOutcome {
-    fn from(o: &orchestrator_core::Outcome) -> Self {
-        // `Outcome` is non-exhaustive: map through its label, unknown labels count as failures
-        // so that retention errs on the side of keeping.
-        o.label().parse().unwrap_or(TestOutcome::Failed)
-    }
-}
-
 /// Metadata key whose value [`Pin`](crate::retention::Pin) matches as a tag.
 pub const TAG_KEY: &str = "tag";
 
 /// What the caller says about an artifact being added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewArtifact {
-    /// The test that produced it (an [`orchestrator_core::TestId`] as a string).
+    /// The test that produced it (an orchestrator test id).
     pub test_id: String,
     /// The run it belongs to.
     pub run_id: String,
@@ -182,7 +174,7 @@ pub struct NewArtifact {
     pub name: String,
     /// The test's outcome, when known.
     pub outcome: Option<TestOutcome>,
-    /// The architecture (`x86_64`, `aarch64`, ...; [`orchestrator_core::Arch::as_str`]).
+    /// The architecture (`x86_64`, `aarch64`, `armv7`, `riscv64`, ...).
     pub arch: Option<String>,
     /// When it was created; now when `None`.
     pub created_at: Option<DateTime<Utc>>,

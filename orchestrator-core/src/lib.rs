@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod case;
+mod compose;
 mod orchestrator;
 mod output;
 pub mod plan;
@@ -46,16 +47,24 @@ pub use case::{
     Arch, Command, DEFAULT_TIMEOUT, EmptyCommand, Expectation, FileSpec, InvalidTestId,
     Requirements, TestCase, TestId, UnknownArch,
 };
-pub use orchestrator::{Interruption, Orchestrator, OrchestratorError, RunConfig, RunEvent};
+pub use compose::{METRICS_NAME, artifact_kind, store_outcome};
+pub use orchestrator::{
+    Interruption, Orchestrator, OrchestratorError, RunConfig, RunEvent, STORE_ERROR_KEY,
+};
 pub use output::BoundedCapture;
 pub use process::{ProcessRunner, ProcessRunnerConfig};
 pub use report::RunReport;
 pub use result::{
-    ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming, Subtest,
-    SubtestStatus, TestResult, Verdict,
+    ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming,
+    ResourceUsage, StoredArtifact, Subtest, SubtestStatus, TestResult, UsagePoint, Verdict,
 };
 pub use runner::{
     DEFAULT_OUTPUT_LIMIT, ExecutionContext, HostProcess, ProcessObserver, RunnerError, TestRunner,
 };
 
 pub use tokio_util::sync::CancellationToken;
+
+/// The artifact store the orchestrator composes (re-exported for one dependency line).
+pub use artifact_store;
+/// The process monitor the orchestrator composes.
+pub use perf_monitor;

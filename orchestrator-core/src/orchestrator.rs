@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use artifact_store::{ArtifactStore, RetentionPolicy};
+use perf_monitor::Monitor;
+
 use crate::case::TestCase;
+use crate::compose::{ExecutionWatch, METRICS_NAME, add_metrics_file, store_execution, usage_of};
 use crate::plan::PlanSettings;
-use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, Summary};
+use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, StorageSummary, Summary};
 use crate::result::{AttemptRecord, Outcome, TestResult};
 use crate::runner::{DEFAULT_OUTPUT_LIMIT, ExecutionContext, ProcessObserver, TestRunner};
 
@@ -180,6 +184,9 @@ pub struct Orchestrator {
     config: RunConfig,
     runners: Vec<Arc<dyn TestRunner>>,
     observer: Option<Arc<dyn ProcessObserver>>,
+    store: Option<Arc<ArtifactStore>>,
+    monitor: Option<Arc<Monitor>>,
+    retention: Option<Arc<dyn RetentionPolicy>>,
 }
 
 impl std::fmt::Debug for dyn TestRunner {
@@ -195,7 +202,48 @@ impl Orchestrator {
             config,
             runners: Vec::new(),
             observer: None,
+            store: None,
+            monitor: None,
+            retention: None,
         }
+    }
+
+    /// Keeps every execution's artifacts (console log, collected files, metrics) in `store`,
+    /// with catalog records carrying the test, run, kind, architecture and outcome; each
+    /// result's [`ArtifactFile::stored`](crate::ArtifactFile::stored) links to its record.
+    #[must_use]
+    pub fn with_store(self, store: ArtifactStore) -> Self {
+        self.with_shared_store(Arc::new(store))
+    }
+
+    /// As [`with_store`](Self::with_store), with a store shared with other code.
+    #[must_use]
+    pub fn with_shared_store(mut self, store: Arc<ArtifactStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Watches the host processes each execution reports (the QEMU process for the QEMU
+    /// runner) with `monitor`: each result gets its [`ResourceUsage`](crate::ResourceUsage),
+    /// and the full recording becomes its `metrics.jsonl` artifact.
+    #[must_use]
+    pub fn with_monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = Some(Arc::new(monitor));
+        self
+    }
+
+    /// Applies `policy` to the store after each run (needs [`with_store`](Self::with_store)):
+    /// artifacts it removes are marked evicted with the reason, and blobs no record needs are
+    /// collected. What it did is in the report's [`StorageSummary`].
+    #[must_use]
+    pub fn with_retention(mut self, policy: impl RetentionPolicy + 'static) -> Self {
+        self.retention = Some(Arc::new(policy));
+        self
+    }
+
+    /// The artifact store, if there is one.
+    pub fn store(&self) -> Option<&Arc<ArtifactStore>> {
+        self.store.as_ref()
     }
 
     /// Adds a runner; the first one added is the default.
@@ -240,6 +288,12 @@ impl Orchestrator {
         }
         if self.runners.is_empty() {
             problems.push("no runner is configured: add one with `with_runner`".to_owned());
+        }
+        if self.retention.is_some() && self.store.is_none() {
+            problems.push(
+                "a retention policy is set but no artifact store: add one with `with_store`"
+                    .to_owned(),
+            );
         }
         let mut seen = HashSet::new();
         for case in cases {
@@ -323,6 +377,7 @@ impl Orchestrator {
         let mut tasks: JoinSet<(usize, u32, TestResult)> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, (usize, u32)> = HashMap::new();
         let mut interrupted: Option<Interruption> = None;
+        let mut earlier_errors: Vec<String> = Vec::new();
         let parallelism = self.config.parallelism.max(1);
 
         let deadline_sleep = async {
@@ -343,19 +398,39 @@ impl Orchestrator {
                 let scratch = run_dir
                     .join(case.id.as_str())
                     .join(format!("attempt-{attempt}"));
+                let watch = self.monitor.as_ref().map(|m| {
+                    Arc::new(ExecutionWatch::new(
+                        Arc::clone(m),
+                        format!("{}#{attempt}", case.id),
+                        self.observer.clone(),
+                    ))
+                });
+                let observer = match &watch {
+                    Some(w) => Some(Arc::clone(w) as Arc<dyn ProcessObserver>),
+                    None => self.observer.clone(),
+                };
                 let ctx = ExecutionContext::new(&case, &scratch)
                     .with_run_id(&run_id)
                     .with_attempt(attempt)
                     .with_run_deadline(run_deadline)
                     .with_cancel(stop.child_token())
                     .with_output_limit(self.config.output_limit)
-                    .with_observer(self.observer.clone());
+                    .with_observer(observer);
                 on_event(&RunEvent::TestStarted {
                     test: case.clone(),
                     attempt,
                 });
+                let store = self.store.clone();
+                let run = run_id.clone();
                 let handle = tasks.spawn(async move {
-                    let result = execute_one(runner.as_ref(), &case, &ctx).await;
+                    let mut result = execute_one(runner.as_ref(), &case, &ctx).await;
+                    result.attempt = attempt;
+                    if let Some(watch) = watch {
+                        finish_watch(watch, &ctx, &mut result).await;
+                    }
+                    if let Some(store) = store {
+                        store_result(store, run, case, &mut result).await;
+                    }
                     (index, attempt, result)
                 });
                 in_flight.insert(handle.id(), (index, attempt));
@@ -385,6 +460,9 @@ impl Orchestrator {
                         && attempt <= self.config.infra_retries
                         && interrupted.is_none();
                     if retry {
+                        if let Some(e) = result.environment.get(STORE_ERROR_KEY) {
+                            earlier_errors.push(format!("test `{}` attempt {attempt}: {e}", result.test_id));
+                        }
                         on_event(&RunEvent::TestRetrying { result: Box::new(result.clone()) });
                         earlier.entry(index).or_default().push(AttemptRecord {
                             attempt,
@@ -448,6 +526,13 @@ impl Orchestrator {
         }
 
         let results: Vec<TestResult> = results.into_values().collect();
+        let storage = match &self.store {
+            Some(store) => Some(
+                self.finish_storage(Arc::clone(store), &results, &earlier_errors)
+                    .await,
+            ),
+            None => None,
+        };
         Ok(RunReport {
             schema_version: SCHEMA_VERSION,
             run_id,
@@ -458,7 +543,100 @@ impl Orchestrator {
             summary: Summary::of(&results),
             results,
             host: HostInfo::current(),
+            storage,
         })
+    }
+
+    /// After a run: retention, then the store's statistics.
+    async fn finish_storage(
+        &self,
+        store: Arc<ArtifactStore>,
+        results: &[TestResult],
+        earlier_errors: &[String],
+    ) -> StorageSummary {
+        let mut summary = StorageSummary {
+            root: store.root().to_owned(),
+            errors: earlier_errors.to_vec(),
+            ..StorageSummary::default()
+        };
+        for r in results {
+            for a in &r.artifacts {
+                if a.stored.is_some() {
+                    summary.artifacts_stored += 1;
+                    summary.bytes_stored += a.size;
+                }
+            }
+            if let Some(e) = r.environment.get(STORE_ERROR_KEY) {
+                summary.errors.push(format!("test `{}`: {e}", r.test_id));
+            }
+        }
+        let policy = self.retention.clone();
+        let (retention, stats) = tokio::task::spawn_blocking(move || {
+            let retention = policy.map(|p| {
+                store
+                    .plan_retention(p.as_ref(), Utc::now())
+                    .and_then(|plan| store.apply_retention(&plan))
+            });
+            (retention, store.stats())
+        })
+        .await
+        .expect("the storage task does not panic");
+        match retention {
+            Some(Ok(r)) => summary.retention = Some(r),
+            Some(Err(e)) => summary.errors.push(format!("retention failed: {e}")),
+            None => {}
+        }
+        match stats {
+            Ok(s) => summary.stats = Some(s),
+            Err(e) => summary.errors.push(format!("store statistics failed: {e}")),
+        }
+        summary
+    }
+}
+
+/// The environment key under which a result says its artifacts could not be stored.
+pub const STORE_ERROR_KEY: &str = "store-error";
+
+/// Ends an execution's watch: its usage into the result, the recording as `metrics.jsonl`.
+async fn finish_watch(watch: Arc<ExecutionWatch>, ctx: &ExecutionContext, result: &mut TestResult) {
+    let dir = ctx.artifact_dir();
+    let finished = tokio::task::spawn_blocking(move || watch.finish())
+        .await
+        .expect("finishing a watch does not panic");
+    match finished {
+        Some(Ok(recording)) => {
+            result.resources = Some(usage_of(&recording));
+            if let Err(e) = add_metrics_file(&dir, &recording, result) {
+                result.environment.insert(
+                    "monitor-error".into(),
+                    format!("cannot write {}: {e}", dir.join(METRICS_NAME).display()),
+                );
+            }
+        }
+        Some(Err(e)) => {
+            result.environment.insert("monitor-error".into(), e);
+        }
+        None => {}
+    }
+}
+
+/// Puts an execution's artifacts into the store; a failure is recorded in the result.
+async fn store_result(
+    store: Arc<ArtifactStore>,
+    run_id: String,
+    case: TestCase,
+    result: &mut TestResult,
+) {
+    let mut r = std::mem::replace(result, TestResult::new(&case, "", Outcome::Passed));
+    let (back, outcome) = tokio::task::spawn_blocking(move || {
+        let outcome = store_execution(&store, &run_id, &case, &mut r);
+        (r, outcome)
+    })
+    .await
+    .expect("the storing task does not panic");
+    *result = back;
+    if let Err(e) = outcome {
+        result.environment.insert(STORE_ERROR_KEY.into(), e);
     }
 }
 

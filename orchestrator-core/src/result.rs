@@ -310,6 +310,9 @@ pub struct ArtifactFile {
     pub path: PathBuf,
     /// Its size in bytes.
     pub size: u64,
+    /// Where the artifact store keeps it, once stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredArtifact>,
 }
 
 impl ArtifactFile {
@@ -319,8 +322,64 @@ impl ArtifactFile {
             name: name.into(),
             path: path.into(),
             size,
+            stored: None,
         }
     }
+}
+
+/// An artifact's record in the artifact store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoredArtifact {
+    /// The catalog record's id (`ArtifactStore::get(id)` reads it back).
+    pub id: String,
+    /// The BLAKE3 digest of the content, in hex.
+    pub digest: String,
+    /// The catalog's kind (`log`, `console`, `core-dump`, `trace`, `screenshot`, `metrics`,
+    /// `other`).
+    pub kind: String,
+}
+
+/// What a test's host processes cost, as the monitor sampled them (the QEMU process and its
+/// children for the QEMU runner).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ResourceUsage {
+    /// CPU time (user + system) over the test, in seconds.
+    pub cpu_seconds: f64,
+    /// Average CPU use over the test, in percent of one core.
+    pub avg_cpu_percent: Option<f64>,
+    /// Highest CPU use between two samples, in percent of one core.
+    pub peak_cpu_percent: Option<f64>,
+    /// Highest resident memory of the process tree, in bytes.
+    pub peak_rss_bytes: u64,
+    /// Bytes read from storage, when procfs says.
+    pub read_bytes: Option<u64>,
+    /// Bytes written to storage, when procfs says.
+    pub write_bytes: Option<u64>,
+    /// Most processes alive at once.
+    pub peak_processes: u32,
+    /// The monitor's verdict on the bottleneck (`cpu`, `memory`, `io`, `host`, `none`...).
+    pub bottleneck: String,
+    /// CPU and memory over time, at most [`ResourceUsage::MAX_POINTS`] points.
+    pub series: Vec<UsagePoint>,
+}
+
+impl ResourceUsage {
+    /// The most points kept in [`series`](Self::series) (longer recordings are thinned out;
+    /// the full series is a stored metrics artifact).
+    pub const MAX_POINTS: usize = 300;
+}
+
+/// One point of a [`ResourceUsage`] series.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UsagePoint {
+    /// Seconds since the test started.
+    pub t: f64,
+    /// CPU use since the previous point, in percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory of the process tree, in bytes.
+    pub rss_bytes: u64,
 }
 
 /// The status of one case inside a test (a KUnit or kselftest case reported in KTAP/TAP).
@@ -400,6 +459,10 @@ pub struct TestResult {
     pub environment: BTreeMap<String, String>,
     /// Resource metrics, filled by whoever measured them.
     pub metrics: BTreeMap<String, serde_json::Value>,
+    /// What the test's host processes cost, when the orchestrator monitored them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceUsage>,
+
     /// Cases the test reported itself (KTAP/TAP output), in order.
     #[serde(default)]
     pub subtests: Vec<Subtest>,
@@ -429,6 +492,7 @@ impl TestResult {
             console_excerpt: None,
             environment: BTreeMap::new(),
             metrics: BTreeMap::new(),
+            resources: None,
             subtests: Vec::new(),
         }
     }

@@ -314,9 +314,11 @@ fn queries_by_every_field() {
     let recs = s.query(&Query::new().test("net")).unwrap();
     assert_eq!(recs[0].metadata["kernel"], "6.6");
     assert!(recs[0].created_at < recs[1].created_at);
-    // The outcome mapping from the orchestrator's type.
-    let o = orchestrator_core::Outcome::Passed;
-    assert_eq!(TestOutcome::from(&o), TestOutcome::Passed);
+    // Outcomes by their labels.
+    for o in TestOutcome::ALL {
+        assert_eq!(o.as_str().parse::<TestOutcome>().unwrap(), o);
+    }
+    assert!("exploded".parse::<TestOutcome>().is_err());
 }
 
 #[test]

@@ -42,6 +42,28 @@ pub struct RunReport {
     pub results: Vec<TestResult>,
     /// The host that ran it.
     pub host: HostInfo,
+    /// What went into the artifact store, when the run had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSummary>,
+}
+
+/// The artifact store's part of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StorageSummary {
+    /// The store's directory.
+    pub root: std::path::PathBuf,
+    /// Artifacts this run stored (console logs, collected files, metrics).
+    pub artifacts_stored: u64,
+    /// Their content size in bytes.
+    pub bytes_stored: u64,
+    /// Failures to store, each naming the test and the artifact. Nothing is silently lost: a
+    /// test whose artifacts could not be stored says so here and in its environment record.
+    pub errors: Vec<String>,
+    /// What the retention policy did after the run, if there was one.
+    pub retention: Option<artifact_store::RetentionOutcome>,
+    /// The whole store's statistics after the run (and retention).
+    pub stats: Option<artifact_store::Stats>,
 }
 
 /// Counts of results per verdict.

@@ -6,22 +6,23 @@ use comfy_table::{Cell, CellAlignment, Color, ContentArrangement, Table};
 use super::RunReport;
 use crate::result::Verdict;
 
-/// Renders a table with a row per test (verdict, outcome, duration, attempts, artifacts) and a
-/// totals line. `color` adds terminal colours to the verdict column.
+/// Renders a table with a row per test (architecture, verdict, outcome, duration, attempts,
+/// peak CPU and memory when monitored, artifacts) and a totals line, then what went into the
+/// artifact store. `color` adds terminal colours to the verdict column.
 pub fn summary_table(report: &RunReport, color: bool) -> String {
+    let monitored = report.results.iter().any(|r| r.resources.is_some());
+    let mut header = vec![
+        "test", "runner", "arch", "verdict", "outcome", "duration", "attempts",
+    ];
+    if monitored {
+        header.extend(["peak CPU", "peak memory"]);
+    }
+    header.push("artifacts");
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(vec![
-            "test",
-            "runner",
-            "verdict",
-            "outcome",
-            "duration",
-            "attempts",
-            "artifacts",
-        ]);
+        .set_header(header);
     if !color {
         table.force_no_tty();
     }
@@ -35,16 +36,30 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
                 _ => Color::Red,
             });
         }
-        table.add_row(vec![
+        let right = |c: Cell| c.set_alignment(CellAlignment::Right);
+        let mut row = vec![
             Cell::new(r.test_id.as_str()),
             Cell::new(r.runner.as_str()),
+            Cell::new(r.environment.get("arch").map_or("-", String::as_str)),
             verdict_cell,
             Cell::new(r.outcome.to_string()),
-            Cell::new(format!("{:.2}s", r.duration().as_secs_f64()))
-                .set_alignment(CellAlignment::Right),
-            Cell::new(r.attempt).set_alignment(CellAlignment::Right),
-            Cell::new(r.artifacts.len()).set_alignment(CellAlignment::Right),
-        ]);
+            right(Cell::new(format!("{:.2}s", r.duration().as_secs_f64()))),
+            right(Cell::new(r.attempt)),
+        ];
+        if monitored {
+            let (cpu, mem) = match &r.resources {
+                Some(u) => (
+                    u.peak_cpu_percent
+                        .map_or_else(|| "-".to_owned(), |p| format!("{p:.0}%")),
+                    human_bytes(u.peak_rss_bytes),
+                ),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            row.push(right(Cell::new(cpu)));
+            row.push(right(Cell::new(mem)));
+        }
+        row.push(right(Cell::new(r.artifacts.len())));
+        table.add_row(row);
     }
     let s = &report.summary;
     let elapsed = (report.finished_at - report.started_at)
@@ -84,5 +99,50 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
         });
     }
     out.push('\n');
+    if let Some(st) = &report.storage {
+        out.push_str(&format!(
+            "store {}: {} artifacts stored ({})",
+            st.root.display(),
+            st.artifacts_stored,
+            human_bytes(st.bytes_stored)
+        ));
+        if let Some(stats) = &st.stats {
+            out.push_str(&format!(
+                "; it holds {} records in {} blobs, {} on disk (dedup {:.2}x, compression {:.2}x)",
+                stats.live_records,
+                stats.blobs,
+                human_bytes(stats.stored_bytes),
+                stats.dedup_ratio(),
+                stats.compression_ratio()
+            ));
+        }
+        if let Some(ret) = &st.retention {
+            out.push_str(&format!(
+                "; retention evicted {} records and freed {}",
+                ret.records_evicted,
+                human_bytes(ret.gc.bytes_removed)
+            ));
+        }
+        out.push('\n');
+        for e in &st.errors {
+            out.push_str(&format!("store error: {e}\n"));
+        }
+    }
     out
+}
+
+/// `1.5 MiB`-style sizes.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

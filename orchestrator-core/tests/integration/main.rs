@@ -1,5 +1,6 @@
 //! Integration tests of orchestrator-core: real host processes, real timeouts.
 
+mod composed;
 mod orchestrator;
 mod process_runner;
 mod reports;
