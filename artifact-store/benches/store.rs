@@ -188,11 +188,18 @@ impl Contender for Ours {
 
 struct ZstdCli {
     out: PathBuf,
+    /// Then `syncfs(2)` on the output: the same durability as the store's default
+    /// `Durability::Fsync` (the CLI itself never syncs).
+    sync: bool,
 }
 
 impl Contender for ZstdCli {
     fn name(&self) -> &'static str {
-        "zstd CLI (-3 / -d)"
+        if self.sync {
+            "zstd CLI + syncfs"
+        } else {
+            "zstd CLI (-3 / -d)"
+        }
     }
     fn clear(&mut self, files: &[PathBuf]) {
         fs::create_dir_all(&self.out).unwrap();
@@ -206,6 +213,10 @@ impl Contender for ZstdCli {
     fn put(&mut self, files: &[PathBuf]) {
         let out = self.out.to_str().unwrap();
         zstd_cli(&["-3", "-q", "-f", "--output-dir-flat", out], files);
+        if self.sync {
+            let dir = fs::File::open(&self.out).unwrap();
+            nix::unistd::syncfs(&dir).unwrap();
+        }
     }
     fn get(&mut self, files: &[PathBuf], out: &Path) {
         let z: Vec<PathBuf> = files
@@ -266,6 +277,11 @@ fn throughput_benches(c: &mut Criterion) {
         Box::new(mk("artifact-store (no fsync)", Durability::Relaxed)),
         Box::new(ZstdCli {
             out: d.root.join("zstd-out"),
+            sync: false,
+        }),
+        Box::new(ZstdCli {
+            out: d.root.join("zstd-out-synced"),
+            sync: true,
         }),
         Box::new(Cacache {
             dir: d.root.join("cacache"),

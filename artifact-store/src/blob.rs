@@ -288,7 +288,8 @@ impl Blobs {
         let guard = TempGuard(Some(temp.clone()));
         let werr = |e: io::Error| Error::io("write", &temp, e);
         let mut hasher = blake3::Hasher::new();
-        let mut sample = Vec::new();
+        // Room up front: `read_to_end` into an empty vector starts with tiny probing reads.
+        let mut sample = Vec::with_capacity(64 * 1024);
         (&mut *reader)
             .take(SAMPLE as u64)
             .read_to_end(&mut sample)
@@ -372,14 +373,17 @@ impl Blobs {
         sync_dirs: bool,
     ) -> Result<bool> {
         let shard = path.parent().expect("blob paths have a parent");
-        if !shard.exists() {
+        let mut linked = fs::hard_link(temp, path);
+        if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) && !shard.exists() {
+            // The first blob of its shard (linking first saves a lookup on every other put).
             fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
             if sync_dirs {
                 fsync_dir(shard.parent().expect("shard parent"))?;
                 fsync_dir(&self.content)?;
             }
+            linked = fs::hard_link(temp, path);
         }
-        match fs::hard_link(temp, path) {
+        match linked {
             Ok(()) => {
                 if sync_dirs {
                     fsync_dir(shard)?;
