@@ -1,16 +1,19 @@
-//! A harness using the library directly: two tests, one expected to fail, and a summary.
-use orchestrator_core::{Expectation, Orchestrator, ProcessRunner, RunConfig, TestCase, report};
+//! One test in an aarch64 guest with the composed orchestrator: monitored, its console log,
+//! kernel log and metrics kept in an artifact store, and a summary.
+use orchestrator_core::artifact_store::ArtifactStore;
+use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
+use orchestrator_core::{Arch, Orchestrator, RunConfig, TestCase, report};
+use qemu_runner::{QemuConfig, QemuRunner};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cases = vec![
-        TestCase::script("kernel-version", "uname -r"),
-        TestCase::script("known-bug", "exit 1").with_expect(Expectation::Fail),
-    ];
-    let orchestrator =
-        Orchestrator::new(RunConfig::new(std::env::temp_dir().join("embed-example")))
-            .with_runner(ProcessRunner::default());
-    let report = orchestrator.run(cases).await?;
+    let hello = TestCase::script("hello", "uname -a").with_arch(Arch::Aarch64);
+    let report = Orchestrator::new(RunConfig::new("/tmp/embed-example/scratch"))
+        .with_runner(QemuRunner::new(QemuConfig::new()))
+        .with_store(ArtifactStore::open("/tmp/embed-example/store")?)
+        .with_monitor(Monitor::new(MonitorConfig::default()))
+        .run(vec![hello])
+        .await?;
     print!("{}", report::summary_table(&report, false));
     std::process::exit(if report.is_success() { 0 } else { 1 });
 }

@@ -401,6 +401,22 @@ impl TestCase {
         self
     }
 
+    /// Requires a guest of `arch` (shorthand for setting [`Requirements::arch`]).
+    #[must_use]
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.requirements.arch = Some(arch);
+        self
+    }
+
+    /// Adds kernel modules the guest must load (shorthand for [`Requirements::modules`]).
+    #[must_use]
+    pub fn with_modules<S: Into<String>>(mut self, modules: impl IntoIterator<Item = S>) -> Self {
+        self.requirements
+            .modules
+            .extend(modules.into_iter().map(Into::into));
+        self
+    }
+
     /// Turns on kernel tracing (a tracer or trace events) while the test runs.
     #[must_use]
     pub fn with_trace(mut self, trace: impl Into<String>) -> Self {

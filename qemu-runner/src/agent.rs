@@ -14,7 +14,10 @@ use orchestrator_core::Command;
 pub const ORCH_DIR: &str = "orch";
 
 /// The `/init` script. It reads `/orch/limit` (bytes of each stream to send), `/orch/modules`
-/// (module files to `insmod`, dependencies first), `/orch/env` (sourced) and runs `/orch/run.sh` in `/work`.
+/// (module files to `insmod`, dependencies first, each with the `<module>.<param>=<value>`
+/// parameters of the kernel command line, as modprobe does; what loading them printed is kept in
+/// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced) and runs `/orch/run.sh` in
+/// `/work`.
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 # Guest agent of qemu-runner. PID 1. Speaks ORCH1 records on the console.
 B=/bin/busybox
@@ -30,15 +33,26 @@ exec 0</dev/console 1>/dev/console 2>&1
 stty -echo 2>/dev/null
 nonce=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 say() { echo "ORCH1 $nonce $*"; }
+kmsg=/dev/null
 if [ -s /orch/modules ]; then
     for m in $(cat /orch/modules); do
-        insmod "$m" >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
+        # Parameters from the kernel command line (`<module>.<param>=<value>`), as modprobe does.
+        n=${m##*/}
+        n=${n%.ko}
+        n=${n//-/_}
+        p=
+        for a in $(cat /proc/cmdline); do
+            case "$a" in "$n".*) p="$p ${a#"$n".}" ;; esac
+        done
+        insmod "$m" $p >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
     done
+    # What loading them printed (a test module's results) stays readable for the test.
+    kmsg=/tmp/modules-kmsg.log
 fi
 # A crashing user-space program leaves a core named after it and its signal.
 echo '/tmp/orch/cores/core.%e.%s.%p' >/proc/sys/kernel/core_pattern 2>/dev/null
 t=/sys/kernel/tracing
-dmesg -c >/dev/null 2>&1
+dmesg -c >$kmsg 2>&1
 
 send() {
     f=/tmp/orch/$1
@@ -140,7 +154,7 @@ run_one() {
         unset -f say send send_channel clean_work load_settings run_one
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
-            test_id tracing acks leftover extra pending rest arg maybe
+            test_id tracing acks leftover extra pending rest arg maybe kmsg a
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
