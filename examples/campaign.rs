@@ -1,6 +1,9 @@
-//! Runs a plan file: progress while it runs, a summary table at the end, JUnit XML and a JSON
-//! report in the output directory. Ctrl-C (or SIGTERM) stops running tests cleanly and still
-//! writes both reports; a second Ctrl-C exits at once.
+//! Runs a plan file: progress while it runs, a summary table at the end, JUnit XML, a JSON
+//! report and an HTML report in the output directory. Every test is watched by the monitor
+//! (unless the plan's `[monitor]` says `enabled = false`) and its artifacts go into the artifact
+//! store (the plan's `[store]`, else `<out>/store`; `--store` overrides), with the plan's
+//! retention applied after the run. Ctrl-C (or SIGTERM) stops running tests cleanly and still
+//! writes the reports; a second Ctrl-C exits at once.
 //!
 //! Exit codes: 0 when every test succeeded, 1 when some failed, 2 for a bad plan or bad
 //! arguments, 130 when interrupted.
@@ -11,6 +14,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use orchestrator_core::artifact_store::{ArtifactStore, StoreOptions};
+use orchestrator_core::perf_monitor::Monitor;
+use orchestrator_core::plan::StorePlan;
 use orchestrator_core::progress::{Progress, ProgressMode};
 use orchestrator_core::{
     CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
@@ -32,6 +38,13 @@ struct Args {
     /// Progress display: auto (bar on a terminal), lines, quiet.
     #[arg(long, default_value = "auto")]
     progress: String,
+    /// The artifact store's directory (overrides the plan's `[store] path`; default
+    /// `<out>/store`).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Keep no artifacts in a store.
+    #[arg(long, conflicts_with = "store")]
+    no_store: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,9 +84,43 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         runner_config.kill_grace = grace;
     }
     // Host processes by default; `runner = "qemu"` boots a guest per test.
-    let orchestrator = Orchestrator::new(config)
+    let qemu = match &plan.settings.qemu {
+        Some(q) => QemuConfig::from_plan(q),
+        None => QemuConfig::new(),
+    };
+    let mut orchestrator = Orchestrator::new(config)
         .with_runner(ProcessRunner::new(runner_config))
-        .with_runner(QemuRunner::new(QemuConfig::new()));
+        .with_runner(QemuRunner::new(qemu));
+    let monitor = plan.settings.monitor.clone().unwrap_or_default();
+    if monitor.enabled {
+        orchestrator = orchestrator.with_monitor(Monitor::new(monitor.config()));
+    }
+    if !args.no_store {
+        let mut store = plan
+            .settings
+            .store
+            .clone()
+            .unwrap_or_else(|| StorePlan::new(args.out.join("store")));
+        if let Some(dir) = &args.store {
+            store.path = dir.clone();
+        }
+        // Shown in the summary: without the `..` of a plan-relative path.
+        std::fs::create_dir_all(&store.path).with_context(|| {
+            format!("cannot create the artifact store {}", store.path.display())
+        })?;
+        let root = std::fs::canonicalize(&store.path).unwrap_or_else(|_| store.path.clone());
+        let opened = ArtifactStore::open_with(
+            &root,
+            StoreOptions {
+                durability: store.durability,
+            },
+        )
+        .with_context(|| format!("cannot open the artifact store {}", root.display()))?;
+        orchestrator = orchestrator.with_store(opened);
+        if let Some(retention) = &store.retention {
+            orchestrator = orchestrator.with_retention(retention.policy());
+        }
+    }
     orchestrator
         .validate(&plan.cases)
         .with_context(|| format!("plan {} cannot run", args.plan.display()))?;
@@ -89,13 +136,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let junit = args.out.join("junit.xml");
     let json = args.out.join("report.json");
+    let html = args.out.join("report.html");
     report.write_junit(&junit)?;
     report.write_json(&json)?;
+    report.write_html(&html)?;
     print!(
         "{}",
         report::summary_table(&report, std::io::stdout().is_terminal())
     );
-    println!("reports: {} {}", junit.display(), json.display());
+    println!(
+        "reports: {} {} {}",
+        junit.display(),
+        json.display(),
+        html.display()
+    );
     Ok(
         if report.interrupted == Some(orchestrator_core::Interruption::Cancelled) {
             ExitCode::from(130)

@@ -30,40 +30,85 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-#[test]
-fn the_bundled_demo_plan_passes_and_writes_both_reports() {
-    let out = tempfile::tempdir().unwrap();
+/// Runs the bundled demo plan with its store in `store`.
+fn run_demo(out: &Path, store: &Path) -> (String, serde_json::Value) {
     let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/demo.toml");
     let output = Command::new(campaign_bin())
         .arg(&plan)
         .arg("--out")
-        .arg(out.path())
+        .arg(out)
+        .arg("--store")
+        .arg(store)
+        .arg("--progress")
+        .arg("lines")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("known-failure") && stdout.contains("XFAIL"),
-        "{stdout}"
+    (stdout, json(&out.join("report.json")))
+}
+
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn the_bundled_demo_runs_on_four_architectures_and_a_second_run_dedups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (stdout, report) = run_demo(&dir.path().join("first"), &store);
+    let results = report["results"].as_array().unwrap();
+    // Six tests on each of four architectures, all as expected.
+    assert_eq!(results.len(), 24, "{stdout}");
+    assert_eq!(report["summary"]["failed"], 0, "{stdout}");
+    assert_eq!(report["summary"]["expected_failures"], 4, "{stdout}");
+    for arch in ["x86_64", "aarch64", "armv7", "riscv64"] {
+        assert!(
+            stdout.contains(&format!("kernel-selftest@{arch}")),
+            "{stdout}"
+        );
+        let r = results
+            .iter()
+            .find(|r| r["test_id"] == format!("kernel-selftest@{arch}"))
+            .unwrap();
+        // test_bpf's cases, one subtest each.
+        let subtests = r["subtests"].as_array().unwrap();
+        assert_eq!(subtests.len(), 40, "{r:#}");
+        assert!(subtests.iter().all(|t| t["status"] == "passed"), "{r:#}");
+        // Monitored: peak CPU and memory of the QEMU process.
+        assert!(
+            r["resources"]["peak_rss_bytes"].as_u64().unwrap() > 10 << 20,
+            "{r:#}"
+        );
+    }
+    // The summary table has the monitor's columns and the store's line.
+    for want in ["peak CPU", "peak memory", "XFAIL", "artifacts stored"] {
+        assert!(stdout.contains(want), "`{want}` missing:\n{stdout}");
+    }
+    let first = dir.path().join("first");
+    for f in ["junit.xml", "report.json", "report.html"] {
+        assert!(first.join(f).is_file(), "{f} missing");
+    }
+    let stats = &report["storage"]["stats"];
+    let (logical1, unique1) = (
+        stats["logical_bytes"].as_u64().unwrap(),
+        stats["unique_bytes"].as_u64().unwrap(),
     );
-    let report = json(&out.path().join("report.json"));
-    assert_eq!(report["summary"]["failed"], 0);
-    assert_eq!(report["summary"]["expected_failures"], 1);
-    let artifacts = report["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["test_id"] == "artifacts")
-        .unwrap()["artifacts"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(artifacts, 3);
-    assert!(out.path().join("junit.xml").is_file());
+
+    // A second run into the same store: what did not change (kernel logs of identical boots,
+    // uname output, ...) is stored once, so the store grows by less than it is given.
+    let (_, second) = run_demo(&dir.path().join("second"), &store);
+    let stats = &second["storage"]["stats"];
+    let (logical2, unique2) = (
+        stats["logical_bytes"].as_u64().unwrap(),
+        stats["unique_bytes"].as_u64().unwrap(),
+    );
+    assert!(logical2 > logical1, "{stats:#}");
+    assert!(
+        unique2 - unique1 < logical2 - logical1,
+        "no dedup: {unique1} -> {unique2} unique bytes for {logical1} -> {logical2} logical"
+    );
 }
 
 #[test]

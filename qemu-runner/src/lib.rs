@@ -40,6 +40,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod ktap;
 pub mod modules;
+mod plan;
 pub mod profile;
 pub mod protocol;
 pub mod provision;

@@ -82,6 +82,11 @@ pub struct QemuConfig {
     /// file, pristine, in a fraction of a boot's time. Tests are sent and results come back
     /// as in session mode.
     pub snapshot_reset: bool,
+    /// Most QEMU VMs running at once, at least 1: a test waits for a free slot before its VM
+    /// starts, and holds it until its result is ready (a session guest or a restored snapshot
+    /// counts as one VM while it runs a test; idle session guests do not count). `None`: the
+    /// number of CPUs.
+    pub pool: Option<usize>,
 }
 
 impl QemuConfig {
@@ -106,6 +111,7 @@ impl QemuConfig {
             virtio_artifacts: true,
             session: false,
             snapshot_reset: false,
+            pool: None,
         }
     }
 
@@ -171,6 +177,8 @@ pub struct QemuRunner {
     /// Saved guests for snapshot reset, by what they were booted with.
     snapshots: Mutex<HashMap<String, std::sync::Arc<tokio::sync::OnceCell<Snapshot>>>>,
     boots: std::sync::atomic::AtomicU32,
+    /// One permit per VM that may run at once ([`QemuConfig::pool`]).
+    pool: tokio::sync::Semaphore,
 }
 
 const NAME: &str = "qemu";
@@ -178,7 +186,12 @@ const NAME: &str = "qemu";
 impl QemuRunner {
     /// A runner with these settings.
     pub fn new(config: QemuConfig) -> Self {
+        let pool = config
+            .pool
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         QemuRunner {
+            pool: tokio::sync::Semaphore::new(pool),
             config,
             accel: tokio::sync::Mutex::new(HashMap::new()),
             manifest: Mutex::new(None),
@@ -716,6 +729,18 @@ impl TestRunner for QemuRunner {
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        // One VM slot for the whole execution; the semaphore is never closed.
+        let _slot = tokio::select! {
+            biased;
+            permit = self.pool.acquire() => permit
+                .map_err(|e| RunnerError::with_source("the VM pool is closed", e))?,
+            () = ctx.cancel_token().cancelled() => {
+                let mut result = TestResult::new(case, NAME, Outcome::Cancelled);
+                result.message =
+                    Some("the run was cancelled while the test waited for a free VM slot".into());
+                return Ok(result);
+            }
+        };
         if self.config.snapshot_reset {
             return self.execute_from_snapshot(case, ctx).await;
         }
@@ -1941,5 +1966,58 @@ async fn drain_after_crash(vm: &mut Vm, watch: &mut Watch) {
         if wait(vm, watch, until, &never).await == Wait::Deadline {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A runner whose executions fail before anything boots: its QEMU binary does not exist.
+    fn runner(pool: Option<usize>) -> QemuRunner {
+        let mut config = QemuConfig::new().with_images(ImageSource::Custom(BTreeMap::new()));
+        config.pool = pool;
+        for profile in config.profiles.values_mut() {
+            profile.qemu = "/nonexistent/qemu-system".into();
+        }
+        QemuRunner::new(config)
+    }
+
+    #[test]
+    fn the_pool_defaults_to_the_cpu_count() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runner(None).pool.available_permits(), cpus);
+        assert_eq!(runner(Some(3)).pool.available_permits(), 3);
+        assert_eq!(runner(Some(0)).pool.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn executions_wait_for_a_free_slot() {
+        let runner = runner(Some(1));
+        let case = TestCase::script("t", "true");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ExecutionContext::new(&case, dir.path());
+
+        let held = runner.pool.acquire().await.unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(100), runner.execute(&case, &ctx)).await;
+        assert!(waiting.is_err(), "the execution must wait for the slot");
+        drop(held);
+        let err = runner.execute(&case, &ctx).await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/qemu-system"),
+            "{err}"
+        );
+        assert_eq!(runner.pool.available_permits(), 1, "the slot is given back");
+
+        // A run cancelled while the test waits ends the wait.
+        let _held = runner.pool.acquire().await.unwrap();
+        let cancel = CancellationToken::new();
+        let ctx = ExecutionContext::new(&case, dir.path()).with_cancel(cancel.clone());
+        cancel.cancel();
+        let result = runner.execute(&case, &ctx).await.unwrap();
+        assert_eq!(result.outcome, Outcome::Cancelled);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask`), then
 //!   runs formatting and lint checks and the whole test suite, heavy tests included.
-//! - `cargo xtask demo`: runs the bundled campaign and writes its reports under `target/demo`.
+//! - `cargo xtask demo`: provisions QEMU and the guest images if missing, runs the bundled
+//!   four-architecture campaign and writes its reports under `target/demo`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +18,9 @@ tasks:
   test [--no-lints] [-- <nextest args>]
         install test prerequisites, check formatting, clippy and docs, then run every test
         (heavy tests included); fails if anything fails
-  demo  run the bundled campaign (examples/plans/demo.toml); reports go to target/demo
+  demo  install QEMU and the guest images if missing, then run the bundled four-architecture
+        campaign (examples/plans/demo.toml): summary table, JUnit, JSON and HTML reports in
+        target/demo, artifacts in target/demo/store (run it twice to see dedup)
 ";
 
 fn main() {
@@ -86,9 +89,11 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     }
 
     // Prerequisites, installed once: Python's junitparser (under target/xtask), GNU cpio,
-    // QEMU, and the Debian guest images (in the image cache).
+    // Chromium (the HTML report's browser test), QEMU, and the Debian guest images (in the
+    // image cache).
     let python = ensure_junitparser(root)?;
     ensure_apt_tool("cpio", "cpio")?;
+    ensure_chromium()?;
     provision_guests()?;
 
     if lints {
@@ -160,6 +165,32 @@ fn ensure_apt_tool(command: &str, package: &str) -> Result<()> {
     let mut apt = Command::new("apt-get");
     apt.args(["install", "-y", "-q", "--no-install-recommends", package]);
     step(&format!("apt-get install {package}"), apt)
+}
+
+/// Debian's Chromium, which the HTML report test runs headless, unless a `chromium` (Debian) or
+/// `chromium-browser` is already in PATH. Like QEMU's installation: `apt-get update` only when
+/// the first attempt fails, then once more.
+fn ensure_chromium() -> Result<()> {
+    let present = ["chromium", "chromium-browser"].into_iter().any(|command| {
+        Command::new(command)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if present {
+        return Ok(());
+    }
+    let apt_get = |args: &[&str]| {
+        let mut apt = Command::new("apt-get");
+        apt.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        apt
+    };
+    let install = || apt_get(&["install", "-y", "-q", "--no-install-recommends", "chromium"]);
+    if step("apt-get install chromium", install()).is_err() {
+        step("apt-get update", apt_get(&["update", "-q"]))?;
+        step("apt-get install chromium", install())?;
+    }
+    Ok(())
 }
 
 /// QEMU for the four architectures and the stock Debian kernels and busybox the boot tests use.
@@ -256,6 +287,9 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     if let Some(a) = args.first() {
         bail!("unknown option `{a}` for `demo`\n\n{USAGE}");
     }
+    // What is missing first: QEMU and the four default guest images (cached after the first
+    // time).
+    provision_guests()?;
     let out = root.join("target/demo");
     let mut c = cargo();
     c.args([

@@ -24,6 +24,12 @@
 //! kernel = "images/Image"
 //! ```
 //!
+//! A test with several architectures (`arch = ["x86_64", "aarch64"]`) runs once on each, as
+//! `<id>@<arch>`. The `[qemu]`, `[store]` and `[monitor]` tables configure the QEMU runner
+//! ([`QemuPlan`]), the artifact store and its retention ([`StorePlan`], [`RetentionPlan`]) and
+//! the resource monitor ([`MonitorPlan`]); they are data in [`PlanSettings`] for the program
+//! running the plan to apply.
+//!
 //! [`DEFAULT_PLAN`] is a commented reference of every key. Every table rejects keys it does not
 //! know, and every value is checked before anything runs: [`load`] returns either a whole,
 //! valid [`Plan`] or a [`PlanError`] that names the file, line, column and key, and says how to
@@ -60,6 +66,7 @@
 
 mod error;
 mod parse;
+mod settings;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,6 +74,7 @@ use std::time::Duration;
 use crate::case::TestCase;
 
 pub use error::{Location, PlanError};
+pub use settings::{MonitorPlan, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
 
 /// A commented reference plan listing every key with its default; it parses into a valid plan
 /// of a few tests that run anywhere with the host-process runner.
@@ -77,16 +85,18 @@ pub const DEFAULT_PLAN: &str = include_str!("../../default-plan.toml");
 pub struct Plan {
     /// The plan's name (the top-level `name` key).
     pub name: Option<String>,
-    /// The `[run]` settings.
+    /// The run's settings: `[run]`, `[qemu]`, `[store]` and `[monitor]`.
     pub settings: PlanSettings,
-    /// The tests, in file order, with `[defaults]` applied.
+    /// The tests, in file order, with `[defaults]` applied. A test with several
+    /// architectures (`arch = ["x86_64", "aarch64"]`) is one case per architecture, in the
+    /// order given, with the id `<id>@<arch>`.
     pub cases: Vec<TestCase>,
     /// The file the plan was read from, as given.
     pub source: PathBuf,
 }
 
-/// How the plan wants to be run: the `[run]` table. `None` leaves a setting to the program
-/// running the plan.
+/// How the plan wants to be run: the `[run]` table, and the `[qemu]`, `[store]` and `[monitor]`
+/// tables. `None` leaves a setting, or a whole table, to the program running the plan.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PlanSettings {
     /// How many tests run at once (`parallelism`, at least 1).
@@ -101,6 +111,12 @@ pub struct PlanSettings {
     pub kill_grace: Option<Duration>,
     /// How many bytes of each output stream are kept per test (`output-limit`, at least 1024).
     pub output_limit: Option<usize>,
+    /// How the QEMU runner boots guests: the `[qemu]` table.
+    pub qemu: Option<QemuPlan>,
+    /// Where artifacts are stored and how long they are kept: the `[store]` table.
+    pub store: Option<StorePlan>,
+    /// How the host processes of each test are monitored: the `[monitor]` table.
+    pub monitor: Option<MonitorPlan>,
 }
 
 /// Reads and checks a plan file. Relative paths in it (`files` sources, `kernel`) are resolved
@@ -155,6 +171,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::artifact_store;
     use crate::case::{Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements};
 
     fn parse_ok(text: &str) -> Plan {
@@ -210,6 +227,7 @@ mod tests {
                 retries: 2,
                 kill_grace: Some(Duration::from_millis(2500)),
                 output_limit: Some(64 * 1024),
+                ..PlanSettings::default()
             }
         );
         let plan = parse_ok("run.output-limit = 4096\n[[test]]\nid = \"a\"\nscript = \"true\"\n");
@@ -553,6 +571,471 @@ mod tests {
         );
     }
 
+    const TEST: &str = "[[test]]\nid = \"t\"\nscript = \"true\"\n";
+
+    #[test]
+    fn arch_arrays_fan_out() {
+        let plan = parse_ok(
+            r#"
+            [defaults]
+            arch = ["x86_64", "arm64"]
+
+            [[test]]
+            id = "inherits"
+            script = "uname -m"
+
+            [[test]]
+            id = "single"
+            name = "One architecture"
+            script = "uname -m"
+            arch = "riscv64"
+
+            [[test]]
+            id = "named"
+            name = "Several architectures"
+            script = "uname -m"
+            arch = ["riscv64", "armhf", "x86_64"]
+
+            [[test]]
+            id = "one-of-one"
+            script = "uname -m"
+            arch = ["aarch64"]
+            "#,
+        );
+        let summary: Vec<(&str, &str, Option<Arch>)> = plan
+            .cases
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.requirements.arch))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("inherits@x86_64", "inherits@x86_64", Some(Arch::X86_64)),
+                ("inherits@aarch64", "inherits@aarch64", Some(Arch::Aarch64)),
+                ("single", "One architecture", Some(Arch::Riscv64)),
+                (
+                    "named@riscv64",
+                    "Several architectures",
+                    Some(Arch::Riscv64)
+                ),
+                ("named@armv7", "Several architectures", Some(Arch::Armv7)),
+                ("named@x86_64", "Several architectures", Some(Arch::X86_64)),
+                (
+                    "one-of-one@aarch64",
+                    "one-of-one@aarch64",
+                    Some(Arch::Aarch64)
+                ),
+            ]
+        );
+        // Everything else is the same in every copy.
+        assert_eq!(plan.cases[3].command, plan.cases[4].command);
+
+        // [defaults] after the tests still applies.
+        let plan = parse_ok(
+            "[[test]]\nid = \"a\"\nscript = \"true\"\n[defaults]\narch = [\"armv7\", \"riscv64\"]\n",
+        );
+        let ids: Vec<&str> = plan.cases.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["a@armv7", "a@riscv64"]);
+    }
+
+    #[test]
+    fn arch_array_errors() {
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\narch = []\n");
+        assert!(
+            err.starts_with("test.toml:4:8: `arch` in test `a` is an empty array"),
+            "{err}"
+        );
+        let err = parse_err(
+            "[defaults]\narch = [\"x86_64\", \"x86_64\"]\n[[test]]\nid = \"a\"\nscript = \"true\"\n",
+        );
+        assert!(
+            err.starts_with("test.toml:2:19: `arch` in [defaults] lists x86_64 twice\n"),
+            "{err}"
+        );
+        let err =
+            parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\narch = [\"x86_64\", \"mips\"]\n");
+        assert!(
+            err.starts_with(
+                "test.toml:4:19: `arch` in test `a` is not a supported architecture: \"mips\""
+            ),
+            "{err}"
+        );
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\narch = [\"x86_64\", 64]\n");
+        assert!(
+            err.starts_with("test.toml:4:19: each entry of `arch` in test `a` must be a string, not the integer 64"),
+            "{err}"
+        );
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\narch = 64\n");
+        assert!(
+            err.contains("must be an architecture name or an array of them, not the integer 64"),
+            "{err}"
+        );
+
+        // Expanded ids are unique too, whichever comes first.
+        let err = parse_err(
+            "[[test]]\nid = \"a\"\nscript = \"true\"\narch = [\"x86_64\", \"aarch64\"]\n\
+             [[test]]\nid = \"a@aarch64\"\nscript = \"true\"\n",
+        );
+        assert!(
+            err.starts_with(
+                "test.toml:6:6: duplicate test id `a@aarch64`: test `a` on line 2 already uses \
+                 it on aarch64"
+            ),
+            "{err}"
+        );
+        let err = parse_err(
+            "[defaults]\narch = [\"amd64\"]\n[[test]]\nid = \"a@x86_64\"\nscript = \"true\"\narch = \"x86_64\"\n\
+             [[test]]\nid = \"a\"\nscript = \"true\"\n",
+        );
+        assert!(
+            err.starts_with(
+                "test.toml:8:6: test `a` on x86_64 gets the id `a@x86_64`, which the test on \
+                 line 4 already uses"
+            ),
+            "{err}"
+        );
+
+        // An id that becomes too long.
+        let long = "x".repeat(125);
+        let err = parse_err(&format!(
+            "[[test]]\nid = \"{long}\"\nscript = \"true\"\narch = [\"armv7\", \"aarch64\"]\n"
+        ));
+        assert!(err.starts_with("test.toml:2:6: "), "{err}");
+        assert!(err.contains("is longer than 128 characters"), "{err}");
+        assert!(
+            err.contains("shorten the id to at most 120 characters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_accept_days_and_weeks() {
+        let plan = parse_ok(&format!(
+            "[store]\npath = \"s\"\n[store.retention]\nmax-age = \"7d\"\nkeep-passes-for = \"2w\"\n\
+             keep-failures-for = \"1day 12h\"\n{TEST}"
+        ));
+        let rules = plan.settings.store.unwrap().retention.unwrap();
+        assert_eq!(rules.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            rules.keep_passes_for,
+            Some(Duration::from_secs(14 * 86_400))
+        );
+        assert_eq!(
+            rules.keep_failures_for,
+            Some(Duration::from_secs(36 * 3_600))
+        );
+    }
+
+    #[test]
+    fn qemu_table() {
+        let plan = parse_ok(&format!(
+            r#"
+            [qemu]
+            session = true
+            pool = 1
+            virtio-artifacts = true
+            max-artifact-bytes = 1048576
+            max-artifact-files = 1
+            serial-artifact-limit = "1KiB"
+            modules = ["virtio_rng", "zram"]
+            [qemu.profile.amd64]
+            boot-timeout = 90
+            extra-args = []
+            [qemu.profile.riscv64]
+            cpus = 4
+            {TEST}"#
+        ));
+        let qemu = plan.settings.qemu.unwrap();
+        assert!(qemu.session && !qemu.snapshot_reset && qemu.virtio_artifacts);
+        assert_eq!(qemu.pool, Some(1));
+        assert_eq!(qemu.max_artifact_bytes, Some(1 << 20));
+        assert_eq!(qemu.max_artifact_files, Some(1));
+        assert_eq!(qemu.serial_artifact_limit, Some(1024));
+        assert_eq!(qemu.modules, ["virtio_rng", "zram"]);
+        let x86 = ProfileOverride {
+            boot_timeout: Some(Duration::from_secs(90)),
+            extra_args: Some(Vec::new()),
+            ..ProfileOverride::default()
+        };
+        let riscv = ProfileOverride {
+            cpus: Some(4),
+            ..ProfileOverride::default()
+        };
+        assert_eq!(
+            qemu.profiles,
+            BTreeMap::from([(Arch::X86_64, x86), (Arch::Riscv64, riscv)])
+        );
+
+        // An empty table is the defaults; the tables may come in any order.
+        let plan = parse_ok(&format!(
+            "[qemu]\n[run]\nparallelism = 2\n[monitor]\n{TEST}"
+        ));
+        assert_eq!(plan.settings.qemu, Some(QemuPlan::default()));
+        assert_eq!(plan.settings.parallelism, Some(2));
+        assert_eq!(plan.settings.monitor, Some(MonitorPlan::default()));
+        // Both modes may be written down as long as one is off.
+        let plan = parse_ok(&format!(
+            "[qemu]\nsession = false\nsnapshot-reset = true\n{TEST}"
+        ));
+        assert!(plan.settings.qemu.unwrap().snapshot_reset);
+    }
+
+    #[test]
+    fn qemu_errors() {
+        for (table, says) in [
+            (
+                "[qemu]\npool = 0\n",
+                "test.toml:2:8: `pool` in [qemu] must be at least 1, not 0",
+            ),
+            (
+                "[qemu]\nmax-artifact-files = 0\n",
+                "test.toml:2:22: `max-artifact-files` in [qemu] must be at least 1, not 0",
+            ),
+            (
+                "[qemu]\nmax-artifact-bytes = 10\n",
+                "test.toml:2:22: `max-artifact-bytes` in [qemu] must be at least 1KiB (1024 bytes), not 10 bytes",
+            ),
+            (
+                "[qemu]\nsnapshot-reset = \"true\"\n",
+                "test.toml:2:18: `snapshot-reset` in [qemu] must be `true` or `false`, not the string \"true\"\n  help: remove the quotes: `snapshot-reset = true`",
+            ),
+            (
+                "[qemu]\nsnapshot-reset = true\nsession = true\n",
+                "test.toml:3:1: `session` and `snapshot-reset` in [qemu] cannot both be on",
+            ),
+            (
+                "[qemu]\nmodules = [\"virtio rng\"]\n",
+                "test.toml:2:12: `modules` entry \"virtio rng\" in [qemu] is not a kernel module name",
+            ),
+            (
+                "qemu = 1\n",
+                "test.toml:1:8: `qemu` at the top level of the plan must be a table",
+            ),
+            (
+                "[qemu]\nprofile = 1\n",
+                "test.toml:2:11: `profile` in [qemu] must be a table, not the integer 1",
+            ),
+            (
+                "[qemu.profile]\nx86_64 = \"q35\"\n",
+                "test.toml:2:10: `x86_64` in [qemu.profile] must be a table, not the string \"q35\"\n  help: put the x86_64 settings under a `[qemu.profile.x86_64]` line",
+            ),
+            (
+                "[qemu.profile.mips]\n",
+                "test.toml:1:15: `mips` in [qemu.profile.mips] is not a supported architecture\n  help: use one of",
+            ),
+            (
+                "[qemu.profile.x86_64]\nmemory = \"1536KiB\"\n",
+                "test.toml:2:10: `memory` in [qemu.profile.x86_64] must be a whole number of MiB",
+            ),
+            (
+                "[qemu.profile.x86_64]\ncpus = 0\n",
+                "test.toml:2:8: `cpus` in [qemu.profile.x86_64] must be at least 1, not 0",
+            ),
+            (
+                "[qemu.profile.x86_64]\nmachine = \"\"\n",
+                "test.toml:2:11: `machine` in [qemu.profile.x86_64] is empty",
+            ),
+            (
+                "[qemu.profile.x86_64]\nkernel-args = [\"quiet\", \" \"]\n",
+                "test.toml:2:25: an entry of `kernel-args` in [qemu.profile.x86_64] is blank",
+            ),
+            (
+                "[qemu.profile.x86_64]\nboot-timeout = \"0s\"\n",
+                "test.toml:2:16: `boot-timeout` in [qemu.profile.x86_64] must be greater than zero",
+            ),
+            (
+                "[qemu]\nmemory = 512\n",
+                "test.toml:2:1: unknown key `memory` in [qemu]\n  help: `memory` is a per-test setting",
+            ),
+            (
+                "[qemu]\nsesion = true\n",
+                "test.toml:2:1: unknown key `sesion` in [qemu]\n  help: did you mean `session`?",
+            ),
+            (
+                "[run]\npool = 2\n",
+                "test.toml:2:1: unknown key `pool` in [run]\n  help: `pool` is a setting of the QEMU runner: move it into the [qemu] table",
+            ),
+        ] {
+            let err = parse_err(&format!("{table}{TEST}"));
+            assert!(err.starts_with(says), "{table}:\n{err}");
+        }
+        let err = parse_err(&format!(
+            "[qemu.profile.x86_64]\ncpus = 2\n[qemu.profile.amd64]\n{TEST}"
+        ));
+        assert!(
+            err.starts_with("test.toml:3:15: [qemu.profile.amd64] and [qemu.profile.x86_64] are both the profile of x86_64"),
+            "{err}"
+        );
+        let err = parse(
+            &format!("[qemu.profile.arm64]\nmemroy = 1\n{TEST}"),
+            Path::new("test.toml"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.key(), Some("qemu.profile.arm64.memroy"));
+    }
+
+    #[test]
+    fn store_table() {
+        let plan = parse(
+            &format!("[store]\npath = \"store\"\n{TEST}"),
+            Path::new("plans/p.toml"),
+            Path::new("plans"),
+        )
+        .unwrap();
+        assert_eq!(plan.settings.store, Some(StorePlan::new("plans/store")));
+        let plan = parse_ok(&format!(
+            "[store]\npath = \"/var/lib/store\"\ndurability = \"fsync\"\n[store.retention]\n{TEST}"
+        ));
+        let store = plan.settings.store.unwrap();
+        assert_eq!(store.path, Path::new("/var/lib/store"));
+        assert_eq!(store.durability, artifact_store::Durability::Fsync);
+        assert_eq!(store.retention, Some(RetentionPlan::default()));
+        // Dotted keys work as well as tables.
+        let plan = parse_ok(&format!(
+            "store.path = \"s\"\nstore.retention.kind-max-age.log = \"1h\"\n{TEST}"
+        ));
+        let rules = plan.settings.store.unwrap().retention.unwrap();
+        assert_eq!(
+            rules.kind_max_age,
+            BTreeMap::from([(artifact_store::ArtifactKind::Log, Duration::from_secs(3600))])
+        );
+    }
+
+    #[test]
+    fn store_errors() {
+        for (table, says) in [
+            (
+                "[store.retention]\nmax-age = \"1d\"\n",
+                "test.toml:1:2: [store] has no `path`",
+            ),
+            (
+                "[store]\npath = \"\"\n",
+                "test.toml:2:8: `path` in [store] is empty",
+            ),
+            (
+                "[store]\npath = \"s\"\ndurability = \"sync\"\n",
+                "test.toml:3:14: `durability` in [store] must be \"fsync\" or \"relaxed\", not \"sync\"\n  help: did you mean \"fsync\"?",
+            ),
+            (
+                "[store]\npath = \"s\"\nretention = []\n",
+                "test.toml:3:13: `retention` in [store] must be a table, not an array",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nkeep-last-runs = 0\n",
+                "test.toml:4:18: `keep-last-runs` in [store.retention] must be at least 1, not 0",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nmax-total-size = \"1GB\"\n",
+                "test.toml:4:18: `max-total-size` in [store.retention] is not a valid size: `GB` is ambiguous",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nkind-max-age = { log = \"forever\" }\n",
+                "test.toml:4:24: `log` in `kind-max-age` of [store.retention] is not a valid duration",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nkind-max-age = { blob = \"1d\" }\n",
+                "test.toml:4:18: unknown kind of artifact `blob` in `kind-max-age` of [store.retention]\n  help: the kinds are `log`, `console`, `core-dump`, `trace`, `screenshot`, `metrics` and `other`",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nkind-budgets = { core_dump = 10 }\n",
+                "test.toml:4:18: unknown kind of artifact `core_dump` in `kind-budgets` of [store.retention]\n  help: did you mean `core-dump`?",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nkind-budgets = \"1GiB\"\n",
+                "test.toml:4:16: `kind-budgets` in [store.retention] must be a table, not the string \"1GiB\"\n  help: for example: `kind-budgets = { core-dump = \"1GiB\" }`",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nlast-passing-run = 1\n",
+                "test.toml:4:20: `last-passing-run` in [store.retention] must be `true` or `false`, not the integer 1",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\npin-tags = [\"release\", \"\"]\n",
+                "test.toml:4:24: an entry of `pin-tags` in [store.retention] is empty",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\nmax-age = \"7d\"\nmaxage = 1\n",
+                "test.toml:5:1: unknown key `maxage` in [store.retention]\n  help: did you mean `max-age`?",
+            ),
+            (
+                "[store]\npath = \"s\"\n[store.retention]\ndurability = \"fsync\"\n",
+                "test.toml:4:1: unknown key `durability` in [store.retention]\n  help: `durability` is a setting of the artifact store: move it into the [store] table",
+            ),
+        ] {
+            let err = parse_err(&format!("{table}{TEST}"));
+            assert!(err.starts_with(says), "{table}:\n{err}");
+        }
+    }
+
+    #[test]
+    fn monitor_table() {
+        let plan = parse_ok(&format!(
+            "[monitor]\nenabled = false\ninterval = 0.01\n{TEST}"
+        ));
+        let monitor = plan.settings.monitor.unwrap();
+        assert!(!monitor.enabled);
+        assert_eq!(monitor.interval, Duration::from_millis(10));
+        for (table, says) in [
+            (
+                "[monitor]\ninterval = 0.005\n",
+                "test.toml:2:12: `interval` in [monitor] must be at least 10ms, not 5ms",
+            ),
+            (
+                "[monitor]\nenabled = \"false\"\n",
+                "test.toml:2:11: `enabled` in [monitor] must be `true` or `false`, not the string \"false\"\n  help: remove the quotes: `enabled = false`",
+            ),
+            (
+                "[monitor]\nintervall = \"1s\"\n",
+                "test.toml:2:1: unknown key `intervall` in [monitor]\n  help: did you mean `interval`?",
+            ),
+            (
+                "interval = \"1s\"\n",
+                "test.toml:1:1: unknown key `interval` at the top level of the plan\n  help: `interval` is a setting of the monitor: move it into the [monitor] table",
+            ),
+        ] {
+            let err = parse_err(&format!("{table}{TEST}"));
+            assert!(err.starts_with(says), "{table}:\n{err}");
+        }
+    }
+
+    #[test]
+    fn default_plan_commented_tables_are_valid() {
+        // Uncomment the key and header lines of the [qemu] and [store] sections.
+        let start = DEFAULT_PLAN.find("# [qemu]").expect("[qemu] is documented");
+        let end = DEFAULT_PLAN
+            .find("\n[monitor]")
+            .expect("[monitor] is documented");
+        let is_toml = |line: &str| {
+            line.starts_with('[')
+                || line
+                    .split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        };
+        let section: String = DEFAULT_PLAN[start..end]
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(code) if is_toml(code) => format!("{code}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let text = format!("{section}{TEST}");
+        let plan = parse(&text, Path::new("default-plan.toml"), Path::new("base"))
+            .unwrap_or_else(|e| panic!("the commented tables should parse:\n{e}\n\n{text}"));
+        let qemu = plan.settings.qemu.unwrap();
+        assert!(!qemu.session && !qemu.snapshot_reset && qemu.virtio_artifacts);
+        assert_eq!(qemu.max_artifact_bytes, Some(1 << 30));
+        assert_eq!(qemu.max_artifact_files, Some(10_000));
+        assert_eq!(qemu.serial_artifact_limit, Some(4 << 20));
+        let arm = &qemu.profiles[&Arch::Aarch64];
+        assert_eq!(arm.memory_mib, Some(512));
+        assert_eq!(arm.boot_timeout, Some(Duration::from_secs(20)));
+        let store = plan.settings.store.unwrap();
+        assert_eq!(store.path, Path::new("base/artifacts"));
+        let rules = store.retention.unwrap();
+        assert!(!rules.first_failure_after_pass && !rules.last_passing_run);
+        assert_eq!(rules.pin_tags, ["release"]);
+    }
+
     #[test]
     fn default_plan_is_valid() {
         let plan = parse(
@@ -562,6 +1045,9 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("default-plan.toml should parse:\n{e}"));
         assert!(plan.cases.len() >= 2);
+        assert_eq!(plan.settings.monitor, Some(MonitorPlan::default()));
+        assert_eq!(plan.settings.qemu, None);
+        assert_eq!(plan.settings.store, None);
         for case in &plan.cases {
             assert!(
                 case.requirements.is_empty(),
@@ -573,10 +1059,28 @@ mod tests {
 
     #[test]
     fn default_plan_documents_every_key() {
-        for table in ["[run]", "[defaults]", "[[test]]"] {
+        for table in [
+            "[run]",
+            "[defaults]",
+            "[[test]]",
+            "[qemu]",
+            "[qemu.profile.",
+            "[store]",
+            "[store.retention]",
+            "[monitor]",
+        ] {
             assert!(DEFAULT_PLAN.contains(table), "{table} is not documented");
         }
-        let tables = ["run", "defaults", "test"];
+        // `qemu` is a table and a key of a profile: the key must be documented.
+        let tables = [
+            "run",
+            "defaults",
+            "test",
+            "store",
+            "monitor",
+            "profile",
+            "retention",
+        ];
         for key in parse::all_keys().filter(|key| !tables.contains(key)) {
             assert!(
                 DEFAULT_PLAN.contains(&format!("{key} = ")),

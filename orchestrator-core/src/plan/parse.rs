@@ -13,10 +13,11 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use artifact_store::{ArtifactKind, Durability};
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
-use super::PlanSettings;
+use super::{MonitorPlan, PlanSettings, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
 use crate::case::{
     Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements, TestCase, TestId,
 };
@@ -79,7 +80,10 @@ pub(super) fn document(text: &str, base_dir: &Path) -> Res<Parsed> {
         let f = Field::new(key, value, &scope);
         match f.key {
             "name" => name = Some(f.text()?.to_owned()),
-            "run" => settings = f.run()?,
+            "run" => f.run(&mut settings)?,
+            "qemu" => settings.qemu = Some(f.qemu()?),
+            "store" => settings.store = Some(f.store(base_dir)?),
+            "monitor" => settings.monitor = Some(f.monitor()?),
             "defaults" => defaults = parser.defaults(&f)?,
             "test" => tests = Some(parser.tests(&f)?),
             _ => return Err(unknown_key(&scope, &f)),
@@ -89,15 +93,18 @@ pub(super) fn document(text: &str, base_dir: &Path) -> Res<Parsed> {
         return Err(Diag::new(0..0, "test", "the plan defines no tests")
             .help("add at least one `[[test]]` table with an `id` and a `command` or `script`"));
     };
+    let cases = parser.expand(tests, &defaults)?;
     Ok(Parsed {
         name,
         settings,
-        cases: tests.into_iter().map(|t| t.build(&defaults)).collect(),
+        cases,
     })
 }
 
 /// The keys of each kind of table.
-const TOP_KEYS: &[&str] = &["name", "run", "defaults", "test"];
+const TOP_KEYS: &[&str] = &[
+    "name", "run", "defaults", "qemu", "store", "monitor", "test",
+];
 const RUN_KEYS: &[&str] = &[
     "parallelism",
     "timeout",
@@ -143,16 +150,74 @@ const TEST_KEYS: &[&str] = &[
 /// Keys of `[[test]]` that `[defaults]` does not take.
 const TEST_ONLY_KEYS: &[&str] = &["id", "name", "command", "script", "files"];
 const FILE_KEYS: &[&str] = &["source", "dest"];
+const QEMU_KEYS: &[&str] = &[
+    "session",
+    "snapshot-reset",
+    "pool",
+    "virtio-artifacts",
+    "max-artifact-bytes",
+    "max-artifact-files",
+    "serial-artifact-limit",
+    "modules",
+    "profile",
+];
+const PROFILE_KEYS: &[&str] = &[
+    "qemu",
+    "machine",
+    "cpu",
+    "memory",
+    "cpus",
+    "display",
+    "extra-args",
+    "kernel-args",
+    "boot-timeout",
+];
+const STORE_KEYS: &[&str] = &["path", "durability", "retention"];
+const RETENTION_KEYS: &[&str] = &[
+    "max-age",
+    "keep-last-runs",
+    "max-total-size",
+    "kind-max-age",
+    "kind-budgets",
+    "keep-failures-for",
+    "keep-passes-for",
+    "first-failure-after-pass",
+    "last-passing-run",
+    "pin-runs",
+    "pin-tags",
+];
+const MONITOR_KEYS: &[&str] = &["enabled", "interval"];
+/// The names of the kinds of artifact, as in [`ArtifactKind::as_str`].
+const KIND_NAMES: &[&str] = &[
+    "log",
+    "console",
+    "core-dump",
+    "trace",
+    "screenshot",
+    "metrics",
+    "other",
+];
 
 const MIB: u64 = 1 << 20;
 
 /// Every key of every table.
 #[cfg(test)]
 pub(super) fn all_keys() -> impl Iterator<Item = &'static str> {
-    [TOP_KEYS, RUN_KEYS, DEFAULTS_KEYS, TEST_KEYS, FILE_KEYS]
-        .into_iter()
-        .flatten()
-        .copied()
+    [
+        TOP_KEYS,
+        RUN_KEYS,
+        DEFAULTS_KEYS,
+        TEST_KEYS,
+        FILE_KEYS,
+        QEMU_KEYS,
+        PROFILE_KEYS,
+        STORE_KEYS,
+        RETENTION_KEYS,
+        MONITOR_KEYS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
 }
 
 /// The kinds of table in a plan.
@@ -163,6 +228,18 @@ enum Kind {
     Defaults,
     Test,
     File,
+    Qemu,
+    /// `[qemu.profile]`, whose keys are architectures.
+    Profiles,
+    /// `[qemu.profile.<arch>]`.
+    Profile,
+    Store,
+    Retention,
+    /// `kind-max-age` in `[store.retention]`, whose keys are kinds of artifact.
+    MaxAges,
+    /// `kind-budgets` in `[store.retention]`, whose keys are kinds of artifact.
+    Budgets,
+    Monitor,
 }
 
 impl Kind {
@@ -173,10 +250,18 @@ impl Kind {
             Kind::Defaults => DEFAULTS_KEYS,
             Kind::Test => TEST_KEYS,
             Kind::File => FILE_KEYS,
+            Kind::Qemu => QEMU_KEYS,
+            Kind::Profiles => ARCH_NAMES,
+            Kind::Profile => PROFILE_KEYS,
+            Kind::Store => STORE_KEYS,
+            Kind::Retention => RETENTION_KEYS,
+            Kind::MaxAges | Kind::Budgets => KIND_NAMES,
+            Kind::Monitor => MONITOR_KEYS,
         }
     }
 
-    /// The start of the dotted path of this table's keys.
+    /// The start of the dotted path of this table's keys (a profile's names its architecture
+    /// too, see [`Scope::profile`]).
     fn prefix(self) -> &'static str {
         match self {
             Kind::Top => "",
@@ -184,6 +269,13 @@ impl Kind {
             Kind::Defaults => "defaults.",
             Kind::Test => "test.",
             Kind::File => "test.files.",
+            Kind::Qemu => "qemu.",
+            Kind::Profiles | Kind::Profile => "qemu.profile.",
+            Kind::Store => "store.",
+            Kind::Retention => "store.retention.",
+            Kind::MaxAges => "store.retention.kind-max-age.",
+            Kind::Budgets => "store.retention.kind-budgets.",
+            Kind::Monitor => "monitor.",
         }
     }
 }
@@ -196,6 +288,8 @@ struct Scope {
     name: String,
     /// Where a key of it is: "in [run]", "at the top level of the plan".
     place: String,
+    /// The start of the dotted path of its keys: "run.", "qemu.profile.arm64.".
+    prefix: String,
 }
 
 impl Scope {
@@ -204,6 +298,7 @@ impl Scope {
             kind: Kind::Top,
             name: "the top level".to_owned(),
             place: "at the top level of the plan".to_owned(),
+            prefix: String::new(),
         }
     }
 
@@ -212,6 +307,15 @@ impl Scope {
             kind,
             name: name.to_owned(),
             place: format!("in {name}"),
+            prefix: kind.prefix().to_owned(),
+        }
+    }
+
+    /// `[qemu.profile.<arch>]`, with the architecture as written.
+    fn profile(arch: &str) -> Self {
+        Scope {
+            prefix: format!("qemu.profile.{arch}."),
+            ..Self::table(Kind::Profile, &format!("[qemu.profile.{arch}]"))
         }
     }
 
@@ -320,6 +424,7 @@ impl Parser<'_> {
         let scope = Scope::test(number, id_hint);
 
         let mut id = None;
+        let mut id_span = header.clone();
         let mut name = None;
         let mut command = None;
         let mut script = None;
@@ -329,7 +434,10 @@ impl Parser<'_> {
         for (key, value) in entries(table) {
             let f = Field::new(key, value, &scope);
             match f.key {
-                "id" => id = Some(self.test_id(&f, seen)?),
+                "id" => {
+                    id = Some(self.test_id(&f, seen)?);
+                    id_span = f.span();
+                }
                 "name" => name = Some(f.text()?.to_owned()),
                 "command" => command = Some((f.command()?, f.key_span.clone())),
                 "script" => script = Some((f.script()?, f.key_span.clone())),
@@ -399,6 +507,7 @@ impl Parser<'_> {
         };
         Ok(RawTest {
             id,
+            id_span,
             name,
             body,
             files,
@@ -430,6 +539,57 @@ impl Parser<'_> {
         seen.insert(text.to_owned(), offset);
         Ok(id)
     }
+
+    /// Applies `defaults` to the tests and gives every architecture of a test with several its
+    /// own case, checking that the ids of all the cases are still unique.
+    fn expand(&self, tests: Vec<RawTest>, defaults: &Common) -> Res<Vec<TestCase>> {
+        /// Which test first used an id, and for which of its architectures.
+        struct First {
+            line: usize,
+            test: TestId,
+            arch: Option<Arch>,
+        }
+        const HELP: &str = "give every test a unique `id`; a test with several architectures \
+                            runs once on each, as `<id>@<arch>`";
+        let mut seen: HashMap<TestId, First> = HashMap::new();
+        let mut cases = Vec::new();
+        for test in tests {
+            let span = test.id_span.clone();
+            let line = self.line_of(span.start);
+            let raw = test.id.clone();
+            for (case, arch) in test.build(defaults)? {
+                if let Some(first) = seen.get(&case.id) {
+                    let message = match (arch, first.arch) {
+                        (Some(arch), _) => format!(
+                            "test `{raw}` on {arch} gets the id `{}`, which the test on line {} \
+                             already uses",
+                            case.id, first.line
+                        ),
+                        (None, Some(first_arch)) => format!(
+                            "duplicate test id `{}`: test `{}` on line {} already uses it on \
+                             {first_arch}",
+                            case.id, first.test, first.line
+                        ),
+                        (None, None) => format!(
+                            "duplicate test id `{}`: the test on line {} already uses it",
+                            case.id, first.line
+                        ),
+                    };
+                    return Err(Diag::new(span, "test.id", message).help(HELP));
+                }
+                seen.insert(
+                    case.id.clone(),
+                    First {
+                        line,
+                        test: raw.clone(),
+                        arch,
+                    },
+                );
+                cases.push(case);
+            }
+        }
+        Ok(cases)
+    }
 }
 
 /// Turns a rejected id into one that would be accepted.
@@ -460,7 +620,7 @@ struct Common {
     tags: Vec<String>,
     runner: Option<String>,
     shell: Option<Vec<String>>,
-    arch: Option<Arch>,
+    arch: Option<Archs>,
     memory_mib: Option<u32>,
     cpus: Option<u32>,
     kernel: Option<PathBuf>,
@@ -479,7 +639,7 @@ impl Common {
             "tags" => self.tags = f.tags()?,
             "runner" => self.runner = Some(f.text()?.to_owned()),
             "shell" => self.shell = Some(f.argv("the interpreter and its arguments")?),
-            "arch" => self.arch = Some(f.arch()?),
+            "arch" => self.arch = Some(f.archs()?),
             "memory" => self.memory_mib = Some(f.memory_mib()?),
             "cpus" => {
                 let cpus = f.integer(1, u32::MAX.into(), "a positive integer")?;
@@ -511,10 +671,21 @@ enum Body {
     Script(String),
 }
 
+/// The `arch` of a test or of `[defaults]`.
+#[derive(Clone, Debug)]
+enum Archs {
+    /// `arch = "aarch64"`: the test runs there, under its own id.
+    One(Arch),
+    /// `arch = ["x86_64", "aarch64"]`: the test runs on each, as `<id>@<arch>`.
+    Each(Vec<Arch>),
+}
+
 /// A checked `[[test]]`, before `[defaults]` are applied.
 #[derive(Debug)]
 struct RawTest {
     id: TestId,
+    /// Where the `id` value is (the `[[test]]` header if there is none).
+    id_span: Range<usize>,
     name: Option<String>,
     body: Body,
     files: Vec<FileSpec>,
@@ -522,7 +693,9 @@ struct RawTest {
 }
 
 impl RawTest {
-    fn build(self, defaults: &Common) -> TestCase {
+    /// The test's cases with `defaults` applied: one, or one per architecture when `arch` is
+    /// an array, each with the architecture it was made for.
+    fn build(self, defaults: &Common) -> Res<Vec<(TestCase, Option<Arch>)>> {
         let own = self.common;
         let command = match self.body {
             Body::Exec(command) => command,
@@ -536,15 +709,16 @@ impl RawTest {
         };
         let mut env = defaults.env.clone();
         env.extend(own.env);
-        TestCase {
-            name: self.name.unwrap_or_else(|| self.id.to_string()),
-            id: self.id,
+        let archs = own.arch.or_else(|| defaults.arch.clone());
+        let case = TestCase {
+            name: self.name.clone().unwrap_or_else(|| self.id.to_string()),
+            id: self.id.clone(),
             command,
             files: self.files,
             env,
             timeout: own.timeout.or(defaults.timeout).unwrap_or(DEFAULT_TIMEOUT),
             requirements: Requirements {
-                arch: own.arch.or(defaults.arch),
+                arch: None,
                 memory_mib: own.memory_mib.or(defaults.memory_mib),
                 cpus: own.cpus.or(defaults.cpus),
                 kernel: own.kernel.or_else(|| defaults.kernel.clone()),
@@ -555,7 +729,45 @@ impl RawTest {
             expect: own.expect.or(defaults.expect).unwrap_or_default(),
             runner: own.runner.or_else(|| defaults.runner.clone()),
             trace: own.trace.or_else(|| defaults.trace.clone()),
-        }
+        };
+        let archs = match archs {
+            None => return Ok(vec![(case, None)]),
+            Some(Archs::One(arch)) => {
+                let mut case = case;
+                case.requirements.arch = Some(arch);
+                return Ok(vec![(case, None)]);
+            }
+            Some(Archs::Each(archs)) => archs,
+        };
+        // The longest id the test may have so that every architecture's fits.
+        let longest = archs.iter().map(|a| a.as_str().len()).max().unwrap_or(0);
+        let room = TestId::MAX_LEN - 1 - longest;
+        archs
+            .into_iter()
+            .map(|arch| {
+                let id = format!("{}@{arch}", self.id);
+                let id = TestId::new(&id).map_err(|_| {
+                    Diag::new(
+                        self.id_span.clone(),
+                        "test.id",
+                        format!(
+                            "test `{}` runs on several architectures, and its id on {arch}, \
+                             `{id}`, is longer than {} characters",
+                            self.id,
+                            TestId::MAX_LEN
+                        ),
+                    )
+                    .help(format!("shorten the id to at most {room} characters"))
+                })?;
+                let mut case = case.clone();
+                if self.name.is_none() {
+                    case.name = id.to_string();
+                }
+                case.id = id;
+                case.requirements.arch = Some(arch);
+                Ok((case, Some(arch)))
+            })
+            .collect()
     }
 }
 
@@ -603,7 +815,7 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// The dotted path of the key, such as `run.parallelism`.
     fn path(&self) -> String {
-        format!("{}{}", self.scope.kind.prefix(), self.key)
+        format!("{}{}", self.scope.prefix, self.key)
     }
 
     /// "`key` in [run]".
@@ -771,8 +983,9 @@ impl<'a, 'i> Field<'a, 'i> {
                 humantime::parse_duration(s).map_err(|e| {
                     self.error(format!("{} is not a valid duration: {e}", self.what()))
                         .help(format!(
-                            "write a number followed by a unit, such as \"90s\", \"5m\" \
-                             or \"1h 30m\", or a plain number of seconds; for example `{}`",
+                            "write a number followed by a unit, such as \"90s\", \"5m\", \
+                             \"1h 30m\" or \"7d\", or a plain number of seconds; for example \
+                             `{}`",
                             self.example().unwrap_or("timeout = \"30s\"")
                         ))
                 })?
@@ -802,9 +1015,16 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// A byte count: a string with a unit (`"64KiB"`) or an integer, in bytes.
     fn byte_size(&self) -> Res<usize> {
+        let bytes = self.bytes()?;
+        usize::try_from(bytes).map_err(|_| self.error(format!("{} is too large", self.what())))
+    }
+
+    /// A byte count of at least 1KiB: a string with a unit (`"64KiB"`) or an integer, in
+    /// bytes.
+    fn bytes(&self) -> Res<u64> {
         const EXPECTED: &str = "a size such as \"64KiB\" or a number of bytes";
         let bytes = match self.get() {
-            DeValue::Integer(_) => u64::try_from(self.integer(0, usize::MAX as i128, EXPECTED)?)
+            DeValue::Integer(_) => u64::try_from(self.integer(0, u64::MAX.into(), EXPECTED)?)
                 .expect("range was checked"),
             DeValue::String(s) => parse_size(s).map_err(|reason| {
                 self.error(format!("{} is not a valid size: {reason}", self.what()))
@@ -823,7 +1043,24 @@ impl<'a, 'i> Field<'a, 'i> {
                 ))
                 .maybe_help(self.default_help()));
         }
-        usize::try_from(bytes).map_err(|_| self.error(format!("{} is too large", self.what())))
+        Ok(bytes)
+    }
+
+    /// `true` or `false`.
+    fn boolean(&self) -> Res<bool> {
+        match self.get() {
+            DeValue::Boolean(b) => Ok(*b),
+            DeValue::String(s) if matches!(s.trim(), "true" | "false") => Err(self
+                .wrong_type("`true` or `false`")
+                .help(format!("remove the quotes: `{} = {}`", self.key, s.trim()))),
+            _ => Err(self.wrong_type("`true` or `false`")),
+        }
+    }
+
+    /// A positive integer that fits in a `u32`.
+    fn count(&self) -> Res<u32> {
+        let n = self.integer(1, u32::MAX.into(), "a positive integer")?;
+        Ok(u32::try_from(n).expect("range was checked"))
     }
 
     /// Guest memory in MiB: a string with a unit (`"512MiB"`, `"2GiB"`) or an integer, in MiB.
@@ -861,10 +1098,9 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// The settings of `[run]`.
-    fn run(&self) -> Res<PlanSettings> {
+    fn run(&self, settings: &mut PlanSettings) -> Res<()> {
         let table = self.table()?;
         let scope = Scope::table(Kind::Run, "[run]");
-        let mut settings = PlanSettings::default();
         for (key, value) in entries(table) {
             let f = Field::new(key, value, &scope);
             match f.key {
@@ -882,7 +1118,278 @@ impl<'a, 'i> Field<'a, 'i> {
                 _ => return Err(unknown_key(&scope, &f)),
             }
         }
-        Ok(settings)
+        Ok(())
+    }
+
+    /// The `[qemu]` table.
+    fn qemu(&self) -> Res<QemuPlan> {
+        let table = self.table()?;
+        let scope = Scope::table(Kind::Qemu, "[qemu]");
+        let mut qemu = QemuPlan::default();
+        // Where `session` and `snapshot-reset` were turned on.
+        let mut session = None;
+        let mut snapshot_reset = None;
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, &scope);
+            match f.key {
+                "session" => {
+                    qemu.session = f.boolean()?;
+                    session = qemu.session.then(|| f.key_span.clone());
+                }
+                "snapshot-reset" => {
+                    qemu.snapshot_reset = f.boolean()?;
+                    snapshot_reset = qemu.snapshot_reset.then(|| f.key_span.clone());
+                }
+                "pool" => qemu.pool = Some(f.count()? as usize),
+                "virtio-artifacts" => qemu.virtio_artifacts = f.boolean()?,
+                "max-artifact-bytes" => qemu.max_artifact_bytes = Some(f.bytes()?),
+                "max-artifact-files" => qemu.max_artifact_files = Some(f.count()? as usize),
+                "serial-artifact-limit" => qemu.serial_artifact_limit = Some(f.bytes()?),
+                "modules" => qemu.modules = f.modules()?,
+                "profile" => qemu.profiles = f.profiles()?,
+                _ => return Err(unknown_key(&scope, &f)),
+            }
+        }
+        if let (Some(session), Some(snapshot)) = (session, snapshot_reset) {
+            let (key, span) = if session.start > snapshot.start {
+                ("session", session)
+            } else {
+                ("snapshot-reset", snapshot)
+            };
+            return Err(Diag::new(
+                span,
+                format!("qemu.{key}"),
+                "`session` and `snapshot-reset` in [qemu] cannot both be on",
+            )
+            .help(
+                "keep one: `session` runs many tests in one booted guest, `snapshot-reset` \
+                 gives every test a fresh guest restored from a snapshot",
+            ));
+        }
+        Ok(qemu)
+    }
+
+    /// The `[qemu.profile]` table: one table per architecture.
+    fn profiles(&self) -> Res<BTreeMap<Arch, ProfileOverride>> {
+        let table = self.table()?;
+        let scope = Scope::table(Kind::Profiles, "[qemu.profile]");
+        let mut profiles = BTreeMap::new();
+        // The spelling each architecture was given in, for messages.
+        let mut written: BTreeMap<Arch, String> = BTreeMap::new();
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, &scope);
+            let Ok(arch) = f.key.parse::<Arch>() else {
+                return Err(Diag::new(
+                    f.key_span.clone(),
+                    f.path(),
+                    format!(
+                        "`{}` in [qemu.profile.{}] is not a supported architecture",
+                        f.key, f.key
+                    ),
+                )
+                .help(arch_help(f.key)));
+            };
+            if let Some(first) = written.get(&arch) {
+                return Err(Diag::new(
+                    f.key_span.clone(),
+                    f.path(),
+                    format!(
+                        "[qemu.profile.{}] and [qemu.profile.{first}] are both the profile \
+                         of {arch}",
+                        f.key
+                    ),
+                )
+                .help("merge the two tables into one"));
+            }
+            let DeValue::Table(table) = f.get() else {
+                return Err(f.wrong_type("a table").help(format!(
+                    "put the {arch} settings under a `[qemu.profile.{}]` line, for example \
+                     `memory = \"1GiB\"`",
+                    f.key
+                )));
+            };
+            written.insert(arch, f.key.to_owned());
+            profiles.insert(arch, profile(table, f.key)?);
+        }
+        Ok(profiles)
+    }
+
+    /// The `[store]` table; `path` is resolved against `base_dir`.
+    fn store(&self, base_dir: &Path) -> Res<StorePlan> {
+        let table = self.table()?;
+        let scope = Scope::table(Kind::Store, "[store]");
+        let mut path = None;
+        let mut store = StorePlan::default();
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, &scope);
+            match f.key {
+                "path" => path = Some(base_dir.join(f.text()?)),
+                "durability" => store.durability = f.durability()?,
+                "retention" => store.retention = Some(f.retention()?),
+                _ => return Err(unknown_key(&scope, &f)),
+            }
+        }
+        let Some(path) = path else {
+            return Err(
+                Diag::new(self.span(), "store.path", "[store] has no `path`").help(
+                    "name the directory the artifacts are kept in, relative to this plan \
+                     file, for example `path = \"artifacts\"`",
+                ),
+            );
+        };
+        store.path = path;
+        Ok(store)
+    }
+
+    fn durability(&self) -> Res<Durability> {
+        let text = self.string()?;
+        match text {
+            "fsync" => Ok(Durability::Fsync),
+            "relaxed" => Ok(Durability::Relaxed),
+            other => {
+                let help = match suggest(&other.trim().to_ascii_lowercase(), &["fsync", "relaxed"])
+                {
+                    Some(guess) => format!("did you mean \"{guess}\"?"),
+                    None => "use \"fsync\" (the default) to sync every write to disk, or \
+                             \"relaxed\" for a faster store that may lose its newest \
+                             artifacts if the machine loses power"
+                        .to_owned(),
+                };
+                Err(self
+                    .error(format!(
+                        "`durability` {} must be \"fsync\" or \"relaxed\", not {}",
+                        self.scope.place,
+                        toml_str(other)
+                    ))
+                    .help(help))
+            }
+        }
+    }
+
+    /// The `[store.retention]` table.
+    fn retention(&self) -> Res<RetentionPlan> {
+        let table = self.table()?;
+        let scope = Scope::table(Kind::Retention, "[store.retention]");
+        let mut rules = RetentionPlan::default();
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, &scope);
+            match f.key {
+                "max-age" => rules.max_age = Some(f.duration()?),
+                "keep-last-runs" => rules.keep_last_runs = Some(f.count()? as usize),
+                "max-total-size" => rules.max_total_size = Some(f.bytes()?),
+                "kind-max-age" => {
+                    let scope = Scope::table(Kind::MaxAges, "`kind-max-age` of [store.retention]");
+                    rules.kind_max_age = f.per_kind(&scope, |f| f.duration())?;
+                }
+                "kind-budgets" => {
+                    let scope = Scope::table(Kind::Budgets, "`kind-budgets` of [store.retention]");
+                    rules.kind_budgets = f.per_kind(&scope, |f| f.bytes())?;
+                }
+                "keep-failures-for" => rules.keep_failures_for = Some(f.duration()?),
+                "keep-passes-for" => rules.keep_passes_for = Some(f.duration()?),
+                "first-failure-after-pass" => rules.first_failure_after_pass = f.boolean()?,
+                "last-passing-run" => rules.last_passing_run = f.boolean()?,
+                "pin-runs" => rules.pin_runs = f.names()?,
+                "pin-tags" => rules.pin_tags = f.names()?,
+                _ => return Err(unknown_key(&scope, &f)),
+            }
+        }
+        Ok(rules)
+    }
+
+    /// A table from kinds of artifact to values read by `read`, such as
+    /// `{ core-dump = "7d" }`.
+    fn per_kind<T>(
+        &self,
+        scope: &Scope,
+        read: impl Fn(&Field<'_, '_>) -> Res<T>,
+    ) -> Res<BTreeMap<ArtifactKind, T>> {
+        let table = self.table()?;
+        let mut map = BTreeMap::new();
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, scope);
+            let Ok(kind) = f.key.parse::<ArtifactKind>() else {
+                let help = match suggest(&f.key.to_ascii_lowercase().replace('_', "-"), KIND_NAMES)
+                {
+                    Some(kind) => format!("did you mean `{kind}`?"),
+                    None => {
+                        let mut list: Vec<String> =
+                            KIND_NAMES.iter().map(|k| format!("`{k}`")).collect();
+                        let last = list.pop().unwrap_or_default();
+                        format!("the kinds are {} and {last}", list.join(", "))
+                    }
+                };
+                return Err(Diag::new(
+                    f.key_span.clone(),
+                    f.path(),
+                    format!("unknown kind of artifact `{}` {}", f.key, scope.place),
+                )
+                .help(help));
+            };
+            map.insert(kind, read(&f)?);
+        }
+        Ok(map)
+    }
+
+    /// The `[monitor]` table.
+    fn monitor(&self) -> Res<MonitorPlan> {
+        let table = self.table()?;
+        let scope = Scope::table(Kind::Monitor, "[monitor]");
+        let mut monitor = MonitorPlan::default();
+        for (key, value) in entries(table) {
+            let f = Field::new(key, value, &scope);
+            match f.key {
+                "enabled" => monitor.enabled = f.boolean()?,
+                "interval" => {
+                    let interval = f.duration()?;
+                    if interval < MonitorPlan::MIN_INTERVAL {
+                        return Err(f
+                            .error(format!(
+                                "{} must be at least {}, not {}",
+                                f.what(),
+                                humantime::format_duration(MonitorPlan::MIN_INTERVAL),
+                                humantime::format_duration(interval)
+                            ))
+                            .help(
+                                "sampling more often costs more than it tells; remove the key \
+                                 to sample every 100ms, or use for example \
+                                 `interval = \"50ms\"`",
+                            ));
+                    }
+                    monitor.interval = interval;
+                }
+                _ => return Err(unknown_key(&scope, &f)),
+            }
+        }
+        Ok(monitor)
+    }
+
+    /// An array of names that are not blank (`pin-runs`, `pin-tags`).
+    fn names(&self) -> Res<Vec<String>> {
+        let mut names = Vec::new();
+        for (name, span) in self.strings("an array of strings")? {
+            if name.trim().is_empty() {
+                return Err(self
+                    .error_at(span, format!("an entry of {} is empty", self.what()))
+                    .help(format!("remove the empty entry from `{}`", self.key)));
+            }
+            names.push(name.to_owned());
+        }
+        Ok(names)
+    }
+
+    /// An array of command-line arguments, none of them blank; it may be empty.
+    fn args(&self) -> Res<Vec<String>> {
+        let mut args = Vec::new();
+        for (arg, span) in self.strings("an array of strings")? {
+            if arg.trim().is_empty() {
+                return Err(self
+                    .error_at(span, format!("an entry of {} is blank", self.what()))
+                    .help(format!("remove the blank entry from `{}`", self.key)));
+            }
+            args.push(arg.to_owned());
+        }
+        Ok(args)
     }
 
     /// A program or interpreter with its arguments: a non-empty array of strings whose first
@@ -937,7 +1444,7 @@ impl<'a, 'i> Field<'a, 'i> {
         let mut env = BTreeMap::new();
         for (key, value) in entries(table) {
             let name: &str = key.get_ref();
-            let path = format!("{}env.{name}", self.scope.kind.prefix());
+            let path = format!("{}env.{name}", self.scope.prefix);
             if name.is_empty() || name.contains(['=', '\0']) {
                 return Err(Diag::new(
                     key.span(),
@@ -1072,21 +1579,51 @@ impl<'a, 'i> Field<'a, 'i> {
         Ok(globs)
     }
 
-    fn arch(&self) -> Res<Arch> {
-        let text = self.string()?;
+    /// `arch`: one architecture, or an array of different ones.
+    fn archs(&self) -> Res<Archs> {
+        let array = match self.get() {
+            DeValue::String(text) => return Ok(Archs::One(self.arch(text, self.span())?)),
+            DeValue::Array(array) => array,
+            _ => return Err(self.wrong_type("an architecture name or an array of them")),
+        };
+        if array.is_empty() {
+            return Err(self
+                .error(format!("{} is an empty array", self.what()))
+                .help(
+                    "list at least one architecture, for example \
+                     `arch = [\"x86_64\", \"aarch64\"]`, or remove `arch` to run anywhere",
+                ));
+        }
+        let mut archs: Vec<Arch> = Vec::new();
+        for (text, span) in self.strings("an architecture name or an array of them")? {
+            let arch = self.arch(text, span.clone())?;
+            if archs.contains(&arch) {
+                let alias = if text.trim() == arch.as_str() {
+                    String::new()
+                } else {
+                    format!(" ({} is another name for it)", toml_str(text))
+                };
+                return Err(self
+                    .error_at(span, format!("{} lists {arch} twice{alias}", self.what()))
+                    .help("remove the repeated entry"));
+            }
+            archs.push(arch);
+        }
+        Ok(Archs::Each(archs))
+    }
+
+    /// One architecture name, at `span`.
+    fn arch(&self, text: &str, span: Range<usize>) -> Res<Arch> {
         text.trim().parse().map_err(|_| {
-            let help = match suggest(text.trim(), ARCH_NAMES) {
-                Some(name) => format!("did you mean `{name}`?"),
-                None => "use one of x86_64, aarch64, armv7 or riscv64 \
-                         (the Debian names amd64, arm64 and armhf work too)"
-                    .to_owned(),
-            };
-            self.error(format!(
-                "`arch` {} is not a supported architecture: {}",
-                self.scope.place,
-                toml_str(text)
-            ))
-            .help(help)
+            self.error_at(
+                span,
+                format!(
+                    "`arch` {} is not a supported architecture: {}",
+                    self.scope.place,
+                    toml_str(text)
+                ),
+            )
+            .help(arch_help(text))
         })
     }
 
@@ -1320,6 +1857,38 @@ const ARCH_NAMES: &[&str] = &[
     "x86_64", "aarch64", "armv7", "riscv64", "amd64", "arm64", "armhf",
 ];
 
+/// How to name an architecture, for a name that is not one.
+fn arch_help(text: &str) -> String {
+    match suggest(text.trim(), ARCH_NAMES) {
+        Some(name) => format!("did you mean `{name}`?"),
+        None => "use one of x86_64, aarch64, armv7 or riscv64 \
+                 (the Debian names amd64, arm64 and armhf work too)"
+            .to_owned(),
+    }
+}
+
+/// A `[qemu.profile.<arch>]` table, `arch` as written.
+fn profile(table: &DeTable<'_>, arch: &str) -> Res<ProfileOverride> {
+    let scope = Scope::profile(arch);
+    let mut profile = ProfileOverride::default();
+    for (key, value) in entries(table) {
+        let f = Field::new(key, value, &scope);
+        match f.key {
+            "qemu" => profile.qemu = Some(f.text()?.trim().to_owned()),
+            "machine" => profile.machine = Some(f.text()?.trim().to_owned()),
+            "cpu" => profile.cpu = Some(f.text()?.trim().to_owned()),
+            "memory" => profile.memory_mib = Some(f.memory_mib()?),
+            "cpus" => profile.cpus = Some(f.count()?),
+            "display" => profile.display = Some(f.text()?.trim().to_owned()),
+            "extra-args" => profile.extra_args = Some(f.args()?),
+            "kernel-args" => profile.kernel_args = Some(f.args()?),
+            "boot-timeout" => profile.boot_timeout = Some(f.duration()?),
+            _ => return Err(unknown_key(&scope, &f)),
+        }
+    }
+    Ok(profile)
+}
+
 /// How to describe a value of the wrong type.
 fn found(value: &DeValue<'_>) -> String {
     match value {
@@ -1366,6 +1935,10 @@ fn example(kind: Kind, key: &str) -> Option<&'static str> {
         (Kind::Run, "timeout") => "timeout = \"2h\"",
         (Kind::File, "source") => "source = \"data/input.txt\"",
         (Kind::File, "dest") => "dest = \"input.txt\"",
+        (Kind::MaxAges, _) => "core-dump = \"7d\"",
+        (Kind::Budgets, _) => "core-dump = \"1GiB\"",
+        (Kind::Profile, "qemu") => "qemu = \"/opt/qemu/bin/qemu-system-aarch64\"",
+        (Kind::Monitor, "interval") => "interval = \"100ms\"",
         (_, "name") => "name = \"Boots to a shell\"",
         (_, "parallelism") => "parallelism = 4",
         (_, "timeout") => "timeout = \"30s\"",
@@ -1387,6 +1960,33 @@ fn example(kind: Kind, key: &str) -> Option<&'static str> {
         (_, "tags") => "tags = [\"smoke\"]",
         (_, "expect") => "expect = \"fail\"",
         (_, "runner") => "runner = \"process\"",
+        (_, "session") => "session = true",
+        (_, "snapshot-reset") => "snapshot-reset = true",
+        (_, "pool") => "pool = 2",
+        (_, "virtio-artifacts") => "virtio-artifacts = false",
+        (_, "max-artifact-bytes") => "max-artifact-bytes = \"256MiB\"",
+        (_, "max-artifact-files") => "max-artifact-files = 1000",
+        (_, "serial-artifact-limit") => "serial-artifact-limit = \"4MiB\"",
+        (_, "machine") => "machine = \"virt\"",
+        (_, "cpu") => "cpu = \"cortex-a72\"",
+        (_, "display") => "display = \"ramfb\"",
+        (_, "extra-args") => "extra-args = [\"-device\", \"virtio-rng-pci\"]",
+        (_, "kernel-args") => "kernel-args = [\"quiet\", \"loglevel=4\"]",
+        (_, "boot-timeout") => "boot-timeout = \"60s\"",
+        (_, "path") => "path = \"artifacts\"",
+        (_, "durability") => "durability = \"relaxed\"",
+        (_, "max-age") => "max-age = \"30d\"",
+        (_, "keep-last-runs") => "keep-last-runs = 10",
+        (_, "max-total-size") => "max-total-size = \"20GiB\"",
+        (_, "kind-max-age") => "kind-max-age = { core-dump = \"7d\" }",
+        (_, "kind-budgets") => "kind-budgets = { core-dump = \"1GiB\" }",
+        (_, "keep-failures-for") => "keep-failures-for = \"90d\"",
+        (_, "keep-passes-for") => "keep-passes-for = \"7d\"",
+        (_, "first-failure-after-pass") => "first-failure-after-pass = true",
+        (_, "last-passing-run") => "last-passing-run = true",
+        (_, "pin-runs") => "pin-runs = [\"nightly-2024-06-01\"]",
+        (_, "pin-tags") => "pin-tags = [\"release\"]",
+        (_, "enabled") => "enabled = false",
         _ => return None,
     })
 }
@@ -1399,6 +1999,11 @@ fn default_note(kind: Kind, key: &str) -> Option<&'static str> {
         (Kind::Run, "kill-grace") => "to use the runner's default grace period",
         (Kind::Run, "output-limit") => "to keep the default of 1MiB per stream",
         (Kind::Defaults | Kind::Test, "timeout") => "to use the default of 60s",
+        (Kind::Qemu, "pool") => "to run as many VMs at once as there are CPUs",
+        (Kind::Qemu, "max-artifact-bytes") => "to keep the runner's default of 1GiB",
+        (Kind::Qemu, "max-artifact-files") => "to keep the runner's default of 10000 files",
+        (Kind::Qemu, "serial-artifact-limit") => "to keep the runner's default of 4MiB",
+        (Kind::Profile, "boot-timeout") => "to keep the built-in boot timeout",
         _ => return None,
     })
 }
@@ -1423,7 +2028,7 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>) -> Diag {
     // How to show a suggested key: as the header of its table, if the user wrote a header.
     let shown = |right: &str| match right {
         "test" if header => "`[[test]]`".to_owned(),
-        "run" | "defaults" if header => format!("`[{right}]`"),
+        "run" | "defaults" | "qemu" | "store" | "monitor" if header => format!("`[{right}]`"),
         _ => format!("`{right}`"),
     };
     let unknown = || {
@@ -1451,6 +2056,18 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>) -> Diag {
     let in_run = RUN_KEYS.contains(&normalized.as_str());
     let per_test = DEFAULTS_KEYS.contains(&normalized.as_str());
     let test_only = TEST_ONLY_KEYS.contains(&normalized.as_str());
+    // Advice for a key of the runner's, the store's or the monitor's table.
+    let owner = [
+        (QEMU_KEYS, "[qemu]", "a setting of the QEMU runner"),
+        (STORE_KEYS, "[store]", "a setting of the artifact store"),
+        (RETENTION_KEYS, "[store.retention]", "a retention rule"),
+        (MONITOR_KEYS, "[monitor]", "a setting of the monitor"),
+    ]
+    .into_iter()
+    .find(|(keys, _, _)| keys.contains(&normalized.as_str()))
+    .map(|(_, table, what)| format!("`{normalized}` is {what}: move it into the {table} table"));
+    let machine = PROFILE_KEYS.contains(&normalized.as_str()) && !per_test;
+    let in_profile = "a [qemu.profile.<arch>] table, such as [qemu.profile.x86_64]";
     let moved = match scope.kind {
         Kind::Top if in_run && per_test => Some(format!(
             "put `{normalized}` in [run] for a deadline on the whole run, or in [defaults] \
@@ -1473,6 +2090,25 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>) -> Diag {
         Kind::Defaults | Kind::Test if in_run => Some(format!(
             "`{normalized}` is a setting of the whole run: move it into the [run] table"
         )),
+        Kind::Top | Kind::Qemu if machine => Some(format!(
+            "`{normalized}` is a setting of one architecture's virtual machine: put it in \
+             {in_profile}"
+        )),
+        Kind::Qemu if per_test => Some(format!(
+            "`{normalized}` is a per-test setting: move it into [defaults] to apply it to \
+             every test, or into {in_profile} to change the machine of an architecture"
+        )),
+        Kind::Top
+        | Kind::Run
+        | Kind::Qemu
+        | Kind::Profile
+        | Kind::Store
+        | Kind::Retention
+        | Kind::Monitor
+            if owner.is_some() =>
+        {
+            owner
+        }
         Kind::Defaults if test_only => {
             return diag(format!(
                 "`{key}` cannot be set in [defaults]: it is different for every test"
@@ -1493,7 +2129,7 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>) -> Diag {
         .iter()
         .map(|k| match (scope.kind, *k) {
             (Kind::Top, "test") => "`[[test]]`".to_owned(),
-            (Kind::Top, "run" | "defaults") => format!("`[{k}]`"),
+            (Kind::Top, "run" | "defaults" | "qemu" | "store" | "monitor") => format!("`[{k}]`"),
             _ => format!("`{k}`"),
         })
         .collect();
@@ -1666,6 +2302,12 @@ mod tests {
         assert_eq!(suggest("timout", TEST_KEYS), Some("timeout"));
         assert_eq!(suggest("paralelism", RUN_KEYS), Some("parallelism"));
         assert_eq!(suggest("zzz", TEST_KEYS), None);
+    }
+
+    #[test]
+    fn kind_names_are_those_of_the_store() {
+        let names: Vec<&str> = ArtifactKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, KIND_NAMES);
     }
 
     #[test]

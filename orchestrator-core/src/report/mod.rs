@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::orchestrator::Interruption;
 use crate::result::{TestResult, Verdict};
 
+mod html;
 mod junit;
 mod table;
 
+pub use html::html_report;
 pub use junit::junit_report;
 pub use table::summary_table;
 
@@ -169,6 +171,11 @@ impl RunReport {
     /// Writes the JUnit XML atomically.
     pub fn write_junit(&self, path: &Path) -> Result<(), ReportError> {
         write_atomic(path, self.junit_xml()?.as_bytes())
+    }
+
+    /// Writes the self-contained HTML page ([`html_report`]) atomically.
+    pub fn write_html(&self, path: &Path) -> std::io::Result<()> {
+        html::write(self, path)
     }
 
     /// Reads a JSON report, refusing versions newer than this library knows.
