@@ -97,6 +97,24 @@ impl Acc {
             None => self.io_missing = true,
         }
     }
+    /// Never below `floor`: every field is a cumulative counter, but a tick can see a child
+    /// already gone while its parent's `c*` fields, read just before, do not have it yet; the
+    /// next tick has it back. Without the floor that dip and return is a one-tick spike of the
+    /// child's whole CPU time (thousands of percent).
+    fn at_least(mut self, floor: &Acc) -> Acc {
+        self.user = self.user.max(floor.user);
+        self.system = self.system.max(floor.system);
+        self.guest = self.guest.max(floor.guest);
+        self.minflt = self.minflt.max(floor.minflt);
+        self.majflt = self.majflt.max(floor.majflt);
+        self.io.rchar = self.io.rchar.max(floor.io.rchar);
+        self.io.wchar = self.io.wchar.max(floor.io.wchar);
+        self.io.read_bytes = self.io.read_bytes.max(floor.io.read_bytes);
+        self.io.write_bytes = self.io.write_bytes.max(floor.io.write_bytes);
+        self.vcsw = self.vcsw.max(floor.vcsw);
+        self.ivcsw = self.ivcsw.max(floor.ivcsw);
+        self
+    }
     fn add_ctx(&mut self, c: &Counters) {
         match (c.vcsw, c.ivcsw) {
             (Some(v), Some(i)) => {
@@ -144,6 +162,8 @@ pub(crate) struct Sampler {
     status_every: u64,
     final_tick: bool,
     departed: Acc,
+    /// The highest totals so far (see [`Acc::at_least`]).
+    high: Acc,
     tick: u64,
     buf: Vec<u8>,
     path: String,
@@ -225,6 +245,7 @@ impl Sampler {
             status_every: opts.status_every.max(1),
             final_tick: false,
             departed: Acc::default(),
+            high: Acc::default(),
             tick: 0,
             buf: Vec::with_capacity(4096),
             path: String::with_capacity(64),
@@ -663,8 +684,9 @@ impl Sampler {
             a.vcsw += d.vcsw;
             a.ivcsw += d.ivcsw;
             a.ctx_missing |= d.ctx_missing;
-            a
+            a.at_least(&self.high)
         };
+        self.high = total;
         let sample = self.finish_sample(now, &total, rss, vms, threads, nprocs, fds, fds_missing);
         self.record(sample);
     }
@@ -1015,6 +1037,31 @@ mod tests {
         assert_eq!(s.latest().unwrap().processes, 1);
         assert!((cpu(&s) - 190.0 / tck).abs() < 1e-9, "{}", cpu(&s));
         assert_eq!(s.seen, 2);
+    }
+
+    #[test]
+    fn a_child_reaped_between_reading_its_parent_and_itself_makes_no_spike() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, 110, 1, 10, 0, "111 ");
+        put(r, 111, 110, 500, 0, "");
+        let mut s = Sampler::new(&[110], &opts(r)).unwrap();
+        let tck = s.clk_tck;
+        s.tick();
+        // The parent was read before it reaped the child, the child after it was gone.
+        fs::remove_dir_all(r.join("111")).unwrap();
+        put(r, 110, 1, 10, 0, "");
+        s.tick();
+        assert!(
+            (cpu(&s) - 510.0 / tck).abs() < 1e-9,
+            "never backwards: {}",
+            cpu(&s)
+        );
+        // Next tick the parent's cutime has it (the child ran 20 more ticks).
+        put(r, 110, 1, 10, 520, "");
+        s.tick();
+        assert!((cpu(&s) - 530.0 / tck).abs() < 1e-9, "{}", cpu(&s));
+        // So the rate between the last two ticks is from 20 ticks, not from the child's 500.
     }
 
     #[test]
