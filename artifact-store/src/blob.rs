@@ -99,6 +99,18 @@ pub(crate) struct Written {
     guard: TempGuard,
 }
 
+impl Written {
+    /// What the catalog records of it.
+    pub(crate) fn info(&self) -> crate::catalog::BlobInfo {
+        crate::catalog::BlobInfo {
+            digest: self.digest,
+            raw_size: self.raw_size,
+            stored_size: self.stored_size,
+            compressed: self.compressed,
+        }
+    }
+}
+
 /// Removes a temp file unless disarmed.
 #[derive(Debug)]
 struct TempGuard(Option<PathBuf>);
@@ -412,6 +424,76 @@ impl Blobs {
                 Ok(true)
             }
             Err(e) => Err(Error::io("link blob", path, e)),
+        }
+    }
+
+    /// Moves a written temp file into place as its blob with `renameat2(RENAME_NOREPLACE)`:
+    /// one directory operation instead of a link and, later, an unlink. Returns the blob's path
+    /// and whether it was already there (a dedup hit: the temp file is removed; a damaged
+    /// existing blob is replaced).
+    ///
+    /// Nothing protects the moved blob from a collection but the caller: call this only with the
+    /// catalog's write lock held until the records that need the blob commit.
+    pub(crate) fn rename_into_place(
+        &self,
+        mut w: Written,
+        sync_dirs: bool,
+    ) -> Result<(PathBuf, bool)> {
+        let temp = w.guard.0.clone().expect("armed guard");
+        let path = self.path_of(&w.digest);
+        let shard = path.parent().expect("blob paths have a parent");
+        let no_replace = |from: &Path, to: &Path| {
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                from,
+                nix::fcntl::AT_FDCWD,
+                to,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        };
+        let mut moved = no_replace(&temp, &path);
+        if matches!(&moved, Err(e) if e.kind() == io::ErrorKind::NotFound) && !shard.exists() {
+            fs::create_dir_all(shard).map_err(|e| Error::io("create directory", shard, e))?;
+            if sync_dirs {
+                fsync_dir(shard.parent().expect("shard parent"))?;
+                fsync_dir(&self.content)?;
+            }
+            moved = no_replace(&temp, &path);
+        }
+        match moved {
+            Ok(()) => {
+                w.guard.0 = None;
+                if sync_dirs {
+                    fsync_dir(shard)?;
+                }
+                Ok((path, false))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let same = fs::metadata(&path)
+                    .map(|m| m.len() == w.stored_size)
+                    .unwrap_or(false);
+                if !same && self.verify_file(&path, &w.digest).is_err() {
+                    fs::rename(&temp, &path)
+                        .map_err(|e| Error::io("replace corrupt blob", &path, e))?;
+                    w.guard.0 = None;
+                    if sync_dirs {
+                        fsync_dir(shard)?;
+                    }
+                }
+                Ok((path, true))
+            }
+            // A file system without RENAME_NOREPLACE: link, which never clobbers either.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EINVAL | nix::libc::ENOSYS)
+                ) =>
+            {
+                let dedup = self.commit(&temp, &path, &w.digest, w.stored_size, sync_dirs)?;
+                Ok((path, dedup))
+            }
+            Err(e) => Err(Error::io("move blob into place", &path, e)),
         }
     }
 

@@ -147,10 +147,60 @@ impl Catalog {
 
     /// Inserts records in one transaction.
     pub(crate) fn insert(&self, items: &[(BlobInfo, &ArtifactRecord)]) -> Result<()> {
+        self.insert_after(items, || Ok(()), |_, _| {})
+    }
+
+    /// Inserts records in one write transaction, after `place` ran inside it: with the write lock
+    /// held, no collection can run between what `place` does (moving blobs into place) and the
+    /// commit of the records that need them. A failing `place` rolls back (and cleans up after
+    /// itself). If the records do not commit, `undo` gets `place`'s value back under a new write
+    /// lock, with a test of whether a live record needs a digest (another writer may have
+    /// recorded the same content in between), before the error is returned.
+    pub(crate) fn insert_after<T>(
+        &self,
+        items: &[(BlobInfo, &ArtifactRecord)],
+        place: impl FnOnce() -> Result<T>,
+        undo: impl FnOnce(&T, &dyn Fn(&Digest) -> Result<bool>),
+    ) -> Result<T> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("begin insert"))?;
+        let placed = place()?;
+        let inserted = self.insert_rows(&tx, items);
+        let committed = match inserted {
+            Ok(()) => tx.commit().map_err(self.err("commit insert")),
+            Err(e) => {
+                drop(tx);
+                Err(e)
+            }
+        };
+        if let Err(e) = committed {
+            if let Ok(tx) = conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+                undo(&placed, &|d: &Digest| self.needed_in(&tx, d));
+                let _ = tx.commit();
+            }
+            return Err(e);
+        }
+        Ok(placed)
+    }
+
+    /// Whether a live record needs blob `d`, inside `tx`.
+    fn needed_in(&self, tx: &rusqlite::Transaction<'_>, d: &Digest) -> Result<bool> {
+        let mut st = tx
+            .prepare_cached(
+                "SELECT 1 FROM artifacts WHERE digest = ?1 AND evicted_at IS NULL LIMIT 1",
+            )
+            .map_err(self.err("prepare lookup"))?;
+        st.exists([d.to_hex()])
+            .map_err(self.err(format!("look up records of blob {d}")))
+    }
+
+    fn insert_rows(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        items: &[(BlobInfo, &ArtifactRecord)],
+    ) -> Result<()> {
         {
             let mut ins = tx
                 .prepare_cached(
@@ -197,7 +247,7 @@ impl Catalog {
                 }
             }
         }
-        tx.commit().map_err(self.err("commit insert"))
+        Ok(())
     }
 
     pub(crate) fn get(&self, id: &str) -> Result<Option<ArtifactRecord>> {
@@ -242,30 +292,6 @@ impl Catalog {
             out.push((id, b));
         }
         tx.commit().map_err(self.err("end lookup"))?;
-        Ok(out)
-    }
-
-    /// Runs `f` inside an IMMEDIATE transaction (record inserts and collections wait), with a
-    /// test of whether a live record needs a digest.
-    pub(crate) fn with_write_lock<T>(
-        &self,
-        f: impl FnOnce(&dyn Fn(&Digest) -> Result<bool>) -> T,
-    ) -> Result<T> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err("begin cleanup"))?;
-        let needed = |d: &Digest| -> Result<bool> {
-            let mut st = tx
-                .prepare_cached(
-                    "SELECT 1 FROM artifacts WHERE digest = ?1 AND evicted_at IS NULL LIMIT 1",
-                )
-                .map_err(self.err("prepare lookup"))?;
-            st.exists([d.to_hex()])
-                .map_err(self.err(format!("look up records of blob {d}")))
-        };
-        let out = f(&needed);
-        tx.commit().map_err(self.err("end cleanup"))?;
         Ok(out)
     }
 

@@ -275,92 +275,100 @@ impl ArtifactStore {
     /// All or nothing: if it fails (a full disk, say), neither a record nor a blob nor a temp
     /// file of it stays behind.
     pub fn add(&self, artifact: NewArtifact, reader: impl Read) -> Result<ArtifactRecord> {
-        artifact.validate()?;
-        let blob = self
-            .put_blob(reader)
-            .map_err(|e| e.storing(&artifact.test_id, &artifact.run_id, &artifact.name))?;
-        let record = new_record(&blob, artifact, Utc::now());
-        match self.record_existing(&[(&blob, &record)]) {
-            Ok(()) => Ok(record),
-            Err(e) => {
-                self.discard_unrecorded([&blob]);
-                Err(e.storing(&record.test_id, &record.run_id, &record.name))
-            }
-        }
-    }
-
-    /// After a failed record: removes the blobs these puts linked (not dedup hits) that no live
-    /// record needs, under the catalog write lock as a collection does, so a failed put leaves
-    /// no blob behind. Best effort: what stays is an orphan the next [`gc`](Self::gc) removes.
-    fn discard_unrecorded<'a>(&self, blobs: impl IntoIterator<Item = &'a PendingBlob>) {
-        let fresh: Vec<_> = blobs.into_iter().filter(|b| !b.dedup).collect();
-        if fresh.is_empty() {
-            return;
-        }
-        let _ = self.catalog.with_write_lock(|needed| {
-            for b in fresh {
-                if let Ok(false) = needed(&b.digest) {
-                    let _ = fs::remove_file(&b.path);
-                }
-            }
-        });
+        let mut v = self.add_many([(artifact, reader)])?;
+        Ok(v.pop().expect("one record"))
     }
 
     /// Stores and records many artifacts at once, all or nothing: one catalog transaction and,
     /// with [`Durability::Fsync`], two `syncfs(2)` calls for the whole batch instead of fsyncs
-    /// per file. Much faster than [`add`](Self::add) in a loop for many small files. If it fails,
-    /// none of the records, blobs or temp files of the batch stay behind.
+    /// per file (one artifact: fsyncs of its file and directory). Much faster than
+    /// [`add`](Self::add) in a loop for many small files. If it fails, none of the records, blobs
+    /// or temp files of the batch stay behind.
+    ///
+    /// Each blob is written to a temp file, then, inside the catalog's write transaction that
+    /// records it, renamed into place without clobbering (`RENAME_NOREPLACE`; an existing blob is
+    /// a dedup hit): a collection, which deletes only under that lock, can never see a blob whose
+    /// record is not yet committed.
     pub fn add_many<R: Read>(
         &self,
         items: impl IntoIterator<Item = (NewArtifact, R)>,
     ) -> Result<Vec<ArtifactRecord>> {
-        let mut written = Vec::new();
+        let items: Vec<(NewArtifact, R)> = items.into_iter().collect();
+        let sync = self.blobs.durability == Durability::Fsync;
+        // One artifact: fsync its file and directory rather than flush the whole file system.
+        let per_file = sync && items.len() == 1;
+        let mut written = Vec::with_capacity(items.len());
         for (a, mut r) in items {
             a.validate()?;
             let w = self
                 .blobs
-                .write_temp(&mut r, false)
+                .write_temp(&mut r, per_file)
                 .map_err(|e| e.storing(&a.test_id, &a.run_id, &a.name))?;
             written.push((a, w));
         }
-        let sync = self.blobs.durability == Durability::Fsync;
+        if written.is_empty() {
+            return Ok(Vec::new());
+        }
         let syncfs = || {
             let tmp = &self.blobs.tmp;
             let dir = File::open(tmp).map_err(|e| Error::io("open", tmp, e))?;
             nix::unistd::syncfs(&dir).map_err(|e| Error::io("syncfs", tmp, io::Error::from(e)))
         };
-        if sync && !written.is_empty() {
+        if sync && !per_file {
+            // The content is durable before any name points at it.
             syncfs()?;
         }
-        let mut pending = Vec::with_capacity(written.len());
-        let discard = |pending: &[(NewArtifact, PendingBlob)]| {
-            self.discard_unrecorded(pending.iter().map(|(_, b)| b));
-        };
-        for (a, w) in written {
-            match self.blobs.commit_written(w, false) {
-                Ok(b) => pending.push((a, b)),
-                Err(e) => {
-                    discard(&pending);
-                    return Err(e.storing(&a.test_id, &a.run_id, &a.name));
-                }
-            }
-        }
-        if sync && !pending.is_empty() {
-            syncfs().inspect_err(|_| discard(&pending))?;
-        }
         let now = Utc::now();
-        let records: Vec<_> = pending
+        let records: Vec<ArtifactRecord> = written
             .iter()
-            .map(|(a, b)| new_record(b, a.clone(), now))
+            .map(|(a, w)| record_of_info(&w.info(), a.clone(), now))
             .collect();
-        let items: Vec<_> = pending
+        let rows: Vec<_> = written
             .iter()
             .zip(&records)
-            .map(|((_, b), r)| (b, r))
+            .map(|((_, w), r)| (w.info(), r))
             .collect();
-        self.record_existing(&items)
-            .inspect_err(|_| discard(&pending))?;
-        Ok(records)
+        let single = (written.len() == 1).then(|| written[0].0.clone());
+        let remove = |fresh: &Vec<(Digest, PathBuf)>, needed: Option<&Needed<'_>>| {
+            for (d, p) in fresh {
+                if needed.is_none_or(|n| matches!(n(d), Ok(false))) {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        };
+        let placed = self.catalog.insert_after(
+            &rows,
+            || {
+                let mut fresh = Vec::new();
+                for (a, w) in written {
+                    let digest = w.info().digest;
+                    match self.blobs.rename_into_place(w, per_file) {
+                        Ok((_, true)) => {}
+                        Ok((path, false)) => fresh.push((digest, path)),
+                        Err(e) => {
+                            remove(&fresh, None);
+                            return Err(e.storing(&a.test_id, &a.run_id, &a.name));
+                        }
+                    }
+                }
+                if sync && !per_file {
+                    // Every name is durable before the records that need them commit.
+                    if let Err(e) = syncfs() {
+                        remove(&fresh, None);
+                        return Err(e);
+                    }
+                }
+                Ok(fresh)
+            },
+            |fresh, needed| remove(fresh, Some(needed)),
+        );
+        match placed {
+            Ok(_) => Ok(records),
+            Err(e) => Err(match single {
+                Some(a) => e.storing(&a.test_id, &a.run_id, &a.name),
+                None => e,
+            }),
+        }
     }
 
     /// Stores `bytes` and records them.
@@ -708,7 +716,14 @@ fn copy_out(r: BlobReader, id: &str, out: &mut dyn Write) -> Result<u64> {
     })
 }
 
+/// Whether a live record needs a blob (see `Catalog::insert_after`).
+type Needed<'a> = dyn Fn(&Digest) -> Result<bool> + 'a;
+
 fn new_record(blob: &PendingBlob, a: NewArtifact, now: chrono::DateTime<Utc>) -> ArtifactRecord {
+    record_of_info(&info_of(blob), a, now)
+}
+
+fn record_of_info(blob: &BlobInfo, a: NewArtifact, now: chrono::DateTime<Utc>) -> ArtifactRecord {
     ArtifactRecord {
         id: uuid::Uuid::new_v4().to_string(),
         digest: blob.digest,
