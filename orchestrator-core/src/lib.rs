@@ -6,8 +6,11 @@
 //!   the `qemu-runner` crate boots kernels.
 //! - [`Orchestrator`] runs a list of cases against runners with bounded parallelism, a whole-run
 //!   deadline, retries for infrastructure errors only and cancellation, streaming [`RunEvent`]s.
-//! - [`plan`] reads TOML plan files; [`report`] writes JUnit XML, a versioned JSON report and a
-//!   summary table.
+//! - [`plan`] reads TOML plan files; [`report`] writes JUnit XML, a versioned JSON report, a
+//!   summary table and a self-contained HTML page.
+//! - Composition: [`Orchestrator::with_monitor`] watches every execution's host processes
+//!   ([`perf_monitor`]), [`Orchestrator::with_store`] keeps its artifacts in an
+//!   [`artifact_store`], [`Orchestrator::with_retention`] prunes the store after the run.
 //!
 //! # Examples
 //!
@@ -26,6 +29,32 @@
 //! let report = orchestrator.run(cases).await?;
 //! assert_eq!(report.results[0].verdict(), Verdict::Passed);
 //! assert_eq!(report.results[0].stdout.text, "hello from a test\n");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Composed: each result gets its resource usage, and its files and metrics land in the store.
+//!
+//! ```
+//! use std::time::Duration;
+//! use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, Query};
+//! use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
+//! use orchestrator_core::{Orchestrator, ProcessRunner, RunConfig, TestCase};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let report = Orchestrator::new(RunConfig::new(dir.path().join("scratch")))
+//!     .with_runner(ProcessRunner::default())
+//!     .with_monitor(Monitor::new(MonitorConfig::default().with_interval(Duration::from_millis(10))))
+//!     .with_store(ArtifactStore::open(dir.path().join("store"))?)
+//!     .run(vec![TestCase::script("log", "sleep 0.2; echo done > out.log").with_artifact("*.log")])
+//!     .await?;
+//! let result = &report.results[0];
+//! assert!(result.resources.is_some());
+//! let store = ArtifactStore::open(dir.path().join("store"))?;
+//! let logs = store.query(&Query::new().test("log").kind(ArtifactKind::Log))?;
+//! assert_eq!(store.get(&logs[0].id)?, b"done\n");
 //! # Ok(())
 //! # }
 //! ```

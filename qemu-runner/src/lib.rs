@@ -29,6 +29,17 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A kernel test's KTAP output becomes one subtest per case, no guest needed:
+//!
+//! ```
+//! use orchestrator_core::SubtestStatus;
+//!
+//! let out = "KTAP version 1\n1..2\nok 1 alloc\nok 2 free # SKIP no memory\n";
+//! let (cases, _) = qemu_runner::ktap::subtests_of(out).expect("KTAP output");
+//! assert_eq!(cases[0].name, "alloc");
+//! assert_eq!(cases[1].status, SubtestStatus::Skipped);
+//! ```
 #![deny(missing_docs)]
 
 pub mod accel;
