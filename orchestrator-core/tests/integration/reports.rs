@@ -3,6 +3,13 @@ use std::time::Duration;
 use orchestrator_core::report::{ReportError, summary_table};
 use orchestrator_core::{Expectation, Orchestrator, ProcessRunner, RunConfig, RunReport, TestCase};
 
+/// The process umask, from `/proc/self/status` (setting it to read it would race other tests).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
 async fn sample_report(dir: &std::path::Path) -> RunReport {
     let cases = vec![
         TestCase::script("pass", "echo ok"),
@@ -25,6 +32,10 @@ async fn json_report_round_trips_and_refuses_future_versions() {
     report.write_json(&path).unwrap();
     let back = RunReport::read_json(&path).unwrap();
     assert_eq!(back, report);
+    // Readable by others like any file the user writes (not a temp file's 0600).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o044, 0o044 & !umask(), "mode {mode:o}");
 
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
