@@ -655,7 +655,9 @@ impl QemuRunner {
                 .excerpt
                 .text(&watch.tail.iter().cloned().collect::<Vec<_>>())
         } else {
-            None
+            // A pass: the last lines the console showed (the whole log is an artifact).
+            (!watch.tail.is_empty())
+                .then(|| watch.tail.iter().cloned().collect::<Vec<_>>().join("\n"))
         };
     }
 
