@@ -18,17 +18,32 @@ use orchestrator_core::artifact_store::{ArtifactStore, StoreOptions};
 use orchestrator_core::perf_monitor::Monitor;
 use orchestrator_core::plan::StorePlan;
 use orchestrator_core::progress::{Progress, ProgressMode};
+use orchestrator_core::shard::{self, Partition};
 use orchestrator_core::{
     CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
 };
 use qemu_runner::{QemuConfig, QemuRunner};
 
-/// Run a test plan and write JUnit XML and JSON reports.
+/// Run a test plan (or one shard of it) and write JUnit XML, JSON and HTML reports; or merge
+/// the JSON reports of a sharded campaign's workers.
 #[derive(Debug, Parser)]
 #[command(name = "campaign")]
 struct Args {
     /// The plan file (TOML).
-    plan: PathBuf,
+    #[arg(required_unless_present = "merge")]
+    plan: Option<PathBuf>,
+    /// Run only shard k of n: `k/n` by test-id hash (a test always lands on the same shard), or
+    /// `k/n:count` (round robin, equal shares). Every worker runs the same plan.
+    #[arg(long)]
+    partition: Option<Partition>,
+    /// The campaign's id, the same on every worker (e.g. the CI pipeline id). Default: the
+    /// plan's name and a digest of its test ids.
+    #[arg(long, requires = "partition")]
+    campaign: Option<String>,
+    /// Merge these shard reports (report.json of every worker) into one JSON, JUnit and HTML
+    /// report in `--out`; fails when a test is missing or reported twice.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["plan", "partition"])]
+    merge: Vec<PathBuf>,
     /// Directory for the reports and each test's scratch files.
     #[arg(long, default_value = "target/campaign")]
     out: PathBuf,
@@ -72,10 +87,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "quiet" => ProgressMode::Quiet,
         other => anyhow::bail!("unknown --progress `{other}`: use auto, lines or quiet"),
     };
-    let plan = plan::load(&args.plan)?;
+    if !args.merge.is_empty() {
+        return merge_reports(&args);
+    }
+    let plan_path = args.plan.clone().expect("clap requires a plan");
+    let mut plan = plan::load(&plan_path)?;
     let mut config = RunConfig::new(args.out.join("scratch"))
         .with_plan_settings(&plan.settings)
         .with_name(plan.name.clone());
+    if let Some(p) = args.partition {
+        let campaign = args
+            .campaign
+            .clone()
+            .unwrap_or_else(|| shard::campaign_id(plan.name.as_deref(), &plan.cases));
+        config = config.with_shard(p.info(campaign, &plan.cases));
+        plan.cases = p.select(std::mem::take(&mut plan.cases));
+    }
     if let Some(p) = args.parallelism {
         config = config.with_parallelism(p);
     }
@@ -123,7 +150,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     orchestrator
         .validate(&plan.cases)
-        .with_context(|| format!("plan {} cannot run", args.plan.display()))?;
+        .with_context(|| format!("plan {} cannot run", plan_path.display()))?;
 
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
@@ -159,6 +186,52 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         },
     )
+}
+
+/// `--merge`: one report from the shards' reports.
+fn merge_reports(args: &Args) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for path in &args.merge {
+        reports.push(
+            orchestrator_core::RunReport::read_json(path)
+                .with_context(|| format!("cannot read shard report {}", path.display()))?,
+        );
+    }
+    let merged = shard::merge(reports)?;
+    let junit = args.out.join("junit.xml");
+    let json = args.out.join("report.json");
+    let html = args.out.join("report.html");
+    merged.report.write_junit(&junit)?;
+    merged.report.write_json(&json)?;
+    merged.report.write_html(&html)?;
+    print!(
+        "{}",
+        report::summary_table(&merged.report, std::io::stdout().is_terminal())
+    );
+    for (what, list) in [
+        ("missing (no shard reported them)", &merged.missing),
+        ("reported by more than one shard", &merged.duplicated),
+        ("not in the campaign", &merged.unexpected),
+    ] {
+        if !list.is_empty() {
+            println!("{} tests {what}: {}", list.len(), list.join(", "));
+        }
+    }
+    if !merged.missing_shards.is_empty() {
+        let shards: Vec<String> = merged.missing_shards.iter().map(usize::to_string).collect();
+        println!("shards without a report: {}", shards.join(", "));
+    }
+    println!(
+        "reports: {} {} {}",
+        junit.display(),
+        json.display(),
+        html.display()
+    );
+    Ok(if merged.is_complete() && merged.report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// First SIGINT or SIGTERM: cancel the run (tests are stopped, reports written). Second: exit.

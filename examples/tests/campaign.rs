@@ -317,3 +317,75 @@ fn result_duration(result: &serde_json::Value) -> f64 {
     let at = |k: &str| chrono::DateTime::parse_from_rfc3339(result[k].as_str().unwrap()).unwrap();
     (at("finished_at") - at("started_at")).as_seconds_f64()
 }
+
+#[test]
+fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("name = \"sharded\"\n");
+    for i in 0..8 {
+        text.push_str(&format!("[[test]]\nid = \"t{i}\"\nscript = \"echo {i}\"\n"));
+    }
+    let plan = write_plan(dir.path(), &text);
+    // Three workers at once, as a CI system's parallel jobs would.
+    let workers: Vec<_> = (1..=3)
+        .map(|k| {
+            Command::new(campaign_bin())
+                .arg(&plan)
+                .args(["--partition", &format!("{k}/3"), "--campaign", "pipeline-7"])
+                .args(["--progress", "quiet", "--no-store", "--out"])
+                .arg(dir.path().join(format!("w{k}")))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut w in workers {
+        assert!(w.wait().unwrap().success());
+    }
+    let shard = |k: usize| dir.path().join(format!("w{k}/report.json"));
+    let ran: usize = (1..=3)
+        .map(|k| json(&shard(k))["results"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(ran, 8, "every test ran on exactly one worker");
+
+    let merged_dir = dir.path().join("merged");
+    let out = Command::new(campaign_bin())
+        .arg("--merge")
+        .args((1..=3).map(shard))
+        .arg("--out")
+        .arg(&merged_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json(&merged_dir.join("report.json"));
+    let ids: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    for f in ["junit.xml", "report.html"] {
+        assert!(merged_dir.join(f).is_file(), "{f}");
+    }
+
+    // Without the third shard: the merge fails and names what is missing.
+    let out = Command::new(campaign_bin())
+        .arg("--merge")
+        .args([shard(1), shard(2)])
+        .arg("--out")
+        .arg(dir.path().join("partial"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("missing (no shard reported them)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("shards without a report: 3"), "{stdout}");
+}

@@ -71,6 +71,7 @@ pub mod report;
 mod result;
 mod runner;
 mod serde_duration;
+pub mod shard;
 
 pub use case::{
     Arch, Command, DEFAULT_TIMEOUT, EmptyCommand, Expectation, FileSpec, InvalidTestId,

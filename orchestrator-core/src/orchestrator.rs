@@ -51,6 +51,9 @@ pub struct RunConfig {
     pub output_limit: usize,
     /// The run's name, copied into the report.
     pub name: Option<String>,
+    /// Which shard of which campaign this run is, copied into the report (see
+    /// [`crate::shard`]).
+    pub shard: Option<crate::shard::ShardInfo>,
 }
 
 impl RunConfig {
@@ -64,6 +67,7 @@ impl RunConfig {
             infra_retries: 0,
             output_limit: DEFAULT_OUTPUT_LIMIT,
             name: None,
+            shard: None,
         }
     }
 
@@ -115,6 +119,13 @@ impl RunConfig {
     #[must_use]
     pub fn with_name(mut self, name: Option<String>) -> Self {
         self.name = name;
+        self
+    }
+
+    /// Marks the run as one shard of a campaign (from [`Partition::info`](crate::shard::Partition::info)).
+    #[must_use]
+    pub fn with_shard(mut self, shard: crate::shard::ShardInfo) -> Self {
+        self.shard = Some(shard);
         self
     }
 }
@@ -544,6 +555,7 @@ impl Orchestrator {
             results,
             host: HostInfo::current(),
             storage,
+            shard: self.config.shard.clone(),
         })
     }
 

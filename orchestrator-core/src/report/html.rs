@@ -1071,6 +1071,7 @@ mod tests {
                 cpus: 2,
             },
             storage: None,
+            shard: None,
         }
     }
 

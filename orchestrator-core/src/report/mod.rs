@@ -47,6 +47,9 @@ pub struct RunReport {
     /// What went into the artifact store, when the run had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSummary>,
+    /// Which shard of which campaign this run was, when it was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::ShardInfo>,
 }
 
 /// The artifact store's part of a run.

@@ -4,6 +4,7 @@ mod composed;
 mod orchestrator;
 mod process_runner;
 mod reports;
+mod shard;
 
 use std::path::Path;
 
