@@ -94,6 +94,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     let python = ensure_junitparser(root)?;
     ensure_apt_tool("cpio", "cpio")?;
     ensure_chromium()?;
+    let garage = ensure_garage()?;
     provision_guests()?;
 
     if lints {
@@ -139,7 +140,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         ]);
         c
     };
-    tests.args(&extra).env("JUNITPARSER_PYTHON", &python);
+    tests
+        .args(&extra)
+        .env("JUNITPARSER_PYTHON", &python)
+        .env("ORCH_GARAGE", &garage);
     step("tests (heavy tests included)", tests)?;
 
     let mut doctests = cargo();
@@ -191,6 +195,35 @@ fn ensure_chromium() -> Result<()> {
         step("apt-get install chromium", install())?;
     }
     Ok(())
+}
+
+/// The Garage version the S3 tests run against.
+const GARAGE_VERSION: &str = "2.5.0";
+
+/// Garage, the S3-compatible object store the remote-store tests start on loopback: built once
+/// with `cargo install` (about 11 minutes on 2 cores) into the tools cache
+/// (`$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`), then reused. Returns the
+/// binary, which the tests find through `ORCH_GARAGE`.
+fn ensure_garage() -> Result<PathBuf> {
+    let root = match std::env::var_os("ORCH_TOOLS_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
+            PathBuf::from(home).join(".cache/qemu-orchestrator/tools")
+        }
+    };
+    let bin = root.join("bin/garage");
+    let version = Command::new(&bin).arg("--version").output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(GARAGE_VERSION)) {
+        return Ok(bin);
+    }
+    let mut install = cargo();
+    install
+        .args(["install", "--locked", "--version", GARAGE_VERSION, "--root"])
+        .arg(&root)
+        .arg("garage");
+    step("cargo install garage (once; cached)", install)?;
+    Ok(bin)
 }
 
 /// QEMU for the four architectures and the stock Debian kernels and busybox the boot tests use.

@@ -4,6 +4,7 @@ mod bundles;
 mod concurrency;
 mod crash;
 mod enospc;
+mod garage;
 mod props;
 mod retention;
 mod store;
