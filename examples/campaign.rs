@@ -140,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &root,
             StoreOptions {
                 durability: store.durability,
+                ..StoreOptions::default()
             },
         )
         .with_context(|| format!("cannot open the artifact store {}", root.display()))?;

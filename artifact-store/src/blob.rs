@@ -101,12 +101,71 @@ pub(crate) struct Written {
 
 impl Written {
     /// What the catalog records of it.
-    pub(crate) fn info(&self) -> crate::catalog::BlobInfo {
+    pub(crate) fn info(&self) -> crate::catalog::BlobInfo<'static> {
         crate::catalog::BlobInfo {
             digest: self.digest,
             raw_size: self.raw_size,
             stored_size: self.stored_size,
             compressed: self.compressed,
+            inline: None,
+        }
+    }
+}
+
+impl Written {
+    /// fsyncs the temp file.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let temp = self.guard.0.as_ref().expect("armed guard");
+        File::open(temp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync", temp, e))
+    }
+}
+
+/// A small blob encoded in memory: the catalog keeps it (see `StoreOptions::inline_max`).
+#[derive(Debug)]
+pub(crate) struct InlineBlob {
+    pub(crate) digest: Digest,
+    pub(crate) raw_size: u64,
+    pub(crate) compressed: bool,
+    /// The whole encoded blob, header included, as a blob file would hold it.
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl InlineBlob {
+    /// What the catalog records of it, the bytes included.
+    pub(crate) fn info(&self) -> crate::catalog::BlobInfo<'_> {
+        crate::catalog::BlobInfo {
+            digest: self.digest,
+            raw_size: self.raw_size,
+            stored_size: self.bytes.len() as u64,
+            compressed: self.compressed,
+            inline: Some(&self.bytes),
+        }
+    }
+}
+
+/// The start of an input.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// All of it (shorter than 256 KiB).
+    Whole(Vec<u8>),
+    /// Its first 256 KiB; more may follow.
+    Start(Vec<u8>),
+}
+
+/// Encoded content: in memory, or in a temp file.
+#[derive(Debug)]
+pub(crate) enum Encoded {
+    Inline(InlineBlob),
+    Temp(Written),
+}
+
+impl Encoded {
+    pub(crate) fn info(&self) -> crate::catalog::BlobInfo<'_> {
+        match self {
+            Encoded::Inline(b) => b.info(),
+            Encoded::Temp(w) => w.info(),
         }
     }
 }
@@ -296,68 +355,128 @@ impl Blobs {
 
     /// Writes `reader` to a new temp file (fsynced if `sync`) without making it visible.
     pub(crate) fn write_temp(&self, reader: &mut dyn Read, sync: bool) -> Result<Written> {
-        let (file, temp) = self.new_temp()?;
-        let guard = TempGuard(Some(temp.clone()));
-        let werr = |e: io::Error| Error::io("write", &temp, e);
-        let mut hasher = blake3::Hasher::new();
+        match self.encode(reader, sync, 0)? {
+            Encoded::Temp(w) => Ok(w),
+            Encoded::Inline(_) => unreachable!("nothing is inline with a zero limit"),
+        }
+    }
+
+    /// Encodes `reader`: in memory if the encoded blob is at most `inline_max` bytes (the catalog
+    /// keeps it), else into a new temp file (fsynced if `sync`), not yet visible.
+    pub(crate) fn encode(
+        &self,
+        reader: &mut dyn Read,
+        sync: bool,
+        inline_max: usize,
+    ) -> Result<Encoded> {
+        match self.read_head(reader)? {
+            Head::Whole(content) => self.encode_whole(&content, sync, inline_max),
+            Head::Start(sample) => self.encode_stream(sample, reader, sync),
+        }
+    }
+
+    /// Reads up to 256 KiB of `reader`: the whole content if it is shorter.
+    pub(crate) fn read_head(&self, reader: &mut dyn Read) -> Result<Head> {
         // Room up front: `read_to_end` into an empty vector starts with tiny probing reads.
         let mut sample = Vec::with_capacity(64 * 1024);
         (&mut *reader)
             .take(SAMPLE as u64)
             .read_to_end(&mut sample)
-            .map_err(|e| Error::io("read input for", &temp, e))?;
-        let n = sample.len();
-        let mut out;
-        let (raw_size, compressed);
-        if n < SAMPLE {
-            // Whole content in hand: compress once, keep whichever is smaller, one write.
-            hasher.update(&sample);
-            raw_size = n as u64;
-            let z = if n >= 64 {
-                compress_small(&sample, ZSTD_LEVEL)
-            } else {
-                None
-            };
-            let mut file = file;
-            match z {
-                Some(z) if (z.len() as u64) < raw_size - raw_size / 20 => {
-                    let mut buf = Vec::with_capacity(16 + z.len());
-                    buf.extend_from_slice(&header(CODEC_ZSTD, raw_size));
-                    buf.extend_from_slice(&z);
-                    file.write_all(&buf).map_err(werr)?;
-                    compressed = true;
-                }
-                _ => {
-                    let mut buf = Vec::with_capacity(16 + sample.len());
-                    buf.extend_from_slice(&header(CODEC_RAW, raw_size));
-                    buf.extend_from_slice(&sample);
-                    file.write_all(&buf).map_err(werr)?;
-                    compressed = false;
-                }
-            }
-            out = BufWriter::with_capacity(0, file);
+            .map_err(|e| Error::io("read input for", &self.tmp, e))?;
+        Ok(if sample.len() < SAMPLE {
+            Head::Whole(sample)
         } else {
-            // Large content: decide from a fast compression of the first 256 KiB.
-            out = BufWriter::with_capacity(CHUNK, file);
-            let probe = compress_small(&sample, 1).map(|z| z.len()).unwrap_or(n);
-            compressed = probe < n - n / 10;
-            out.write_all(&header(if compressed { CODEC_ZSTD } else { CODEC_RAW }, 0))
-                .map_err(werr)?;
-            let mut buf = vec![0u8; CHUNK];
-            let total;
-            if compressed {
-                let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(werr)?;
-                // One worker thread: compression overlaps with reading and hashing.
-                enc.multithread(1).map_err(werr)?;
-                total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut enc, &temp)?;
-                out = enc.finish().map_err(werr)?;
-            } else {
-                total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut out, &temp)?;
+            Head::Start(sample)
+        })
+    }
+
+    /// Encodes content held whole in memory (shorter than 256 KiB): compressed once, whichever
+    /// is smaller kept, in memory up to `inline_max` bytes, else written to a temp file.
+    pub(crate) fn encode_whole(
+        &self,
+        content: &[u8],
+        sync: bool,
+        inline_max: usize,
+    ) -> Result<Encoded> {
+        let n = content.len();
+        let raw_size = n as u64;
+        let z = if n >= 64 {
+            compress_small(content, ZSTD_LEVEL)
+        } else {
+            None
+        };
+        let (buf, compressed) = match z {
+            Some(z) if (z.len() as u64) < raw_size - raw_size / 20 => {
+                let mut buf = Vec::with_capacity(16 + z.len());
+                buf.extend_from_slice(&header(CODEC_ZSTD, raw_size));
+                buf.extend_from_slice(&z);
+                (buf, true)
             }
-            raw_size = total;
-            out.seek(SeekFrom::Start(8)).map_err(werr)?;
-            out.write_all(&raw_size.to_le_bytes()).map_err(werr)?;
+            _ => {
+                let mut buf = Vec::with_capacity(16 + n);
+                buf.extend_from_slice(&header(CODEC_RAW, raw_size));
+                buf.extend_from_slice(content);
+                (buf, false)
+            }
+        };
+        let digest = Digest::from(blake3::hash(content));
+        if buf.len() <= inline_max {
+            return Ok(Encoded::Inline(InlineBlob {
+                digest,
+                raw_size,
+                compressed,
+                bytes: buf,
+            }));
         }
+        let (mut file, temp) = self.new_temp()?;
+        let guard = TempGuard(Some(temp.clone()));
+        file.write_all(&buf)
+            .map_err(|e| Error::io("write", &temp, e))?;
+        if sync {
+            file.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
+        }
+        Ok(Encoded::Temp(Written {
+            digest,
+            raw_size,
+            stored_size: buf.len() as u64,
+            compressed,
+            guard,
+        }))
+    }
+
+    /// Streams content of 256 KiB or more (`sample`, then the rest of `reader`) into a new temp
+    /// file (fsynced if `sync`): memory stays bounded whatever the size.
+    pub(crate) fn encode_stream(
+        &self,
+        sample: Vec<u8>,
+        reader: &mut dyn Read,
+        sync: bool,
+    ) -> Result<Encoded> {
+        let mut hasher = blake3::Hasher::new();
+        let n = sample.len();
+        let (file, temp) = self.new_temp()?;
+        let guard = TempGuard(Some(temp.clone()));
+        let werr = |e: io::Error| Error::io("write", &temp, e);
+        // Large content: decide from a fast compression of the first 256 KiB.
+        let mut out = BufWriter::with_capacity(CHUNK, file);
+        let probe = compress_small(&sample, 1).map(|z| z.len()).unwrap_or(n);
+        let compressed = probe < n - n / 10;
+        out.write_all(&header(if compressed { CODEC_ZSTD } else { CODEC_RAW }, 0))
+            .map_err(werr)?;
+        let mut buf = vec![0u8; CHUNK];
+        let total;
+        if compressed {
+            let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(werr)?;
+            // One worker thread: compression overlaps with reading and hashing.
+            enc.multithread(1).map_err(werr)?;
+            total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut enc, &temp)?;
+            out = enc.finish().map_err(werr)?;
+        } else {
+            total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut out, &temp)?;
+        }
+        let raw_size = total;
+        out.seek(SeekFrom::Start(8)).map_err(werr)?;
+        out.write_all(&raw_size.to_le_bytes()).map_err(werr)?;
         let mut file = out.into_inner().map_err(|e| werr(e.into_error()))?;
         let stored_size = file.seek(SeekFrom::End(0)).map_err(werr)?;
         if sync {
@@ -365,13 +484,13 @@ impl Blobs {
         }
         drop(file);
         let digest = Digest::from(hasher.finalize());
-        Ok(Written {
+        Ok(Encoded::Temp(Written {
             digest,
             raw_size,
             stored_size,
             compressed,
             guard,
-        })
+        }))
     }
 
     /// Makes `temp`'s content visible at `path` without ever clobbering a good blob. Returns
@@ -624,6 +743,55 @@ impl std::fmt::Debug for BlobReader {
 }
 
 impl BlobReader {
+    /// A reader over a whole encoded blob held in memory (one kept by the catalog).
+    pub(crate) fn from_encoded(buf: Vec<u8>, path: PathBuf, digest: Digest) -> Result<Self> {
+        match Self::whole(buf, &path, digest)? {
+            Some((inner, expected)) => Ok(Self::with(inner, expected, path, digest)),
+            // Inline blobs hold less than 256 KiB of content.
+            None => Err(Error::Corrupt {
+                digest,
+                path,
+                artifact: None,
+                detail: "header announces more content than an inline blob holds".into(),
+            }),
+        }
+    }
+
+    /// Decodes a whole encoded blob in memory; `None` when it should be streamed instead.
+    fn whole(mut buf: Vec<u8>, path: &Path, digest: Digest) -> Result<Option<(Inner, u64)>> {
+        let corrupt = |detail: &str| Error::Corrupt {
+            digest,
+            path: path.to_owned(),
+            artifact: None,
+            detail: detail.into(),
+        };
+        let (codec, expected) =
+            parse_header(&buf).ok_or_else(|| corrupt("bad or truncated header"))?;
+        match codec {
+            CODEC_RAW => Ok(Some((Inner::Mem { buf, pos: 16 }, expected))),
+            CODEC_ZSTD if expected <= 4 * SMALL_READ => {
+                let out = decompress_small(&buf[16..], expected as usize)
+                    .map_err(|e| corrupt(&format!("undecodable content: {e}")))?;
+                buf = out;
+                Ok(Some((Inner::Mem { buf, pos: 0 }, expected)))
+            }
+            CODEC_ZSTD => Ok(None),
+            _ => Err(corrupt("unknown codec")),
+        }
+    }
+
+    fn with(inner: Inner, expected: u64, path: PathBuf, digest: Digest) -> Self {
+        BlobReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            digest,
+            path,
+            expected,
+            seen: 0,
+            done: false,
+        }
+    }
+
     fn new(mut file: File, path: PathBuf, digest: Digest) -> Result<Self> {
         let corrupt = |detail: &str| Error::Corrupt {
             digest,
@@ -644,19 +812,7 @@ impl BlobReader {
             let mut buf = vec![0u8; stored as usize];
             let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("read", &path, e))?;
             buf.truncate(n);
-            let (codec, expected) =
-                parse_header(&buf).ok_or_else(|| corrupt("bad or truncated header"))?;
-            match codec {
-                CODEC_RAW => small = Some((Inner::Mem { buf, pos: 16 }, expected)),
-                CODEC_ZSTD if expected <= 4 * SMALL_READ => {
-                    let buf = decompress_small(&buf[16..], expected as usize)
-                        .map_err(|e| corrupt(&format!("undecodable content: {e}")))?;
-                    small = Some((Inner::Mem { buf, pos: 0 }, expected));
-                }
-                // Compresses very well: stream it rather than hold it all.
-                CODEC_ZSTD => {}
-                _ => return Err(corrupt("unknown codec")),
-            }
+            small = Self::whole(buf, &path, digest)?;
         }
         let (inner, expected) = match small {
             Some(s) => s,
@@ -679,15 +835,7 @@ impl BlobReader {
                 (inner, expected)
             }
         };
-        Ok(BlobReader {
-            inner,
-            hasher: blake3::Hasher::new(),
-            digest,
-            path,
-            expected,
-            seen: 0,
-            done: false,
-        })
+        Ok(Self::with(inner, expected, path, digest))
     }
 
     /// The digest being verified.

@@ -15,8 +15,9 @@ use crate::blob::Durability;
 use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, Eviction, Query};
 
-/// The catalog format this crate writes (`PRAGMA user_version`).
-pub const CATALOG_VERSION: u32 = 1;
+/// The catalog format this crate writes (`PRAGMA user_version`). Version 2 added
+/// `inline_blobs`; a version 1 catalog is upgraded when opened.
+pub const CATALOG_VERSION: u32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts(
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS blobs(
   stored_size INTEGER NOT NULL,
   compressed INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inline_blobs(
+  digest TEXT PRIMARY KEY,
+  data BLOB NOT NULL
+);
 ";
 
 const COLUMNS: &str = "seq, id, digest, test_id, run_id, kind, name, raw_size, stored_size, created_at, outcome, arch, evicted_at, eviction_reason";
@@ -72,16 +77,19 @@ pub(crate) struct Catalog {
     conn: Mutex<Connection>,
 }
 
-/// An artifact's blob digest and, if it was evicted, the reason.
-pub(crate) type BlobOf = (Digest, Option<String>);
+/// An artifact's blob digest, if it was evicted the reason, and the encoded blob if the catalog
+/// keeps it.
+pub(crate) type BlobOf = (Digest, Option<String>, Option<Vec<u8>>);
 
 /// Blob facts recorded with an artifact.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BlobInfo {
+pub(crate) struct BlobInfo<'a> {
     pub(crate) digest: Digest,
     pub(crate) raw_size: u64,
     pub(crate) stored_size: u64,
     pub(crate) compressed: bool,
+    /// The encoded blob, when the catalog keeps it instead of a file.
+    pub(crate) inline: Option<&'a [u8]>,
 }
 
 impl Catalog {
@@ -146,7 +154,7 @@ impl Catalog {
     }
 
     /// Inserts records in one transaction.
-    pub(crate) fn insert(&self, items: &[(BlobInfo, &ArtifactRecord)]) -> Result<()> {
+    pub(crate) fn insert(&self, items: &[(BlobInfo<'_>, &ArtifactRecord)]) -> Result<()> {
         self.insert_after(items, || Ok(()), |_, _| {})
     }
 
@@ -158,7 +166,7 @@ impl Catalog {
     /// recorded the same content in between), before the error is returned.
     pub(crate) fn insert_after<T>(
         &self,
-        items: &[(BlobInfo, &ArtifactRecord)],
+        items: &[(BlobInfo<'_>, &ArtifactRecord)],
         place: impl FnOnce() -> Result<T>,
         undo: impl FnOnce(&T, &dyn Fn(&Digest) -> Result<bool>),
     ) -> Result<T> {
@@ -199,7 +207,7 @@ impl Catalog {
     fn insert_rows(
         &self,
         tx: &rusqlite::Transaction<'_>,
-        items: &[(BlobInfo, &ArtifactRecord)],
+        items: &[(BlobInfo<'_>, &ArtifactRecord)],
     ) -> Result<()> {
         {
             let mut ins = tx
@@ -213,6 +221,9 @@ impl Catalog {
                 .map_err(self.err("prepare insert"))?;
             let mut blob = tx
                 .prepare_cached("INSERT OR IGNORE INTO blobs(digest, raw_size, stored_size, compressed) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(self.err("prepare insert"))?;
+            let mut inline = tx
+                .prepare_cached("INSERT OR IGNORE INTO inline_blobs(digest, data) VALUES (?1, ?2)")
                 .map_err(self.err("prepare insert"))?;
             let mut last_blob = None;
             for (b, r) in items {
@@ -243,6 +254,11 @@ impl Catalog {
                         b.compressed
                     ])
                     .map_err(self.err("insert blob"))?;
+                    if let Some(data) = b.inline {
+                        inline
+                            .execute(params![b.digest.to_hex(), data])
+                            .map_err(self.err("insert blob"))?;
+                    }
                     last_blob = Some(b.digest);
                 }
             }
@@ -401,6 +417,59 @@ impl Catalog {
         Ok(n)
     }
 
+    /// The encoded blob the catalog keeps for `digest`, if any.
+    pub(crate) fn inline_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT data FROM inline_blobs WHERE digest = ?1")
+            .map_err(self.err("prepare lookup"))?;
+        st.query_row([digest.to_hex()], |r| r.get(0))
+            .optional()
+            .map_err(self.err(format!("look up blob {digest}")))
+    }
+
+    /// Calls `f` with every blob the catalog keeps, one at a time, in one read transaction.
+    pub(crate) fn each_inline_blob(
+        &self,
+        mut f: impl FnMut(Digest, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(self.err("begin listing"))?;
+        {
+            let mut st = tx
+                .prepare("SELECT digest, data FROM inline_blobs")
+                .map_err(self.err("list inline blobs"))?;
+            let mut rows = st.query([]).map_err(self.err("list inline blobs"))?;
+            while let Some(r) = rows.next().map_err(self.err("list inline blobs"))? {
+                let hex: String = r.get(0).map_err(self.err("list inline blobs"))?;
+                let data: Vec<u8> = r.get(1).map_err(self.err("list inline blobs"))?;
+                let digest = Digest::from_hex(&hex).map_err(|e| Error::Invalid {
+                    what: "catalog inline blob",
+                    detail: format!("{}: {e}", self.path.display()),
+                })?;
+                f(digest, data)?;
+            }
+        }
+        tx.commit().map_err(self.err("end listing"))?;
+        Ok(())
+    }
+
+    /// Forgets blobs the catalog keeps (after they were quarantined).
+    pub(crate) fn forget_inline(&self, digests: &[Digest]) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin removal"))?;
+        for d in digests {
+            tx.execute("DELETE FROM inline_blobs WHERE digest = ?1", [d.to_hex()])
+                .map_err(self.err(format!("forget blob {d}")))?;
+        }
+        tx.commit().map_err(self.err("commit removal"))?;
+        Ok(())
+    }
+
     /// Runs `f` inside an IMMEDIATE transaction with the digests that live records need:
     /// concurrent record inserts wait until it commits.
     pub(crate) fn with_live_digests<T>(
@@ -435,14 +504,16 @@ impl Catalog {
 
 fn lookup_blob(conn: &Connection, id: &str) -> rusqlite::Result<Option<BlobOf>> {
     let mut st = conn.prepare_cached(
-        "SELECT digest, evicted_at IS NOT NULL, eviction_reason FROM artifacts WHERE id = ?1",
+        "SELECT a.digest, a.evicted_at IS NOT NULL, a.eviction_reason, i.data FROM artifacts a
+         LEFT JOIN inline_blobs i ON i.digest = a.digest WHERE a.id = ?1",
     )?;
     st.query_row([id], |r| {
         let digest: String = r.get(0)?;
         let digest = Digest::from_hex(&digest).map_err(|e| bad(0, e))?;
         let evicted: bool = r.get(1)?;
         let reason = evicted.then(|| r.get::<_, Option<String>>(2)).transpose()?;
-        Ok((digest, reason.map(Option::unwrap_or_default)))
+        let data = if evicted { None } else { r.get(3)? };
+        Ok((digest, reason.map(Option::unwrap_or_default), data))
     })
     .optional()
 }

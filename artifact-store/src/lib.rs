@@ -3,9 +3,12 @@
 //!
 //! - **Content.** Blobs are addressed by the BLAKE3 digest of their content in a versioned,
 //!   sharded layout (`content-v1/blake3/ab/cd/<digest>`), zstd-compressed unless the data does
-//!   not compress. A put streams into a temp file inside the store, fsyncs it, then commits with
-//!   `link(2)` (never clobbering: an existing blob is a dedup hit). Every read verifies the
-//!   digest. Memory stays bounded whatever the size.
+//!   not compress. A put streams into a temp file inside the store, fsyncs it, then moves it
+//!   into place without clobbering (`renameat2(RENAME_NOREPLACE)`, or `link(2)`: an existing
+//!   blob is a dedup hit). Small blobs (up to [`DEFAULT_INLINE_MAX`] bytes encoded, see
+//!   [`StoreOptions::inline_max`]) live in the catalog database instead, written in the
+//!   transaction that records them. Every read verifies the digest. Memory stays bounded
+//!   whatever the size.
 //! - **Catalog.** One record per artifact in SQLite (WAL, safe for several processes):
 //!   test, run, kind, name, sizes, time, outcome, architecture, metadata. Records outlive
 //!   evicted blobs.
@@ -19,7 +22,7 @@
 //!
 //! ```text
 //! <root>/LAYOUT                 layout version (1)
-//! <root>/catalog-v1.sqlite      the catalog (+ -wal, -shm)
+//! <root>/catalog-v1.sqlite      the catalog (+ -wal, -shm), small blobs included
 //! <root>/content-v1/blake3/ab/cd/<64 hex digits>
 //! <root>/tmp/<pid>.<uuid>.tmp   writes in progress
 //! <root>/quarantine/            corrupt blobs moved aside by `verify` with repair
@@ -73,6 +76,6 @@ pub use error::{CorruptBlob, Error, Result};
 pub use model::{ArtifactKind, ArtifactRecord, Eviction, NewArtifact, Query, TAG_KEY, TestOutcome};
 pub use retention::{Policy, RetentionPolicy};
 pub use store::{
-    ArtifactStore, CorruptEntry, GcOptions, GcReport, LAYOUT_VERSION, MissingEntry,
-    RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,
+    ArtifactStore, CorruptEntry, DEFAULT_INLINE_MAX, GcOptions, GcReport, LAYOUT_VERSION,
+    MissingEntry, RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,
 };

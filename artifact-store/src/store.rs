@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::Digest;
-use crate::blob::{BlobReader, Blobs, Durability, PendingBlob, pid_alive};
+use crate::blob::{BlobReader, Blobs, Durability, Encoded, Head, PendingBlob, pid_alive};
 use crate::catalog::{BlobInfo, BlobOf, Catalog};
 use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, NewArtifact, Query};
@@ -19,11 +19,30 @@ use crate::model::{ArtifactRecord, NewArtifact, Query};
 pub const LAYOUT_VERSION: u32 = 1;
 const LAYOUT_FILE: &str = "LAYOUT";
 
+/// Blobs up to this many bytes encoded live in the catalog by default (see
+/// [`StoreOptions::inline_max`]).
+pub const DEFAULT_INLINE_MAX: usize = 16 * 1024;
+
 /// Options for [`ArtifactStore::open_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// fsync policy (default: [`Durability::Fsync`]).
     pub durability: Durability,
+    /// Blobs stored by [`ArtifactStore::add`] and [`ArtifactStore::add_many`] whose encoded form
+    /// is at most this many bytes live in the catalog database instead of a file of their own
+    /// (default [`DEFAULT_INLINE_MAX`]; 0 puts every blob in a file). A file costs a create, a
+    /// rename and a 4 KiB block for a few hundred bytes of log; in the catalog, a batch of them
+    /// is one transaction with one fsync. Reads verify them like files.
+    pub inline_max: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::default(),
+            inline_max: DEFAULT_INLINE_MAX,
+        }
+    }
 }
 
 /// Options for [`ArtifactStore::gc`].
@@ -170,6 +189,7 @@ impl Stats {
 #[derive(Debug)]
 pub struct ArtifactStore {
     root: PathBuf,
+    inline_max: usize,
     pub(crate) blobs: Blobs,
     pub(crate) catalog: Catalog,
 }
@@ -212,6 +232,7 @@ impl ArtifactStore {
         let catalog = Catalog::open(&root.join("catalog-v1.sqlite"), options.durability)?;
         Ok(ArtifactStore {
             root,
+            inline_max: options.inline_max,
             blobs,
             catalog,
         })
@@ -222,7 +243,8 @@ impl ArtifactStore {
         &self.root
     }
 
-    /// Where the blob with `digest` lives (whether or not it exists).
+    /// Where the blob file with `digest` lives (whether or not it exists). Small blobs live in
+    /// the catalog instead (see [`StoreOptions::inline_max`] and [`has_blob`](Self::has_blob)).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs.path_of(digest)
     }
@@ -279,56 +301,73 @@ impl ArtifactStore {
         Ok(v.pop().expect("one record"))
     }
 
-    /// Stores and records many artifacts at once, all or nothing: one catalog transaction and,
-    /// with [`Durability::Fsync`], two `syncfs(2)` calls for the whole batch instead of fsyncs
-    /// per file (one artifact: fsyncs of its file and directory). Much faster than
-    /// [`add`](Self::add) in a loop for many small files. If it fails, none of the records, blobs
-    /// or temp files of the batch stay behind.
+    /// Stores and records many artifacts at once, all or nothing: one catalog transaction for the
+    /// whole batch. Much faster than [`add`](Self::add) in a loop for many small files. If it
+    /// fails, none of the records, blobs or temp files of the batch stay behind.
     ///
-    /// Each blob is written to a temp file, then, inside the catalog's write transaction that
-    /// records it, renamed into place without clobbering (`RENAME_NOREPLACE`; an existing blob is
-    /// a dedup hit): a collection, which deletes only under that lock, can never see a blob whose
-    /// record is not yet committed.
+    /// Small blobs (at most [`StoreOptions::inline_max`] bytes encoded) go into the catalog with
+    /// their records: no file, and with [`Durability::Fsync`] the commit's one fsync makes the
+    /// whole batch durable. Larger blobs are each written to a temp file, then, inside the
+    /// catalog's write transaction that records them, renamed into place without clobbering
+    /// (`RENAME_NOREPLACE`; an existing blob is a dedup hit): a collection, which deletes only
+    /// under that lock, can never see a blob whose record is not yet committed. With
+    /// [`Durability::Fsync`], one such file is fsynced with its directory; several cost two
+    /// `syncfs(2)` calls (content before names, names before records).
     pub fn add_many<R: Read>(
         &self,
         items: impl IntoIterator<Item = (NewArtifact, R)>,
     ) -> Result<Vec<ArtifactRecord>> {
         let items: Vec<(NewArtifact, R)> = items.into_iter().collect();
         let sync = self.blobs.durability == Durability::Fsync;
-        // One artifact: fsync its file and directory rather than flush the whole file system.
-        let per_file = sync && items.len() == 1;
-        let mut written = Vec::with_capacity(items.len());
-        for (a, mut r) in items {
-            a.validate()?;
-            let w = self
-                .blobs
-                .write_temp(&mut r, per_file)
-                .map_err(|e| e.storing(&a.test_id, &a.run_id, &a.name))?;
-            written.push((a, w));
+        let now = Utc::now();
+        let mut records = Vec::with_capacity(items.len());
+        let mut inline = Vec::new();
+        let mut temps = Vec::new();
+        // Per record: its blob info, or the index of its inline blob.
+        let mut slots: Vec<std::result::Result<BlobInfo<'static>, usize>> = Vec::new();
+        for (a, e) in self.encode_batch(items)? {
+            records.push(record_of_info(&e.info(), a, now));
+            match e {
+                Encoded::Inline(b) => {
+                    slots.push(Err(inline.len()));
+                    inline.push(b);
+                }
+                Encoded::Temp(w) => {
+                    slots.push(Ok(w.info()));
+                    temps.push((records.len() - 1, w));
+                }
+            }
         }
-        if written.is_empty() {
-            return Ok(Vec::new());
+        if records.is_empty() {
+            return Ok(records);
         }
         let syncfs = || {
             let tmp = &self.blobs.tmp;
             let dir = File::open(tmp).map_err(|e| Error::io("open", tmp, e))?;
             nix::unistd::syncfs(&dir).map_err(|e| Error::io("syncfs", tmp, io::Error::from(e)))
         };
-        if sync && !per_file {
+        // One file: fsync it and its directory rather than flush the whole file system. Inline
+        // blobs are made durable by the catalog's commit.
+        let per_file = sync && temps.len() == 1;
+        let whole_fs = sync && temps.len() > 1;
+        let label = |i: usize| {
+            let r: &ArtifactRecord = &records[i];
+            move |e: Error| e.storing(&r.test_id, &r.run_id, &r.name)
+        };
+        if per_file {
+            let (i, w) = &temps[0];
+            w.sync().map_err(label(*i))?;
+        }
+        if whole_fs {
             // The content is durable before any name points at it.
             syncfs()?;
         }
-        let now = Utc::now();
-        let records: Vec<ArtifactRecord> = written
-            .iter()
-            .map(|(a, w)| record_of_info(&w.info(), a.clone(), now))
-            .collect();
-        let rows: Vec<_> = written
+        let rows: Vec<_> = slots
             .iter()
             .zip(&records)
-            .map(|((_, w), r)| (w.info(), r))
+            .map(|(s, r)| (s.unwrap_or_else(|j| inline[j].info()), r))
             .collect();
-        let single = (written.len() == 1).then(|| written[0].0.clone());
+        let single = (records.len() == 1).then(|| label(0));
         let remove = |fresh: &Vec<(Digest, PathBuf)>, needed: Option<&Needed<'_>>| {
             for (d, p) in fresh {
                 if needed.is_none_or(|n| matches!(n(d), Ok(false))) {
@@ -340,18 +379,18 @@ impl ArtifactStore {
             &rows,
             || {
                 let mut fresh = Vec::new();
-                for (a, w) in written {
+                for (i, w) in temps {
                     let digest = w.info().digest;
                     match self.blobs.rename_into_place(w, per_file) {
                         Ok((_, true)) => {}
                         Ok((path, false)) => fresh.push((digest, path)),
                         Err(e) => {
                             remove(&fresh, None);
-                            return Err(e.storing(&a.test_id, &a.run_id, &a.name));
+                            return Err(label(i)(e));
                         }
                     }
                 }
-                if sync && !per_file {
+                if whole_fs {
                     // Every name is durable before the records that need them commit.
                     if let Err(e) = syncfs() {
                         remove(&fresh, None);
@@ -365,10 +404,86 @@ impl ArtifactStore {
         match placed {
             Ok(_) => Ok(records),
             Err(e) => Err(match single {
-                Some(a) => e.storing(&a.test_id, &a.run_id, &a.name),
+                Some(l) => l(e),
                 None => e,
             }),
         }
+    }
+
+    /// Encodes a batch in item order. Inputs are read on this thread; content shorter than
+    /// 256 KiB is then hashed and compressed on up to four threads, in windows of at most 64 MiB
+    /// so that memory stays bounded.
+    fn encode_batch<R: Read>(
+        &self,
+        items: Vec<(NewArtifact, R)>,
+    ) -> Result<Vec<(NewArtifact, Encoded)>> {
+        const WINDOW: usize = 64 << 20;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let mut done: Vec<Option<Encoded>> = Vec::with_capacity(items.len());
+        let mut arts = Vec::with_capacity(items.len());
+        let mut window: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut window_bytes = 0;
+        let flush = |window: &mut Vec<(usize, Vec<u8>)>,
+                     done: &mut Vec<Option<Encoded>>,
+                     arts: &[NewArtifact]|
+         -> Result<()> {
+            let work = std::mem::take(window);
+            let encode = |chunk: &[(usize, Vec<u8>)]| -> Vec<(usize, Result<Encoded>)> {
+                chunk
+                    .iter()
+                    .map(|(i, c)| (*i, self.blobs.encode_whole(c, false, self.inline_max)))
+                    .collect()
+            };
+            // Below a few dozen items, threads cost more than they save.
+            let n = threads.min(work.len() / 32).max(1);
+            let results: Vec<(usize, Result<Encoded>)> = if n == 1 {
+                encode(&work)
+            } else {
+                let size = work.len().div_ceil(n);
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = work
+                        .chunks(size)
+                        .map(|chunk| s.spawn(move || encode(chunk)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .flat_map(|h| h.join().expect("an encoding thread panicked"))
+                        .collect()
+                })
+            };
+            for (i, r) in results {
+                let a = &arts[i];
+                done[i] = Some(r.map_err(|e| e.storing(&a.test_id, &a.run_id, &a.name))?);
+            }
+            Ok(())
+        };
+        for (i, (a, mut r)) in items.into_iter().enumerate() {
+            a.validate()?;
+            let label = |e: Error| e.storing(&a.test_id, &a.run_id, &a.name);
+            let head = self.blobs.read_head(&mut r).map_err(label)?;
+            done.push(None);
+            match head {
+                Head::Whole(content) => {
+                    window_bytes += content.len();
+                    window.push((i, content));
+                }
+                Head::Start(sample) => {
+                    let e = self.blobs.encode_stream(sample, &mut r, false);
+                    done[i] = Some(e.map_err(label)?);
+                }
+            }
+            arts.push(a);
+            if window_bytes >= WINDOW {
+                flush(&mut window, &mut done, &arts)?;
+                window_bytes = 0;
+            }
+        }
+        flush(&mut window, &mut done, &arts)?;
+        Ok(arts
+            .into_iter()
+            .zip(done)
+            .map(|(a, e)| (a, e.expect("every item encoded")))
+            .collect())
     }
 
     /// Stores `bytes` and records them.
@@ -403,18 +518,37 @@ impl ArtifactStore {
     fn open_found(&self, id: &str, found: Option<BlobOf>) -> Result<BlobReader> {
         match found {
             None => Err(Error::NotFound { id: id.to_owned() }),
-            Some((digest, Some(reason))) => Err(Error::Evicted {
+            Some((digest, Some(reason), _)) => Err(Error::Evicted {
                 id: id.to_owned(),
                 digest,
                 reason,
             }),
-            Some((digest, None)) => self.blobs.open(&digest).map_err(|e| e.with_artifact(id)),
+            Some((digest, None, Some(data))) => {
+                BlobReader::from_encoded(data, self.inline_path(&digest), digest)
+                    .map_err(|e| e.with_artifact(id))
+            }
+            Some((digest, None, None)) => self.blobs.open(&digest).map_err(|e| e.with_artifact(id)),
         }
     }
 
     /// A verifying reader over a blob.
     pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
-        self.blobs.open(digest)
+        match self.catalog.inline_blob(digest)? {
+            Some(data) => BlobReader::from_encoded(data, self.inline_path(digest), *digest),
+            None => self.blobs.open(digest),
+        }
+    }
+
+    /// Whether the store holds the blob with `digest` (in a file or in the catalog).
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blobs.path_of(digest).exists() || self.catalog.inline_blob(digest)?.is_some())
+    }
+
+    /// How errors name a blob the catalog keeps: `<catalog file>#blob/<digest>`.
+    fn inline_path(&self, digest: &Digest) -> PathBuf {
+        let mut p = self.catalog.path.clone().into_os_string();
+        p.push(format!("#blob/{}", digest.to_hex()));
+        PathBuf::from(p)
     }
 
     /// Streams artifact `id` into `out`, verifying it; returns the byte count. Content up to
@@ -429,7 +563,7 @@ impl ArtifactStore {
     /// Artifact `id`'s whole content, verified.
     pub fn get(&self, id: &str) -> Result<Vec<u8>> {
         let r = self.open_artifact(id)?;
-        let path = self.blobs.path_of(&r.digest());
+        let path = r.path().to_owned();
         r.into_vec()
             .map_err(|e| Error::io("read", path, e).with_artifact(id))
     }
@@ -458,7 +592,7 @@ impl ArtifactStore {
         let found = self.catalog.blobs_of(ids.iter().map(AsRef::as_ref))?;
         for (i, (id, f)) in found.into_iter().enumerate() {
             let r = self.open_found(id, f)?;
-            let path = self.blobs.path_of(&r.digest());
+            let path = r.path().to_owned();
             let content = r
                 .into_vec()
                 .map_err(|e| Error::io("read", path, e).with_artifact(id))?;
@@ -555,6 +689,39 @@ impl ArtifactStore {
                 report.blobs_removed += 1;
                 report.bytes_removed += size;
             }
+            // Blobs the catalog keeps: removed in this same transaction.
+            let mut dead = Vec::new();
+            {
+                let mut st = tx
+                    .prepare("SELECT digest, length(data) FROM inline_blobs")
+                    .map_err(|e| Error::catalog(&self.catalog.path, "list inline blobs", e))?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                    .map_err(|e| Error::catalog(&self.catalog.path, "list inline blobs", e))?;
+                for row in rows {
+                    let (hex, size) = row
+                        .map_err(|e| Error::catalog(&self.catalog.path, "list inline blobs", e))?;
+                    match Digest::from_hex(&hex) {
+                        Ok(d) if live.contains(&d) => report.blobs_kept += 1,
+                        _ => {
+                            report.blobs_removed += 1;
+                            report.bytes_removed += size as u64;
+                            dead.push(hex);
+                        }
+                    }
+                }
+            }
+            if !options.dry_run {
+                for hex in dead {
+                    for sql in [
+                        "DELETE FROM inline_blobs WHERE digest = ?1",
+                        "DELETE FROM blobs WHERE digest = ?1",
+                    ] {
+                        tx.execute(sql, [&hex])
+                            .map_err(|e| Error::catalog(&self.catalog.path, "forget blob", e))?;
+                    }
+                }
+            }
             Ok(())
         })?;
         Ok(report)
@@ -594,13 +761,44 @@ impl ArtifactStore {
                 Err(path) => report.stray_files.push(path),
             }
         }
+        let mut corrupt_inline = Vec::new();
+        self.catalog.each_inline_blob(|d, data| {
+            report.blobs_checked += 1;
+            let path = self.inline_path(&d);
+            let checked = BlobReader::from_encoded(data.clone(), path.clone(), d)
+                .and_then(|r| r.into_vec().map_err(|e| Error::io("read", &path, e)));
+            match checked {
+                Ok(_) => {
+                    good.insert(d);
+                }
+                Err(e) => {
+                    let detail = match e {
+                        Error::Corrupt { detail, .. } => detail,
+                        Error::Io { source, .. } => source
+                            .get_ref()
+                            .and_then(|s| s.downcast_ref::<crate::CorruptBlob>())
+                            .map(|c| c.detail.clone())
+                            .unwrap_or_else(|| source.to_string()),
+                        e => e.to_string(),
+                    };
+                    corrupt_inline.push((d, data));
+                    report.corrupt.push(CorruptEntry {
+                        digest: d,
+                        path,
+                        detail,
+                        artifacts: Vec::new(),
+                    });
+                }
+            }
+            Ok(())
+        })?;
         let live = self.catalog.query(&Query::new())?;
         let mut needed = HashSet::new();
         for r in &live {
             needed.insert(r.digest);
             if let Some(c) = report.corrupt.iter_mut().find(|c| c.digest == r.digest) {
                 c.artifacts.push(r.id.clone());
-            } else if !good.contains(&r.digest) && !self.blobs.path_of(&r.digest).exists() {
+            } else if !good.contains(&r.digest) && !self.has_blob(&r.digest)? {
                 report.missing.push(MissingEntry {
                     artifact: r.id.clone(),
                     digest: r.digest,
@@ -623,6 +821,16 @@ impl ArtifactStore {
                 ));
                 fs::rename(path, &q).map_err(|e| Error::io("quarantine", path, e))?;
             }
+            for (d, data) in &corrupt_inline {
+                let q = self.blobs.quarantine.join(format!(
+                    "{}.{}",
+                    d.to_hex(),
+                    uuid::Uuid::new_v4().simple()
+                ));
+                fs::write(&q, data).map_err(|e| Error::io("quarantine", &q, e))?;
+            }
+            let forget: Vec<Digest> = corrupt_inline.iter().map(|(d, _)| *d).collect();
+            self.catalog.forget_inline(&forget)?;
             for c in &report.corrupt {
                 evict.extend(
                     c.artifacts
@@ -723,7 +931,11 @@ fn new_record(blob: &PendingBlob, a: NewArtifact, now: chrono::DateTime<Utc>) ->
     record_of_info(&info_of(blob), a, now)
 }
 
-fn record_of_info(blob: &BlobInfo, a: NewArtifact, now: chrono::DateTime<Utc>) -> ArtifactRecord {
+fn record_of_info(
+    blob: &BlobInfo<'_>,
+    a: NewArtifact,
+    now: chrono::DateTime<Utc>,
+) -> ArtifactRecord {
     ArtifactRecord {
         id: uuid::Uuid::new_v4().to_string(),
         digest: blob.digest,
@@ -741,12 +953,13 @@ fn record_of_info(blob: &BlobInfo, a: NewArtifact, now: chrono::DateTime<Utc>) -
     }
 }
 
-fn info_of(b: &PendingBlob) -> BlobInfo {
+fn info_of(b: &PendingBlob) -> BlobInfo<'static> {
     BlobInfo {
         digest: b.digest,
         raw_size: b.raw_size,
         stored_size: b.stored_size,
         compressed: b.compressed,
+        inline: None,
     }
 }
 

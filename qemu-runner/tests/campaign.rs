@@ -123,7 +123,7 @@ async fn a_stored_two_architecture_campaign_and_keep_last_run_retention() {
         for a in &r.artifacts {
             let s = a.stored.as_ref().unwrap();
             assert!(store.record_of(&s.id).unwrap().evicted.is_some(), "{a:#?}");
-            let on_disk = store.blob_path(&s.digest.parse().unwrap()).exists();
+            let on_disk = store.has_blob(&s.digest.parse().unwrap()).unwrap();
             assert_eq!(on_disk, live.contains(&s.digest), "{a:#?}");
             gone += usize::from(!on_disk);
         }

@@ -98,7 +98,7 @@ fn eight_writers_with_gc_and_retention() {
     let live = store.query(&Query::new()).unwrap();
     for r in &live {
         assert!(
-            store.blob_path(&r.digest).exists(),
+            store.has_blob(&r.digest).unwrap(),
             "live record {} lost its blob",
             r.id
         );

@@ -135,7 +135,18 @@ fn assert_failed_cleanly(store: &ArtifactStore, err: &Error, test: &str, kept: &
         kept.len(),
         "a record of the failed put: {msg}"
     );
-    let mut blobs: Vec<_> = records.iter().map(|r| store.blob_path(&r.digest)).collect();
+    let mut blobs: Vec<_> = records
+        .iter()
+        .map(|r| store.blob_path(&r.digest))
+        .filter(|p| p.exists())
+        .collect();
+    for r in &records {
+        assert!(
+            store.has_blob(&r.digest).unwrap(),
+            "record {} lost its blob",
+            r.id
+        );
+    }
     blobs.sort();
     blobs.dedup();
     assert_eq!(

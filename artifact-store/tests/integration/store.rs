@@ -7,15 +7,17 @@ use artifact_store::{
 };
 use chrono::{Duration, Utc};
 
-use crate::support::{art, store};
+use crate::support::{art, noise, store, tamper_inline};
 
 #[test]
 fn put_get_dedup_and_layout() {
     let (_d, s) = store();
-    let a = s.add_bytes(art("t", "r1"), b"hello").unwrap();
-    let b = s.add_bytes(art("t", "r2"), b"hello").unwrap();
+    // Larger than an inline blob: a file of its own.
+    let data = noise(40_000, 1);
+    let a = s.add_bytes(art("t", "r1"), &data).unwrap();
+    let b = s.add_bytes(art("t", "r2"), &data).unwrap();
     assert_eq!(a.digest, b.digest);
-    assert_eq!(a.digest, Digest::of(b"hello"));
+    assert_eq!(a.digest, Digest::of(&data));
     assert_ne!(a.id, b.id);
     let hex = a.digest.to_hex();
     let p = s
@@ -26,14 +28,98 @@ fn put_get_dedup_and_layout() {
         .join(&hex);
     assert!(p.is_file());
     assert_eq!(s.blob_path(&a.digest), p);
-    assert_eq!(s.get(&b.id).unwrap(), b"hello");
-    let pb = s.put_blob(&b"hello"[..]).unwrap();
+    assert_eq!(s.get(&b.id).unwrap(), data);
+    let pb = s.put_blob(data.as_slice()).unwrap();
     assert!(pb.dedup());
     drop(pb);
     assert!(
         fs::read_dir(s.root().join("tmp")).unwrap().next().is_none(),
         "temp files cleaned up"
     );
+}
+
+#[test]
+fn small_blobs_live_in_the_catalog_and_are_verified_like_files() {
+    let (_d, s) = store();
+    let a = s.add_bytes(art("t", "r1"), b"hello").unwrap();
+    let b = s.add_bytes(art("t", "r2"), b"hello").unwrap();
+    assert_eq!(a.digest, b.digest);
+    assert!(s.has_blob(&a.digest).unwrap());
+    assert!(!s.blob_path(&a.digest).exists(), "no file for a small blob");
+    assert_eq!(s.get(&a.id).unwrap(), b"hello");
+    assert_eq!(s.stats().unwrap().blobs, 1);
+    let log = "[    0.1] a kernel log line\n".repeat(300).into_bytes();
+    let c = s.add_bytes(art("t", "r3"), &log).unwrap();
+    assert!(c.stored_size < c.raw_size, "compressed: {c:?}");
+    assert_eq!(s.get(&c.id).unwrap(), log);
+    assert_eq!(s.open_blob(&c.digest).unwrap().len_hint(), log.len() as u64);
+
+    // Damaged in the database: refused, naming the artifact and where the blob lives.
+    tamper_inline(&s, &c.digest, |d| {
+        let last = d.len() - 1;
+        d[last] ^= 1;
+    });
+    let err = s.get(&c.id).unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { artifact: Some(x), .. } if *x == c.id),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("catalog-v1.sqlite#blob/"), "{msg}");
+    assert!(s.read_to(&c.id, &mut Vec::new()).is_err());
+    let rep = s.verify(VerifyOptions::default()).unwrap();
+    assert_eq!(rep.corrupt.len(), 1, "{rep:?}");
+    assert_eq!(rep.corrupt[0].artifacts, vec![c.id.clone()]);
+    let rep = s.verify(VerifyOptions { repair: true }).unwrap();
+    assert!(rep.repaired);
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+    assert_eq!(
+        s.record_of(&c.id).unwrap().evicted.unwrap().reason,
+        "blob corrupt"
+    );
+    assert_eq!(
+        fs::read_dir(s.root().join("quarantine")).unwrap().count(),
+        1,
+        "the damaged blob is kept in quarantine"
+    );
+    // A header announcing a huge content is refused too, without allocating it.
+    tamper_inline(&s, &a.digest, |d| {
+        d[8..16].copy_from_slice(&u64::MAX.to_le_bytes())
+    });
+    assert!(matches!(s.get(&a.id).unwrap_err(), Error::Corrupt { .. }));
+    tamper_inline(&s, &a.digest, |d| {
+        d[8..16].copy_from_slice(&5u64.to_le_bytes())
+    });
+    assert_eq!(s.get(&a.id).unwrap(), b"hello");
+
+    // Evicted and collected: the row goes, the other record's blob stays.
+    s.evict(&[(a.id.clone(), "old".into()), (b.id.clone(), "old".into())])
+        .unwrap();
+    let gc = s.gc(&GcOptions::default()).unwrap();
+    assert_eq!(gc.blobs_removed, 1, "{gc:?}");
+    assert!(!s.has_blob(&a.digest).unwrap());
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
+}
+
+#[test]
+fn a_version_1_catalog_is_upgraded_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let data = noise(40_000, 2);
+    let id = {
+        let s = ArtifactStore::open(&root).unwrap();
+        s.add_bytes(art("t", "r"), &data).unwrap().id
+    };
+    // What version 1 wrote: no inline_blobs table.
+    let db = rusqlite::Connection::open(root.join("catalog-v1.sqlite")).unwrap();
+    db.execute_batch("DROP TABLE inline_blobs; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(db);
+    let s = ArtifactStore::open(&root).unwrap();
+    assert_eq!(s.get(&id).unwrap(), data);
+    let small = s.add_bytes(art("t", "r2"), b"small").unwrap();
+    assert_eq!(s.get(&small.id).unwrap(), b"small");
+    assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
 }
 
 #[test]
@@ -173,7 +259,7 @@ fn a_dedup_hit_replaces_a_damaged_blob() {
 #[test]
 fn missing_blobs_and_orphans_are_reported() {
     let (_d, s) = store();
-    let a = s.add_bytes(art("t", "r1"), b"gone soon").unwrap();
+    let a = s.add_bytes(art("t", "r1"), &noise(40_000, 3)).unwrap();
     fs::remove_file(s.blob_path(&a.digest)).unwrap();
     let err = s.get(&a.id).unwrap_err();
     assert!(
@@ -380,7 +466,8 @@ fn read_only_store_gives_a_clear_error_and_loses_nothing() {
         let nobody = nix::unistd::Uid::from_raw(65534);
         nix::unistd::setresuid(nobody, nobody, nobody).unwrap();
     }
-    let err = s.add_bytes(art("t", "r2"), b"new").unwrap_err();
+    // Large enough for a file of its own (small blobs go into the open catalog).
+    let err = s.add_bytes(art("t", "r2"), &noise(40_000, 4)).unwrap_err();
     if !root {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -490,11 +577,10 @@ fn get_many_and_read_many_return_verified_content_in_order() {
     s.evict(&[(recs[1].id.clone(), "old".into())]).unwrap();
     let err = s.get_many(&[&recs[1].id]).unwrap_err();
     assert!(matches!(err, Error::Evicted { .. }), "{err}");
-    let path = s.blob_path(&recs[5].digest);
-    let mut bytes = fs::read(&path).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    fs::write(&path, &bytes).unwrap();
+    tamper_inline(&s, &recs[5].digest, |bytes| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    });
     let err = s.get_many(&[&recs[4].id, &recs[5].id]).unwrap_err();
     assert!(
         matches!(&err, Error::Corrupt { artifact: Some(a), .. } if *a == recs[5].id),

@@ -8,6 +8,41 @@ pub(crate) fn store() -> (TempDir, ArtifactStore) {
     (dir, s)
 }
 
+/// `n` pseudo-random bytes: incompressible, so stored in a file of its own when over 16 KiB.
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Rewrites the encoded blob the catalog keeps for `digest` with `f` (to damage it).
+pub(crate) fn tamper_inline(
+    store: &ArtifactStore,
+    digest: &artifact_store::Digest,
+    f: impl FnOnce(&mut Vec<u8>),
+) {
+    let db = rusqlite::Connection::open(store.root().join("catalog-v1.sqlite")).unwrap();
+    let mut data: Vec<u8> = db
+        .query_row(
+            "SELECT data FROM inline_blobs WHERE digest = ?1",
+            [digest.to_hex()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    f(&mut data);
+    db.execute(
+        "UPDATE inline_blobs SET data = ?2 WHERE digest = ?1",
+        rusqlite::params![digest.to_hex(), data],
+    )
+    .unwrap();
+}
+
 pub(crate) fn art(test: &str, run: &str) -> NewArtifact {
     NewArtifact::new(test, run, ArtifactKind::Log, "out.log")
 }

@@ -125,7 +125,7 @@ async fn results_link_stored_artifacts_and_metrics_and_retention_keeps_the_last_
         .unwrap()
         .digest;
     let digest: orchestrator_core::artifact_store::Digest = old.parse().unwrap();
-    assert!(!store.blob_path(&digest).exists());
+    assert!(!store.has_blob(&digest).unwrap());
 }
 
 #[tokio::test]
