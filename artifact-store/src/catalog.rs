@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, Eviction, Query};
 
 /// The catalog format this crate writes (`PRAGMA user_version`). Version 2 added
-/// `inline_blobs`; a version 1 catalog is upgraded when opened.
+/// `inline_blobs` and `remote_pulled`; a version 1 catalog is upgraded when opened.
 pub const CATALOG_VERSION: u32 = 2;
 
 const SCHEMA: &str = "
@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS inline_blobs(
   digest TEXT PRIMARY KEY,
   data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS remote_pulled(
+  key TEXT PRIMARY KEY
+) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str = "seq, id, digest, test_id, run_id, kind, name, raw_size, stored_size, created_at, outcome, arch, evicted_at, eviction_reason";
@@ -415,6 +418,105 @@ impl Catalog {
         }
         tx.commit().map_err(self.err("commit eviction"))?;
         Ok(n)
+    }
+
+    /// Keys of the remote objects already pulled.
+    pub(crate) fn pulled_keys(&self) -> Result<std::collections::HashSet<String>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT key FROM remote_pulled")
+            .map_err(self.err("list pulled objects"))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.err("list pulled objects"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.err("list pulled objects"))
+    }
+
+    /// Notes that remote object `key` was pulled.
+    pub(crate) fn mark_pulled(&self, key: &str) -> Result<()> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO remote_pulled(key) VALUES (?1)",
+            [key],
+        )
+        .map_err(self.err(format!("note pulled object {key}")))?;
+        Ok(())
+    }
+
+    /// Inserts records pulled from remote object `key`, skipping those already here (by id),
+    /// and notes the object pulled, in one transaction. Returns how many were new.
+    pub(crate) fn insert_pulled(
+        &self,
+        items: &[(BlobInfo<'_>, &ArtifactRecord)],
+        key: &str,
+    ) -> Result<u64> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin pull"))?;
+        let mut fresh = Vec::new();
+        {
+            let mut known = tx
+                .prepare_cached("SELECT 1 FROM artifacts WHERE id = ?1")
+                .map_err(self.err("prepare lookup"))?;
+            for (b, r) in items {
+                let have = known
+                    .exists([&r.id])
+                    .map_err(self.err(format!("look up artifact {}", r.id)))?;
+                if !have
+                    && !fresh
+                        .iter()
+                        .any(|(_, f): &(BlobInfo<'_>, &ArtifactRecord)| f.id == r.id)
+                {
+                    fresh.push((*b, *r));
+                }
+            }
+        }
+        self.insert_rows(&tx, &fresh)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO remote_pulled(key) VALUES (?1)",
+            [key],
+        )
+        .map_err(self.err(format!("note pulled object {key}")))?;
+        tx.commit().map_err(self.err("commit pull"))?;
+        Ok(fresh.len() as u64)
+    }
+
+    /// `(raw size, stored size, compressed)` of the blobs the catalog knows among `digests`.
+    pub(crate) fn blob_infos(
+        &self,
+        digests: impl IntoIterator<Item = Digest>,
+    ) -> Result<std::collections::HashMap<Digest, (u64, u64, bool)>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT raw_size, stored_size, compressed FROM blobs WHERE digest = ?1")
+            .map_err(self.err("prepare lookup"))?;
+        let mut out = std::collections::HashMap::new();
+        for d in digests {
+            if out.contains_key(&d) {
+                continue;
+            }
+            let row = st
+                .query_row([d.to_hex()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(self.err(format!("look up blob {d}")))?;
+            if let Some(row) = row {
+                out.insert(d, row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The digests live records need.
+    pub(crate) fn live_digests(&self) -> Result<std::collections::HashSet<Digest>> {
+        self.with_live_digests(|live, _| Ok(live.clone()))
     }
 
     /// The encoded blob the catalog keeps for `digest`, if any.

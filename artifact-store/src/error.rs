@@ -121,6 +121,21 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// The remote store failed. Transient failures were retried with backoff before this;
+    /// `permanent` ones (credentials refused, a missing bucket) were not.
+    #[error("remote store {location}: {op} failed{}: {detail}", artifact.as_ref().map(|a| format!(" (artifact {a})")).unwrap_or_default())]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// The remote object or store (`s3://bucket/prefix/key`).
+        location: String,
+        /// The artifact concerned, if known.
+        artifact: Option<String>,
+        /// What went wrong, with the fix where there is an obvious one.
+        detail: String,
+        /// Whether retrying cannot help (credentials, a missing bucket, a bad request).
+        permanent: bool,
+    },
     /// A blocking task of the async API panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(String),
@@ -204,6 +219,19 @@ impl Error {
                 digest,
                 path,
                 artifact: Some(id.to_owned()),
+            },
+            Error::Remote {
+                op,
+                location,
+                detail,
+                permanent,
+                ..
+            } => Error::Remote {
+                op,
+                location,
+                artifact: Some(id.to_owned()),
+                detail,
+                permanent,
             },
             other => other,
         }

@@ -64,7 +64,9 @@ mod catalog;
 mod digest;
 mod error;
 mod model;
+pub mod remote;
 pub mod retention;
+mod shared;
 mod store;
 
 pub use async_api::AsyncArtifactStore;
@@ -74,7 +76,9 @@ pub use catalog::CATALOG_VERSION;
 pub use digest::Digest;
 pub use error::{CorruptBlob, Error, Result};
 pub use model::{ArtifactKind, ArtifactRecord, Eviction, NewArtifact, Query, TAG_KEY, TestOutcome};
+pub use remote::{BlobBackend, DirBackend, ObjectFacts, ObjectStoreBackend, RemoteOptions};
 pub use retention::{Policy, RetentionPolicy};
+pub use shared::{Lease, PullReport, PushReport, RemoteGcOptions, RemoteGcReport};
 pub use store::{
     ArtifactStore, CorruptEntry, DEFAULT_INLINE_MAX, GcOptions, GcReport, LAYOUT_VERSION,
     MissingEntry, RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,

@@ -190,6 +190,7 @@ impl Stats {
 pub struct ArtifactStore {
     root: PathBuf,
     inline_max: usize,
+    pub(crate) remote: Option<crate::shared::Remote>,
     pub(crate) blobs: Blobs,
     pub(crate) catalog: Catalog,
 }
@@ -233,6 +234,7 @@ impl ArtifactStore {
         Ok(ArtifactStore {
             root,
             inline_max: options.inline_max,
+            remote: None,
             blobs,
             catalog,
         })
@@ -402,7 +404,10 @@ impl ArtifactStore {
             |fresh, needed| remove(fresh, Some(needed)),
         );
         match placed {
-            Ok(_) => Ok(records),
+            Ok(_) => {
+                self.push_rows(&rows)?;
+                Ok(records)
+            }
             Err(e) => Err(match single {
                 Some(l) => l(e),
                 None => e,
@@ -527,7 +532,17 @@ impl ArtifactStore {
                 BlobReader::from_encoded(data, self.inline_path(&digest), digest)
                     .map_err(|e| e.with_artifact(id))
             }
-            Some((digest, None, None)) => self.blobs.open(&digest).map_err(|e| e.with_artifact(id)),
+            Some((digest, None, None)) => self
+                .open_file_or_fetch(&digest)
+                .map_err(|e| e.with_artifact(id)),
+        }
+    }
+
+    /// Opens a blob file; one that is missing here is fetched from the remote, if any.
+    fn open_file_or_fetch(&self, digest: &Digest) -> Result<BlobReader> {
+        match self.blobs.open(digest) {
+            Err(Error::MissingBlob { .. }) if self.fetch_remote(digest)? => self.blobs.open(digest),
+            other => other,
         }
     }
 
@@ -535,7 +550,7 @@ impl ArtifactStore {
     pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
         match self.catalog.inline_blob(digest)? {
             Some(data) => BlobReader::from_encoded(data, self.inline_path(digest), *digest),
-            None => self.blobs.open(digest),
+            None => self.open_file_or_fetch(digest),
         }
     }
 
@@ -637,8 +652,14 @@ impl ArtifactStore {
 
     /// Marks artifacts evicted with a reason; their blobs go at the next [`gc`](Self::gc)
     /// unless another live record needs them. Returns how many records changed.
+    /// With a remote, the evictions are published there too (see
+    /// [`pull_records`](Self::pull_records)).
     pub fn evict(&self, ids: &[(String, String)]) -> Result<u64> {
-        self.catalog.evict(ids, Utc::now())
+        let n = self.catalog.evict(ids, Utc::now())?;
+        if n > 0 {
+            self.push_evictions(ids)?;
+        }
+        Ok(n)
     }
 
     /// Removes blobs that no live record needs and abandoned temp files.
@@ -798,7 +819,10 @@ impl ArtifactStore {
             needed.insert(r.digest);
             if let Some(c) = report.corrupt.iter_mut().find(|c| c.digest == r.digest) {
                 c.artifacts.push(r.id.clone());
-            } else if !good.contains(&r.digest) && !self.has_blob(&r.digest)? {
+            } else if !good.contains(&r.digest)
+                && !self.has_blob(&r.digest)?
+                && !self.remote_has(&r.digest)?
+            {
                 report.missing.push(MissingEntry {
                     artifact: r.id.clone(),
                     digest: r.digest,

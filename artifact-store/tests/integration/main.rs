@@ -6,6 +6,7 @@ mod crash;
 mod enospc;
 mod garage;
 mod props;
+mod remote;
 mod retention;
 mod store;
 mod support;

@@ -1,0 +1,423 @@
+//! The shared store: workers writing through to one remote (a directory, or Garage on loopback
+//! through S3), one pull seeing everything, tampering refused, leases and remote collection,
+//! and a three-node Garage cluster losing a node during uploads.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use artifact_store::{
+    ArtifactKind, ArtifactStore, BlobBackend, DirBackend, Error, NewArtifact, ObjectStoreBackend,
+    Query, RemoteGcOptions, RemoteOptions, VerifyOptions,
+};
+use object_store::ObjectStoreExt;
+use testkit::{GarageCluster, GarageNode};
+
+use crate::support::noise;
+
+fn s3(env: Vec<(&'static str, String)>, bucket: &str, prefix: &str) -> Arc<dyn BlobBackend> {
+    let opts = RemoteOptions {
+        retry_timeout: Duration::from_secs(20),
+        ..RemoteOptions::default()
+    };
+    Arc::new(
+        ObjectStoreBackend::connect_with(&format!("s3://{bucket}/{prefix}"), env, &opts).unwrap(),
+    )
+}
+
+fn worker(dir: &std::path::Path, name: &str, remote: Arc<dyn BlobBackend>) -> ArtifactStore {
+    ArtifactStore::open(dir.join(name))
+        .unwrap()
+        .with_remote(remote)
+}
+
+/// What a worker stores for test `t`: a console log (small: kept inline locally), a 20 MiB
+/// file for some (multipart upload), and a file every worker shares (dedup across workers).
+fn artifacts(t: &str, seed: u64, big: bool) -> Vec<(NewArtifact, Vec<u8>)> {
+    let mut v = vec![
+        (
+            NewArtifact::new(t, "campaign", ArtifactKind::Console, "console.log"),
+            format!("[    0.000000] Linux version 6.1 ({t})\nbooted\n")
+                .repeat(20)
+                .into_bytes(),
+        ),
+        (
+            NewArtifact::new(t, "campaign", ArtifactKind::Other, "shared.bin"),
+            noise(40_000, 4242),
+        ),
+    ];
+    if big {
+        v.push((
+            NewArtifact::new(t, "campaign", ArtifactKind::CoreDump, "core"),
+            noise(20 << 20, seed),
+        ));
+    }
+    v
+}
+
+fn add(store: &ArtifactStore, items: &[(NewArtifact, Vec<u8>)]) -> Vec<String> {
+    store
+        .add_many(items.iter().map(|(a, d)| (a.clone(), d.as_slice())))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
+#[test]
+fn workers_writing_through_a_directory_backend_are_all_seen_by_one_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote: Arc<dyn BlobBackend> =
+        Arc::new(DirBackend::open(dir.path().join("remote")).unwrap());
+    let a = worker(dir.path(), "a", remote.clone());
+    let b = worker(dir.path(), "b", remote.clone());
+    let mut want = Vec::new();
+    for (s, t) in [(&a, "t1"), (&b, "t2")] {
+        let items = artifacts(t, 1, false);
+        for (id, (_, data)) in add(s, &items).into_iter().zip(items) {
+            want.push((id, data));
+        }
+    }
+    let merged = worker(dir.path(), "merged", remote);
+    let pulled = merged.pull_records().unwrap();
+    assert_eq!(pulled.records_added, 4, "{pulled:?}");
+    assert_eq!(
+        merged.pull_records().unwrap().records_added,
+        0,
+        "pulled once"
+    );
+    for (id, data) in &want {
+        assert_eq!(&merged.get(id).unwrap(), data);
+    }
+    assert!(merged.verify(VerifyOptions::default()).unwrap().is_clean());
+}
+
+#[test]
+fn three_workers_share_a_garage_bucket_and_one_pull_sees_every_artifact() {
+    let node = GarageNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let acked = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for w in 0..3u64 {
+            let (node, dir, acked) = (&node, dir.path(), &acked);
+            s.spawn(move || {
+                let store = worker(
+                    dir,
+                    &format!("w{w}"),
+                    s3(node.env(), node.bucket(), "ci/run-1"),
+                );
+                let _lease = store.lease(Duration::from_secs(30)).unwrap();
+                for i in 0..3u64 {
+                    let t = format!("w{w}-t{i}");
+                    let items = artifacts(&t, w * 10 + i, i == 0);
+                    let ids = add(&store, &items);
+                    let mut acked = acked.lock().unwrap();
+                    for (id, (_, data)) in ids.into_iter().zip(items) {
+                        acked.push((t.clone(), id, data));
+                    }
+                }
+            });
+        }
+    });
+    let acked = acked.into_inner().unwrap();
+    // A fresh machine: nothing local, everything from the bucket.
+    let merged = worker(
+        dir.path(),
+        "merged",
+        s3(node.env(), node.bucket(), "ci/run-1"),
+    );
+    let pulled = merged.pull_records().unwrap();
+    assert_eq!(pulled.records_added as usize, acked.len(), "{pulled:?}");
+    for w in 0..3 {
+        for i in 0..3 {
+            let t = format!("w{w}-t{i}");
+            let logs = merged
+                .query(&Query::new().test(&t).kind(ArtifactKind::Console))
+                .unwrap();
+            assert_eq!(logs.len(), 1, "console log of {t}");
+        }
+    }
+    for (t, id, data) in &acked {
+        assert!(merged.get(id).unwrap() == *data, "{t} {id}");
+    }
+    // The shared file went up once however many workers stored it.
+    let s3 = node.store();
+    let keys = testkit_keys(&s3, "ci/run-1/content-v1");
+    assert_eq!(keys.len(), 1 + 3 * 3 + 3, "blobs: {keys:?}");
+    assert!(merged.verify(VerifyOptions::default()).unwrap().is_clean());
+    // Another prefix in the same bucket is another store.
+    let other = worker(dir.path(), "other", s3_for(&node, "ci/run-2"));
+    assert_eq!(other.pull_records().unwrap().records_added, 0);
+}
+
+fn s3_for(node: &GarageNode, prefix: &str) -> Arc<dyn BlobBackend> {
+    s3(node.env(), node.bucket(), prefix)
+}
+
+fn testkit_keys(s3: &object_store::aws::AmazonS3, prefix: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(testkit::list_keys(s3, Some(&prefix.into())))
+        .unwrap()
+}
+
+#[test]
+fn a_tampered_object_in_the_bucket_is_refused_naming_the_artifact() {
+    let node = GarageNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker(dir.path(), "w", s3_for(&node, "p"));
+    let data = noise(100_000, 7);
+    let r = w
+        .add_bytes(
+            NewArtifact::new("t", "r", ArtifactKind::Log, "out.log"),
+            &data,
+        )
+        .unwrap();
+    // Someone with write access to the bucket changes one byte of the blob.
+    let hex = r.digest.to_hex();
+    let key = object_store::path::Path::from(format!(
+        "p/content-v1/blake3/{}/{}/{hex}",
+        &hex[..2],
+        &hex[2..4]
+    ));
+    let s3 = node.store();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut bytes = rt
+        .block_on(async { s3.get(&key).await.unwrap().bytes().await.unwrap() })
+        .to_vec();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    rt.block_on(s3.put(&key, bytes.into())).unwrap();
+
+    let reader = worker(dir.path(), "reader", s3_for(&node, "p"));
+    reader.pull_records().unwrap();
+    let err = reader.get(&r.id).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, Error::Corrupt { artifact: Some(a), .. } if *a == r.id),
+        "{err:?}"
+    );
+    assert!(msg.contains("s3://") && msg.contains(&hex), "{msg}");
+    assert!(!reader.has_blob(&r.digest).unwrap(), "nothing corrupt kept");
+    // The writer's own copy is intact.
+    assert_eq!(w.get(&r.id).unwrap(), data);
+}
+
+#[test]
+fn wrong_credentials_a_missing_bucket_and_no_server_fail_clearly() {
+    let node = GarageNode::start();
+    let opts = RemoteOptions {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(2),
+        ..RemoteOptions::default()
+    };
+    let mut env = node.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_SECRET_ACCESS_KEY" {
+            *v = "0".repeat(64);
+        }
+    }
+    let t = Instant::now();
+    let err = ObjectStoreBackend::connect_with(&format!("s3://{}/p", node.bucket()), env, &opts)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::Remote {
+                permanent: true,
+                ..
+            }
+        ) && msg.contains("AWS_SECRET_ACCESS_KEY"),
+        "{msg}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "not retried: {:?}",
+        t.elapsed()
+    );
+
+    let err =
+        ObjectStoreBackend::connect_with("s3://no-such-bucket/p", node.env(), &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::Remote {
+                permanent: true,
+                ..
+            }
+        ) && msg.contains("bucket does not exist"),
+        "{msg}"
+    );
+
+    let mut env = node.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT" {
+            *v = "http://127.0.0.1:9".into();
+        }
+    }
+    let t = Instant::now();
+    let err = ObjectStoreBackend::connect_with(&format!("s3://{}/p", node.bucket()), env, &opts)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Remote {
+                permanent: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+
+    let err = ObjectStoreBackend::connect("s3://KEY:SECRET@bucket/p", &opts).unwrap_err();
+    assert!(
+        matches!(err, Error::Invalid { .. }) && err.to_string().contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+}
+
+#[test]
+fn remote_collection_removes_only_unneeded_blobs_older_than_every_live_lease() {
+    let node = GarageNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = worker(dir.path(), "a", s3_for(&node, "gc"));
+    let keep = a
+        .add_bytes(
+            NewArtifact::new("t", "r1", ArtifactKind::Log, "keep"),
+            &noise(30_000, 1),
+        )
+        .unwrap();
+    let old = a
+        .add_bytes(
+            NewArtifact::new("t", "r1", ArtifactKind::Log, "old"),
+            &noise(30_000, 2),
+        )
+        .unwrap();
+    a.evict(&[(old.id.clone(), "retention".into())]).unwrap();
+
+    // A second worker holds a lease and stores, then evicts, something: too young to collect
+    // while its lease lives.
+    let b = worker(dir.path(), "b", s3_for(&node, "gc"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let lease = b.lease(Duration::from_secs(30)).unwrap();
+    let young = b
+        .add_bytes(
+            NewArtifact::new("t", "r2", ArtifactKind::Log, "young"),
+            &noise(30_000, 3),
+        )
+        .unwrap();
+    b.evict(&[(young.id.clone(), "retention".into())]).unwrap();
+
+    let collector = worker(dir.path(), "gc", s3_for(&node, "gc"));
+    let grace0 = RemoteGcOptions {
+        grace: Duration::ZERO,
+        dry_run: false,
+    };
+    let rep = collector.gc_remote(&grace0).unwrap();
+    assert_eq!(rep.live_leases, 1, "{rep:?}");
+    assert_eq!(rep.blobs_removed, 1, "only the old evicted blob: {rep:?}");
+    assert_eq!(rep.blobs_too_young, 1, "{rep:?}");
+    assert_eq!(collector.get(&keep.id).unwrap(), noise(30_000, 1));
+    assert!(matches!(
+        collector.get(&old.id).unwrap_err(),
+        Error::Evicted { .. }
+    ));
+
+    // The lease ends: now the young one goes too.
+    drop(lease);
+    let rep = collector.gc_remote(&grace0).unwrap();
+    assert_eq!((rep.live_leases, rep.blobs_removed), (0, 1), "{rep:?}");
+    // With the default grace period nothing written in the last hour goes.
+    let c = worker(dir.path(), "c", s3_for(&node, "gc"));
+    let gone = c
+        .add_bytes(
+            NewArtifact::new("t", "r3", ArtifactKind::Log, "x"),
+            &noise(30_000, 4),
+        )
+        .unwrap();
+    c.evict(&[(gone.id, "retention".into())]).unwrap();
+    let rep = collector.gc_remote(&RemoteGcOptions::default()).unwrap();
+    assert_eq!(rep.blobs_removed, 0, "{rep:?}");
+    assert_eq!(collector.get(&keep.id).unwrap(), noise(30_000, 1));
+}
+
+/// Replication factor 3 on three loopback nodes; one node is killed while four writers upload.
+/// Every put that returned success must read back, verified, from a fresh store afterwards.
+#[test]
+fn a_three_node_cluster_loses_a_node_during_uploads_and_loses_no_acknowledged_put() {
+    let mut cluster = GarageCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let remotes: Vec<Arc<dyn BlobBackend>> = (0..4)
+        .map(|w| {
+            s3(
+                cluster.env(if w % 2 == 0 { 0 } else { 2 }),
+                cluster.bucket(),
+                "ha",
+            )
+        })
+        .collect();
+    let acked = Mutex::new(Vec::new());
+    let failed = Mutex::new(Vec::new());
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for (w, remote) in remotes.iter().enumerate() {
+            let (dir, acked, failed) = (dir.path(), &acked, &failed);
+            s.spawn(move || {
+                let store = worker(dir, &format!("w{w}"), remote.clone());
+                for i in 0..12u64 {
+                    let seed = (w as u64) << 32 | i;
+                    let len = if i % 4 == 0 {
+                        6 << 20
+                    } else {
+                        30_000 + i as usize
+                    };
+                    let data = noise(len, seed);
+                    let a = NewArtifact::new(format!("w{w}-t{i}"), "ha", ArtifactKind::Log, "out");
+                    match store.add_bytes(a, &data) {
+                        Ok(r) => acked.lock().unwrap().push((r.id, seed, len)),
+                        Err(e) => failed.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            });
+        }
+        // Kill node 1 once the uploads are under way.
+        let t = Instant::now();
+        while acked.lock().unwrap().len() < 8 && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.kill(1);
+        killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert!(killed.into_inner());
+    let acked = acked.into_inner().unwrap();
+    let failed = failed.into_inner().unwrap();
+    eprintln!(
+        "{} acknowledged puts, {} failed: {failed:?}",
+        acked.len(),
+        failed.len()
+    );
+    assert!(
+        acked.len() >= 40,
+        "most puts should survive one node of three: {failed:?}"
+    );
+    let fresh = worker(
+        dir.path(),
+        "fresh",
+        s3(cluster.env(2), cluster.bucket(), "ha"),
+    );
+    fresh.pull_records().unwrap();
+    for (id, seed, len) in &acked {
+        assert!(
+            fresh.get(id).unwrap() == noise(*len, *seed),
+            "acknowledged put {id} reads back"
+        );
+    }
+    assert!(fresh.verify(VerifyOptions::default()).unwrap().is_clean());
+}

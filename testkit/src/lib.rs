@@ -1,0 +1,24 @@
+//! Fixtures shared by the workspace's tests.
+//!
+//! Real S3 servers on loopback: [`GarageNode`], one Garage node, and [`GarageCluster`], several
+//! Garage nodes replicating one bucket, each with a bucket and a key ready when `start`
+//! returns, killed and their files removed on drop. [`S3Access`] carries what a client needs
+//! to reach one node: an `object_store` handle, or the `AWS_*` environment of a worker process.
+//!
+//! `cargo xtask test` builds Garage once and passes its path as `ORCH_GARAGE`; without it the
+//! fixtures use the tools cache xtask fills (see [`garage_binary`]).
+//!
+//! ```no_run
+//! use object_store::ObjectStoreExt;
+//!
+//! # async fn demo() {
+//! let garage = testkit::GarageNode::start();
+//! let s3 = garage.store();
+//! s3.put(&"a/b".into(), vec![1u8, 2, 3].into()).await.unwrap();
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod garage;
+
+pub use garage::{GarageCluster, GarageNode, REGION, S3Access, garage_binary, list_keys};
