@@ -14,7 +14,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use orchestrator_core::artifact_store::{ArtifactStore, StoreOptions};
+use orchestrator_core::artifact_store::{
+    ArtifactKind, ArtifactStore, BlobBackend, ObjectStoreBackend, Query, RemoteOptions,
+    StoreOptions,
+};
 use orchestrator_core::perf_monitor::Monitor;
 use orchestrator_core::plan::StorePlan;
 use orchestrator_core::progress::{Progress, ProgressMode};
@@ -60,6 +63,18 @@ struct Args {
     /// Keep no artifacts in a store.
     #[arg(long, conflicts_with = "store")]
     no_store: bool,
+    /// A remote the store writes through to, `s3://bucket/prefix` (overrides the plan's
+    /// `[store] remote`); credentials and endpoint from the AWS environment. With `--merge`:
+    /// pull every worker's records from it into the store and check each test's console log.
+    #[arg(long, conflicts_with = "no_store")]
+    remote: Option<String>,
+}
+
+/// Connects to a remote store, with the usual retries.
+fn connect_remote(url: &str) -> anyhow::Result<std::sync::Arc<dyn BlobBackend>> {
+    let backend = ObjectStoreBackend::connect(url, &RemoteOptions::default())
+        .with_context(|| format!("cannot use the remote store {url}"))?;
+    Ok(std::sync::Arc::new(backend))
 }
 
 fn main() -> ExitCode {
@@ -122,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if monitor.enabled {
         orchestrator = orchestrator.with_monitor(Monitor::new(monitor.config()));
     }
+    let mut lease = None;
     if !args.no_store {
         let mut store = plan
             .settings
@@ -144,6 +160,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         )
         .with_context(|| format!("cannot open the artifact store {}", root.display()))?;
+        let mut opened = opened;
+        if let Some(url) = args.remote.as_ref().or(store.remote.as_ref()) {
+            opened = opened.with_remote(connect_remote(url)?);
+            // Held for the whole run: a collection of the shared store elsewhere removes
+            // nothing this worker writes.
+            lease = Some(
+                opened
+                    .lease(std::time::Duration::from_secs(120))
+                    .with_context(|| format!("cannot take a lease on the remote store {url}"))?,
+            );
+            println!("artifacts also go to {url}");
+        }
         orchestrator = orchestrator.with_store(opened);
         if let Some(retention) = &store.retention {
             orchestrator = orchestrator.with_retention(retention.policy());
@@ -162,6 +190,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await?;
     progress.finish();
 
+    drop(lease);
     let junit = args.out.join("junit.xml");
     let json = args.out.join("report.json");
     let html = args.out.join("report.html");
@@ -222,17 +251,50 @@ fn merge_reports(args: &Args) -> anyhow::Result<ExitCode> {
         let shards: Vec<String> = merged.missing_shards.iter().map(usize::to_string).collect();
         println!("shards without a report: {}", shards.join(", "));
     }
+    let mut logs_complete = true;
+    if let Some(url) = &args.remote {
+        let dir = args.store.clone().unwrap_or_else(|| args.out.join("store"));
+        let store = ArtifactStore::open(&dir)
+            .with_context(|| format!("cannot open the artifact store {}", dir.display()))?
+            .with_remote(connect_remote(url)?);
+        let pulled = store
+            .pull_records()
+            .with_context(|| format!("cannot pull the records of {url}"))?;
+        // One query per test: every test of the merged campaign should have its console log.
+        let mut without = Vec::new();
+        for r in &merged.report.results {
+            let q = Query::new()
+                .test(r.test_id.as_str())
+                .kind(ArtifactKind::Console);
+            if store.query(&q)?.is_empty() {
+                without.push(r.test_id.to_string());
+            }
+        }
+        println!(
+            "store {}: {} records pulled from {url}; console logs for {} of {} tests",
+            dir.display(),
+            pulled.records_added,
+            merged.report.results.len() - without.len(),
+            merged.report.results.len()
+        );
+        if !without.is_empty() {
+            println!("tests without a console log: {}", without.join(", "));
+            logs_complete = false;
+        }
+    }
     println!(
         "reports: {} {} {}",
         junit.display(),
         json.display(),
         html.display()
     );
-    Ok(if merged.is_complete() && merged.report.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if merged.is_complete() && merged.report.is_success() && logs_complete {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// First SIGINT or SIGTERM: cancel the run (tests are stopped, reports written). Second: exit.

@@ -13,7 +13,8 @@ use artifact_store::retention::{
     FirstFailureAfterPass, KeepLastRuns, LastPassingRun, MaxAge, MaxTotalSize, Policy,
 };
 use artifact_store::{
-    ArtifactKind, ArtifactStore, Durability, NewArtifact, Query, StoreOptions, TestOutcome,
+    ArtifactKind, ArtifactStore, Durability, NewArtifact, ObjectStoreBackend, Query, RemoteOptions,
+    StoreOptions, TestOutcome,
 };
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
@@ -119,6 +120,8 @@ trait Contender {
     fn clear(&mut self, files: &[PathBuf]);
     fn put(&mut self, files: &[PathBuf]);
     fn get(&mut self, files: &[PathBuf], out: &Path);
+    /// Untimed, before each get: a contender that reads from elsewhere drops its local copies.
+    fn before_get(&mut self, _files: &[PathBuf]) {}
     /// A batch get of many files, benchmarked as a row of its own (`<name> (batch get)`).
     fn batch_get(&mut self, _files: &[PathBuf], _out: &Path) -> bool {
         false
@@ -131,13 +134,9 @@ struct Ours {
     ids: std::collections::HashMap<PathBuf, (String, artifact_store::Digest)>,
 }
 
-impl Contender for Ours {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn clear(&mut self, files: &[PathBuf]) {
-        // Remove the blobs (files, or rows of the catalog for small ones) so that the next put
-        // stores them again rather than finding them there.
+impl Ours {
+    /// Removes the local copies of `files`' blobs.
+    fn drop_local(&self, files: &[PathBuf]) {
         let db = rusqlite::Connection::open(self.store.root().join("catalog-v1.sqlite")).unwrap();
         db.busy_timeout(Duration::from_secs(60)).unwrap();
         db.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -149,6 +148,37 @@ impl Contender for Ours {
             }
         }
         db.execute_batch("COMMIT").unwrap();
+    }
+}
+
+impl Contender for Ours {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn clear(&mut self, files: &[PathBuf]) {
+        // Remove the blobs (files, or rows of the catalog for small ones; and in the remote)
+        // so that the next put stores them again rather than finding them there.
+        self.drop_local(files);
+        if let Some(remote) = self.store.remote() {
+            for f in files {
+                if let Some((_, d)) = self.ids.get(f) {
+                    let hex = d.to_hex();
+                    remote
+                        .delete(&format!(
+                            "content-v1/blake3/{}/{}/{hex}",
+                            &hex[..2],
+                            &hex[2..4]
+                        ))
+                        .unwrap();
+                }
+            }
+        }
+    }
+    fn before_get(&mut self, files: &[PathBuf]) {
+        // With a remote: every read fetches from it (and verifies).
+        if self.store.remote().is_some() {
+            self.drop_local(files);
+        }
     }
     fn put(&mut self, files: &[PathBuf]) {
         if let [f] = files {
@@ -304,6 +334,27 @@ fn throughput_benches(c: &mut Criterion) {
             stored: Default::default(),
         }),
     ];
+    // The same store writing through to an S3 server (Garage on loopback, when built:
+    // `cargo xtask test` builds it once), and reading back from it.
+    let _garage = if testkit::garage_binary().exists() {
+        let node = testkit::GarageNode::start();
+        let remote = ObjectStoreBackend::connect_with(
+            &format!("s3://{}/bench", node.bucket()),
+            node.env(),
+            &RemoteOptions::default(),
+        )
+        .unwrap();
+        let mut ours = mk("artifact-store + Garage (S3)", Durability::Fsync);
+        ours.store = ours.store.with_remote(std::sync::Arc::new(remote));
+        contenders.insert(1, Box::new(ours));
+        Some(node)
+    } else {
+        eprintln!(
+            "no Garage binary at {}: the S3 rows are skipped (run `cargo xtask test` once)",
+            testkit::garage_binary().display()
+        );
+        None
+    };
     // Every get writes new files into an empty directory, whoever the contender, on a tmpfs
     // when there is one. The output is not what is compared, and on ext4 it can dwarf what is:
     // overwriting differs by method (the `zstd` CLI unlinks first, `File::create` truncates,
@@ -356,6 +407,7 @@ fn throughput_benches(c: &mut Criterion) {
                                 total += t.elapsed();
                             } else {
                                 fresh_out();
+                                ct.before_get(s);
                                 let t = Instant::now();
                                 ct.get(s, &out);
                                 total += t.elapsed();

@@ -310,7 +310,18 @@ pub struct ObjectStoreBackend {
     prefix: String,
     location: String,
     part_size: usize,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ObjectStoreBackend {
+    fn drop(&mut self) {
+        // Without waiting: the last handle may go inside an async context, where a blocking
+        // shutdown panics. Nothing is in flight: every request was waited for.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for ObjectStoreBackend {
@@ -472,7 +483,7 @@ impl ObjectStoreBackend {
             prefix: prefix.trim_matches('/').to_owned(),
             location: location.trim_end_matches('/').to_owned(),
             part_size: options.part_size.max(5 << 20),
-            rt,
+            rt: Some(rt),
         })
     }
 
@@ -510,11 +521,15 @@ impl ObjectStoreBackend {
         format!("{}/{key}", self.location)
     }
 
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("the runtime lives until drop")
+    }
+
     /// Runs `fut` on the client's runtime and waits for it: safe from any thread, async
     /// runtime workers included.
     fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             let _ = tx.send(fut.await);
         });
         rx.recv()
@@ -585,7 +600,7 @@ impl BlobBackend for ObjectStoreBackend {
                     self.wait(h)
                         .map_err(|e| remote_error("upload part", &at, e))?;
                 }
-                in_flight = Some(self.rt.spawn(part));
+                in_flight = Some(self.rt().spawn(part));
             }
             if let Some(h) = in_flight.take() {
                 self.wait(h)
@@ -594,7 +609,7 @@ impl BlobBackend for ObjectStoreBackend {
             Ok(())
         })();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             let r = match result {
                 Ok(()) => upload.complete().await.map(|_| ()).map_err(|e| (true, e)),
                 Err(e) => {
@@ -634,7 +649,7 @@ impl BlobBackend for ObjectStoreBackend {
         let path = self.object_path(key);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<object_store::Result<bytes::Bytes>>(4);
         let (first_tx, first_rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.spawn(async move {
+        self.rt().spawn(async move {
             match store.get(&path).await {
                 Ok(r) => {
                     let _ = first_tx.send(Ok(()));
@@ -660,7 +675,9 @@ impl BlobBackend for ObjectStoreBackend {
             Err(e) => return Err(remote_error("download", &at, e)),
         }
         let mut total = 0u64;
-        while let Some(chunk) = rx.blocking_recv() {
+        // Not `blocking_recv`: that refuses to run on a thread inside an async runtime, which
+        // callers of this synchronous API may well be.
+        while let Some(chunk) = futures::executor::block_on(rx.recv()) {
             let chunk = chunk.map_err(|e| remote_error("download", &at, e))?;
             out.write_all(&chunk).map_err(|e| Error::Io {
                 op: "write download of",

@@ -65,6 +65,7 @@ async fn list_all(s3: &AmazonS3, prefix: Option<&ObjectPath>) -> object_store::R
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn a_local_garage_node_serves_s3_put_get_and_list() {
     let started = Instant::now();
     let garage = GarageNode::start();
@@ -111,6 +112,7 @@ async fn a_local_garage_node_serves_s3_put_get_and_list() {
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn a_three_node_cluster_keeps_serving_reads_and_writes_with_a_node_killed() {
     let started = Instant::now();
     let mut cluster = GarageCluster::start(3);
@@ -174,6 +176,7 @@ async fn a_three_node_cluster_keeps_serving_reads_and_writes_with_a_node_killed(
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn a_cluster_that_lost_its_quorum_answers_503_which_object_store_retries() {
     let mut cluster = GarageCluster::start(3);
     let key = ObjectPath::from("quorum/a");
@@ -239,6 +242,7 @@ async fn a_cluster_that_lost_its_quorum_answers_503_which_object_store_retries()
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn a_missing_bucket_is_not_found_for_head_get_put_and_list() {
     let garage = GarageNode::start();
     let s3 = garage
@@ -290,6 +294,7 @@ async fn a_missing_bucket_is_not_found_for_head_get_put_and_list() {
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn wrong_credentials_are_refused_without_retries() {
     let garage = GarageNode::start();
     let key = ObjectPath::from("a/b");
@@ -440,6 +445,7 @@ async fn a_server_that_is_not_listening_fails_within_the_retry_budget() {
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn a_20_mib_multipart_upload_reads_back_exact() {
     let garage = GarageNode::start();
     let s3 = garage.store();
@@ -491,6 +497,7 @@ async fn a_20_mib_multipart_upload_reads_back_exact() {
 }
 
 #[tokio::test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 async fn put_mode_create_overwrites_an_existing_key_on_garage() {
     let garage = GarageNode::start();
     let s3 = garage.store();

@@ -92,6 +92,7 @@ fn workers_writing_through_a_directory_backend_are_all_seen_by_one_pull() {
 }
 
 #[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 fn three_workers_share_a_garage_bucket_and_one_pull_sees_every_artifact() {
     let node = GarageNode::start();
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +164,7 @@ fn testkit_keys(s3: &object_store::aws::AmazonS3, prefix: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 fn a_tampered_object_in_the_bucket_is_refused_naming_the_artifact() {
     let node = GarageNode::start();
     let dir = tempfile::tempdir().unwrap();
@@ -208,6 +210,7 @@ fn a_tampered_object_in_the_bucket_is_refused_naming_the_artifact() {
 }
 
 #[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 fn wrong_credentials_a_missing_bucket_and_no_server_fail_clearly() {
     let node = GarageNode::start();
     let opts = RemoteOptions {
@@ -284,6 +287,7 @@ fn wrong_credentials_a_missing_bucket_and_no_server_fail_clearly() {
 }
 
 #[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 fn remote_collection_removes_only_unneeded_blobs_older_than_every_live_lease() {
     let node = GarageNode::start();
     let dir = tempfile::tempdir().unwrap();
@@ -351,6 +355,7 @@ fn remote_collection_removes_only_unneeded_blobs_older_than_every_live_lease() {
 /// Replication factor 3 on three loopback nodes; one node is killed while four writers upload.
 /// Every put that returned success must read back, verified, from a fresh store afterwards.
 #[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
 fn a_three_node_cluster_loses_a_node_during_uploads_and_loses_no_acknowledged_put() {
     let mut cluster = GarageCluster::start(3);
     let dir = tempfile::tempdir().unwrap();

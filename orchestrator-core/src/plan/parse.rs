@@ -172,7 +172,22 @@ const PROFILE_KEYS: &[&str] = &[
     "kernel-args",
     "boot-timeout",
 ];
-const STORE_KEYS: &[&str] = &["path", "durability", "retention"];
+const STORE_KEYS: &[&str] = &["path", "durability", "remote", "retention"];
+/// Keys that would hold credentials: refused with a pointer to the environment.
+const CREDENTIAL_KEYS: &[&str] = &[
+    "access-key",
+    "access-key-id",
+    "aws-access-key-id",
+    "secret",
+    "secret-key",
+    "secret-access-key",
+    "aws-secret-access-key",
+    "session-token",
+    "aws-session-token",
+    "token",
+    "password",
+    "credentials",
+];
 const RETENTION_KEYS: &[&str] = &[
     "max-age",
     "keep-last-runs",
@@ -1226,6 +1241,22 @@ impl<'a, 'i> Field<'a, 'i> {
                 "path" => path = Some(base_dir.join(f.text()?)),
                 "durability" => store.durability = f.durability()?,
                 "retention" => store.retention = Some(f.retention()?),
+                "remote" => store.remote = Some(f.remote_url()?),
+                k if CREDENTIAL_KEYS
+                    .contains(&k.to_ascii_lowercase().replace('_', "-").as_str()) =>
+                {
+                    return Err(f
+                        .error(format!(
+                            "`{k}` {}: credentials never go in a plan file",
+                            scope.place
+                        ))
+                        .help(
+                            "plans are shared and committed; give the remote store its \
+                             credentials through the environment of the workers \
+                             (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or \
+                             their instance or container role, and remove this key",
+                        ));
+                }
                 _ => return Err(unknown_key(&scope, &f)),
             }
         }
@@ -1239,6 +1270,42 @@ impl<'a, 'i> Field<'a, 'i> {
         };
         store.path = path;
         Ok(store)
+    }
+
+    /// `remote = "s3://bucket/prefix"`.
+    fn remote_url(&self) -> Res<String> {
+        let text = self.string()?;
+        let Some(rest) = text.strip_prefix("s3://") else {
+            return Err(self
+                .error(format!(
+                    "`remote` {} must be an s3:// URL, not {}",
+                    self.scope.place,
+                    toml_str(text)
+                ))
+                .help(
+                    "name the bucket and a prefix, for example `remote = \"s3://artifacts/ci\"`; \
+                     set AWS_ENDPOINT for S3-compatible servers (Garage, MinIO, Ceph)",
+                ));
+        };
+        let bucket = rest.split('/').next().unwrap_or("");
+        if bucket.contains('@') || bucket.contains(':') {
+            return Err(self
+                .error(format!(
+                    "`remote` {} carries credentials or a port: credentials never go in a plan file",
+                    self.scope.place
+                ))
+                .help(
+                    "write only `s3://bucket/prefix`; credentials come from the workers' \
+                     environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the server from \
+                     AWS_ENDPOINT",
+                ));
+        }
+        if bucket.is_empty() {
+            return Err(self
+                .error(format!("`remote` {} names no bucket", self.scope.place))
+                .help("for example `remote = \"s3://artifacts/ci\"`"));
+        }
+        Ok(text.to_owned())
     }
 
     fn durability(&self) -> Res<Durability> {
@@ -1975,6 +2042,7 @@ fn example(kind: Kind, key: &str) -> Option<&'static str> {
         (_, "boot-timeout") => "boot-timeout = \"60s\"",
         (_, "path") => "path = \"artifacts\"",
         (_, "durability") => "durability = \"relaxed\"",
+        (_, "remote") => "remote = \"s3://artifacts/ci\"",
         (_, "max-age") => "max-age = \"30d\"",
         (_, "keep-last-runs") => "keep-last-runs = 10",
         (_, "max-total-size") => "max-total-size = \"20GiB\"",

@@ -99,6 +99,9 @@ pub struct StorePlan {
     /// Whether every write is synced to disk (`durability = "fsync"`, the default) or not
     /// (`"relaxed"`: survives a crash of the program, not of the machine).
     pub durability: Durability,
+    /// A remote the store writes through to (`remote = "s3://bucket/prefix"`), shared by the
+    /// workers of a sharded campaign. Credentials come from the environment, never the plan.
+    pub remote: Option<String>,
     /// The `[store.retention]` table, if the plan has one.
     pub retention: Option<RetentionPlan>,
 }
