@@ -22,8 +22,10 @@ use crate::remote::{
 };
 use crate::store::ArtifactStore;
 
-/// Requests in flight at once when pushing a batch.
+/// Requests in flight at once when pushing a batch or fetching for one.
 const PUSH_THREADS: usize = 8;
+/// Blobs up to this size are uploaded without a `HEAD` first.
+const SEND_WITHOUT_ASKING: u64 = 64 << 10;
 
 /// The remote of a store and the lease this process holds on it.
 #[derive(Debug)]
@@ -250,36 +252,54 @@ impl ArtifactStore {
         let backend = &*remote.backend;
         let key = blob_key(&b.digest);
         let lease_start = *remote.lease_start.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = backend.stat(&key)? {
+        // A small blob is cheaper to send again (the same bytes: content addressing) than to
+        // ask about first.
+        let ask_first = b.stored_size > SEND_WITHOUT_ASKING;
+        if ask_first && let Some(f) = backend.stat(&key)? {
             let fresh = lease_start.is_none_or(|s| f.modified >= s);
             if f.size == b.stored_size && fresh {
                 return Ok(false);
             }
         }
-        if let Some(bytes) = b.inline {
-            backend.put(&key, &mut &bytes[..], bytes.len() as u64)?;
-            return Ok(true);
+        let sent = match b.inline {
+            Some(bytes) => backend.put(&key, &mut &bytes[..], bytes.len() as u64),
+            None => self.send_local_blob(backend, &key, &b.digest),
+        };
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Writers racing on one blob: a server may abandon all but one multipart upload
+                // of a key (Garage answers the others `NoSuchUpload`). The winner stored the
+                // same bytes, so the blob is there all the same.
+                match backend.stat(&key) {
+                    Ok(Some(f)) if f.size == b.stored_size => Ok(false),
+                    _ => Err(e),
+                }
+            }
         }
-        let path = self.blobs.path_of(&b.digest);
+    }
+
+    /// Uploads the local copy of blob `d` (a file, or the catalog's inline copy).
+    fn send_local_blob(&self, backend: &dyn BlobBackend, key: &str, d: &Digest) -> Result<()> {
+        let path = self.blobs.path_of(d);
         match File::open(&path) {
             Ok(mut f) => {
                 let len = f.metadata().map_err(|e| Error::io("read", &path, e))?.len();
-                backend.put(&key, &mut f, len)?;
+                backend.put(key, &mut f, len)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let data =
-                    self.catalog
-                        .inline_blob(&b.digest)?
-                        .ok_or_else(|| Error::MissingBlob {
-                            digest: b.digest,
-                            path: path.clone(),
-                            artifact: None,
-                        })?;
-                backend.put(&key, &mut &data[..], data.len() as u64)?;
+                let data = self
+                    .catalog
+                    .inline_blob(d)?
+                    .ok_or_else(|| Error::MissingBlob {
+                        digest: *d,
+                        path: path.clone(),
+                        artifact: None,
+                    })?;
+                backend.put(key, &mut &data[..], data.len() as u64)
             }
-            Err(e) => return Err(Error::io("open", &path, e)),
+            Err(e) => Err(Error::io("open", &path, e)),
         }
-        Ok(true)
     }
 
     /// Sends blobs, then one record object for `rows` (after their local commit).
@@ -586,6 +606,25 @@ impl ArtifactStore {
         })();
         let _ = fs::remove_file(&tmp);
         res
+    }
+
+    /// Fetches the blobs among `digests` that are not held locally, several at once (before a
+    /// batch read). Missing and corrupt ones are left for the reads to report.
+    pub(crate) fn prefetch(&self, digests: &[Digest]) -> Result<()> {
+        if self.remote.is_none() {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let mut missing = Vec::new();
+        for d in digests {
+            if seen.insert(*d) && !self.has_blob(d)? {
+                missing.push(*d);
+            }
+        }
+        parallel(&missing, PUSH_THREADS, |d| match self.fetch_remote(d) {
+            Ok(_) | Err(Error::Corrupt { .. }) => Ok(()),
+            Err(e) => Err(e),
+        })
     }
 
     /// Whether the remote holds blob `d` (false without a remote).

@@ -605,6 +605,17 @@ impl ArtifactStore {
         mut sink: impl FnMut(usize, &str, Vec<u8>) -> Result<()>,
     ) -> Result<()> {
         let found = self.catalog.blobs_of(ids.iter().map(AsRef::as_ref))?;
+        if self.remote.is_some() {
+            // Blobs held only in the remote: fetched several at once first.
+            let remote_only: Vec<Digest> = found
+                .iter()
+                .filter_map(|(_, f)| match f {
+                    Some((d, None, None)) => Some(*d),
+                    _ => None,
+                })
+                .collect();
+            self.prefetch(&remote_only)?;
+        }
         for (i, (id, f)) in found.into_iter().enumerate() {
             let r = self.open_found(id, f)?;
             let path = r.path().to_owned();
@@ -988,19 +999,25 @@ fn info_of(b: &PendingBlob) -> BlobInfo<'static> {
 }
 
 impl ArtifactStore {
-    /// A dry run: every live artifact with whether `policy` keeps it and why. Nothing changes.
+    /// A dry run: every live artifact with whether `policy` keeps it and why. Nothing changes
+    /// (but with a remote, every worker's records are pulled first, so that the plan judges
+    /// the whole shared store, not this worker's part of it).
     pub fn plan_retention(
         &self,
         policy: &(impl crate::retention::RetentionPolicy + ?Sized),
         now: chrono::DateTime<Utc>,
     ) -> Result<crate::retention::RetentionPlan> {
+        if self.remote.is_some() {
+            self.pull_records()?;
+        }
         let records = self.catalog.query(&Query::new())?;
         let ctx = crate::retention::RetentionContext::new(now, &records);
         Ok(crate::retention::plan(policy, &ctx))
     }
 
     /// Applies a plan: marks the removed artifacts evicted (records stay, with the reason) and
-    /// collects blobs no live record needs.
+    /// collects blobs no live record needs; with a remote, publishes the evictions and
+    /// collects the remote too ([`gc_remote`](Self::gc_remote)).
     pub fn apply_retention(
         &self,
         plan: &crate::retention::RetentionPlan,
@@ -1011,9 +1028,14 @@ impl ArtifactStore {
             .collect();
         let evicted = self.evict(&ids)?;
         let gc = self.gc(&GcOptions::default())?;
+        let remote_gc = match self.remote {
+            Some(_) => Some(self.gc_remote(&crate::RemoteGcOptions::default())?),
+            None => None,
+        };
         Ok(RetentionOutcome {
             records_evicted: evicted,
             gc,
+            remote_gc,
         })
     }
 }
@@ -1025,4 +1047,7 @@ pub struct RetentionOutcome {
     pub records_evicted: u64,
     /// The collection that followed.
     pub gc: GcReport,
+    /// With a remote: the evictions were published and the remote collected (with the default
+    /// grace period, and never past a live lease).
+    pub remote_gc: Option<crate::RemoteGcReport>,
 }
