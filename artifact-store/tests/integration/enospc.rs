@@ -10,7 +10,7 @@ use std::process::Command;
 
 use artifact_store::{ArtifactStore, Error, Query, VerifyOptions};
 
-use crate::support::art;
+use crate::support::{art, noise};
 
 /// A tmpfs of `size` mounted on a fresh temp dir, unmounted (then the dir removed) on drop.
 struct Tmpfs {
@@ -84,18 +84,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Fills the file system holding `dir` completely with a file there; returns its path.
@@ -180,16 +168,16 @@ fn full_file_system_mid_put_leaves_nothing_partial() {
             data,
         ));
     }
-    let big = random_bytes(1 << 20, 7);
+    let big = noise(1 << 20, 7);
     kept.push((store.add_bytes(art("before", "r1"), &big).unwrap().id, big));
 
     // 1. A streamed put (8 MiB, incompressible) runs out of space half-way through its temp file.
-    let huge = random_bytes(8 << 20, 11);
+    let huge = noise(8 << 20, 11);
     let err = store.add_bytes(art("huge", "r2"), &huge).unwrap_err();
     eprintln!("streamed put: {err}");
     assert_failed_cleanly(&store, &err, "huge", &kept);
     // A compressible stream that still does not fit (the compressed frame is written as it goes).
-    let text: Vec<u8> = random_bytes(8 << 20, 13)
+    let text: Vec<u8> = noise(8 << 20, 13)
         .into_iter()
         .map(|b| b"0123456789abcdef\n"[(b % 17) as usize])
         .collect();
@@ -197,7 +185,7 @@ fn full_file_system_mid_put_leaves_nothing_partial() {
     eprintln!("compressed put: {err}");
     assert_failed_cleanly(&store, &err, "text", &kept);
     // A batch fails as a whole.
-    let batch = (0..4u64).map(|i| (art("batch", "r2"), random_bytes(1 << 20, 100 + i)));
+    let batch = (0..4u64).map(|i| (art("batch", "r2"), noise(1 << 20, 100 + i)));
     let err = store
         .add_many(batch.map(|(a, d)| (a, std::io::Cursor::new(d))))
         .unwrap_err();
@@ -249,7 +237,7 @@ fn full_file_system_mid_put_leaves_nothing_partial() {
 
     // 3. With room again, the store works as before.
     fs::remove_file(&filler).unwrap();
-    let after = random_bytes(1 << 20, 17);
+    let after = noise(1 << 20, 17);
     let r = store.add_bytes(art("after", "r5"), &after).unwrap();
     assert_eq!(store.get(&r.id).unwrap(), after);
     for (id, data) in &kept {
