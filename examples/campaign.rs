@@ -64,7 +64,8 @@ struct Args {
     #[arg(long, conflicts_with = "store")]
     no_store: bool,
     /// A remote the store writes through to, `s3://bucket/prefix` (overrides the plan's
-    /// `[store] remote`); credentials and endpoint from the AWS environment. With `--merge`:
+    /// `[store] remote`); credentials and endpoint from the AWS environment or the profile
+    /// `AWS_PROFILE` of `~/.aws/credentials` and `~/.aws/config`. With `--merge`:
     /// pull every worker's records from it into the store and check each test's console log.
     #[arg(long, conflicts_with = "no_store")]
     remote: Option<String>,

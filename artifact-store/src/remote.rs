@@ -301,10 +301,13 @@ impl Default for RemoteOptions {
 
 /// Object storage through the `object_store` crate: S3 and S3-compatible servers.
 ///
-/// Credentials come from the environment, never from plan files: `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`), or the web-identity, container and
-/// instance-metadata sources that `object_store` reads; `AWS_ENDPOINT` (with
-/// `AWS_ALLOW_HTTP=true` for plain HTTP) and `AWS_REGION` point at other S3 servers.
+/// Credentials come from the environment and the usual files, never from plan files:
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`); else the profile
+/// `AWS_PROFILE` (or `default`) of the shared credentials file (`~/.aws/credentials`, or
+/// `AWS_SHARED_CREDENTIALS_FILE`); else the web-identity, container and instance-metadata
+/// sources that `object_store` reads. `AWS_ENDPOINT` (with `AWS_ALLOW_HTTP=true` for plain
+/// HTTP) and `AWS_REGION`, or `endpoint_url` and `region` in the profile of `~/.aws/config`
+/// (`AWS_CONFIG_FILE`), point at other S3 servers.
 pub struct ObjectStoreBackend {
     store: Arc<dyn object_store::ObjectStore>,
     prefix: String,
@@ -380,6 +383,113 @@ fn remote_error(op: &'static str, location: &str, e: object_store::Error) -> Err
     }
 }
 
+/// Settings that name the AWS shared files rather than an `object_store` key.
+const FILE_SETTINGS: &[&str] = &[
+    "aws_profile",
+    "aws_shared_credentials_file",
+    "aws_config_file",
+];
+
+/// What the AWS shared files give for the profile (`AWS_PROFILE`, else `default`), for the
+/// settings that neither `config` nor the environment set: the access key, secret and session
+/// token from the credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`),
+/// the region and endpoint from the config file (`AWS_CONFIG_FILE`, else `~/.aws/config`).
+fn aws_files(
+    config: &[(String, String)],
+) -> Result<Vec<(object_store::aws::AmazonS3ConfigKey, String)>> {
+    use object_store::aws::AmazonS3ConfigKey as K;
+    let get = |name: &str| {
+        config
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name.to_ascii_uppercase()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let file = |setting: &str, default: &str| {
+        get(setting)
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    let shown = |p: Option<PathBuf>, default: &str| {
+        p.map(|p| p.display().to_string())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let named_profile = get("aws_profile");
+    let profile = named_profile.clone().unwrap_or_else(|| "default".into());
+    let load = |path: &Path| -> Result<Option<ini::Ini>> {
+        match ini::Ini::load_from_file(path) {
+            Ok(i) => Ok(Some(i)),
+            Err(ini::Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Invalid {
+                what: "AWS configuration file",
+                detail: format!("{}: {e}", path.display()),
+            }),
+        }
+    };
+    let mut out = Vec::new();
+    let mut found_profile = false;
+    if get("aws_access_key_id").is_none()
+        && let Some(path) = file("aws_shared_credentials_file", ".aws/credentials")
+        && let Some(ini) = load(&path)?
+        && let Some(section) = ini.section(Some(profile.as_str()))
+    {
+        found_profile = true;
+        for (name, key) in [
+            ("aws_access_key_id", K::AccessKeyId),
+            ("aws_secret_access_key", K::SecretAccessKey),
+            ("aws_session_token", K::Token),
+        ] {
+            if let Some(v) = section.get(name) {
+                out.push((key, v.to_owned()));
+            }
+        }
+    }
+    if let Some(path) = file("aws_config_file", ".aws/config")
+        && let Some(ini) = load(&path)?
+    {
+        let name = if profile == "default" {
+            "default".to_owned()
+        } else {
+            format!("profile {profile}")
+        };
+        if let Some(section) = ini.section(Some(name.as_str())) {
+            found_profile = true;
+            if get("aws_region").is_none()
+                && get("aws_default_region").is_none()
+                && let Some(v) = section.get("region")
+            {
+                out.push((K::Region, v.to_owned()));
+            }
+            if get("aws_endpoint").is_none()
+                && get("aws_endpoint_url").is_none()
+                && let Some(v) = section.get("endpoint_url")
+            {
+                out.push((K::Endpoint, v.to_owned()));
+            }
+        }
+    }
+    if let Some(p) = named_profile
+        && !found_profile
+        && get("aws_access_key_id").is_none()
+    {
+        return Err(Error::Invalid {
+            what: "AWS profile",
+            detail: format!(
+                "`{p}` (AWS_PROFILE) is in neither {} nor {}: add it there, or set \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                shown(
+                    file("aws_shared_credentials_file", ".aws/credentials"),
+                    "~/.aws/credentials"
+                ),
+                shown(file("aws_config_file", ".aws/config"), "~/.aws/config"),
+            ),
+        });
+    }
+    Ok(out)
+}
+
 impl ObjectStoreBackend {
     /// Connects to `url` (`s3://bucket/optional/prefix`) with credentials and endpoint from the
     /// environment, and checks that the bucket answers (so that wrong credentials and a
@@ -429,17 +539,24 @@ impl ObjectStoreBackend {
             max_retries: options.max_retries,
             retry_timeout: options.retry_timeout,
         };
+        let config: Vec<(String, String)> = config
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_ascii_lowercase(), v.into()))
+            .collect();
         let mut builder = object_store::aws::AmazonS3Builder::from_env();
-        for (k, v) in config {
-            let key: object_store::aws::AmazonS3ConfigKey = k
-                .as_ref()
-                .to_ascii_lowercase()
-                .parse()
-                .map_err(|e| Error::Invalid {
+        for (k, v) in aws_files(&config)? {
+            builder = builder.with_config(k, v);
+        }
+        for (k, v) in config
+            .iter()
+            .filter(|(k, _)| !FILE_SETTINGS.contains(&k.as_str()))
+        {
+            let key: object_store::aws::AmazonS3ConfigKey =
+                k.parse().map_err(|e| Error::Invalid {
                     what: "remote store setting",
-                    detail: format!("`{}`: {e}", k.as_ref()),
+                    detail: format!("`{k}`: {e}"),
                 })?;
-            builder = builder.with_config(key, v);
+            builder = builder.with_config(key, v.clone());
         }
         // Timeouts through the config keys: `with_client_options` would replace what the
         // environment set (AWS_ALLOW_HTTP among it).

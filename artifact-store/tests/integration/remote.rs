@@ -641,3 +641,69 @@ fn a_large_blob_goes_up_and_comes_back_with_bounded_memory() {
     );
     assert!(grown < 96 * 1024, "peak memory grew by {grown} KiB");
 }
+
+/// Credentials, region and endpoint from a profile of the AWS shared files, as the AWS tools
+/// read them; a profile that is in neither file is a clear error naming both.
+#[test]
+#[ignore = "needs Garage, which `cargo xtask test` builds once: run `cargo xtask test`"]
+fn credentials_and_endpoint_come_from_an_aws_profile() {
+    let node = GarageNode::start();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = GK000000000000000000000000\naws_secret_access_key = {}\n\n\
+             [ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            "0".repeat(64),
+            node.key_id(),
+            node.secret()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile ci]\nregion = {}\nendpoint_url = {}\n",
+            node.region(),
+            node.endpoint()
+        ),
+    )
+    .unwrap();
+    let files = |profile: &str| {
+        vec![
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+            ("AWS_CONFIG_FILE", config.display().to_string()),
+            ("AWS_PROFILE", profile.to_owned()),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ]
+    };
+    let url = format!("s3://{}/profiles", node.bucket());
+    let opts = RemoteOptions::default();
+    let backend = ObjectStoreBackend::connect_with(&url, files("ci"), &opts).unwrap();
+    let w = worker(dir.path(), "w", Arc::new(backend));
+    let r = w
+        .add_bytes(
+            NewArtifact::new("t", "r", ArtifactKind::Log, "x"),
+            b"through a profile",
+        )
+        .unwrap();
+    let fresh = worker(
+        dir.path(),
+        "fresh",
+        Arc::new(ObjectStoreBackend::connect_with(&url, files("ci"), &opts).unwrap()),
+    );
+    fresh.pull_records().unwrap();
+    assert_eq!(fresh.get(&r.id).unwrap(), b"through a profile");
+
+    let err = ObjectStoreBackend::connect_with(&url, files("nope"), &opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Invalid { .. })
+            && msg.contains("`nope`")
+            && msg.contains(&creds.display().to_string())
+            && msg.contains(&config.display().to_string()),
+        "{msg}"
+    );
+}
