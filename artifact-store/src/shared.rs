@@ -185,6 +185,22 @@ fn get_small(backend: &dyn BlobBackend, key: &str, size: u64, max: u64) -> Resul
     }
 }
 
+/// Small objects fetched eight at a time, in the order of `keys` (`None`: gone meanwhile).
+fn fetch_small(backend: &dyn BlobBackend, keys: &[(String, u64)]) -> Result<Vec<Option<Vec<u8>>>> {
+    let slots: Vec<Mutex<Option<Vec<u8>>>> = keys.iter().map(|_| Mutex::new(None)).collect();
+    let indexed: Vec<usize> = (0..keys.len()).collect();
+    parallel(&indexed, PUSH_THREADS, |&i| {
+        let (key, size) = &keys[i];
+        let got = get_small(backend, key, *size, MAX_RECORD_OBJECT)?;
+        *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = got;
+        Ok(())
+    })?;
+    Ok(slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect())
+}
+
 /// Refuses to grow past `left` bytes (the remote is not trusted to send what it announced).
 struct LimitedWriter<'a> {
     inner: &'a mut Vec<u8>,
@@ -402,36 +418,21 @@ impl ArtifactStore {
         let backend = &*remote.backend;
         let mut report = PullReport::default();
         let done = self.catalog.pulled_keys()?;
-        for (key, facts) in backend.list(RECORDS)? {
-            if done.contains(&key) || !key.ends_with(".json") {
-                continue;
+        let todo: Vec<(String, u64)> = backend
+            .list(RECORDS)?
+            .into_iter()
+            .filter(|(key, _)| !done.contains(key) && key.ends_with(".json"))
+            .map(|(key, facts)| (key, facts.size))
+            .collect();
+        // Fetched several at once, a window at a time; inserted in key order.
+        for window in todo.chunks(64) {
+            let fetched = fetch_small(backend, window)?;
+            for ((key, _), bytes) in window.iter().zip(fetched) {
+                let Some(bytes) = bytes else {
+                    continue;
+                };
+                self.insert_record_object(backend, key, &bytes, &mut report)?;
             }
-            let Some(bytes) = get_small(backend, &key, facts.size, MAX_RECORD_OBJECT)? else {
-                continue;
-            };
-            let batch: RecordBatch = parse_json(backend, &key, &bytes)?;
-            let mut rows = Vec::with_capacity(batch.records.len());
-            for r in &batch.records {
-                validate_remote(&r.record).map_err(|detail| Error::Remote {
-                    op: "read",
-                    location: format!("{}/{key}", backend.location()),
-                    artifact: Some(r.record.id.clone()),
-                    detail,
-                    permanent: true,
-                })?;
-                rows.push((
-                    BlobInfo {
-                        digest: r.record.digest,
-                        raw_size: r.record.raw_size,
-                        stored_size: r.record.stored_size,
-                        compressed: r.compressed,
-                        inline: None,
-                    },
-                    &r.record,
-                ));
-            }
-            report.records_added += self.catalog.insert_pulled(&rows, &key)?;
-            report.objects_read += 1;
         }
         for (key, facts) in backend.list(EVICTIONS)? {
             if done.contains(&key) || !key.ends_with(".json") {
@@ -446,6 +447,40 @@ impl ArtifactStore {
             report.objects_read += 1;
         }
         Ok(report)
+    }
+
+    /// Inserts the records of one pulled record object.
+    fn insert_record_object(
+        &self,
+        backend: &dyn BlobBackend,
+        key: &str,
+        bytes: &[u8],
+        report: &mut PullReport,
+    ) -> Result<()> {
+        let batch: RecordBatch = parse_json(backend, key, bytes)?;
+        let mut rows = Vec::with_capacity(batch.records.len());
+        for r in &batch.records {
+            validate_remote(&r.record).map_err(|detail| Error::Remote {
+                op: "read",
+                location: format!("{}/{key}", backend.location()),
+                artifact: Some(r.record.id.clone()),
+                detail,
+                permanent: true,
+            })?;
+            rows.push((
+                BlobInfo {
+                    digest: r.record.digest,
+                    raw_size: r.record.raw_size,
+                    stored_size: r.record.stored_size,
+                    compressed: r.compressed,
+                    inline: None,
+                },
+                &r.record,
+            ));
+        }
+        report.records_added += self.catalog.insert_pulled(&rows, key)?;
+        report.objects_read += 1;
+        Ok(())
     }
 
     /// Takes a lease on the remote for this writer, renewed in the background every third of

@@ -707,3 +707,44 @@ fn credentials_and_endpoint_come_from_an_aws_profile() {
         "{msg}"
     );
 }
+
+/// The remote is not trusted: a malformed record object, a record with a control character in
+/// its id, and an object larger than any record object may be all fail the pull, naming the
+/// object; nothing of them reaches the catalog.
+#[test]
+fn malformed_remote_records_are_refused_naming_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("remote");
+    let remote: Arc<dyn BlobBackend> = Arc::new(DirBackend::open(&root).unwrap());
+    let w = worker(dir.path(), "w", remote.clone());
+    w.add_bytes(NewArtifact::new("t", "r", ArtifactKind::Log, "x"), b"fine")
+        .unwrap();
+    let records = root.join("records-v1");
+    let good = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"{ not json".to_vec()),
+        (
+            "control",
+            text.replacen("\"id\":\"", "\"id\":\"\\u0007", 1).into_bytes(),
+        ),
+        ("huge", vec![b' '; (16 << 20) + 1]),
+    ];
+    for (name, bytes) in cases {
+        let path = records.join(format!("zz-{name}.json"));
+        std::fs::write(&path, bytes).unwrap();
+        let reader = worker(dir.path(), &format!("reader-{name}"), remote.clone());
+        let err = reader.pull_records().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::Remote { permanent: true, .. })
+                && msg.contains(&format!("zz-{name}.json")),
+            "{name}: {msg}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        // Nothing of the bad object went in; without it the pull completes.
+        assert!(reader.query(&Query::new()).unwrap().len() <= 1, "{name}");
+        reader.pull_records().unwrap();
+        assert_eq!(reader.query(&Query::new()).unwrap().len(), 1, "{name}");
+    }
+}
