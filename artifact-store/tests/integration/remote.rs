@@ -720,13 +720,19 @@ fn malformed_remote_records_are_refused_naming_the_object() {
     w.add_bytes(NewArtifact::new("t", "r", ArtifactKind::Log, "x"), b"fine")
         .unwrap();
     let records = root.join("records-v1");
-    let good = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+    let good = std::fs::read_dir(&records)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let text = std::fs::read_to_string(&good).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"{ not json".to_vec()),
         (
             "control",
-            text.replacen("\"id\":\"", "\"id\":\"\\u0007", 1).into_bytes(),
+            text.replacen("\"id\":\"", "\"id\":\"\\u0007", 1)
+                .into_bytes(),
         ),
         ("huge", vec![b' '; (16 << 20) + 1]),
     ];
@@ -737,8 +743,13 @@ fn malformed_remote_records_are_refused_naming_the_object() {
         let err = reader.pull_records().unwrap_err();
         let msg = err.to_string();
         assert!(
-            matches!(err, Error::Remote { permanent: true, .. })
-                && msg.contains(&format!("zz-{name}.json")),
+            matches!(
+                err,
+                Error::Remote {
+                    permanent: true,
+                    ..
+                }
+            ) && msg.contains(&format!("zz-{name}.json")),
             "{name}: {msg}"
         );
         std::fs::remove_file(&path).unwrap();
