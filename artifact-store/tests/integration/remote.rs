@@ -427,7 +427,7 @@ fn a_three_node_cluster_loses_a_node_during_uploads_and_loses_no_acknowledged_pu
     assert!(fresh.verify(VerifyOptions::default()).unwrap().is_clean());
 }
 
-/// The server goes away in the middle of a 64 MiB upload: the put fails with a transient remote
+/// The server goes away in the middle of a 256 MiB upload: the put fails with a transient remote
 /// error (after its retries) instead of hanging or reporting success, the artifact stays stored
 /// locally, and once the server is back `push_run` publishes it; a fresh store then reads it.
 #[test]
@@ -446,7 +446,8 @@ fn a_server_gone_mid_upload_fails_the_put_and_push_run_publishes_it_later() {
         Arc::new(ObjectStoreBackend::connect_with(&url, env, &opts).unwrap())
     };
     let w = worker(dir.path(), "w", backend(garage.env(0)));
-    let data = noise(64 << 20, 99);
+    // Large enough that the upload (~1 s here) is still running when the server goes.
+    let data = noise(256 << 20, 99);
     let failed = std::thread::scope(|s| {
         let put = s.spawn(|| {
             w.add_bytes(
@@ -454,18 +455,26 @@ fn a_server_gone_mid_upload_fails_the_put_and_push_run_publishes_it_later() {
                 &data,
             )
         });
-        // Let the multipart upload start, then take the server away.
-        std::thread::sleep(Duration::from_millis(300));
+        // The record commits locally before the push starts: once it is visible, let the
+        // upload run a little, then take the server away.
+        let t = Instant::now();
+        while w.query(&Query::new().run("r")).unwrap().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the local put never committed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(200));
         garage.kill(0);
         put.join().unwrap()
     });
     let err = match failed {
         Err(e) => e,
-        Ok(r) => {
-            // The upload beat the kill: nothing to test on this machine this time.
-            eprintln!("upload of {} finished before the server went away", r.id);
-            return;
-        }
+        Ok(r) => panic!(
+            "the upload of {} finished before the server went away: nothing was tested",
+            r.id
+        ),
     };
     assert!(
         matches!(
