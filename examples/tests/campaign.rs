@@ -413,9 +413,14 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
         ));
     }
     let plan = write_plan(dir.path(), &text);
-    let expected: Vec<String> = (0..3)
-        .flat_map(|i| ["aarch64", "riscv64"].map(|a| format!("t{i}@{a}")))
+    // The unsharded campaign: every test of the plan, in plan order.
+    let expected: Vec<String> = orchestrator_core::plan::load(&plan)
+        .unwrap()
+        .cases
+        .iter()
+        .map(|c| c.id.to_string())
         .collect();
+    assert_eq!(expected.len(), 6, "{expected:?}");
     let workers: Vec<_> = (1..=3)
         .map(|k| {
             Command::new(campaign_bin())
