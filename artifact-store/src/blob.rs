@@ -355,23 +355,14 @@ impl Blobs {
 
     /// Writes `reader` to a new temp file (fsynced if `sync`) without making it visible.
     pub(crate) fn write_temp(&self, reader: &mut dyn Read, sync: bool) -> Result<Written> {
-        match self.encode(reader, sync, 0)? {
+        let encoded = match self.read_head(reader)? {
+            // With no room inline, whole content goes to a temp file too.
+            Head::Whole(content) => self.encode_whole(&content, sync, 0)?,
+            Head::Start(sample) => self.encode_stream(sample, reader, sync)?,
+        };
+        match encoded {
             Encoded::Temp(w) => Ok(w),
             Encoded::Inline(_) => unreachable!("nothing is inline with a zero limit"),
-        }
-    }
-
-    /// Encodes `reader`: in memory if the encoded blob is at most `inline_max` bytes (the catalog
-    /// keeps it), else into a new temp file (fsynced if `sync`), not yet visible.
-    pub(crate) fn encode(
-        &self,
-        reader: &mut dyn Read,
-        sync: bool,
-        inline_max: usize,
-    ) -> Result<Encoded> {
-        match self.read_head(reader)? {
-            Head::Whole(content) => self.encode_whole(&content, sync, inline_max),
-            Head::Start(sample) => self.encode_stream(sample, reader, sync),
         }
     }
 

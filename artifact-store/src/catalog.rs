@@ -460,15 +460,12 @@ impl Catalog {
             let mut known = tx
                 .prepare_cached("SELECT 1 FROM artifacts WHERE id = ?1")
                 .map_err(self.err("prepare lookup"))?;
+            let mut seen = std::collections::HashSet::new();
             for (b, r) in items {
                 let have = known
                     .exists([&r.id])
                     .map_err(self.err(format!("look up artifact {}", r.id)))?;
-                if !have
-                    && !fresh
-                        .iter()
-                        .any(|(_, f): &(BlobInfo<'_>, &ArtifactRecord)| f.id == r.id)
-                {
+                if !have && seen.insert(r.id.as_str()) {
                     fresh.push((*b, *r));
                 }
             }
@@ -527,6 +524,16 @@ impl Catalog {
             .map_err(self.err("prepare lookup"))?;
         st.query_row([digest.to_hex()], |r| r.get(0))
             .optional()
+            .map_err(self.err(format!("look up blob {digest}")))
+    }
+
+    /// Whether the catalog keeps blob `digest` (without reading it).
+    pub(crate) fn has_inline(&self, digest: &Digest) -> Result<bool> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached("SELECT 1 FROM inline_blobs WHERE digest = ?1")
+            .map_err(self.err("prepare lookup"))?;
+        st.exists([digest.to_hex()])
             .map_err(self.err(format!("look up blob {digest}")))
     }
 

@@ -178,11 +178,8 @@ fn get_small(backend: &dyn BlobBackend, key: &str, size: u64, max: u64) -> Resul
         inner: &mut buf,
         left: max,
     };
-    match backend.get(key, &mut limited) {
-        Ok(Some(_)) => Ok(Some(buf)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    }
+    let found = backend.get(key, &mut limited)?;
+    Ok(found.map(|_| buf))
 }
 
 /// Small objects fetched eight at a time, in the order of `keys` (`None`: gone meanwhile).

@@ -556,7 +556,7 @@ impl ArtifactStore {
 
     /// Whether the store holds the blob with `digest` (in a file or in the catalog).
     pub fn has_blob(&self, digest: &Digest) -> Result<bool> {
-        Ok(self.blobs.path_of(digest).exists() || self.catalog.inline_blob(digest)?.is_some())
+        Ok(self.blobs.path_of(digest).exists() || self.catalog.has_inline(digest)?)
     }
 
     /// How errors name a blob the catalog keeps: `<catalog file>#blob/<digest>`.
@@ -797,7 +797,8 @@ impl ArtifactStore {
         self.catalog.each_inline_blob(|d, data| {
             report.blobs_checked += 1;
             let path = self.inline_path(&d);
-            let checked = BlobReader::from_encoded(data.clone(), path.clone(), d)
+            // `Error::io` turns a corruption found while reading into `Error::Corrupt`.
+            let checked = BlobReader::from_encoded(data, path.clone(), d)
                 .and_then(|r| r.into_vec().map_err(|e| Error::io("read", &path, e)));
             match checked {
                 Ok(_) => {
@@ -806,14 +807,9 @@ impl ArtifactStore {
                 Err(e) => {
                     let detail = match e {
                         Error::Corrupt { detail, .. } => detail,
-                        Error::Io { source, .. } => source
-                            .get_ref()
-                            .and_then(|s| s.downcast_ref::<crate::CorruptBlob>())
-                            .map(|c| c.detail.clone())
-                            .unwrap_or_else(|| source.to_string()),
                         e => e.to_string(),
                     };
-                    corrupt_inline.push((d, data));
+                    corrupt_inline.push(d);
                     report.corrupt.push(CorruptEntry {
                         digest: d,
                         path,
@@ -856,7 +852,11 @@ impl ArtifactStore {
                 ));
                 fs::rename(path, &q).map_err(|e| Error::io("quarantine", path, e))?;
             }
-            for (d, data) in &corrupt_inline {
+            for d in &corrupt_inline {
+                // Read again only here: verify keeps no blob it has checked.
+                let Some(data) = self.catalog.inline_blob(d)? else {
+                    continue;
+                };
                 let q = self.blobs.quarantine.join(format!(
                     "{}.{}",
                     d.to_hex(),
@@ -864,8 +864,7 @@ impl ArtifactStore {
                 ));
                 fs::write(&q, data).map_err(|e| Error::io("quarantine", &q, e))?;
             }
-            let forget: Vec<Digest> = corrupt_inline.iter().map(|(d, _)| *d).collect();
-            self.catalog.forget_inline(&forget)?;
+            self.catalog.forget_inline(&corrupt_inline)?;
             for c in &report.corrupt {
                 evict.extend(
                     c.artifacts
