@@ -89,7 +89,8 @@ pub use result::{
     ResourceUsage, StoredArtifact, Subtest, SubtestStatus, TestResult, UsagePoint, Verdict,
 };
 pub use runner::{
-    DEFAULT_OUTPUT_LIMIT, ExecutionContext, HostProcess, ProcessObserver, RunnerError, TestRunner,
+    DEFAULT_OUTPUT_LIMIT, ErrorKind, ExecutionContext, HostProcess, ProcessObserver, RunnerError,
+    TestRunner,
 };
 
 pub use tokio_util::sync::CancellationToken;

@@ -460,6 +460,7 @@ impl Orchestrator {
                             let (index, attempt) = in_flight.remove(&e.id()).expect("known task");
                             let mut r = TestResult::new(&cases[index], runner_name(self, &cases[index]), Outcome::InfraError {
                                 message: format!("the runner task failed: {e}"),
+                                cause: crate::runner::ErrorKind::Internal,
                             });
                             r.attempt = attempt;
                             (index, attempt, r)
@@ -467,7 +468,7 @@ impl Orchestrator {
                         None => continue,
                     };
                     result.attempt = attempt;
-                    let retry = result.outcome.is_infra_error()
+                    let retry = result.outcome.is_retryable()
                         && attempt <= self.config.infra_retries
                         && interrupted.is_none();
                     if retry {
@@ -668,12 +669,10 @@ async fn execute_one(
         let mut r = TestResult::new(
             case,
             runner.name(),
-            Outcome::InfraError {
-                message: format!(
-                    "failed to create scratch directory {}: {e}",
-                    ctx.scratch_dir().display()
-                ),
-            },
+            Outcome::infra(format!(
+                "failed to create scratch directory {}: {e}",
+                ctx.scratch_dir().display()
+            )),
         );
         r.started_at = started;
         return r;
@@ -681,11 +680,7 @@ async fn execute_one(
     match runner.execute(case, ctx).await {
         Ok(r) => r,
         Err(e) => {
-            let mut r = TestResult::new(
-                case,
-                runner.name(),
-                Outcome::InfraError { message: e.chain() },
-            );
+            let mut r = TestResult::new(case, runner.name(), Outcome::from_error(&e));
             r.started_at = started;
             r.finished_at = Utc::now();
             r

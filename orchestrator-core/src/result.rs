@@ -56,8 +56,12 @@ pub enum CrashKind {
     HungTask,
     /// The out-of-memory killer acted.
     OutOfMemory,
-    /// The emulator (or machine) exited or rebooted without the test finishing.
+    /// The emulator exited cleanly without the test finishing, and the console did not say why.
     UnexpectedExit,
+    /// The guest powered itself off (or halted) before the test finished.
+    PowerOff,
+    /// The guest rebooted before the test finished.
+    Reboot,
     /// The machine never became ready to run the test (no init, a panic during boot...).
     BootFailure,
     /// Anything else the runner recognised as a crash.
@@ -75,6 +79,8 @@ impl fmt::Display for CrashKind {
             CrashKind::HungTask => "hung task",
             CrashKind::OutOfMemory => "out of memory",
             CrashKind::UnexpectedExit => "unexpected exit",
+            CrashKind::PowerOff => "guest powered off",
+            CrashKind::Reboot => "guest rebooted",
             CrashKind::BootFailure => "boot failure",
             CrashKind::Other => "crash",
         })
@@ -113,6 +119,10 @@ pub enum Outcome {
     InfraError {
         /// What went wrong.
         message: String,
+        /// What kind of problem: whether another attempt may help (reports written before
+        /// it existed read as infrastructure).
+        #[serde(default)]
+        cause: crate::runner::ErrorKind,
     },
     /// The test was not run.
     Skipped {
@@ -124,9 +134,31 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether this is an infrastructure error, the only kind of outcome that is retried.
+    /// Whether this is an infrastructure error (of any [`ErrorKind`](crate::ErrorKind)).
     pub fn is_infra_error(&self) -> bool {
         matches!(self, Outcome::InfraError { .. })
+    }
+
+    /// An infrastructure error: the host or the emulator failed; retried under `retries`.
+    pub fn infra(message: impl Into<String>) -> Outcome {
+        Outcome::InfraError {
+            message: message.into(),
+            cause: crate::runner::ErrorKind::Infrastructure,
+        }
+    }
+
+    /// The outcome of a [`RunnerError`](crate::RunnerError): an infrastructure error of its kind.
+    pub fn from_error(error: &crate::RunnerError) -> Outcome {
+        Outcome::InfraError {
+            message: error.chain(),
+            cause: error.kind(),
+        }
+    }
+
+    /// Whether another attempt may end differently: infrastructure errors of a retryable
+    /// [`ErrorKind`](crate::ErrorKind), and nothing else (real failures are never retried).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Outcome::InfraError { cause, .. } if cause.is_retryable())
     }
 
     /// A test that ran out of time in its test phase: past its own `timeout`, or stopped by the
@@ -186,7 +218,11 @@ impl fmt::Display for Outcome {
                 )
             }
             Outcome::Crashed { crash } => write!(f, "crashed: {crash}"),
-            Outcome::InfraError { message } => write!(f, "infrastructure error: {message}"),
+            Outcome::InfraError {
+                message,
+                cause: crate::runner::ErrorKind::Infrastructure,
+            } => write!(f, "infrastructure error: {message}"),
+            Outcome::InfraError { message, cause } => write!(f, "{cause} error: {message}"),
             Outcome::Skipped { reason } => write!(f, "skipped: {reason}"),
             Outcome::Cancelled => f.write_str("cancelled"),
         }
@@ -550,10 +586,20 @@ mod tests {
         );
         assert!(Verdict::of(&failed, Expectation::Fail).is_success());
         assert!(!Verdict::of(&Outcome::Passed, Expectation::Fail).is_success());
-        let infra = Outcome::InfraError {
-            message: "qemu missing".into(),
-        };
+        let infra = Outcome::infra("qemu missing");
         assert_eq!(Verdict::of(&infra, Expectation::Fail), Verdict::Error);
+        assert!(infra.is_retryable());
+        let config = Outcome::from_error(&crate::RunnerError::config("no kernel at /k"));
+        assert_eq!(Verdict::of(&config, Expectation::Pass), Verdict::Error);
+        assert!(
+            !config.is_retryable(),
+            "configuration errors are not retried"
+        );
+        assert_eq!(config.to_string(), "configuration error: no kernel at /k");
+        // Reports written before the kind existed read as infrastructure errors.
+        let old: Outcome =
+            serde_json::from_str(r#"{"kind":"infra-error","message":"qemu died"}"#).unwrap();
+        assert!(old.is_retryable());
     }
 
     #[test]

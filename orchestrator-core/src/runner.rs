@@ -88,33 +88,89 @@ impl<R: TestRunner + ?Sized> TestRunner for Box<R> {
     }
 }
 
-/// A runner could not do its job. Always an infrastructure problem, never a test failure.
+/// What kind of problem a [`RunnerError`] (or an [`Outcome::InfraError`](crate::Outcome::InfraError))
+/// is: what the orchestrator's retry decision reads ([`ErrorKind::is_retryable`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The host or the emulator failed (a process died or was killed, a resource ran out, a
+    /// transfer broke): another attempt may succeed, so it is retried under `retries`.
+    #[default]
+    Infrastructure,
+    /// The test or the runner is set up wrongly (a missing or foreign kernel, a bad profile, an
+    /// accelerator forced where it cannot work): another attempt would fail the same way.
+    Configuration,
+    /// A defect in the runner itself (a task panicked).
+    Internal,
+}
+
+impl ErrorKind {
+    /// Whether another attempt may succeed: the one place the retry decision is made.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Infrastructure)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Infrastructure => "infrastructure",
+            ErrorKind::Configuration => "configuration",
+            ErrorKind::Internal => "internal",
+        })
+    }
+}
+
+/// A runner could not do its job: never a failure of the code under test. Its [`ErrorKind`]
+/// says whether another attempt may help.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct RunnerError {
+    kind: ErrorKind,
     message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl RunnerError {
-    /// An error with a message (a lowercase fragment naming the operation and the thing).
+    /// An infrastructure error with a message (a lowercase fragment naming the operation and
+    /// the thing).
     pub fn new(message: impl Into<String>) -> Self {
         RunnerError {
+            kind: ErrorKind::Infrastructure,
             message: message.into(),
             source: None,
         }
     }
 
-    /// An error with a message and the underlying cause.
+    /// A configuration error: the message names the setting and the fix.
+    pub fn config(message: impl Into<String>) -> Self {
+        RunnerError::new(message).with_kind(ErrorKind::Configuration)
+    }
+
+    /// An infrastructure error with a message and the underlying cause.
     pub fn with_source(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         RunnerError {
+            kind: ErrorKind::Infrastructure,
             message: message.into(),
             source: Some(Box::new(source)),
         }
+    }
+
+    /// The same error with another kind.
+    #[must_use]
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// What kind of problem it is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     /// The message and every cause, joined with `: `.

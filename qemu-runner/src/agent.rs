@@ -13,11 +13,14 @@ use orchestrator_core::Command;
 /// Where the per-test files live in the guest.
 pub const ORCH_DIR: &str = "orch";
 
-/// The `/init` script. It reads `/orch/limit` (bytes of each stream to send), `/orch/modules`
-/// (module files to `insmod`, dependencies first, each with the `<module>.<param>=<value>`
-/// parameters of the kernel command line, as modprobe does; what loading them printed is kept in
-/// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced) and runs `/orch/run.sh` in
-/// `/work`.
+/// The `/init` script. It loads `/orch/boot-modules` before it says `READY` (the artifact
+/// channel's modules), reads `/orch/limit` (bytes of each stream to send), and runs the test:
+/// `/orch/modules` (the test's own module files to `insmod`, dependencies first, each with the
+/// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
+/// the test phase, on the test's clock; what loading them printed is kept in
+/// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
+/// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and keeps
+/// the guest's copy of its output bounded (head and tail, with the byte count).
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 # Guest agent of qemu-runner. PID 1. Speaks ORCH1 records on the console.
 B=/bin/busybox
@@ -33,10 +36,10 @@ exec 0</dev/console 1>/dev/console 2>&1
 stty -echo 2>/dev/null
 nonce=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
 say() { echo "ORCH1 $nonce $*"; }
-kmsg=/dev/null
-if [ -s /orch/modules ]; then
-    for m in $(cat /orch/modules); do
-        # Parameters from the kernel command line (`<module>.<param>=<value>`), as modprobe does.
+# Loads the modules listed in file $1 (dependencies first), each with the
+# `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does.
+load_modules() {
+    for m in $(cat "$1"); do
         n=${m##*/}
         n=${n%.ko}
         n=${n//-/_}
@@ -46,6 +49,12 @@ if [ -s /orch/modules ]; then
         done
         insmod "$m" $p >/tmp/insmod.log 2>&1 || { echo "agent: insmod $m failed:"; cat /tmp/insmod.log; }
     done
+}
+# The boot's modules (the artifact channel's; a session's are all here): before READY, on the
+# boot clock. A test's own modules load in the test phase, on its clock (see run_one).
+kmsg=/dev/null
+if [ -s /orch/boot-modules ]; then
+    load_modules /orch/boot-modules
     # What loading them printed (a test module's results) stays readable for the test.
     kmsg=/tmp/modules-kmsg.log
 fi
@@ -56,18 +65,32 @@ dmesg -c >$kmsg 2>&1
 
 send() {
     f=/tmp/orch/$1
-    if [ ! -s "$f" ]; then
+    cut=0
+    [ -f "$f.cut" ] && read -r cut <"$f.cut"
+    if [ ! -s "$f" ] && [ "$cut" = 0 ]; then
         # The MD5 of nothing: no process to start for an empty stream.
         say SEND "$1" 0 0 d41d8cd98f00b204e9800998ecf8427e
         say END "$1"
         return
     fi
     lim=${2:-$limit}
-    total=$(wc -c <"$f")
+    total=$(stat -c %s "$f")
+    # Cut by watch_test: the size is still the byte count, unless nothing came after the cut.
+    [ "$total" -lt "$cut" ] && total=$cut
     sent=$total
     if [ "$total" -gt "$lim" ]; then
         half=$((lim / 2))
-        { head -c "$half" "$f"; tail -c $((lim - half)) "$f"; } >"$f.sent"
+        rest=$((lim - half))
+        after=$((total - cut))
+        if [ "$cut" = 0 ]; then
+            { head -c "$half" "$f"; tail -c "$rest" "$f"; } >"$f.sent"
+        elif [ "$after" -ge "$rest" ]; then
+            { cat "$f.head"; tail -c "$rest" "$f"; } >"$f.sent"
+        else
+            # Little came after the last cut: the tail is the end of what was kept then and
+            # everything since.
+            { cat "$f.head"; tail -c $((rest - after)) "$f.tail"; tail -c +$((cut + 1)) "$f"; } >"$f.sent"
+        fi
         f="$f.sent"
         leftover=1
         sent=$lim
@@ -103,6 +126,43 @@ clean_work() {
             mkdir -p /work
             return
         fi
+    done
+}
+
+# Keeps the guest's copy of stream $1 bounded while the test runs: past $cap bytes stored, every
+# process but this one and the agent is paused, the head (once) and the last bytes are put
+# aside, the file is emptied and the size at the cut noted, and the test goes on. The test's
+# writes continue at their offset, so the file's size stays the stream's byte count and what was
+# cut is a hole that takes no memory.
+bound() {
+    f=/tmp/orch/$1
+    set -- $(stat -c '%b %s' "$f" 2>/dev/null)
+    [ -n "$1" ] && [ $(($1 * 512)) -gt "$cap" ] || return 0
+    kill -s STOP -1 2>/dev/null
+    set -- $(stat -c %s "$f")
+    half=$((limit / 2))
+    [ -f "$f.head" ] || head -c "$half" "$f" >"$f.head"
+    tail -c $((limit - half)) "$f" >"$f.tail"
+    : >"$f"
+    echo "$1" >"$f.cut"
+    kill -s CONT -1 2>/dev/null
+}
+
+# Runs beside the test (its pid in $tpid), killed by the agent when the test ends: stops the
+# test when the host says `STOP` (its timeout: every process but the agent and this one gets
+# SIGTERM, then SIGKILL), and bounds the guest's copy of its output.
+watch_test() {
+    cap=$((limit * 4))
+    [ "$cap" -ge 1048576 ] || cap=1048576
+    while :; do
+        if read -t 0.5 -r c rest && [ "$c" = STOP ]; then
+            kill -s TERM -1 2>/dev/null
+            sleep 2
+            [ -d "/proc/$tpid" ] && kill -s KILL -1 2>/dev/null
+            exit 0
+        fi
+        bound stdout
+        bound stderr
     done
 }
 
@@ -148,20 +208,38 @@ run_one() {
     fi
     cd /work
     (
+        # The test's own modules load on its clock (test modules run their cases as they
+        # load); what loading printed stays readable in /tmp/modules-kmsg.log and in its
+        # kernel log.
+        if [ -s /orch/modules ]; then
+            load_modules /orch/modules >&2
+            dmesg >>/tmp/modules-kmsg.log 2>&1
+        fi
         ORCH_TEST_ID=$test_id
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
-        unset -f say send send_channel clean_work load_settings run_one
+        unset -f say send send_channel clean_work load_settings run_one load_modules bound \
+            watch_test
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
-            test_id tracing acks leftover extra pending rest arg maybe kmsg a
+            test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
+            wpid cap c
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
         # no shell is started only to be replaced.
         . /orch/run.sh
-    ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr
+    ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr &
+    tpid=$!
+    # (A background job's input is /dev/null unless redirected: the watcher reads the host.)
+    watch_test </dev/console &
+    wpid=$!
+    wait "$tpid"
     code=$?
+    kill "$wpid" 2>/dev/null
+    wait "$wpid"
+    # Output the watcher cut: its pieces go with the next test's clean-up.
+    [ -f /tmp/orch/stdout.cut ] || [ -f /tmp/orch/stderr.cut ] && leftover=1
     cd /
     if [ -n "$tracing" ]; then
         echo 0 >$t/tracing_on
@@ -217,7 +295,11 @@ run_one() {
             case " $empty " in
                 *" $s "*) continue ;;
             esac
-            if [ -s "/tmp/orch/$s" ]; then send "$s"; else empty="$empty $s"; fi
+            if [ -s "/tmp/orch/$s" ] || [ -f "/tmp/orch/$s.cut" ]; then
+                send "$s"
+            else
+                empty="$empty $s"
+            fi
         done
         [ "$channel" = none ] && empty="$empty channel"
         say EMPTY $empty

@@ -12,8 +12,9 @@ pub enum Signal {
     Serious(CrashKind),
     /// A kernel `WARNING:`.
     Warning,
-    /// The kernel is rebooting or powering off.
-    Shutdown,
+    /// The kernel is rebooting ([`CrashKind::Reboot`]) or powering off or halting
+    /// ([`CrashKind::PowerOff`]).
+    Shutdown(CrashKind),
 }
 
 /// Classifies one console line (kernel timestamps and prefixes are fine).
@@ -46,11 +47,11 @@ pub fn classify(line: &str) -> Option<Signal> {
     if line.contains("WARNING: CPU:") || line.contains("------------[ cut here ]") {
         return Some(Signal::Warning);
     }
-    if line.contains("reboot: Restarting system")
-        || line.contains("reboot: Power down")
-        || line.contains("reboot: System halted")
-    {
-        return Some(Signal::Shutdown);
+    if line.contains("reboot: Restarting system") {
+        return Some(Signal::Shutdown(CrashKind::Reboot));
+    }
+    if line.contains("reboot: Power down") || line.contains("reboot: System halted") {
+        return Some(Signal::Shutdown(CrashKind::PowerOff));
     }
     None
 }
@@ -155,7 +156,11 @@ mod tests {
             ),
             (
                 "[    8.0] reboot: Restarting system",
-                Some(Signal::Shutdown),
+                Some(Signal::Shutdown(CrashKind::Reboot)),
+            ),
+            (
+                "[    8.0] reboot: Power down",
+                Some(Signal::Shutdown(CrashKind::PowerOff)),
             ),
             ("[    0.0] Linux version 6.1.0", None),
         ];

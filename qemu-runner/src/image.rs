@@ -42,12 +42,28 @@ pub struct BaseImage {
     pub path: PathBuf,
     /// Module files to `insmod`, dependencies first, relative to `/lib/modules/<version>`.
     pub load_order: Vec<String>,
+    /// Those of them the guest loads at boot, before its agent is ready (the artifact channel's
+    /// modules and their dependencies), in the same order; the others load in the test phase.
+    pub boot_order: Vec<String>,
 }
 
-/// Builds (or finds in `cache_dir`) the base archive for `parts` with `modules` loadable.
+impl BaseImage {
+    /// The modules a test loads itself, in its phase: `load_order` without `boot_order`.
+    pub fn test_order(&self) -> Vec<String> {
+        self.load_order
+            .iter()
+            .filter(|m| !self.boot_order.contains(m))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Builds (or finds in `cache_dir`) the base archive for `parts` with `modules` loadable;
+/// `boot` names those of them (with their dependencies) the guest loads at boot.
 pub fn base_image(
     parts: &GuestParts,
     modules: &[String],
+    boot: &[String],
     cache_dir: &Path,
 ) -> Result<BaseImage, String> {
     let busybox_digest = digest_file(&parts.busybox)?;
@@ -67,16 +83,25 @@ pub fn base_image(
         hasher.update(b"\0");
         hasher.update(m.as_bytes());
     }
+    for m in boot {
+        hasher.update(b"\x01");
+        hasher.update(m.as_bytes());
+    }
     let key = hasher.finalize().to_hex();
     let path = cache_dir.join(format!("base-{}-{}.cpio.gz", parts.arch, &key[..32]));
     let order_path = path.with_extension("order");
+    let boot_path = path.with_extension("boot");
 
-    if path.is_file() && order_path.is_file() {
-        let order = std::fs::read_to_string(&order_path)
-            .map_err(|e| format!("cannot read {}: {e}", order_path.display()))?;
+    if path.is_file() && order_path.is_file() && boot_path.is_file() {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|text| text.lines().map(str::to_owned).collect())
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
         return Ok(BaseImage {
-            path,
-            load_order: order.lines().map(str::to_owned).collect(),
+            path: path.clone(),
+            load_order: read(&order_path)?,
+            boot_order: read(&boot_path)?,
         });
     }
 
@@ -104,6 +129,7 @@ pub fn base_image(
     b.file_from_bytes("init", 0o755, agent::INIT_SCRIPT.as_bytes().to_vec());
 
     let mut load_order = Vec::new();
+    let mut boot_order = Vec::new();
     if !modules.is_empty() {
         let (Some(dir), Some(version)) = (&parts.modules_dir, &parts.kernel_version) else {
             return Err(format!(
@@ -136,6 +162,17 @@ pub fn base_image(
             dep_lines.push_str(&format!("{rel}: {}\n", deps.join(" ")));
             load_order.push(rel);
         }
+        // The boot's modules and everything they need, in load order.
+        let mut needed_at_boot: Vec<String> = Vec::new();
+        for name in boot {
+            needed_at_boot.push(name.replace('-', "_"));
+            needed_at_boot.extend(transitive_deps(&resolved, name));
+        }
+        for m in &resolved {
+            if needed_at_boot.contains(&m.name.replace('-', "_")) {
+                boot_order.push(strip_compression(&m.relative.to_string_lossy()));
+            }
+        }
         b.file_from_bytes(
             &format!("{root}/modules.dep"),
             0o644,
@@ -151,9 +188,15 @@ pub fn base_image(
         .map_err(|e| format!("cannot build the base initramfs: {e}"))?;
     std::fs::write(&order_path, load_order.join("\n"))
         .map_err(|e| format!("cannot write {}: {e}", order_path.display()))?;
+    std::fs::write(&boot_path, boot_order.join("\n"))
+        .map_err(|e| format!("cannot write {}: {e}", boot_path.display()))?;
     tmp.persist(&path)
         .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(BaseImage { path, load_order })
+    Ok(BaseImage {
+        path,
+        load_order,
+        boot_order,
+    })
 }
 
 fn strip_compression(rel: &str) -> String {
@@ -200,8 +243,10 @@ pub struct TestPart<'a> {
     pub case: &'a TestCase,
     /// Bytes of each stream the agent sends back.
     pub output_limit: u64,
-    /// Module files to load, dependencies first.
+    /// Module files the test loads in its phase, dependencies first.
     pub load_order: &'a [String],
+    /// Module files the guest loads at boot, before the agent is ready.
+    pub boot_order: &'a [String],
     /// The kernel release, for the module paths.
     pub kernel_version: Option<&'a str>,
     /// Largest artifact archive sent over the serial console when no virtio port is available.
@@ -244,15 +289,19 @@ pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, String> {
         0o644,
         format!("{}\n", part.output_limit).into_bytes(),
     ));
-    let modules: Vec<String> = match part.kernel_version {
-        Some(v) => part
-            .load_order
-            .iter()
-            .map(|rel| format!("/lib/modules/{v}/{rel}"))
-            .collect(),
-        None => Vec::new(),
+    let paths = |order: &[String]| -> Vec<u8> {
+        match part.kernel_version {
+            Some(v) => order
+                .iter()
+                .map(|rel| format!("/lib/modules/{v}/{rel}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_bytes(),
+            None => Vec::new(),
+        }
     };
-    files.push(("modules", 0o644, modules.join("\n").into_bytes()));
+    files.push(("boot-modules", 0o644, paths(part.boot_order)));
+    files.push(("modules", 0o644, paths(part.load_order)));
     let mut globs = String::new();
     for g in &case.artifacts {
         globs.push_str(g);
@@ -432,7 +481,8 @@ pub fn session_archive(
             .collect(),
         None => Vec::new(),
     };
-    b.file_from_bytes("orch/modules", 0o644, modules.join("\n").into_bytes());
+    // A session's guest loads every module at boot: its tests share them.
+    b.file_from_bytes("orch/boot-modules", 0o644, modules.join("\n").into_bytes());
     let mut out = Vec::new();
     b.write_to(&mut out, Compression::Gzip)
         .map_err(|e| format!("cannot build the session's initramfs part: {e}"))?;

@@ -45,6 +45,10 @@ pub struct QemuConfig {
     pub images: ImageSource,
     /// Where built base initramfs archives and the KVM probe result are cached.
     pub build_cache: PathBuf,
+    /// Where each VM's private directory (QMP and artifact sockets) and saved snapshots go,
+    /// removed when done; the system's temporary directory by default. Keep it short: Unix
+    /// socket paths are limited to 107 bytes.
+    pub temp_dir: PathBuf,
     /// The architecture of tests that do not name one.
     pub default_arch: Arch,
     /// Bytes of each of stdout, stderr and the kernel log the guest sends back (head and tail
@@ -98,6 +102,7 @@ impl QemuConfig {
             profiles: MachineProfile::builtins(),
             accel: AccelMode::Auto,
             build_cache: cache.join("build"),
+            temp_dir: std::env::temp_dir(),
             images: ImageSource::Provisioned(cache),
             default_arch: Arch::host().unwrap_or(Arch::X86_64),
             output_limit: 256 * 1024,
@@ -302,22 +307,31 @@ impl QemuRunner {
         session: bool,
     ) -> Result<Prepared, RunnerError> {
         let arch = self.arch_of(case);
-        let profile = self.profile(arch).map_err(RunnerError::new)?.clone();
-        let qemu = profile.find_qemu().map_err(RunnerError::new)?;
-        let firmware = profile.find_firmware().map_err(RunnerError::new)?;
-        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
-        kernel::check(&parts.kernel, arch).map_err(RunnerError::new)?;
-        let decision = self.accel_for(arch).await.map_err(RunnerError::new)?;
+        // What is missing or wrong here is the setup's fault: another attempt cannot help.
+        let profile = self.profile(arch).map_err(RunnerError::config)?.clone();
+        let qemu = profile.find_qemu().map_err(RunnerError::config)?;
+        let firmware = profile.find_firmware().map_err(RunnerError::config)?;
+        let parts = self.parts(case, arch).map_err(RunnerError::config)?;
+        kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        let decision = self.accel_for(arch).await.map_err(RunnerError::config)?;
 
         // The initramfs: cached base plus this test's part.
         let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
+        // The channel's modules load at boot; the test's own in its phase, on its clock.
+        let boot: Vec<String> = profile
+            .channel_modules
+            .iter()
+            .filter(|m| modules.contains(m))
+            .cloned()
+            .collect();
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
-        let base =
-            tokio::task::spawn_blocking(move || image::base_image(&parts2, &modules, &cache))
-                .await
-                .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
-                .map_err(RunnerError::new)?;
+        let base = tokio::task::spawn_blocking(move || {
+            image::base_image(&parts2, &modules, &boot, &cache)
+        })
+        .await
+        .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
+        .map_err(RunnerError::new)?;
         let test_part = if session {
             image::session_archive(
                 self.config.output_limit,
@@ -329,7 +343,8 @@ impl QemuRunner {
             image::test_archive(&TestPart {
                 case,
                 output_limit: self.config.output_limit,
-                load_order: &base.load_order,
+                load_order: &base.test_order(),
+                boot_order: &base.boot_order,
                 kernel_version: parts.kernel_version.as_deref(),
                 serial_artifact_limit: self.config.serial_artifact_limit,
                 wait_for_ack,
@@ -350,7 +365,7 @@ impl QemuRunner {
         // Sockets live in a short private directory: Unix socket paths are limited to 107 bytes.
         let sockets = tempfile::Builder::new()
             .prefix("orch-vm-")
-            .tempdir()
+            .tempdir_in(&self.config.temp_dir)
             .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
         let artifact_listener = if session || !self.wants_channel(case) {
             None
@@ -403,6 +418,8 @@ impl QemuRunner {
         let test_started = Instant::now();
         // The test runs until the agent reports its exit code.
         let mut exit_code = None;
+        // A test stopped at its deadline keeps that outcome, whatever its exit code then.
+        let mut stopped: Option<Outcome> = None;
         loop {
             match wait(vm, watch, deadline, &cancel).await {
                 Wait::TestExit | Wait::Done => {
@@ -410,9 +427,8 @@ impl QemuRunner {
                     break;
                 }
                 Wait::BadRun => {
-                    result.outcome = Outcome::InfraError {
-                        message: "the test sent to the session guest arrived damaged".into(),
-                    };
+                    result.outcome =
+                        Outcome::infra("the test sent to the session guest arrived damaged");
                     break;
                 }
                 Wait::Fatal(kind) => {
@@ -421,20 +437,24 @@ impl QemuRunner {
                     break;
                 }
                 Wait::Exited => {
-                    let kind = watch.serious.unwrap_or(CrashKind::UnexpectedExit);
-                    result.outcome = Outcome::Crashed { crash: kind };
-                    notes.push(if watch.shutdown_seen {
-                        "the guest rebooted or powered off before the test finished".into()
-                    } else {
-                        "QEMU exited before the test finished".into()
-                    });
+                    let (outcome, note) = exit_outcome(vm, watch, "before the test finished").await;
+                    result.outcome = outcome;
+                    notes.push(note);
                     break;
                 }
                 Wait::Deadline => {
                     let (outcome, why) =
                         Outcome::test_timed_out(case.timeout, test_started.elapsed(), by_run);
-                    result.outcome = outcome;
+                    result.outcome = outcome.clone();
                     notes.push(why);
+                    // Ask the agent to stop the test and send what it wrote so far.
+                    match stop_test(vm, watch, &cancel).await {
+                        Ok(code) => {
+                            exit_code = Some(code);
+                            stopped = Some(outcome);
+                        }
+                        Err(why) => notes.push(why),
+                    }
                     break;
                 }
                 Wait::Cancelled => {
@@ -459,7 +479,14 @@ impl QemuRunner {
                             if !watch.session_guest {
                                 let _ = vm.send_line("ACK").await;
                             }
+                            watch.delivered = true;
                             result.outcome = match watch.serious {
+                                _ if stopped.is_some() => {
+                                    notes.push(format!(
+                                        "the test was stopped (it then exited with {code}); its output so far was collected"
+                                    ));
+                                    stopped.take().expect("checked")
+                                }
                                 Some(kind) => {
                                     notes.push(format!(
                                         "the kernel reported a problem during the test ({kind}); the test exited with {code}"
@@ -475,12 +502,10 @@ impl QemuRunner {
                             break;
                         }
                         if resends >= self.config.max_resends {
-                            result.outcome = Outcome::InfraError {
-                                message: format!(
-                                    "the guest's results arrived damaged {} times",
-                                    resends + 1
-                                ),
-                            };
+                            result.outcome = Outcome::infra(format!(
+                                "the guest's results arrived damaged {} times",
+                                resends + 1
+                            ));
                             break;
                         }
                         resends += 1;
@@ -497,12 +522,11 @@ impl QemuRunner {
                         break;
                     }
                     Wait::Exited => {
-                        result.outcome = Outcome::Crashed {
-                            crash: CrashKind::UnexpectedExit,
-                        };
-                        notes.push(format!(
-                            "QEMU exited after the test exited with {code}, while results were sent"
-                        ));
+                        let when =
+                            format!("after the test exited with {code}, while results were sent");
+                        let (outcome, note) = exit_outcome(vm, watch, &when).await;
+                        result.outcome = outcome;
+                        notes.push(note);
                         break;
                     }
                     Wait::Deadline => {
@@ -560,10 +584,15 @@ impl QemuRunner {
         // log) get them as subtests.
         // A session guest's kernel log is what the kernel printed on the console during the
         // test (see the agent); a guest of its own sends `dmesg`.
+        // Without the agent's `dmesg` (it did not answer), what the console carried.
+        let from_console = watch.session_guest || !streams.contains_key("dmesg");
         let kernel_log: Option<Vec<u8>> = if watch.session_guest {
             Some(watch.slice.clone().unwrap_or_default())
         } else {
-            streams.get("dmesg").map(|s| s.data.clone())
+            streams
+                .get("dmesg")
+                .map(|s| s.data.clone())
+                .or_else(|| watch.slice.clone())
         };
         let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
             kernel_log
@@ -578,7 +607,7 @@ impl QemuRunner {
             let path = artifacts.join("dmesg.txt");
             if std::fs::write(&path, data).is_ok() {
                 // Console lines were counted as they arrived; a log of its own is counted here.
-                let logged = if watch.session_guest {
+                let logged = if from_console {
                     0
                 } else {
                     String::from_utf8_lossy(data)
@@ -848,6 +877,7 @@ impl QemuRunner {
         }
 
         if booted == Wait::Ready {
+            watch.keep_console();
             if let Some(Record::Ready {
                 kernel_release,
                 machine,
@@ -884,7 +914,7 @@ impl QemuRunner {
         } else {
             Utc::now()
         };
-        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
+        let transfer_ok = watch.delivered;
         let mut extracted = None;
         if let Some(task) = artifact_task.as_mut()
             && transfer_ok
@@ -921,14 +951,7 @@ impl QemuRunner {
             ));
         }
         let (qemu_stderr, console) = vm.finish().await;
-        if let Outcome::InfraError { message } = &mut result.outcome
-            && message.is_empty()
-        {
-            *message = format!(
-                "QEMU failed to start the guest: {}",
-                first_lines(&qemu_stderr, 5).unwrap_or_else(|| "no error output".into())
-            );
-        }
+        quote_qemu_stderr(&mut result.outcome, &watch, &qemu_stderr);
         if console.total > console.logged {
             notes.push(format!(
                 "the console produced {} bytes; console.log keeps the first {}",
@@ -972,6 +995,7 @@ impl QemuRunner {
             case,
             output_limit: self.config.output_limit,
             load_order: &[],
+            boot_order: &[],
             kernel_version: None,
             serial_artifact_limit: self.config.serial_artifact_limit,
             wait_for_ack: true,
@@ -1013,8 +1037,8 @@ impl QemuRunner {
     /// What session guests for `case` are booted with: tests with the same key share them.
     fn session_key(&self, case: &TestCase) -> Result<String, RunnerError> {
         let arch = self.arch_of(case);
-        let profile = self.profile(arch).map_err(RunnerError::new)?;
-        let parts = self.parts(case, arch).map_err(RunnerError::new)?;
+        let profile = self.profile(arch).map_err(RunnerError::config)?;
+        let parts = self.parts(case, arch).map_err(RunnerError::config)?;
         Ok(format!(
             "{arch}|{}|{:?}|{}|{:?}|{:?}",
             parts.kernel.display(),
@@ -1070,12 +1094,7 @@ impl QemuRunner {
             let mut notes = vec![note];
             vm.stop().await;
             let (stderr, _) = vm.finish().await;
-            if let Outcome::InfraError { message } = &mut result.outcome {
-                *message = format!(
-                    "QEMU failed to start the guest: {}",
-                    first_lines(&stderr, 5).unwrap_or_else(|| "no error output".into())
-                );
-            }
+            quote_qemu_stderr(&mut result.outcome, &watch, &stderr);
             let artifacts = ctx.artifact_dir();
             let _ = std::fs::copy(dir.join("console.log"), artifacts.join("console.log"));
             result.artifacts = list_artifacts(&artifacts);
@@ -1135,7 +1154,7 @@ impl QemuRunner {
             started_at: phases.test_start,
             finished_at: phases.test_end,
         });
-        let transfer_ok = matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. });
+        let transfer_ok = guest.watch.delivered;
         if let Some(t) = phases.transfer_started
             && transfer_ok
         {
@@ -1147,7 +1166,10 @@ impl QemuRunner {
         if let Some(slice) = &guest.watch.slice {
             let _ = std::fs::write(artifacts.join("console.log"), slice);
         }
-        let reusable = transfer_ok && guest.vm.exited().is_none();
+        // A guest whose test was stopped or crashed is not trusted with another.
+        let reusable = transfer_ok
+            && matches!(result.outcome, Outcome::Passed | Outcome::Failed { .. })
+            && guest.vm.exited().is_none();
         if !reusable {
             guest.stop_report = Some(guest.vm.stop().await);
         }
@@ -1289,9 +1311,8 @@ impl QemuRunner {
         let mut guest = match snapshot.restore(self, ctx).await {
             Ok(guest) => guest,
             Err(e) => {
-                result.outcome = Outcome::InfraError {
-                    message: format!("restoring the guest from its snapshot failed: {e}"),
-                };
+                result.outcome =
+                    Outcome::infra(format!("restoring the guest from its snapshot failed: {e}"));
                 result.finish(setup_start, &notes);
                 return Ok(result);
             }
@@ -1335,7 +1356,7 @@ impl QemuRunner {
     ) -> Result<Snapshot, SnapshotError> {
         let dir = tempfile::Builder::new()
             .prefix("qemu-runner-snapshot-")
-            .tempdir()
+            .tempdir_in(&self.config.temp_dir)
             .map_err(|e| {
                 SnapshotError::Runner(RunnerError::with_source(
                     "failed to create a directory for a guest snapshot",
@@ -1453,7 +1474,7 @@ impl Snapshot {
             + 1;
         let sockets = tempfile::Builder::new()
             .prefix("qemu-runner-")
-            .tempdir()
+            .tempdir_in(&runner.config.temp_dir)
             .map_err(|e| format!("cannot create a socket directory: {e}"))?;
         let mut spec = self.prepared.spec.clone();
         spec.qmp_socket = sockets.path().join("qmp.sock");
@@ -1753,7 +1774,13 @@ struct Watch {
     ready: Option<Record>,
     serious: Option<CrashKind>,
     warnings: usize,
-    shutdown_seen: bool,
+    /// A guest poweroff or reboot the console announced.
+    shutdown: Option<CrashKind>,
+    /// QEMU itself failed (it exited by a signal or with an error): the outcome is an
+    /// infrastructure error that quotes its stderr once it is read.
+    qemu_failed: bool,
+    /// The agent's results (streams and exit code) arrived intact and were acknowledged.
+    delivered: bool,
     closed: bool,
     lines_seen: u64,
     /// Console lines of the current test (session mode), bounded.
@@ -1772,7 +1799,9 @@ impl Watch {
             ready: None,
             serious: None,
             warnings: 0,
-            shutdown_seen: false,
+            shutdown: None,
+            qemu_failed: false,
+            delivered: false,
             closed: false,
             lines_seen: 0,
             slice: None,
@@ -1788,7 +1817,8 @@ impl Watch {
         self.tail.clear();
         self.serious = None;
         self.warnings = 0;
-        self.shutdown_seen = false;
+        self.shutdown = None;
+        self.delivered = false;
         self.slice = Some(Vec::new());
     }
 
@@ -1827,10 +1857,18 @@ impl Watch {
                 self.serious = Some(kind);
             }
             Some(Signal::Warning) => self.warnings += 1,
-            Some(Signal::Shutdown) => self.shutdown_seen = true,
+            Some(Signal::Shutdown(kind)) => self.shutdown = Some(kind),
             Some(Signal::Serious(_)) | None => {}
         }
         None
+    }
+
+    /// Keeps the console lines from now on (a guest of its own: the kernel log if the agent
+    /// cannot send one).
+    fn keep_console(&mut self) {
+        if self.slice.is_none() {
+            self.slice = Some(Vec::new());
+        }
     }
 
     /// Whether every stream arrived intact, with the exit code.
@@ -1926,19 +1964,21 @@ async fn boot_outcome(
                 format!("the kernel crashed before the guest was ready ({kind})"),
             )
         }
-        Wait::Exited => (
-            if watch.lines_seen == 0 {
-                // Filled in with QEMU's own words once its stderr is read.
-                Outcome::InfraError {
-                    message: String::new(),
-                }
+        Wait::Exited => {
+            let (outcome, note) = exit_outcome(vm, watch, "before the guest was ready").await;
+            if watch.qemu_failed || watch.lines_seen == 0 {
+                // QEMU's own failure: quoted with its stderr once that is read.
+                watch.qemu_failed = true;
+                (outcome, note)
             } else {
-                Outcome::Crashed {
-                    crash: CrashKind::BootFailure,
-                }
-            },
-            "QEMU exited before the guest was ready".into(),
-        ),
+                (
+                    Outcome::Crashed {
+                        crash: CrashKind::BootFailure,
+                    },
+                    note,
+                )
+            }
+        }
         Wait::Deadline => (
             Outcome::TimedOut {
                 phase: Phase::Boot,
@@ -1957,6 +1997,109 @@ async fn boot_outcome(
             unreachable!("no record comes before READY")
         }
     })
+}
+
+/// How long the agent has to report a stopped test's exit: its SIGTERM grace (2 s) and the
+/// start of its report, under emulation.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Stops a test past its deadline: `STOP` on the console makes the agent send SIGTERM, then
+/// SIGKILL, to the test's processes, and report as usual; returns the exit code it reports.
+/// `Err` says why nothing will come (the guest does not answer, it crashed, it exited): what
+/// the console carried is all there is.
+async fn stop_test(
+    vm: &mut Vm,
+    watch: &mut Watch,
+    cancel: &CancellationToken,
+) -> Result<i32, String> {
+    if let Err(e) = vm.send_line("STOP").await {
+        return Err(format!(
+            "the test could not be stopped ({e}): its output is lost"
+        ));
+    }
+    let grace = Instant::now() + STOP_GRACE;
+    loop {
+        return match wait(vm, watch, grace, cancel).await {
+            Wait::TestExit | Wait::Done => watch
+                .parser
+                .exit()
+                .ok_or_else(|| "the agent reported no exit code".to_owned()),
+            Wait::Ready | Wait::BadRun => continue,
+            Wait::Fatal(kind) => {
+                drain_after_crash(vm, watch).await;
+                Err(format!(
+                    "the kernel crashed ({kind}) while the test was stopped: its output is lost; see console.log"
+                ))
+            }
+            Wait::Exited => Err("QEMU exited while the test was stopped".into()),
+            Wait::Deadline => Err(format!(
+                "the guest did not answer within {} of being asked to stop the test: its output is lost; the kernel log is what the console carried",
+                humantime_secs(STOP_GRACE)
+            )),
+            Wait::Cancelled => Err("the run was cancelled while the test was stopped".into()),
+        };
+    }
+}
+
+/// Why QEMU exited while the runner still needed the guest (`when` says at what point): QEMU
+/// killed by a signal or ending with an error of its own is an infrastructure error (retried
+/// under `retries`; its stderr is quoted later by [`quote_qemu_stderr`]); a clean exit is the
+/// guest's doing: the crash the kernel reported, a poweroff or a reboot the console announced
+/// (`-no-reboot` turns a reboot into an exit), or an unexplained exit.
+async fn exit_outcome(vm: &mut Vm, watch: &mut Watch, when: &str) -> (Outcome, String) {
+    // The console closed: QEMU is exiting or gone; its status comes within moments.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(1), vm.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let clean = status.is_some_and(|s| s.success());
+    if !clean {
+        watch.qemu_failed = true;
+        let how = match status {
+            Some(s) => describe_exit(s),
+            None => "stopped answering".to_owned(),
+        };
+        let text = format!("QEMU {how} {when}");
+        return (Outcome::infra(text.clone()), text);
+    }
+    let (crash, why) = match (watch.serious, watch.shutdown) {
+        (Some(kind), _) => (kind, format!("the kernel reported {kind}")),
+        (None, Some(CrashKind::Reboot)) => (CrashKind::Reboot, "the guest rebooted".to_owned()),
+        (None, Some(kind)) => (kind, "the guest powered off".to_owned()),
+        (None, None) => (
+            CrashKind::UnexpectedExit,
+            "QEMU exited cleanly without a reason on the console".to_owned(),
+        ),
+    };
+    (Outcome::Crashed { crash }, format!("{why} {when}"))
+}
+
+/// How a process ended, in words: `was killed by SIGKILL`, `exited with status 1`.
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
+        format!("was killed by {name}")
+    } else {
+        format!("exited with status {}", status.code().unwrap_or(-1))
+    }
+}
+
+/// Completes an infrastructure error caused by QEMU itself with the first lines of its stderr.
+fn quote_qemu_stderr(outcome: &mut Outcome, watch: &Watch, stderr: &str) {
+    let Outcome::InfraError { message, .. } = outcome else {
+        return;
+    };
+    if !watch.qemu_failed {
+        return;
+    }
+    let quoted = first_lines(stderr, 5).unwrap_or_else(|| "no error output".into());
+    *message = if message.is_empty() || watch.lines_seen == 0 {
+        format!("QEMU failed to start the guest: {quoted}")
+    } else {
+        format!("{message}; QEMU's stderr: {quoted}")
+    };
 }
 
 /// After a fatal crash: read what the kernel still prints (the backtrace) until QEMU exits

@@ -547,13 +547,214 @@ async fn qemu_that_fails_to_start_is_an_infrastructure_error() {
     )
     .await;
     let r = by(&report, "badargs");
-    let Outcome::InfraError { message } = &r.outcome else {
+    let Outcome::InfraError { message, .. } = &r.outcome else {
         panic!("{r:#?}")
     };
     assert!(
         message.contains("QEMU failed to start") && message.contains("no-such-option"),
         "{message}"
     );
+}
+
+/// Who ended the guest: QEMU killed from outside is an infrastructure error (quoting how it
+/// ended) within 2 s and is retried; the guest's own `poweroff -f` and `reboot -f` are crashes
+/// with labels of their own, never retried.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_killed_qemu_is_an_infrastructure_error_and_a_poweroff_is_not() {
+    let arch = Arch::Aarch64;
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = "ready-to-be-killed";
+    let cases = vec![
+        case(
+            arch,
+            "killed",
+            &format!("echo {marker} >/dev/console; sleep 4; echo survived"),
+        ),
+        case(arch, "poweroff", "poweroff -f; sleep 30"),
+        case(arch, "reboot", "reboot -f; sleep 30"),
+    ];
+    // Kills, once, the QEMU whose console shows the marker (its test is running).
+    let root = scratch.path().to_owned();
+    let killer = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until {
+            if let Some(pid) = qemu_showing(&root, marker) {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    let orch = Orchestrator::new(
+        RunConfig::new(scratch.path())
+            .with_parallelism(1)
+            .with_infra_retries(1),
+    )
+    .with_runner(QemuRunner::new(QemuConfig::new()));
+    let retried_at = std::sync::Mutex::new(None);
+    let report = orch
+        .run_with(cases, CancellationToken::new(), |e| {
+            if let orchestrator_core::RunEvent::TestRetrying { .. } = e {
+                *retried_at.lock().unwrap() = Some(Instant::now());
+            }
+        })
+        .await
+        .unwrap();
+    let killed_at = killer
+        .join()
+        .unwrap()
+        .expect("the test's QEMU was found and killed");
+    let retried_at = retried_at
+        .into_inner()
+        .unwrap()
+        .expect("the killed test was retried");
+    let latency = retried_at - killed_at;
+    eprintln!("killed QEMU -> infrastructure error in {latency:?}");
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+
+    let killed = by(&report, "killed");
+    assert_eq!(killed.outcome, Outcome::Passed, "{killed:#?}");
+    assert_eq!(killed.attempt, 2);
+    let first = &killed.earlier_attempts[0];
+    assert!(first.outcome.is_retryable(), "{first:#?}");
+    let Outcome::InfraError { message, .. } = &first.outcome else {
+        panic!("{first:#?}")
+    };
+    assert!(
+        message.contains("QEMU was killed by SIGKILL before the test finished"),
+        "{message}"
+    );
+
+    let poweroff = by(&report, "poweroff");
+    assert_eq!(
+        poweroff.outcome,
+        Outcome::Crashed {
+            crash: CrashKind::PowerOff
+        },
+        "{poweroff:#?}"
+    );
+    assert_eq!(poweroff.attempt, 1, "a crash is not retried");
+    let reboot = by(&report, "reboot");
+    assert_eq!(
+        reboot.outcome,
+        Outcome::Crashed {
+            crash: CrashKind::Reboot
+        },
+        "{reboot:#?}"
+    );
+    assert_eq!(reboot.attempt, 1);
+    assert_no_qemu_left(&report);
+}
+
+/// The pid of a QEMU started for a test under `root` whose console log (under `root`) shows
+/// `marker`.
+fn qemu_showing(root: &std::path::Path, marker: &str) -> Option<u32> {
+    fn logs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                logs(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "console.log") {
+                out.push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    logs(root, &mut found);
+    let showing = found
+        .iter()
+        .any(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains(marker)));
+    if !showing {
+        return None;
+    }
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("qemu-system") && c.contains(&root)
+            })
+        })
+}
+
+/// A test stopped by its timeout still returns what it printed: the first and the last lines
+/// before the timeout, with the count of what was cut, although it printed far more than the
+/// guest keeps (the guest's copy is bounded too); a test that ignores SIGTERM is killed.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_timed_out_test_returns_its_first_and_last_lines() {
+    let arch = Arch::Aarch64;
+    let mut config = QemuConfig::new();
+    config.output_limit = 64 * 1024;
+    let cases = vec![
+        case(arch, "numbered", "seq 1 1000000000").with_timeout(Duration::from_secs(6)),
+        case(
+            arch,
+            "ignores-term",
+            "trap '' TERM; echo started; echo oops >&2; while :; do sleep 1; done",
+        )
+        .with_timeout(Duration::from_secs(3)),
+    ];
+    let (report, _scratch) = run_with(config, cases, CancellationToken::new()).await;
+
+    let numbered = by(&report, "numbered");
+    assert_eq!(
+        numbered.outcome,
+        Outcome::TimedOut {
+            phase: Phase::Test,
+            limit: Duration::from_secs(6)
+        },
+        "{numbered:#?}"
+    );
+    let out = &numbered.stdout;
+    let (head, tail) = out
+        .text
+        .split_once(" bytes truncated ...]\n")
+        .expect("a truncation marker");
+    assert!(head.starts_with("1\n2\n3\n"), "{}", &head[..40]);
+    let tail_numbers: Vec<u64> = tail.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    let last = *tail_numbers.last().expect("the last lines");
+    assert!(
+        tail_numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "the tail is consecutive"
+    );
+    assert!(
+        tail.ends_with(&format!("{last}\n")),
+        "ends with a whole line"
+    );
+    // Every byte the test wrote is counted: 1..=last, each with its newline.
+    let written: u64 = (1..=last).map(|n| n.to_string().len() as u64 + 1).sum();
+    assert_eq!(out.total_bytes, written, "last line {last}");
+    assert_eq!(out.truncated_bytes, written - 64 * 1024);
+    assert!(
+        written > 4 << 20,
+        "the test printed more than the guest keeps ({written} bytes)"
+    );
+    eprintln!(
+        "numbered: {written} bytes printed, last line {last}, {} kept",
+        written - out.truncated_bytes
+    );
+
+    let stubborn = by(&report, "ignores-term");
+    assert!(
+        matches!(stubborn.outcome, Outcome::TimedOut { .. }),
+        "{stubborn:#?}"
+    );
+    assert_eq!(stubborn.stdout.text, "started\n");
+    assert_eq!(stubborn.stderr.text, "oops\n");
+    let message = stubborn.message.as_deref().unwrap();
+    assert!(message.contains("exited with 137"), "{message}");
+    assert!(stubborn.artifacts.iter().any(|a| a.name == "dmesg.txt"));
+    assert_no_qemu_left(&report);
 }
 
 /// Session mode: 50 tests in one boot, with a hang and a panic in the middle; the guest is
@@ -778,4 +979,146 @@ async fn snapshot_reset_armv7() {
 #[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
 async fn snapshot_reset_riscv64() {
     snapshot_suite(Arch::Riscv64).await;
+}
+
+/// 100 consecutive tests that time out (snapshot reset keeps each short): every one is stopped
+/// and reported, and no QEMU process, socket or temporary directory of the runner is left.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_hundred_timed_out_tests_leave_nothing_behind() {
+    // The runner's sockets and snapshot files go to a private directory, to count what is left.
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut config = QemuConfig::new().with_snapshot_reset(true);
+    config.temp_dir = tmp.path().to_owned();
+    let arch = Arch::Aarch64;
+    let cases: Vec<TestCase> = (0..100)
+        .map(|i| {
+            case(arch, &format!("t{i:03}"), &format!("echo {i}; sleep 1000"))
+                .with_timeout(Duration::from_millis(500))
+        })
+        .collect();
+    let started = Instant::now();
+    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(2))
+        .with_runner(QemuRunner::new(config));
+    let report = orch.run(cases).await.unwrap();
+    eprintln!(
+        "100 timed-out tests in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(report.results.len(), 100);
+    for (i, r) in report.results.iter().enumerate() {
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::TimedOut {
+                    phase: Phase::Test,
+                    ..
+                }
+            ),
+            "{r:#?}"
+        );
+        assert_eq!(r.stdout.text, format!("{i}\n"), "{r:#?}");
+    }
+    // Nothing of the runner's is left: no QEMU, no socket, no temporary directory.
+    let tmp_path = tmp.path().to_string_lossy().into_owned();
+    let qemus: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("qemu-system") && c.contains(&tmp_path)
+            })
+        })
+        .collect();
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut sockets = Vec::new();
+    let mut stack = vec![scratch.path().to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+                sockets.push(e.path());
+            }
+        }
+    }
+    eprintln!(
+        "left: {} QEMU processes, {} entries in the temporary directory, {} sockets in the scratch directory",
+        qemus.len(),
+        left.len(),
+        sockets.len()
+    );
+    assert!(qemus.is_empty(), "QEMU still running: {qemus:?}");
+    assert!(
+        left.is_empty(),
+        "left in {}: {left:?}",
+        tmp.path().display()
+    );
+    assert!(sockets.is_empty(), "{sockets:?}");
+    assert_no_qemu_left(&report);
+}
+
+/// The kernel's own `test_bpf` module with every case, as one test per architecture: its
+/// cases run while it loads, in the test phase, on the test's clock (600 s), not on the boot
+/// deadline. Architectures run two at a time.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn full_test_bpf_on_four_architectures() {
+    let cases: Vec<TestCase> = [Arch::X86_64, Arch::Aarch64, Arch::Armv7, Arch::Riscv64]
+        .into_iter()
+        .map(|arch| {
+            with_modules(
+                case(
+                    arch,
+                    "test_bpf",
+                    "grep 'test_bpf: Summary:' /tmp/modules-kmsg.log\n\
+                     grep -q 'test_bpf: Summary: [0-9]* PASSED, 0 FAILED' /tmp/modules-kmsg.log\n\
+                     grep -q '^test_bpf ' /proc/modules",
+                ),
+                &["test_bpf"],
+            )
+            .with_timeout(Duration::from_secs(600))
+        })
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(2))
+        .with_runner(QemuRunner::new(QemuConfig::new()));
+    let report = orch.run(cases).await.unwrap();
+    for r in &report.results {
+        let test = r.phase(Phase::Test).map(|p| p.duration());
+        eprintln!(
+            "{}: {} in {:.1}s (boot {:.1}s, test {:.1}s): {}",
+            r.test_id,
+            r.outcome,
+            r.duration().as_secs_f64(),
+            r.phase(Phase::Boot)
+                .map_or(0.0, |p| p.duration().as_secs_f64()),
+            test.map_or(0.0, |d| d.as_secs_f64()),
+            r.stdout.text.trim()
+        );
+        assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+        assert!(
+            r.stdout.text.contains("0 FAILED"),
+            "{}: {}",
+            r.test_id,
+            r.stdout.text
+        );
+        // What the module printed while loading is in the test's kernel log too.
+        let dmesg = r
+            .artifacts
+            .iter()
+            .find(|a| a.name == "dmesg.txt")
+            .expect("dmesg.txt");
+        let log = std::fs::read_to_string(&dmesg.path).unwrap();
+        assert!(log.contains("test_bpf: Summary:"), "{}", r.test_id);
+    }
+    assert_no_qemu_left(&report);
 }

@@ -89,6 +89,9 @@ impl TestRunner for Flaky {
             *n
         };
         assert_eq!(n, ctx.attempt(), "attempt numbers follow retries");
+        if id == "misconfigured" {
+            return Err(RunnerError::config("no kernel at /nowhere: set `kernel`"));
+        }
         if n <= self.infra_failures.get(&id).copied().unwrap_or(0) {
             return Err(RunnerError::new(format!("emulator vanished (attempt {n})")));
         }
@@ -122,6 +125,7 @@ async fn only_infrastructure_errors_are_retried() {
         TestCase::script("real-failure", "true"),
         TestCase::script("timeout", "true"),
         TestCase::script("clean", "true"),
+        TestCase::script("misconfigured", "true"),
     ];
     let orch =
         Orchestrator::new(config(&dir).with_infra_retries(2)).with_shared_runner(runner.clone());
@@ -143,6 +147,10 @@ async fn only_infrastructure_errors_are_retried() {
     assert_eq!(attempts["real-failure"], 1);
     assert_eq!(attempts["timeout"], 1);
     assert_eq!(attempts["clean"], 1);
+    assert_eq!(
+        attempts["misconfigured"], 1,
+        "a configuration error fails the same way every time"
+    );
     assert_eq!(retry_events, 4);
 
     let by_id = |id: &str| {
@@ -157,7 +165,14 @@ async fn only_infrastructure_errors_are_retried() {
     assert_eq!(by_id("infra-twice").earlier_attempts.len(), 2);
     assert_eq!(by_id("infra-always").verdict(), Verdict::Error);
     assert!(
-        matches!(&by_id("infra-always").outcome, Outcome::InfraError { message } if message.contains("emulator vanished (attempt 3)"))
+        matches!(&by_id("infra-always").outcome, Outcome::InfraError { message, .. } if message.contains("emulator vanished (attempt 3)"))
+    );
+    assert_eq!(
+        by_id("misconfigured").outcome,
+        Outcome::InfraError {
+            message: "no kernel at /nowhere: set `kernel`".into(),
+            cause: orchestrator_core::ErrorKind::Configuration,
+        }
     );
     assert_eq!(by_id("real-failure").outcome, failed);
     assert_eq!(by_id("timeout").outcome, timed_out);
