@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use orchestrator_core::Arch;
 use serde::{Deserialize, Serialize};
 
+use crate::profile::MachineProfile;
+
 /// The environment variable that overrides every configured accelerator choice: `auto`, `kvm`
 /// or `tcg` (empty: not set).
 pub const ACCEL_ENV: &str = "ORCH_ACCEL";
@@ -264,6 +266,28 @@ pub struct KernelCheckSpec {
 }
 
 impl KernelCheckSpec {
+    /// The check the runner makes for `kernel` on `profile`'s machine: its `-M`, KVM CPU
+    /// model, memory and console, `qemu` and `firmware` as found for the profile, and the
+    /// profile's KVM boot deadline as the limit.
+    pub fn new(
+        profile: &MachineProfile,
+        qemu: PathBuf,
+        firmware: Option<PathBuf>,
+        kernel: PathBuf,
+    ) -> Self {
+        KernelCheckSpec {
+            qemu,
+            arch: profile.arch,
+            machine: profile.machine.clone(),
+            cpu: profile.cpu_kvm.clone(),
+            memory_mib: profile.memory_mib,
+            firmware,
+            console: profile.console.clone(),
+            kernel,
+            limit: profile.boot_timeout,
+        }
+    }
+
     /// The QEMU arguments (without the binary).
     pub fn args(&self) -> Vec<String> {
         let early = match self.arch {

@@ -715,17 +715,12 @@ impl QemuRunner {
         // The check is async; run it first when it can matter, then decide synchronously.
         let check =
             if mode.mode != AccelMode::Tcg && host == Some(arch) && device == KvmDevice::Usable {
-                let spec = accel::KernelCheckSpec {
-                    qemu: qemu.to_owned(),
-                    arch,
-                    machine: profile.machine.clone(),
-                    cpu: profile.cpu_kvm.clone(),
-                    memory_mib: profile.memory_mib,
-                    firmware: firmware.map(Path::to_owned),
-                    console: profile.console.clone(),
-                    kernel: kernel.to_owned(),
-                    limit: profile.boot_timeout,
-                };
+                let spec = accel::KernelCheckSpec::new(
+                    profile,
+                    qemu.to_owned(),
+                    firmware.map(Path::to_owned),
+                    kernel.to_owned(),
+                );
                 Some(accel::check_kernel_cached(&spec, &self.config.build_cache).await)
             } else {
                 None
