@@ -219,6 +219,25 @@ mod tests {
     }
 
     #[test]
+    fn boot_deadlines_follow_the_accelerator_used() {
+        let mut p = MachineProfile::builtin(Arch::X86_64);
+        p.boot_timeout = Duration::from_secs(20);
+        p.tcg_multiplier = 5.0;
+        assert_eq!(p.boot_timeout_for(Accel::Kvm), Duration::from_secs(20));
+        assert_eq!(p.boot_timeout_for(Accel::Tcg), Duration::from_secs(100));
+        // A multiplier below 1 never shortens emulation's deadline.
+        p.tcg_multiplier = 0.5;
+        assert_eq!(p.boot_timeout_for(Accel::Tcg), Duration::from_secs(20));
+        // A profile's accel round-trips, and is left out when unset.
+        p.accel = Some(AccelMode::Tcg);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["accel"], "tcg");
+        assert_eq!(serde_json::from_value::<MachineProfile>(json).unwrap(), p);
+        let builtin = serde_json::to_value(MachineProfile::builtin(Arch::X86_64)).unwrap();
+        assert!(builtin.get("accel").is_none());
+    }
+
+    #[test]
     fn missing_binaries_and_firmware_name_the_fix() {
         let mut p = MachineProfile::builtin(Arch::Riscv64);
         p.qemu = "qemu-system-nonexistent".into();
