@@ -612,3 +612,53 @@ fn a_garage_node_killed_during_a_campaigns_uploads_loses_no_stored_artifact() {
         stored.len()
     );
 }
+
+/// `ORCH_ACCEL` wins over the plan's `accel` (here `kvm`, which on most hosts could not work),
+/// and a bad value stops the campaign before anything boots, naming the variable.
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        "[qemu]\naccel = \"kvm\"\n[qemu.profile.x86_64]\naccel = \"kvm\"\n\
+         [defaults]\nrunner = \"qemu\"\narch = \"x86_64\"\n\
+         [[test]]\nid = \"uname\"\nscript = \"uname -m\"\n",
+    );
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("ORCH_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&dir.path().join("out/report.json"));
+    let env = &report["results"][0]["environment"];
+    assert_eq!(env["accelerator"], "tcg", "{env:#}");
+    assert_eq!(env["accelerator-reason"], "TCG forced by ORCH_ACCEL=tcg");
+
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .env("ORCH_ACCEL", "kvm-please")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ORCH_ACCEL=kvm-please is not valid")
+            && stderr.contains("\"auto\", \"kvm\" or \"tcg\""),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("bad/junit.xml").exists(),
+        "nothing runs half-configured"
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! - [`profile`]: per-architecture machine profiles as serde data (binary, machine, CPU, console,
 //!   firmware, memory, CPUs, extra arguments, emulation timeout multiplier).
-//! - [`accel`]: KVM only when a probe guest really runs under it; TCG otherwise, with the reason.
+//! - [`accel`]: KVM only once the test's kernel printed its banner under it; TCG otherwise, with the reason.
 //! - [`provision`]: stock Debian kernels and busybox fetched with the system's own `apt-get`.
 //! - [`initramfs`], [`modules`], [`image`]: the guest's initramfs, built in Rust, with kernel
 //!   modules and their dependencies resolved from the package.

@@ -1,7 +1,8 @@
 //! The `[qemu]` table of a plan file applied to a [`QemuConfig`].
 
-use orchestrator_core::plan::{ProfileOverride, QemuPlan};
+use orchestrator_core::plan::{AccelChoice, ProfileOverride, QemuPlan};
 
+use crate::accel::AccelMode;
 use crate::profile::MachineProfile;
 use crate::runner::QemuConfig;
 
@@ -38,9 +39,11 @@ impl QemuConfig {
     /// Applies a plan's `[qemu]` table: `session`, `snapshot-reset`, `pool` and
     /// `virtio-artifacts` replace the current values; `max-artifact-bytes`,
     /// `max-artifact-files` and `serial-artifact-limit` replace them when the plan sets them;
-    /// `modules` are added to [`QemuConfig::modules`]; and each `[qemu.profile.<arch>]` replaces
-    /// the fields it sets in that architecture's profile (the built-in one if the configuration
-    /// has none), `cpu` being the CPU model with and without KVM.
+    /// `modules` are added to [`QemuConfig::modules`]; `accel` replaces [`QemuConfig::accel`]
+    /// when set; and each `[qemu.profile.<arch>]` replaces the fields it sets in that
+    /// architecture's profile (the built-in one if the configuration has none), `cpu` being the
+    /// CPU model with and without KVM. The `ORCH_ACCEL` value ([`QemuConfig::accel_env`]) still
+    /// wins over the plan's `accel`.
     #[must_use]
     pub fn with_plan(mut self, plan: &QemuPlan) -> Self {
         self.session = plan.session;
@@ -56,6 +59,9 @@ impl QemuConfig {
         if let Some(bytes) = plan.serial_artifact_limit {
             self.serial_artifact_limit = bytes;
         }
+        if let Some(choice) = plan.accel {
+            self.accel = mode(choice);
+        }
         for module in &plan.modules {
             if !self.modules.contains(module) {
                 self.modules.push(module.clone());
@@ -69,6 +75,15 @@ impl QemuConfig {
             apply(profile, changes);
         }
         self
+    }
+}
+
+/// The runner's accelerator mode for a plan's `accel`.
+fn mode(choice: AccelChoice) -> AccelMode {
+    match choice {
+        AccelChoice::Kvm => AccelMode::Kvm,
+        AccelChoice::Tcg => AccelMode::Tcg,
+        _ => AccelMode::Auto,
     }
 }
 
@@ -102,6 +117,9 @@ fn apply(profile: &mut MachineProfile, changes: &ProfileOverride) {
     if let Some(timeout) = changes.boot_timeout {
         profile.boot_timeout = timeout;
     }
+    if let Some(choice) = changes.accel {
+        profile.accel = Some(mode(choice));
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +150,7 @@ mod tests {
         assert_eq!(config.artifact_limits, default.artifact_limits);
         assert_eq!(config.serial_artifact_limit, default.serial_artifact_limit);
         assert!(config.modules.is_empty());
+        assert_eq!(config.accel, AccelMode::Auto);
         assert_eq!(config.profiles, MachineProfile::builtins());
     }
 
@@ -147,6 +166,7 @@ mod tests {
             max-artifact-files = 12
             serial-artifact-limit = "1MiB"
             modules = ["virtio-rng", "zram"]
+            accel = "tcg"
             [qemu.profile.arm64]
             qemu = "/opt/qemu/bin/qemu-system-aarch64"
             machine = "virt,gic-version=3"
@@ -157,8 +177,10 @@ mod tests {
             extra-args = ["-device", "virtio-rng-device"]
             kernel-args = []
             boot-timeout = "45s"
+            accel = "kvm"
             "#,
         ));
+        assert_eq!(config.accel, AccelMode::Tcg);
         assert!(config.session && !config.snapshot_reset && !config.virtio_artifacts);
         assert_eq!(config.pool, Some(3));
         assert_eq!(config.artifact_limits.max_bytes, 256 << 20);
@@ -178,11 +200,55 @@ mod tests {
         expected.extra_args = vec!["-device".into(), "virtio-rng-device".into()];
         expected.kernel_args = Vec::new();
         expected.boot_timeout = Duration::from_secs(45);
+        expected.accel = Some(AccelMode::Kvm);
         assert_eq!(arm, &expected);
         // Other architectures keep their built-in profiles.
         for arch in [Arch::X86_64, Arch::Armv7, Arch::Riscv64] {
             assert_eq!(config.profiles[&arch], MachineProfile::builtin(arch));
         }
+    }
+
+    #[test]
+    fn accel_precedence_variable_then_profile_then_qemu_table_then_default() {
+        use crate::accel::resolve_mode;
+        let plan = qemu_plan(
+            r#"
+            [qemu]
+            accel = "tcg"
+            [qemu.profile.x86_64]
+            accel = "kvm"
+            "#,
+        );
+        let mode = |config: &QemuConfig, arch: Arch| {
+            resolve_mode(
+                config.accel_env.as_deref(),
+                arch,
+                config.profiles[&arch].accel,
+                config.accel,
+            )
+        };
+        let config = QemuConfig::new().with_accel_env(None).with_plan(&plan);
+        assert_eq!(mode(&config, Arch::X86_64).unwrap().mode, AccelMode::Kvm);
+        assert_eq!(mode(&config, Arch::Aarch64).unwrap().mode, AccelMode::Tcg);
+        let config = config.with_accel_env(Some("auto"));
+        for arch in [Arch::X86_64, Arch::Aarch64] {
+            let m = mode(&config, arch).unwrap();
+            assert_eq!(
+                (m.mode, m.source.as_str()),
+                (AccelMode::Auto, "ORCH_ACCEL=auto")
+            );
+        }
+        let config = config.with_accel_env(Some("on"));
+        assert!(
+            mode(&config, Arch::X86_64)
+                .unwrap_err()
+                .contains("ORCH_ACCEL=on")
+        );
+        // A plan without `accel` keeps what the configuration had.
+        let config = QemuConfig::new()
+            .with_accel(AccelMode::Tcg)
+            .with_plan(&qemu_plan("[qemu]"));
+        assert_eq!(config.accel, AccelMode::Tcg);
     }
 
     #[test]

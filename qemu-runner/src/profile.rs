@@ -7,7 +7,7 @@ use std::time::Duration;
 use orchestrator_core::Arch;
 use serde::{Deserialize, Serialize};
 
-use crate::accel::Accel;
+use crate::accel::{Accel, AccelMode};
 
 /// How to boot one architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub struct MachineProfile {
     /// How much slower everything is under emulation; applied to boot deadlines (test timeouts
     /// are the test author's and are not scaled).
     pub tcg_multiplier: f64,
+    /// The accelerator choice for this architecture; `None` leaves it to
+    /// [`crate::QemuConfig::accel`]. The `ORCH_ACCEL` environment variable wins over both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<AccelMode>,
 }
 
 mod secs {
@@ -100,6 +104,7 @@ impl MachineProfile {
             kernel_args: vec!["quiet".to_owned()],
             boot_timeout: Duration::from_secs(20),
             tcg_multiplier: 5.0,
+            accel: None,
         };
         match arch {
             Arch::X86_64 => {
@@ -130,7 +135,9 @@ impl MachineProfile {
             .collect()
     }
 
-    /// The boot deadline for an accelerator.
+    /// The boot deadline for the accelerator the guest actually runs with: `boot_timeout`
+    /// under KVM, `tcg_multiplier` times as long under TCG (also when KVM was asked for but
+    /// refused).
     pub fn boot_timeout_for(&self, accel: Accel) -> Duration {
         match accel {
             Accel::Kvm => self.boot_timeout,
@@ -209,6 +216,25 @@ mod tests {
         bad["memroy-mib"] = 1.into();
         let err = serde_json::from_value::<MachineProfile>(bad).unwrap_err();
         assert!(err.to_string().contains("memroy-mib"));
+    }
+
+    #[test]
+    fn boot_deadlines_follow_the_accelerator_used() {
+        let mut p = MachineProfile::builtin(Arch::X86_64);
+        p.boot_timeout = Duration::from_secs(20);
+        p.tcg_multiplier = 5.0;
+        assert_eq!(p.boot_timeout_for(Accel::Kvm), Duration::from_secs(20));
+        assert_eq!(p.boot_timeout_for(Accel::Tcg), Duration::from_secs(100));
+        // A multiplier below 1 never shortens emulation's deadline.
+        p.tcg_multiplier = 0.5;
+        assert_eq!(p.boot_timeout_for(Accel::Tcg), Duration::from_secs(20));
+        // A profile's accel round-trips, and is left out when unset.
+        p.accel = Some(AccelMode::Tcg);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["accel"], "tcg");
+        assert_eq!(serde_json::from_value::<MachineProfile>(json).unwrap(), p);
+        let builtin = serde_json::to_value(MachineProfile::builtin(Arch::X86_64)).unwrap();
+        assert!(builtin.get("accel").is_none());
     }
 
     #[test]

@@ -39,11 +39,19 @@ pub enum ImageSource {
 pub struct QemuConfig {
     /// Machine profiles per architecture (the built-ins unless replaced).
     pub profiles: BTreeMap<Arch, MachineProfile>,
-    /// Accelerator choice.
+    /// Accelerator choice for every architecture whose profile makes none
+    /// ([`MachineProfile::accel`]); [`QemuConfig::accel_env`] wins over both.
     pub accel: AccelMode,
+    /// The value of the `ORCH_ACCEL` environment variable ([`accel::ACCEL_ENV`]), read by
+    /// [`QemuConfig::new`]: `auto`, `kvm` or `tcg`, winning over every configured choice (a
+    /// bad value fails every test's check, naming the variable). `None` (or blank): not set.
+    pub accel_env: Option<String>,
+    /// The KVM device (`/dev/kvm`).
+    pub kvm_device: PathBuf,
     /// Where kernels and busybox come from.
     pub images: ImageSource,
-    /// Where built base initramfs archives and the KVM probe result are cached.
+    /// Where built base initramfs archives and the KVM kernel checks
+    /// ([`accel::check_kernel_cached`]) are cached.
     pub build_cache: PathBuf,
     /// Where each VM's private directory (QMP and artifact sockets) and saved snapshots go,
     /// removed when done; the system's temporary directory by default. Keep it short: Unix
@@ -101,6 +109,8 @@ impl QemuConfig {
         QemuConfig {
             profiles: MachineProfile::builtins(),
             accel: AccelMode::Auto,
+            accel_env: std::env::var_os(accel::ACCEL_ENV).map(|v| v.to_string_lossy().into_owned()),
+            kvm_device: PathBuf::from("/dev/kvm"),
             build_cache: cache.join("build"),
             temp_dir: std::env::temp_dir(),
             images: ImageSource::Provisioned(cache),
@@ -131,6 +141,20 @@ impl QemuConfig {
     #[must_use]
     pub fn with_accel(mut self, accel: AccelMode) -> Self {
         self.accel = accel;
+        self
+    }
+
+    /// Sets (or, with `None`, clears) the `ORCH_ACCEL` value (see [`QemuConfig::accel_env`]).
+    #[must_use]
+    pub fn with_accel_env(mut self, value: Option<&str>) -> Self {
+        self.accel_env = value.map(str::to_owned);
+        self
+    }
+
+    /// Looks for the KVM device at `path` instead of `/dev/kvm`.
+    #[must_use]
+    pub fn with_kvm_device(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kvm_device = path.into();
         self
     }
 
@@ -175,7 +199,8 @@ impl Default for QemuConfig {
 #[derive(Debug)]
 pub struct QemuRunner {
     config: QemuConfig,
-    accel: tokio::sync::Mutex<HashMap<Arch, AccelDecision>>,
+    /// Accelerator decisions by architecture and kernel.
+    accel: tokio::sync::Mutex<HashMap<(Arch, PathBuf), AccelDecision>>,
     manifest: Mutex<Option<provision::Manifest>>,
     /// Idle session guests, by what they were booted with.
     sessions: Mutex<HashMap<String, Vec<Guest>>>,
@@ -313,7 +338,11 @@ impl QemuRunner {
         let firmware = profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch).map_err(RunnerError::config)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
-        let decision = self.accel_for(arch).await.map_err(RunnerError::config)?;
+        // A forced KVM that does not work: the configuration's to change.
+        let decision = self
+            .accel_for(&profile, &qemu, firmware.as_deref(), &parts.kernel)
+            .await
+            .map_err(RunnerError::config)?;
 
         // The initramfs: cached base plus this test's part.
         let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
@@ -690,31 +719,46 @@ impl QemuRunner {
         };
     }
 
-    async fn accel_for(&self, arch: Arch) -> Result<AccelDecision, String> {
+    /// The accelerator for `kernel` on `profile`'s machine: decided once per architecture and
+    /// kernel, KVM only after the kernel printed its banner under KVM (remembered on disk).
+    async fn accel_for(
+        &self,
+        profile: &MachineProfile,
+        qemu: &Path,
+        firmware: Option<&Path>,
+        kernel: &Path,
+    ) -> Result<AccelDecision, String> {
+        let arch = profile.arch;
+        let mode = accel::resolve_mode(
+            self.config.accel_env.as_deref(),
+            arch,
+            profile.accel,
+            self.config.accel,
+        )?;
         let mut cache = self.accel.lock().await;
-        if let Some(d) = cache.get(&arch) {
+        let key = (arch, kernel.to_owned());
+        if let Some(d) = cache.get(&key) {
             return Ok(d.clone());
         }
-        let device = KvmDevice::detect();
+        let device = KvmDevice::detect(&self.config.kvm_device);
         let host = Arch::host();
-        let mode = self.config.accel;
-        // The probe is async; run it first when it can matter, then decide synchronously.
-        let probe = if mode != AccelMode::Tcg && host == Some(arch) && device == KvmDevice::Usable {
-            let qemu = self
-                .config
-                .profiles
-                .get(&Arch::X86_64)
-                .and_then(|p| p.find_qemu().ok())
-                .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
-            let cache_file = self.config.build_cache.join("kvm-probe.json");
-            Some(accel::probe_kvm_cached(&qemu, Some(&cache_file)).await)
-        } else {
-            None
-        };
-        let decision = accel::decide(mode, arch, host, &device, || {
-            probe.unwrap_or(accel::ProbeOutcome::Fails("not probed".into()))
+        // The check is async; run it first when it can matter, then decide synchronously.
+        let check =
+            if mode.mode != AccelMode::Tcg && host == Some(arch) && device == KvmDevice::Usable {
+                let spec = accel::KernelCheckSpec::new(
+                    profile,
+                    qemu.to_owned(),
+                    firmware.map(Path::to_owned),
+                    kernel.to_owned(),
+                );
+                Some(accel::check_kernel_cached(&spec, &self.config.build_cache).await)
+            } else {
+                None
+            };
+        let decision = accel::decide(&mode, arch, host, &self.config.kvm_device, &device, || {
+            check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
         })?;
-        cache.insert(arch, decision.clone());
+        cache.insert(key, decision.clone());
         Ok(decision)
     }
 }
@@ -728,6 +772,12 @@ impl TestRunner for QemuRunner {
     fn check(&self, case: &TestCase) -> Result<(), String> {
         let arch = self.arch_of(case);
         let profile = self.profile(arch)?;
+        accel::resolve_mode(
+            self.config.accel_env.as_deref(),
+            arch,
+            profile.accel,
+            self.config.accel,
+        )?;
         profile.find_qemu()?;
         profile.find_firmware()?;
         let parts = self.parts(case, arch)?;

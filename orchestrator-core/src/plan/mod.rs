@@ -74,7 +74,7 @@ use std::time::Duration;
 use crate::case::TestCase;
 
 pub use error::{Location, PlanError};
-pub use settings::{MonitorPlan, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
+pub use settings::{AccelChoice, MonitorPlan, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
 
 /// A commented reference plan listing every key with its default; it parses into a valid plan
 /// of a few tests that run anywhere with the host-process runner.

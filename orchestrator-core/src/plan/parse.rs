@@ -17,7 +17,9 @@ use artifact_store::{ArtifactKind, Durability};
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
-use super::{MonitorPlan, PlanSettings, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
+use super::{
+    AccelChoice, MonitorPlan, PlanSettings, ProfileOverride, QemuPlan, RetentionPlan, StorePlan,
+};
 use crate::case::{
     Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements, TestCase, TestId,
 };
@@ -159,6 +161,7 @@ const QEMU_KEYS: &[&str] = &[
     "max-artifact-files",
     "serial-artifact-limit",
     "modules",
+    "accel",
     "profile",
 ];
 const PROFILE_KEYS: &[&str] = &[
@@ -171,6 +174,7 @@ const PROFILE_KEYS: &[&str] = &[
     "extra-args",
     "kernel-args",
     "boot-timeout",
+    "accel",
 ];
 const STORE_KEYS: &[&str] = &["path", "durability", "remote", "retention"];
 /// Keys that would hold credentials: refused with a pointer to the environment.
@@ -1161,6 +1165,7 @@ impl<'a, 'i> Field<'a, 'i> {
                 "max-artifact-files" => qemu.max_artifact_files = Some(f.count()? as usize),
                 "serial-artifact-limit" => qemu.serial_artifact_limit = Some(f.bytes()?),
                 "modules" => qemu.modules = f.modules()?,
+                "accel" => qemu.accel = Some(f.accel()?),
                 "profile" => qemu.profiles = f.profiles()?,
                 _ => return Err(unknown_key(&scope, &f)),
             }
@@ -1306,6 +1311,34 @@ impl<'a, 'i> Field<'a, 'i> {
                 .help("for example `remote = \"s3://artifacts/ci\"`"));
         }
         Ok(text.to_owned())
+    }
+
+    fn accel(&self) -> Res<AccelChoice> {
+        let text = self.string()?;
+        match text {
+            "auto" => Ok(AccelChoice::Auto),
+            "kvm" => Ok(AccelChoice::Kvm),
+            "tcg" => Ok(AccelChoice::Tcg),
+            other => {
+                let help =
+                    match suggest(&other.trim().to_ascii_lowercase(), &["auto", "kvm", "tcg"]) {
+                        Some(guess) => format!("did you mean \"{guess}\"?"),
+                        None => {
+                            "use \"auto\" (the default: KVM when the guest's kernel runs under \
+                             it on this host, TCG otherwise), \"kvm\" (KVM or an error) or \
+                             \"tcg\" (emulation only)"
+                                .to_owned()
+                        }
+                    };
+                Err(self
+                    .error(format!(
+                        "`accel` {} must be \"auto\", \"kvm\" or \"tcg\", not {}",
+                        self.scope.place,
+                        toml_str(other)
+                    ))
+                    .help(help))
+            }
+        }
     }
 
     fn durability(&self) -> Res<Durability> {
@@ -1950,6 +1983,7 @@ fn profile(table: &DeTable<'_>, arch: &str) -> Res<ProfileOverride> {
             "extra-args" => profile.extra_args = Some(f.args()?),
             "kernel-args" => profile.kernel_args = Some(f.args()?),
             "boot-timeout" => profile.boot_timeout = Some(f.duration()?),
+            "accel" => profile.accel = Some(f.accel()?),
             _ => return Err(unknown_key(&scope, &f)),
         }
     }
@@ -2040,6 +2074,7 @@ fn example(kind: Kind, key: &str) -> Option<&'static str> {
         (_, "extra-args") => "extra-args = [\"-device\", \"virtio-rng-pci\"]",
         (_, "kernel-args") => "kernel-args = [\"quiet\", \"loglevel=4\"]",
         (_, "boot-timeout") => "boot-timeout = \"60s\"",
+        (_, "accel") => "accel = \"tcg\"",
         (_, "path") => "path = \"artifacts\"",
         (_, "durability") => "durability = \"relaxed\"",
         (_, "remote") => "remote = \"s3://artifacts/ci\"",
@@ -2134,7 +2169,9 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>) -> Diag {
     .into_iter()
     .find(|(keys, _, _)| keys.contains(&normalized.as_str()))
     .map(|(_, table, what)| format!("`{normalized}` is {what}: move it into the {table} table"));
-    let machine = PROFILE_KEYS.contains(&normalized.as_str()) && !per_test;
+    let machine = PROFILE_KEYS.contains(&normalized.as_str())
+        && !per_test
+        && !QEMU_KEYS.contains(&normalized.as_str());
     let in_profile = "a [qemu.profile.<arch>] table, such as [qemu.profile.x86_64]";
     let moved = match scope.kind {
         Kind::Top if in_run && per_test => Some(format!(

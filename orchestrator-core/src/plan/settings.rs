@@ -17,6 +17,19 @@ use artifact_store::{ArtifactKind, ArtifactRecord, Durability, Policy, Retention
 
 use crate::case::Arch;
 
+/// An `accel` value: which accelerator the QEMU runner boots guests with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccelChoice {
+    /// KVM when the guest's kernel was seen running under it on this host, TCG otherwise
+    /// (`"auto"`, the default).
+    Auto,
+    /// KVM, and an error when it does not work (`"kvm"`).
+    Kvm,
+    /// Emulation only (`"tcg"`).
+    Tcg,
+}
+
 /// The `[qemu]` table: how the QEMU runner boots guests.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -43,6 +56,9 @@ pub struct QemuPlan {
     pub serial_artifact_limit: Option<u64>,
     /// Kernel modules every guest loads (`modules`), with `-` written as `_`.
     pub modules: Vec<String>,
+    /// The accelerator of every architecture whose profile does not choose one (`accel`).
+    /// `None`: the runner's default, `auto`. The `ORCH_ACCEL` environment variable wins.
+    pub accel: Option<AccelChoice>,
     /// Changes to the built-in machine profile of an architecture (`[qemu.profile.<arch>]`).
     pub profiles: BTreeMap<Arch, ProfileOverride>,
 }
@@ -58,6 +74,7 @@ impl Default for QemuPlan {
             max_artifact_files: None,
             serial_artifact_limit: None,
             modules: Vec::new(),
+            accel: None,
             profiles: BTreeMap::new(),
         }
     }
@@ -88,6 +105,8 @@ pub struct ProfileOverride {
     /// How long the guest may take to boot with KVM; emulation multiplies it
     /// (`boot-timeout`).
     pub boot_timeout: Option<Duration>,
+    /// The accelerator of this architecture, over `[qemu]`'s (`accel`).
+    pub accel: Option<AccelChoice>,
 }
 
 /// The `[store]` table: where test artifacts are kept, and for how long.
