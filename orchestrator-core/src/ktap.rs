@@ -1308,4 +1308,33 @@ mod tests {
             + "ok 1 x\n";
         let _ = parse(&text);
     }
+
+    #[test]
+    fn ktap_subtests_directives_in_any_case() {
+        let text = "TAP version 14\n1..8\nok 1 a\nnot ok 2 b\nnot ok 3 c # skip no disk\n\
+                    not ok 4 d # SKIP\nnot ok 5 e # todo later\nnot ok 6 f # Todo\n\
+                    not ok 7 g # XFail known\nnot ok 8 h # timeout 45 seconds\n";
+        let (subtests, summary) = subtests_of(text).unwrap();
+        use SubtestStatus::*;
+        let got: Vec<(&str, SubtestStatus, Option<&str>)> = subtests
+            .iter()
+            .map(|t| (t.name.as_str(), t.status, t.message.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Passed, None),
+                ("b", Failed, None),
+                ("c", Skipped, Some("no disk")),
+                ("d", Skipped, None),
+                ("e", Todo, Some("later")),
+                ("f", Todo, None),
+                ("g", Todo, Some("known")),
+                ("h", Failed, Some("45 seconds")),
+            ]
+        );
+        assert_eq!(summary, "KTAP: 1 passed, 2 failed, 2 skipped, 3 todo");
+        // Without a version line, output is never read as results.
+        assert!(subtests_of("1..1\nnot ok 1 x\n").is_none());
+    }
 }
