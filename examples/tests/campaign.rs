@@ -763,3 +763,79 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
     assert!(row.contains("<b>not ok</b>"), "{row}");
     assert!(html.contains(">FAILED<"));
 }
+
+/// The same rule in QEMU guests: KTAP on a guest test's stdout, and KUnit-style KTAP in the
+/// guest's kernel log.
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn a_failed_ktap_case_in_a_guest_fails_the_campaign() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"
+name = "ktap-guest"
+[defaults]
+runner = "qemu"
+arch = "aarch64"
+timeout = "60s"
+[[test]]
+id = "stdout"
+script = '''
+printf 'KTAP version 1\n1..2\nok 1 alloc\nnot ok 2 free\n'
+'''
+[[test]]
+id = "kernel-log"
+script = '''
+for l in 'KTAP version 1' '1..1' '    KTAP version 1' '    # Subtest: example' '    1..2' \
+         '    ok 1 example_simple_test' '    not ok 2 example_bad_test' 'not ok 1 example'; do
+  echo "$l" > /dev/kmsg
+done
+'''
+[[test]]
+id = "directives"
+script = '''
+printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later\n'
+'''
+"#,
+    );
+    let out = dir.path().join("out");
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["summary"]["failed"], 2, "{report:#}");
+    assert_eq!(report["summary"]["passed"], 1, "{report:#}");
+    let results = report["results"].as_array().unwrap();
+    let result = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["test_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {report:#}"))
+    };
+    assert_eq!(
+        result("stdout")["outcome"],
+        serde_json::json!({"kind": "subtests-failed", "failed": 1, "total": 2})
+    );
+    let kernel = result("kernel-log");
+    assert_eq!(kernel["outcome"]["kind"], "subtests-failed", "{kernel:#}");
+    assert!(
+        kernel["message"]
+            .as_str()
+            .unwrap()
+            .contains("subtests failed: example.example_bad_test"),
+        "{kernel:#}"
+    );
+    assert_eq!(result("directives")["outcome"]["kind"], "passed");
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(
+        junit_case(&xml, "kernel-log/example.example_bad_test").contains("<failure"),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"failures="4""#), "{xml}");
+}
