@@ -22,9 +22,11 @@
 //! );
 //! assert!(!report.complete);
 //! assert!(report.problems.iter().any(|p| p.contains("kernel crash while tests ran")));
+//! // The suite, cut short by the panic, counts as a failure before its cases.
 //! let cases = report.flatten();
-//! assert_eq!(cases[0].0, "example.example_simple_test");
-//! assert_eq!(cases[1].1.result, KtapResult::Skip);
+//! assert_eq!((cases[0].0.as_str(), cases[0].1.result), ("example", KtapResult::Incomplete));
+//! assert_eq!(cases[1].0, "example.example_simple_test");
+//! assert_eq!(cases[2].1.result, KtapResult::Skip);
 //! ```
 
 pub use orchestrator_core::ktap::{
