@@ -92,9 +92,11 @@ fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
 
 fn junit_case(r: &TestResult) -> JunitCase {
     let verdict = r.verdict();
-    let message = match &r.message {
-        Some(m) => format!("{}: {m}", r.outcome),
-        None => r.outcome.to_string(),
+    let message = match (&r.message, &r.outcome) {
+        // The message already says how many subtests failed, and which.
+        (Some(m), crate::Outcome::SubtestsFailed { .. }) => m.clone(),
+        (Some(m), _) => format!("{}: {m}", r.outcome),
+        (None, _) => r.outcome.to_string(),
     };
     let reruns: Vec<TestRerun> = r
         .earlier_attempts

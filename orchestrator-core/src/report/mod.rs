@@ -437,7 +437,9 @@ mod tests {
         );
         let test = junit_case(&xml, "kunit");
         assert!(
-            test.contains(r#"<failure message="1 of 5 subtests failed: "#)
+            test.contains(
+                r#"<failure message="KTAP: 1 passed, 1 failed, 1 skipped, 2 todo; 1 of 5 subtests failed: free""#
+            )
                 && test.contains(r#"type="subtests-failed""#),
             "{test}"
         );
