@@ -662,3 +662,230 @@ fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
         "nothing runs half-configured"
     );
 }
+
+/// The `<testcase>` element named `name` in a JUnit document.
+fn junit_case<'a>(xml: &'a str, name: &str) -> &'a str {
+    let start = xml
+        .find(&format!("<testcase name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no test case {name} in\n{xml}"));
+    let rest = &xml[start..];
+    let head_end = rest.find('>').unwrap();
+    if rest[..head_end].ends_with('/') {
+        return &rest[..=head_end];
+    }
+    &rest[..rest.find("</testcase>").unwrap()]
+}
+
+/// A test that exits 0 but prints KTAP with a `not ok` case fails the campaign, and says so in
+/// all four reports; `not ok` cases marked `# SKIP`, `# TODO` or `# XFAIL` fail nothing.
+#[test]
+fn a_failed_ktap_case_fails_the_campaign_in_every_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"
+name = "ktap"
+[[test]]
+id = "ktap-fails"
+script = '''
+printf 'KTAP version 1\n1..3\nok 1 alloc\n# Expected 1 == 2\nnot ok 2 free\nnot ok 3 map # SKIP no MMU\n'
+'''
+[[test]]
+id = "ktap-directives"
+script = '''
+printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later\nnot ok 4 d # XFAIL known\n'
+'''
+"#,
+    );
+    let out = dir.path().join("out");
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+
+    // The summary table.
+    let row = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{stdout}"))
+    };
+    assert!(row("ktap-fails").contains("FAIL"), "{stdout}");
+    assert!(
+        row("ktap-fails").contains("1 of 3 subtests failed"),
+        "{stdout}"
+    );
+    assert!(row("ktap-directives").contains("PASS"), "{stdout}");
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+
+    // report.json: the summary and the results.
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["schema_version"], 3);
+    assert_eq!(report["summary"]["failed"], 1, "{report:#}");
+    assert_eq!(report["summary"]["passed"], 1, "{report:#}");
+    assert_eq!(report["summary"]["subtests"]["failed"], 1, "{report:#}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(
+        results[0]["outcome"],
+        serde_json::json!({"kind": "subtests-failed", "failed": 1, "total": 3})
+    );
+    assert!(
+        results[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 3 subtests failed: free")
+    );
+    let statuses: Vec<&str> = results[1]["subtests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["passed", "skipped", "todo", "todo"]);
+    assert_eq!(results[1]["outcome"]["kind"], "passed");
+
+    // junit.xml: the test and its failed case are failures; nothing else is.
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(
+        xml.contains(r#"tests="9" skipped="2" errors="0" failures="2""#),
+        "{xml}"
+    );
+    assert!(junit_case(&xml, "ktap-fails").contains("<failure"));
+    assert!(junit_case(&xml, "ktap-fails/free").contains(r#"<failure message="Expected 1 == 2""#));
+    assert!(junit_case(&xml, "ktap-fails/map").contains("<skipped"));
+    assert!(junit_case(&xml, "ktap-directives/b").contains("<skipped"));
+    for name in [
+        "ktap-fails/alloc",
+        "ktap-directives",
+        "ktap-directives/a",
+        "ktap-directives/c",
+        "ktap-directives/d",
+    ] {
+        let case = junit_case(&xml, name);
+        assert!(
+            !case.contains("<failure") && !case.contains("<skipped"),
+            "{case}"
+        );
+    }
+    // An independent parser reads the same, when there is one (`cargo xtask test` sets it).
+    if let Some(python) = std::env::var_os("JUNITPARSER_PYTHON") {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_junit.py");
+        let output = Command::new(python)
+            .arg(script)
+            .arg(out.join("junit.xml"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            (parsed["failures"].as_u64(), parsed["skipped"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let failed: Vec<&str> = parsed["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["result"] == "failure")
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(failed, ["ktap-fails", "ktap-fails/free"]);
+    } else {
+        eprintln!("JUNITPARSER_PYTHON is not set: the junitparser cross-check is skipped");
+    }
+
+    // report.html: the test's row says FAIL, the run FAILED.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let row = &html[html.find("id=\"test-0\"").unwrap()..];
+    let row = &row[..row.find("</tbody>").unwrap()];
+    assert!(
+        row.contains("ktap-fails") && row.contains(">FAIL<"),
+        "{row}"
+    );
+    assert!(row.contains("<b>not ok</b>"), "{row}");
+    assert!(html.contains(">FAILED<"));
+}
+
+/// The same rule in QEMU guests: KTAP on a guest test's stdout, and KUnit-style KTAP in the
+/// guest's kernel log.
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn a_failed_ktap_case_in_a_guest_fails_the_campaign() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        r#"
+name = "ktap-guest"
+[defaults]
+runner = "qemu"
+arch = "aarch64"
+timeout = "60s"
+[[test]]
+id = "stdout"
+script = '''
+printf 'KTAP version 1\n1..2\nok 1 alloc\nnot ok 2 free\n'
+'''
+[[test]]
+id = "kernel-log"
+script = '''
+for l in 'KTAP version 1' '1..1' '    KTAP version 1' '    # Subtest: example' '    1..2' \
+         '    ok 1 example_simple_test' '    not ok 2 example_bad_test' 'not ok 1 example'; do
+  echo "$l" > /dev/kmsg
+done
+'''
+[[test]]
+id = "directives"
+script = '''
+printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later\n'
+'''
+"#,
+    );
+    let out = dir.path().join("out");
+    let output = Command::new(campaign_bin())
+        .arg(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["summary"]["failed"], 2, "{report:#}");
+    assert_eq!(report["summary"]["passed"], 1, "{report:#}");
+    let results = report["results"].as_array().unwrap();
+    let result = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["test_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {report:#}"))
+    };
+    assert_eq!(
+        result("stdout")["outcome"],
+        serde_json::json!({"kind": "subtests-failed", "failed": 1, "total": 2})
+    );
+    let kernel = result("kernel-log");
+    assert_eq!(kernel["outcome"]["kind"], "subtests-failed", "{kernel:#}");
+    assert!(
+        kernel["message"]
+            .as_str()
+            .unwrap()
+            .contains("subtests failed: example.example_bad_test"),
+        "{kernel:#}"
+    );
+    assert_eq!(result("directives")["outcome"]["kind"], "passed");
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(
+        junit_case(&xml, "kernel-log/example.example_bad_test").contains("<failure"),
+        "{xml}"
+    );
+    assert!(xml.contains(r#"failures="4""#), "{xml}");
+}

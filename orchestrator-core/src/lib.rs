@@ -6,6 +6,8 @@
 //!   the `qemu-runner` crate boots kernels.
 //! - [`Orchestrator`] runs a list of cases against runners with bounded parallelism, a whole-run
 //!   deadline, retries for infrastructure errors only and cancellation, streaming [`RunEvent`]s.
+//! - [`ktap`] reads the KTAP/TAP a test prints into its [`Subtest`]s; a failed subtest fails
+//!   its test ([`TestResult::judge_subtests`], applied to every result the orchestrator gets).
 //! - [`plan`] reads TOML plan files; [`report`] writes JUnit XML, a versioned JSON report, a
 //!   summary table and a self-contained HTML page.
 //! - Composition: [`Orchestrator::with_monitor`] watches every execution's host processes
@@ -62,6 +64,7 @@
 
 mod case;
 mod compose;
+pub mod ktap;
 mod orchestrator;
 mod output;
 pub mod plan;

@@ -678,7 +678,11 @@ async fn execute_one(
         return r;
     }
     match runner.execute(case, ctx).await {
-        Ok(r) => r,
+        Ok(mut r) => {
+            // One rule for every runner: a failed subtest fails its test.
+            r.judge_subtests();
+            r
+        }
         Err(e) => {
             let mut r = TestResult::new(case, runner.name(), Outcome::from_error(&e));
             r.started_at = started;

@@ -45,6 +45,9 @@ impl Default for ProcessRunnerConfig {
 /// `ORCH_WORK_DIR` and `ORCH_ARTIFACT_DIR` (files written there are collected as artifacts, as
 /// are files in the working directory matching the case's artifact globs).
 ///
+/// A test whose stdout holds KTAP or TAP (from its version line on) gets each of its cases as a
+/// [subtest](crate::Subtest) ([`crate::ktap::subtests_of`]); a failed case fails the test.
+///
 /// On timeout or cancellation the whole process group is stopped in stages: SIGTERM, then
 /// SIGKILL after [`ProcessRunnerConfig::kill_grace`], so no grandchild survives. Processes a
 /// test leaves behind after it exits are stopped the same way.
@@ -278,6 +281,11 @@ impl TestRunner for ProcessRunner {
                 result.stderr.total_bytes - result.stderr.truncated_bytes,
                 result.stderr.total_bytes
             ));
+        }
+        // A test that prints KTAP or TAP (with its version line) reports its own cases.
+        if let Some((subtests, summary)) = crate::ktap::subtests_of(&result.stdout.text) {
+            result.subtests = subtests;
+            notes.push(summary);
         }
         let work2 = work.clone();
         let artifacts2 = artifacts.clone();

@@ -131,6 +131,15 @@ pub enum Outcome {
     },
     /// The run was cancelled (Ctrl-C) while the test was running; it was stopped.
     Cancelled,
+    /// The test itself succeeded (exit code 0), but cases it reported (KTAP/TAP
+    /// [`subtests`](TestResult::subtests)) failed: judged like [`Failed`](Outcome::Failed). Set
+    /// by [`TestResult::judge_subtests`]; the result's message names the failed cases.
+    SubtestsFailed {
+        /// How many subtests failed.
+        failed: u32,
+        /// How many subtests the test reported.
+        total: u32,
+    },
 }
 
 impl Outcome {
@@ -185,9 +194,10 @@ impl Outcome {
     }
 
     /// A short label: `passed`, `failed`, `timed-out`, `crashed`, `infra-error`, `skipped`,
-    /// `cancelled`.
+    /// `cancelled`, `subtests-failed`.
     pub fn label(&self) -> &'static str {
         match self {
+            Outcome::SubtestsFailed { .. } => "subtests-failed",
             Outcome::Passed => "passed",
             Outcome::Failed { .. } => "failed",
             Outcome::TimedOut { .. } => "timed-out",
@@ -225,6 +235,9 @@ impl fmt::Display for Outcome {
             Outcome::InfraError { message, cause } => write!(f, "{cause} error: {message}"),
             Outcome::Skipped { reason } => write!(f, "skipped: {reason}"),
             Outcome::Cancelled => f.write_str("cancelled"),
+            Outcome::SubtestsFailed { failed, total } => {
+                write!(f, "{failed} of {total} subtests failed")
+            }
         }
     }
 }
@@ -256,11 +269,17 @@ impl Verdict {
             (Outcome::Passed, Expectation::Pass) => Verdict::Passed,
             (Outcome::Passed, Expectation::Fail) => Verdict::UnexpectedPass,
             (
-                Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Crashed { .. },
+                Outcome::Failed { .. }
+                | Outcome::TimedOut { .. }
+                | Outcome::Crashed { .. }
+                | Outcome::SubtestsFailed { .. },
                 Expectation::Fail,
             ) => Verdict::ExpectedFailure,
             (
-                Outcome::Failed { .. } | Outcome::TimedOut { .. } | Outcome::Crashed { .. },
+                Outcome::Failed { .. }
+                | Outcome::TimedOut { .. }
+                | Outcome::Crashed { .. }
+                | Outcome::SubtestsFailed { .. },
                 Expectation::Pass,
             ) => Verdict::Failed,
             (Outcome::InfraError { .. }, _) => Verdict::Error,
@@ -444,6 +463,25 @@ pub struct Subtest {
     pub message: Option<String>,
 }
 
+impl Subtest {
+    /// The case judged inside a test that expects `expect`: a failed case fails (and fails its
+    /// test), unless the test is expected to fail; a `TODO`/`XFAIL` case is an expected
+    /// failure; a skipped case is skipped. Every report shows a case with this verdict.
+    pub fn verdict(&self, expect: Expectation) -> Verdict {
+        match (self.status, expect) {
+            (SubtestStatus::Passed, _) => Verdict::Passed,
+            (SubtestStatus::Failed, Expectation::Pass) => Verdict::Failed,
+            (SubtestStatus::Failed, Expectation::Fail) | (SubtestStatus::Todo, _) => {
+                Verdict::ExpectedFailure
+            }
+            (SubtestStatus::Skipped, _) => Verdict::Skipped,
+        }
+    }
+}
+
+/// At most this many failed subtests are named in a result's message.
+const NAMED_FAILED_SUBTESTS: usize = 5;
+
 /// An earlier attempt of a test that ended in an infrastructure error and was retried.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -533,9 +571,71 @@ impl TestResult {
         }
     }
 
-    /// The outcome judged against the expectation.
+    /// The outcome judged against the expectation. A failed subtest counts even when the
+    /// outcome was never [judged](Self::judge_subtests) (a result built by hand, or read from a
+    /// report of schema 2): a `passed` outcome with failed subtests is judged as
+    /// [`Outcome::SubtestsFailed`].
     pub fn verdict(&self) -> Verdict {
+        if self.outcome == Outcome::Passed && self.failed_subtests().next().is_some() {
+            return Verdict::of(&self.subtests_failed_outcome(), self.expect);
+        }
         Verdict::of(&self.outcome, self.expect)
+    }
+
+    /// The subtests that failed ([`SubtestStatus::Failed`]: `not ok` without a `SKIP`, `TODO`
+    /// or `XFAIL` directive, or cut short), in order.
+    pub fn failed_subtests(&self) -> impl Iterator<Item = &Subtest> {
+        self.subtests
+            .iter()
+            .filter(|t| t.status == SubtestStatus::Failed)
+    }
+
+    fn subtests_failed_outcome(&self) -> Outcome {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Outcome::SubtestsFailed {
+            failed: count(self.failed_subtests().count()),
+            total: count(self.subtests.len()),
+        }
+    }
+
+    /// Applies the subtests to the result: when some failed, a test that passed (exit code 0)
+    /// becomes [`Outcome::SubtestsFailed`], and the message says which failed (`2 of 40
+    /// subtests failed: suite.a, suite.b`, at most five named) whatever the outcome. Runners
+    /// need not call it: the orchestrator judges every result it gets (and a shard merge every
+    /// result it joins). Calling it again changes nothing.
+    pub fn judge_subtests(&mut self) {
+        let failed: Vec<&str> = self.failed_subtests().map(|t| t.name.as_str()).collect();
+        if failed.is_empty() {
+            return;
+        }
+        let mut sentence = format!(
+            "{} of {} subtests failed: {}",
+            failed.len(),
+            self.subtests.len(),
+            failed
+                .iter()
+                .take(NAMED_FAILED_SUBTESTS)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if failed.len() > NAMED_FAILED_SUBTESTS {
+            sentence.push_str(&format!(
+                " and {} more",
+                failed.len() - NAMED_FAILED_SUBTESTS
+            ));
+        }
+        if self.outcome == Outcome::Passed {
+            self.outcome = self.subtests_failed_outcome();
+        }
+        match &mut self.message {
+            Some(m) if m.contains(&sentence) => {}
+            Some(m) if !m.is_empty() => {
+                m.push_str("; ");
+                m.push_str(&sentence);
+            }
+            _ => self.message = Some(sentence),
+        }
     }
 
     /// Wall-clock duration from start to finish.
@@ -612,6 +712,114 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"kind": "timed-out", "phase": "boot", "limit": 1.5})
+        );
+    }
+
+    fn with_subtests(outcome: Outcome, statuses: &[SubtestStatus]) -> TestResult {
+        let case = TestCase::script("t", "true");
+        let mut r = TestResult::new(&case, "process", outcome);
+        r.subtests = statuses
+            .iter()
+            .enumerate()
+            .map(|(i, &status)| Subtest {
+                name: format!("suite.case{i}"),
+                status,
+                message: None,
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn judging_names_at_most_five_failed_subtests_once() {
+        let mut statuses = vec![SubtestStatus::Passed; 28];
+        statuses.extend([SubtestStatus::Failed; 12]);
+        let mut r = with_subtests(Outcome::Passed, &statuses);
+        r.message = Some("KTAP: 28 passed, 12 failed".into());
+        r.judge_subtests();
+        assert_eq!(
+            r.outcome,
+            Outcome::SubtestsFailed {
+                failed: 12,
+                total: 40
+            }
+        );
+        assert_eq!(r.outcome.to_string(), "12 of 40 subtests failed");
+        assert_eq!(r.outcome.label(), "subtests-failed");
+        let want = "KTAP: 28 passed, 12 failed; 12 of 40 subtests failed: suite.case28, \
+                    suite.case29, suite.case30, suite.case31, suite.case32 and 7 more";
+        assert_eq!(r.message.as_deref(), Some(want));
+        r.judge_subtests();
+        assert_eq!(
+            r.message.as_deref(),
+            Some(want),
+            "judging twice changes nothing"
+        );
+        assert_eq!(r.verdict(), Verdict::Failed);
+    }
+
+    #[test]
+    fn other_outcomes_stay_and_get_the_names() {
+        let failed = Outcome::Failed {
+            exit_code: Some(1),
+            signal: None,
+        };
+        let mut r = with_subtests(
+            failed.clone(),
+            &[SubtestStatus::Failed, SubtestStatus::Passed],
+        );
+        r.judge_subtests();
+        assert_eq!(r.outcome, failed);
+        assert_eq!(
+            r.message.as_deref(),
+            Some("1 of 2 subtests failed: suite.case0")
+        );
+        // Skips and todos fail nothing.
+        let mut r = with_subtests(
+            Outcome::Passed,
+            &[SubtestStatus::Skipped, SubtestStatus::Todo],
+        );
+        r.judge_subtests();
+        assert_eq!(
+            (r.outcome.clone(), r.message.clone()),
+            (Outcome::Passed, None)
+        );
+        assert_eq!(r.verdict(), Verdict::Passed);
+    }
+
+    #[test]
+    fn subtest_verdicts_follow_the_test_expectation() {
+        let t = |status| Subtest {
+            name: "c".into(),
+            status,
+            message: None,
+        };
+        use SubtestStatus::*;
+        let pass: Vec<Verdict> = [Passed, Failed, Skipped, Todo]
+            .map(|s| t(s).verdict(Expectation::Pass))
+            .to_vec();
+        assert_eq!(
+            pass,
+            [
+                Verdict::Passed,
+                Verdict::Failed,
+                Verdict::Skipped,
+                Verdict::ExpectedFailure
+            ]
+        );
+        assert_eq!(
+            t(Failed).verdict(Expectation::Fail),
+            Verdict::ExpectedFailure
+        );
+        assert_eq!(
+            Verdict::of(
+                &Outcome::SubtestsFailed {
+                    failed: 1,
+                    total: 1
+                },
+                Expectation::Fail
+            ),
+            Verdict::ExpectedFailure
         );
     }
 }

@@ -284,7 +284,12 @@ pub fn merge(reports: Vec<RunReport>) -> Result<Merged, MergeError> {
     let mut missing = Vec::new();
     for id in &tests {
         match found.get(id.as_str()) {
-            Some(r) => results.push((*r).clone()),
+            Some(r) => {
+                // A shard that wrote schema 2 never judged subtests: the merge does.
+                let mut r = (*r).clone();
+                r.judge_subtests();
+                results.push(r);
+            }
             None => {
                 missing.push(id.clone());
                 results.push(missing_result(id, total));
@@ -292,7 +297,10 @@ pub fn merge(reports: Vec<RunReport>) -> Result<Merged, MergeError> {
         }
     }
     let unexpected: Vec<String> = extra.iter().map(|r| r.test_id.to_string()).collect();
-    results.extend(extra.into_iter().cloned());
+    results.extend(extra.into_iter().cloned().map(|mut r| {
+        r.judge_subtests();
+        r
+    }));
     let missing_shards = (1..=total).filter(|k| !by_shard.contains_key(k)).collect();
     let started_at = by_shard.values().map(|r| r.started_at).min().expect("one");
     let finished_at = by_shard.values().map(|r| r.finished_at).max().expect("one");

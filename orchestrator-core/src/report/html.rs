@@ -306,7 +306,14 @@ fn header(h: &mut Html, report: &RunReport, status: &Status, title: &str) {
             "<li class=\"{class}\"><b>{n}</b>{what}</li>\n"
         ));
     }
-    h.s("</ul>\n</header>\n");
+    h.s("</ul>\n");
+    if let Some(subtests) = s.subtests.describe() {
+        h.w(format_args!(
+            "<p class=\"summary subtests\">{}</p>\n",
+            Esc(&subtests)
+        ));
+    }
+    h.s("</header>\n");
 }
 
 fn store_section(h: &mut Html, st: &super::StorageSummary) {
@@ -643,11 +650,12 @@ fn subtests(h: &mut Html, r: &TestResult) {
         count(SubtestStatus::Todo),
     ));
     for t in &r.subtests {
-        let (label, class) = match t.status {
-            SubtestStatus::Passed => ("ok", "s-passed"),
-            SubtestStatus::Failed => ("not ok", "s-failed"),
-            SubtestStatus::Skipped => ("skip", "s-skipped"),
-            SubtestStatus::Todo => ("todo", "s-todo"),
+        let (label, class) = match (t.status, t.verdict(r.expect)) {
+            (SubtestStatus::Passed, _) => ("ok", "s-passed"),
+            (SubtestStatus::Failed, Verdict::ExpectedFailure) => ("not ok (expected)", "s-todo"),
+            (SubtestStatus::Failed, _) => ("not ok", "s-failed"),
+            (SubtestStatus::Skipped, _) => ("skip", "s-skipped"),
+            (SubtestStatus::Todo, _) => ("todo", "s-todo"),
         };
         h.w(format_args!(
             "<tr><td class=\"mono\">{}</td><td class=\"{class}\"><b>{label}</b></td><td>{}</td></tr>\n",
@@ -1084,9 +1092,10 @@ mod tests {
                 status: SubtestStatus::Passed,
                 message: None,
             },
+            // A failed case would fail the test: this one is a known failure (`# TODO`).
             Subtest {
                 name: "kunit.bad_case".into(),
-                status: SubtestStatus::Failed,
+                status: SubtestStatus::Todo,
                 message: Some("expected 1 == 2".into()),
             },
         ];

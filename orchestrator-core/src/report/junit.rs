@@ -50,30 +50,41 @@ pub fn junit_report(report: &RunReport) -> Report {
     junit
 }
 
-/// A case the test reported itself, as `<test id>/<case path>`.
+/// A case the test reported itself, as `<test id>/<case path>`, with its
+/// [verdict](crate::Subtest::verdict): a failed case is a `<failure>` (and its test one too),
+/// unless the test is expected to fail; `TODO`/`XFAIL` cases are successes with a `todo`
+/// property; skipped cases are `<skipped>`.
 fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
     use crate::result::SubtestStatus;
-    let status = match sub.status {
-        SubtestStatus::Passed | SubtestStatus::Todo => TestCaseStatus::success(),
-        SubtestStatus::Failed => {
+    let verdict = sub.verdict(r.expect);
+    let status = match verdict {
+        Verdict::Failed => {
             let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
             s.set_message(sub.message.clone().unwrap_or_else(|| "failed".into()));
+            s.set_type("subtest-failed");
             s
         }
-        SubtestStatus::Skipped => {
+        Verdict::Skipped => {
             let mut s = TestCaseStatus::skipped();
             if let Some(m) = &sub.message {
                 s.set_message(m.as_str());
             }
             s
         }
+        _ => TestCaseStatus::success(),
     };
     let mut case = JunitCase::new(format!("{}/{}", r.test_id, sub.name), status);
     case.set_classname(format!("{}.{}", r.runner, r.test_id));
+    case.add_property(Property::new("verdict", verdict.label()));
     if sub.status == SubtestStatus::Todo {
         case.add_property(Property::new(
             "todo",
             sub.message.clone().unwrap_or_default(),
+        ));
+    } else if sub.status == SubtestStatus::Failed && verdict == Verdict::ExpectedFailure {
+        case.add_property(Property::new(
+            "expected-failure",
+            sub.message.clone().unwrap_or_else(|| "failed".into()),
         ));
     }
     case
@@ -81,9 +92,11 @@ fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
 
 fn junit_case(r: &TestResult) -> JunitCase {
     let verdict = r.verdict();
-    let message = match &r.message {
-        Some(m) => format!("{}: {m}", r.outcome),
-        None => r.outcome.to_string(),
+    let message = match (&r.message, &r.outcome) {
+        // The message already says how many subtests failed, and which.
+        (Some(m), crate::Outcome::SubtestsFailed { .. }) => m.clone(),
+        (Some(m), _) => format!("{}: {m}", r.outcome),
+        (None, _) => r.outcome.to_string(),
     };
     let reruns: Vec<TestRerun> = r
         .earlier_attempts

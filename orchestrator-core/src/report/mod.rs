@@ -20,7 +20,10 @@ pub use table::summary_table;
 /// Version of the JSON report format; bumped whenever a field is added or changed.
 ///
 /// 2: results gain `subtests`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: a failed subtest fails its test: outcome kind `subtests-failed` (exit code 0, failed
+/// subtests), and the summary's `subtests` counts. Reports of versions 1 and 2 still read; the
+/// verdicts of their results follow the same rule ([`TestResult::verdict`]).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Everything about one run, in the order the tests were given. Serialised as the JSON report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +95,51 @@ pub struct Summary {
     pub cancelled: usize,
     /// Attempts retried after infrastructure errors.
     pub retries: usize,
+    /// The results' subtests (KTAP/TAP cases), by verdict (since version 3).
+    #[serde(default)]
+    pub subtests: SubtestSummary,
+}
+
+/// Counts of subtests per verdict ([`Subtest::verdict`](crate::Subtest::verdict)), the same
+/// verdicts the JUnit cases of subtests have.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtestSummary {
+    /// Number of subtests.
+    pub total: usize,
+    /// Passed.
+    pub passed: usize,
+    /// Failed: each fails its test.
+    pub failed: usize,
+    /// `TODO` or `XFAIL` cases, and failed cases of tests expected to fail.
+    pub expected_failures: usize,
+    /// Skipped.
+    pub skipped: usize,
+}
+
+impl SubtestSummary {
+    /// `subtests: 39 passed, 1 failed, ...` (counts that are not zero), or `None` without
+    /// subtests.
+    pub fn describe(&self) -> Option<String> {
+        if self.total == 0 {
+            return None;
+        }
+        let parts: Vec<String> = [
+            (self.passed, "passed"),
+            (self.failed, "failed"),
+            (self.expected_failures, "failed as expected (todo, xfail)"),
+            (self.skipped, "skipped"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        Some(format!(
+            "{} subtest{}: {}",
+            self.total,
+            if self.total == 1 { "" } else { "s" },
+            parts.join(", ")
+        ))
+    }
 }
 
 impl Summary {
@@ -103,6 +151,15 @@ impl Summary {
         };
         for r in results {
             s.retries += r.earlier_attempts.len();
+            for t in &r.subtests {
+                s.subtests.total += 1;
+                match t.verdict(r.expect) {
+                    Verdict::Passed => s.subtests.passed += 1,
+                    Verdict::Failed => s.subtests.failed += 1,
+                    Verdict::ExpectedFailure => s.subtests.expected_failures += 1,
+                    _ => s.subtests.skipped += 1,
+                }
+            }
             match r.verdict() {
                 Verdict::Passed => s.passed += 1,
                 Verdict::ExpectedFailure => s.expected_failures += 1,
@@ -263,4 +320,216 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Expectation, TestCase};
+    use crate::result::{Outcome, SubtestStatus};
+
+    /// KTAP with one failed case, and one case for each directive that does not fail a test
+    /// (in the mixed case KTAP and TAP allow).
+    const KTAP: &str = "KTAP version 1\n1..5\nok 1 alloc\n# Expected 1 == 2\nnot ok 2 free\n\
+                        not ok 3 map # skip no MMU\nnot ok 4 unmap # ToDo not yet\n\
+                        not ok 5 remap # xfail known bug\n";
+
+    /// A result of a test that exited 0 and printed `ktap`, judged as the orchestrator does.
+    fn result(id: &str, expect: Expectation, ktap: &str) -> TestResult {
+        let case = TestCase::script(id, "true").with_expect(expect);
+        let mut r = TestResult::new(&case, "process", Outcome::Passed);
+        let (subtests, summary) = crate::ktap::subtests_of(ktap).expect("KTAP");
+        r.subtests = subtests;
+        r.message = Some(summary);
+        r.judge_subtests();
+        r
+    }
+
+    fn report(results: Vec<TestResult>) -> RunReport {
+        let now = Utc::now();
+        RunReport {
+            schema_version: SCHEMA_VERSION,
+            run_id: "run-1".into(),
+            name: Some("ktap".into()),
+            started_at: now,
+            finished_at: now,
+            interrupted: None,
+            summary: Summary::of(&results),
+            results,
+            host: HostInfo::default(),
+            storage: None,
+            shard: None,
+        }
+    }
+
+    /// The `<testcase>` element named `name` in `xml`.
+    fn junit_case<'a>(xml: &'a str, name: &str) -> &'a str {
+        let start = xml
+            .find(&format!("<testcase name=\"{name}\""))
+            .unwrap_or_else(|| panic!("no test case {name} in\n{xml}"));
+        let rest = &xml[start..];
+        let head_end = rest.find('>').unwrap();
+        if rest[..head_end].ends_with('/') {
+            return &rest[..=head_end];
+        }
+        &rest[..rest.find("</testcase>").unwrap()]
+    }
+
+    /// The HTML row of the test at `index` (its `<tbody>`).
+    fn html_row(html: &str, index: usize) -> &str {
+        let start = html.find(&format!("id=\"test-{index}\"")).unwrap();
+        let rest = &html[start..];
+        &rest[..rest.find("</tbody>").unwrap()]
+    }
+
+    #[test]
+    fn a_failed_subtest_fails_its_test_in_every_report() {
+        let clean = "KTAP version 1\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO\n";
+        let rep = report(vec![
+            result("kunit", Expectation::Pass, KTAP),
+            result("clean", Expectation::Pass, clean),
+        ]);
+        let kunit = &rep.results[0];
+        let statuses: Vec<SubtestStatus> = kunit.subtests.iter().map(|t| t.status).collect();
+        use SubtestStatus::*;
+        assert_eq!(statuses, [Passed, Failed, Skipped, Todo, Todo]);
+        assert_eq!(
+            kunit.outcome,
+            Outcome::SubtestsFailed {
+                failed: 1,
+                total: 5
+            }
+        );
+        let message = kunit.message.as_deref().unwrap();
+        assert!(
+            message.contains("1 of 5 subtests failed: free"),
+            "{message}"
+        );
+        assert_eq!(kunit.verdict(), Verdict::Failed);
+        assert_eq!(rep.results[1].outcome, Outcome::Passed);
+        assert_eq!(rep.results[1].verdict(), Verdict::Passed);
+
+        // Exit code.
+        assert!(!rep.is_success());
+
+        // JSON: summary and result, and back.
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(json["schema_version"], 3);
+        assert_eq!(json["summary"]["failed"], 1);
+        assert_eq!(json["summary"]["passed"], 1);
+        assert_eq!(
+            json["summary"]["subtests"],
+            serde_json::json!({"total": 8, "passed": 2, "failed": 1, "expected_failures": 3, "skipped": 2})
+        );
+        assert_eq!(
+            json["results"][0]["outcome"],
+            serde_json::json!({"kind": "subtests-failed", "failed": 1, "total": 5})
+        );
+        assert_eq!(json["results"][0]["subtests"][1]["status"], "failed");
+        let back: RunReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, rep);
+
+        // JUnit: the test and its failed case are failures, nothing else is.
+        let xml = rep.junit_xml().unwrap();
+        assert!(
+            xml.contains(r#"tests="10" skipped="2" errors="0" failures="2""#),
+            "{xml}"
+        );
+        let test = junit_case(&xml, "kunit");
+        assert!(
+            test.contains(
+                r#"<failure message="KTAP: 1 passed, 1 failed, 1 skipped, 2 todo; 1 of 5 subtests failed: free""#
+            )
+                && test.contains(r#"type="subtests-failed""#),
+            "{test}"
+        );
+        let free = junit_case(&xml, "kunit/free");
+        assert!(
+            free.contains(r#"<failure message="Expected 1 == 2""#),
+            "{free}"
+        );
+        assert!(junit_case(&xml, "kunit/map").contains("<skipped message=\"no MMU\""));
+        for ok in [
+            "kunit/alloc",
+            "kunit/unmap",
+            "kunit/remap",
+            "clean",
+            "clean/c",
+        ] {
+            let case = junit_case(&xml, ok);
+            assert!(
+                !case.contains("<failure") && !case.contains("<skipped"),
+                "{case}"
+            );
+        }
+        assert!(junit_case(&xml, "kunit/remap").contains(r#"name="todo" value="known bug""#));
+
+        // HTML: the row says FAIL, the run FAILED, the case `not ok`.
+        let html = html_report(&rep);
+        let row = html_row(&html, 0);
+        assert!(row.contains("class=\"v v-fail\">FAIL<"), "{row}");
+        assert!(row.contains("1 of 5 subtests failed"), "{row}");
+        assert!(row.contains("<b>not ok</b>"), "{row}");
+        assert!(html_row(&html, 1).contains("class=\"v v-pass\">PASS<"));
+        assert!(html.contains("status bad\">FAILED<"));
+        assert!(html.contains("1 passed, 1 failed"));
+
+        // Summary table.
+        let table = summary_table(&rep, false);
+        let line = table.lines().find(|l| l.contains("kunit")).unwrap();
+        assert!(
+            line.contains("FAIL") && line.contains("1 of 5 subtests failed"),
+            "{table}"
+        );
+        assert!(table.contains("2 tests in"), "{table}");
+        assert!(table.contains("1 passed, 1 failed"), "{table}");
+        assert!(table.contains("8 subtests: 2 passed, 1 failed"), "{table}");
+    }
+
+    #[test]
+    fn a_test_expected_to_fail_may_fail_by_its_subtests() {
+        let rep = report(vec![result("known", Expectation::Fail, KTAP)]);
+        assert_eq!(rep.results[0].verdict(), Verdict::ExpectedFailure);
+        assert!(rep.is_success());
+        assert_eq!(rep.summary.expected_failures, 1);
+        assert_eq!(rep.summary.subtests.failed, 0);
+        assert_eq!(rep.summary.subtests.expected_failures, 3);
+        let xml = rep.junit_xml().unwrap();
+        assert!(xml.contains(r#"failures="0""#), "{xml}");
+        let free = junit_case(&xml, "known/free");
+        assert!(
+            !free.contains("<failure") && free.contains(r#"name="verdict" value="XFAIL""#),
+            "{free}"
+        );
+        let html = html_report(&rep);
+        assert!(html_row(&html, 0).contains("v-xfail"));
+        assert!(html_row(&html, 0).contains("not ok (expected)"));
+        assert!(summary_table(&rep, false).contains("XFAIL"));
+        // A test expected to fail that passes with every case passing is still a surprise.
+        let passing = result("xpass", Expectation::Fail, "TAP version 13\n1..1\nok 1 a\n");
+        assert_eq!(passing.verdict(), Verdict::UnexpectedPass);
+    }
+
+    #[test]
+    fn reports_of_schema_2_read_and_their_failed_subtests_count() {
+        // A result as a schema-2 writer left it: outcome `passed` beside a failed case.
+        let case = TestCase::script("old", "true");
+        let mut old = TestResult::new(&case, "qemu", Outcome::Passed);
+        old.subtests = crate::ktap::subtests_of(KTAP).unwrap().0;
+        let mut rep = report(vec![old]);
+        rep.schema_version = 2;
+        let mut json = serde_json::to_value(&rep).unwrap();
+        json["summary"].as_object_mut().unwrap().remove("subtests");
+        json["summary"]["failed"] = 0.into();
+        json["summary"]["passed"] = 1.into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let back = RunReport::read_json(&path).unwrap();
+        assert_eq!(back.schema_version, 2);
+        assert_eq!(back.summary.subtests, SubtestSummary::default());
+        assert_eq!(back.results[0].outcome, Outcome::Passed);
+        assert_eq!(back.results[0].verdict(), Verdict::Failed);
+        assert_eq!(Summary::of(&back.results).failed, 1);
+    }
 }

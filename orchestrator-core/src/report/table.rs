@@ -92,6 +92,9 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
             parts.join(", ")
         }
     ));
+    if let Some(subtests) = s.subtests.describe() {
+        out.push_str(&format!("\n{subtests}"));
+    }
     if let Some(i) = report.interrupted {
         out.push_str(match i {
             crate::Interruption::Cancelled => "\nthe run was cancelled",

@@ -39,7 +39,7 @@ async fn json_report_round_trips_and_refuses_future_versions() {
 
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(value["schema_version"], 2);
+    assert_eq!(value["schema_version"], 3);
     assert_eq!(value["summary"]["failed"], 2);
     assert_eq!(value["results"][3]["outcome"]["kind"], "timed-out");
     value["schema_version"] = 99.into();
@@ -104,4 +104,65 @@ async fn subtests_become_their_own_junit_cases() {
             .len(),
         2
     );
+}
+
+/// A host-process test that exits 0 but prints KTAP with a `not ok` case is failed by the
+/// orchestrator, in every report; `not ok` cases with `SKIP`, `TODO` or `XFAIL` fail nothing.
+#[tokio::test]
+async fn a_host_test_printing_a_failed_ktap_case_fails() {
+    use orchestrator_core::{Outcome, SubtestStatus, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let cases = vec![
+        TestCase::script(
+            "ktap-fails",
+            "printf 'KTAP version 1\\n1..3\\nok 1 alloc\\n# Expected 1 == 2\\nnot ok 2 free\\nnot ok 3 map # SKIP no MMU\\n'",
+        ),
+        TestCase::script(
+            "ktap-directives",
+            "printf 'TAP version 13\\n1..3\\nok 1 a\\nnot ok 2 b # todo later\\nnot ok 3 c # XFAIL\\n'",
+        ),
+    ];
+    let report = Orchestrator::new(RunConfig::new(dir.path()))
+        .with_runner(ProcessRunner::default())
+        .run(cases)
+        .await
+        .unwrap();
+    let failing = &report.results[0];
+    assert_eq!(
+        failing.outcome,
+        Outcome::SubtestsFailed {
+            failed: 1,
+            total: 3
+        }
+    );
+    assert_eq!(failing.verdict(), Verdict::Failed);
+    let statuses: Vec<_> = failing.subtests.iter().map(|t| t.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            SubtestStatus::Passed,
+            SubtestStatus::Failed,
+            SubtestStatus::Skipped
+        ]
+    );
+    let message = failing.message.as_deref().unwrap();
+    assert!(
+        message.contains("KTAP: 1 passed, 1 failed, 1 skipped, 0 todo")
+            && message.contains("1 of 3 subtests failed: free"),
+        "{message}"
+    );
+    let fine = &report.results[1];
+    assert_eq!(fine.outcome, Outcome::Passed, "{:?}", fine.message);
+    assert_eq!(fine.subtests.len(), 3);
+    assert_eq!((report.summary.failed, report.summary.passed), (1, 1));
+    assert!(!report.is_success());
+
+    let xml = report.junit_xml().unwrap();
+    assert!(xml.contains(r#"failures="2""#), "{xml}");
+    assert!(
+        xml.contains(r#"<failure message="Expected 1 == 2""#),
+        "{xml}"
+    );
+    let table = summary_table(&report, false);
+    assert!(table.contains("1 of 3 subtests failed"), "{table}");
 }

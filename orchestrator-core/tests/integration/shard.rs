@@ -82,3 +82,72 @@ async fn three_shards_merge_into_exactly_the_campaign() {
         vec![reports[0].results[0].test_id.to_string()]
     );
 }
+
+/// A shard written by a schema-2 worker (its results' subtests never judged) merges with a
+/// schema-3 shard; the merge judges them, so a failed KTAP case fails its test.
+#[tokio::test]
+async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
+    use orchestrator_core::{Outcome, Subtest, SubtestStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for k in 1..=2 {
+        let p: Partition = format!("{k}/2").parse().unwrap();
+        let report = run_shard(dir.path(), "ci-7", p).await;
+        let path = dir.path().join(format!("shard{k}.json"));
+        report.write_json(&path).unwrap();
+        paths.push(path);
+    }
+    // Shard 1 as an older worker wrote it: schema 2, a passed test beside a failed case.
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&paths[0]).unwrap()).unwrap();
+    old["schema_version"] = 2.into();
+    old["summary"].as_object_mut().unwrap().remove("subtests");
+    let first = &mut old["results"][0];
+    let id = first["test_id"].as_str().unwrap().to_owned();
+    assert_eq!(first["outcome"]["kind"], "passed");
+    first["subtests"] = serde_json::to_value(vec![
+        Subtest {
+            name: "suite.good".into(),
+            status: SubtestStatus::Passed,
+            message: None,
+        },
+        Subtest {
+            name: "suite.bad".into(),
+            status: SubtestStatus::Failed,
+            message: Some("Expected 1 == 2".into()),
+        },
+    ])
+    .unwrap();
+    std::fs::write(&paths[0], old.to_string()).unwrap();
+
+    let reports: Vec<RunReport> = paths
+        .iter()
+        .map(|p| RunReport::read_json(p).unwrap())
+        .collect();
+    assert_eq!(reports[0].schema_version, 2);
+    let merged = merge(reports).unwrap();
+    assert!(merged.is_complete(), "{merged:#?}");
+    let report = &merged.report;
+    assert_eq!(report.schema_version, 3);
+    let r = report
+        .results
+        .iter()
+        .find(|r| r.test_id.as_str() == id)
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        Outcome::SubtestsFailed {
+            failed: 1,
+            total: 2
+        }
+    );
+    assert!(
+        r.message
+            .as_deref()
+            .unwrap()
+            .contains("1 of 2 subtests failed: suite.bad")
+    );
+    assert_eq!((report.summary.failed, report.summary.passed), (1, 8));
+    assert_eq!(report.summary.subtests.failed, 1);
+    assert!(!report.is_success());
+}
