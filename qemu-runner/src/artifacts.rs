@@ -317,6 +317,12 @@ pub fn check_manifest(
             );
             continue;
         }
+        // md5sum escapes a name holding `\\`, a newline or a carriage return (`\\\\`, `\\n`,
+        // `\\r`) and marks its line with a leading `\\`.
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
         let (sum, name) = match line.get(..34) {
             Some(head)
                 if head[32..] == *b"  "
@@ -330,6 +336,25 @@ pub fn check_manifest(
                 reject(&mut out, line, "not a `<md5>  <name>` line".into());
                 continue;
             }
+        };
+        let unescaped;
+        let name = if escaped {
+            match unescape(name) {
+                Some(n) => {
+                    unescaped = n;
+                    &unescaped[..]
+                }
+                None => {
+                    reject(
+                        &mut out,
+                        name,
+                        "an escaped name with an unknown escape".into(),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            name
         };
         let Ok(text) = std::str::from_utf8(name) else {
             reject(&mut out, name, "the name is not UTF-8".into());
@@ -364,6 +389,25 @@ pub fn check_manifest(
         .cloned()
         .collect();
     out
+}
+
+/// A name as md5sum escapes it, or `None` for an escape it does not write.
+fn unescape(name: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next()? {
+            b'\\' => b'\\',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            _ => return None,
+        });
+    }
+    Some(out)
 }
 
 /// The MD5 of a file [`extract`] wrote: opened without following a symlink or blocking, and
@@ -690,6 +734,7 @@ mod tests {
         let mut v = raw_entry("a.txt", b'0', b"alpha", "");
         v.extend(raw_entry("b.txt", b'0', b"beta", ""));
         v.extend(raw_entry("c.txt", b'0', b"gamma", ""));
+        v.extend(raw_entry("back\\slash\rcr", b'0', b"delta", ""));
         let got = extract(&finish(v)[..], &dest, ArtifactLimits::default());
         let md5 = |d: &[u8]| -> String {
             md5::Md5::digest(d)
@@ -707,11 +752,13 @@ mod tests {
         let z = "0".repeat(32);
         let manifest = format!(
             "{}  ./a.txt\n{z}  b.txt\n{}  c.txt\n{z}  /etc/hostname\n{z}  /dev/zero\n\
-             {z}  {}\n{z}  ../fifo\n{z}  planted\n{z}  missing.txt\ngarbage\n{}  a.txt\n",
+             {z}  {}\n{z}  ../fifo\n{z}  planted\n{z}  missing.txt\ngarbage\n{}  a.txt\n\
+             \\{}  back\\\\slash\\rcr\n\\{z}  /etc/x\\n{z}  f\n\\{z}  bad\\q\n",
             md5(b"alpha"),
             md5(b"gamma"),
             fifo.display(),
             md5(b"alpha"),
+            md5(b"delta"),
         );
         let check = check_manifest(manifest.as_bytes(), &got, &dest, 100);
         assert_eq!(check.damaged, ["b.txt"]);
@@ -729,13 +776,21 @@ mod tests {
         assert!(why["../fifo"].contains(".."), "{why:?}");
         assert!(why["garbage"].contains("line"), "{why:?}");
         assert!(why["a.txt"].contains("twice"), "{why:?}");
+        // An escaped newline is still refused, an unknown escape too; a real escaped name is
+        // checked (it matched: not damaged, not lost, not unlisted).
+        let forged = format!("/etc/x\n{z}  f");
+        assert!(why[forged.as_str()].contains("newline"), "{why:?}");
+        assert!(why["bad\\q"].contains("escape"), "{why:?}");
         // Lines past the limit are refused without being looked at.
         let many: String = (0..50).map(|i| format!("{z}  f{i}\n")).collect();
         let check = check_manifest(many.as_bytes(), &got, &dest, 10);
         assert_eq!(check.lost.len(), 10);
         assert_eq!(check.rejected.len(), 40);
         assert!(check.rejected[0].1.contains("more than 10 lines"));
-        assert_eq!(check.unlisted, ["a.txt", "b.txt", "c.txt"]);
+        assert_eq!(
+            check.unlisted,
+            ["a.txt", "b.txt", "back\\slash\rcr", "c.txt"]
+        );
     }
 
     proptest! {

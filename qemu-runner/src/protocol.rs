@@ -87,6 +87,13 @@ impl Rejections {
         }
     }
 
+    /// Counts `n` more rejected records of kind `what` without describing them.
+    pub fn add_count(&mut self, what: &str, n: u64) {
+        if n > 0 {
+            self.slot(what).count += n;
+        }
+    }
+
     fn slot(&mut self, what: &str) -> &mut RejectedKind {
         let at = match self.kinds.iter().position(|k| k.what == what) {
             Some(at) => at,
@@ -123,7 +130,7 @@ impl Rejections {
             for e in &k.examples {
                 self.add(&k.what, || e.clone());
             }
-            self.slot(&k.what).count += k.count - k.examples.len() as u64;
+            self.add_count(&k.what, k.count - k.examples.len() as u64);
         }
     }
 
@@ -184,7 +191,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
