@@ -184,7 +184,10 @@ run_one() {
         : >/tmp/orch/missing
         cd /work
         files=
+        # The globs as words (not yet expanded: a match with a space would be cut in two).
+        set -f
         for g in $(cat /orch/artifacts) $extra; do
+            set +f
             found=
             for f in $g; do
                 [ -e "$f" ] && { found=1; break; }
@@ -192,7 +195,9 @@ run_one() {
             # The glob, not its matches: expanded again where it is used, each match stays one
             # word whatever spaces or tabs its name holds.
             if [ -n "$found" ]; then files="$files $g"; else echo "$g" >>/tmp/orch/missing; fi
+            set -f
         done
+        set +f
         if [ -n "$files" ]; then
             # One md5sum for all files, a name per line. A name with a newline could forge a
             # line (the host checks every line anyway): it is left out here, and travels in

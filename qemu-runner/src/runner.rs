@@ -1654,16 +1654,17 @@ fn check_artifacts(
         ));
         return notes;
     };
-    for (name, why) in &extracted.rejected {
+    for (name, why) in extracted.rejected.iter().take(NAMES_SHOWN) {
         notes.push(format!(
             "artifact {} rejected: {why}",
             crate::protocol::shown_name(name)
         ));
     }
-    if extracted.rejected_more > 0 {
+    let more = extracted.rejected_count() - extracted.rejected.len().min(NAMES_SHOWN) as u64;
+    if more > 0 {
         notes.push(format!(
             "{} more artifacts rejected",
-            crate::protocol::thousands(extracted.rejected_more)
+            crate::protocol::thousands(more)
         ));
     }
     if let Some(e) = &extracted.error {
