@@ -378,7 +378,7 @@ fn runner_paths(log: &str, cwd: &Path) -> (u32, BTreeSet<(String, PathBuf)>) {
 ///   the VM's socket directory), the image and build caches, the test binary;
 /// - the QEMU binary looked up in `PATH` (`execve`, `access`, `stat` of `qemu-system-*`);
 /// - what the dynamic loader, glibc and the Rust runtime read at start-up: `ld.so.cache`,
-///   `ld.so.preload`, shared libraries, the process's own `/proc/<pid>/` (stack guard, cgroup,
+///   `ld.so.preload`, shared libraries (also in `LD_LIBRARY_PATH`, which cargo sets), the process's own `/proc/<pid>/` (stack guard, cgroup,
 ///   status), the cgroup CPU quota and the CPU list (available parallelism),
 ///   `/proc/sys/vm/overcommit_memory` (glibc malloc);
 /// - the report's host name (`/proc/sys/kernel/hostname`), `/dev/kvm` (the accelerator
@@ -410,6 +410,15 @@ fn allowed(
     }
     if path.starts_with(format!("/proc/{pid}")) || path.starts_with("/proc/self") {
         return Some("the process's own state (stack, cgroup, status)");
+    }
+    // cargo and nextest put the toolchain's and the target's library directories there; the
+    // loader looks for shared libraries in them at start-up.
+    let search = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    if search
+        .split(':')
+        .any(|d| !d.is_empty() && path.starts_with(d))
+    {
+        return Some("the dynamic loader's LD_LIBRARY_PATH");
     }
     let exact: [(&str, &'static str); 6] = [
         ("/etc/ld.so.cache", "the dynamic loader"),
