@@ -262,15 +262,26 @@ run_one() {
         : >/tmp/orch/missing
         cd /work
         files=
+        # The globs as words (not yet expanded: a match with a space would be cut in two).
+        set -f
         for g in $(cat /orch/artifacts) $extra; do
+            set +f
             found=
             for f in $g; do
-                [ -e "$f" ] && { files="$files $f"; found=1; }
+                [ -e "$f" ] && { found=1; break; }
             done
-            [ -n "$found" ] || echo "$g" >>/tmp/orch/missing
+            # The glob, not its matches: expanded again where it is used, each match stays one
+            # word whatever spaces or tabs its name holds.
+            if [ -n "$found" ]; then files="$files $g"; else echo "$g" >>/tmp/orch/missing; fi
+            set -f
         done
+        set +f
         if [ -n "$files" ]; then
-            find $files -type f | while read -r f; do md5sum "$f"; done >/tmp/orch/manifest
+            # One md5sum for all files, a name per line. A name with a newline could forge a
+            # line (the host checks every line anyway): it is left out here, and travels in
+            # the archive, where the host refuses it by name.
+            find $files -type f ! -path '*
+*' -exec md5sum {} + >/tmp/orch/manifest
             port=
             for p in /sys/class/virtio-ports/*; do
                 [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}

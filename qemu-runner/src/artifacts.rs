@@ -1,7 +1,9 @@
 //! Unpacking the guest's artifact archive on the host. The guest is untrusted: the tar stream
 //! it sends may try to escape the artifact directory (`..`, absolute paths, links), plant device
 //! files, or exhaust memory or disk (huge or many entries, sparse "bombs"). Every such entry is
-//! rejected with a reason and nothing is written outside `dest`.
+//! rejected with a reason and nothing is written outside `dest`. The guest's manifest is
+//! checked against what was extracted ([`check_manifest`]): a name in it is only ever looked
+//! up among the files this module wrote, so it cannot make the host open anything else.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -32,16 +34,38 @@ impl Default for ArtifactLimits {
 pub struct Extracted {
     /// Files written, relative path → size.
     pub files: BTreeMap<String, u64>,
-    /// Entries refused, with the reason.
+    /// Entries refused, with the reason (the first [`MAX_REJECTED_SHOWN`]).
     pub rejected: Vec<(String, String)>,
+    /// Entries refused beyond those in `rejected`.
+    pub rejected_more: u64,
     /// Whether the archive ended properly (its end marker was read).
     pub complete: bool,
     /// Why reading stopped early, if it did.
     pub error: Option<String>,
 }
 
-/// A path inside the artifact directory, or why the entry's name is not acceptable.
+/// Refused entries kept with their name and reason; more are only counted.
+pub const MAX_REJECTED_SHOWN: usize = 100;
+
+/// The longest artifact path accepted (Linux's `PATH_MAX`).
+pub const MAX_NAME: usize = 4096;
+
+/// A path inside the artifact directory, or why the entry's name is not acceptable: only
+/// plain relative names of at most [`MAX_NAME`] bytes, UTF-8, without a newline (the guest's
+/// manifest is one name per line) or `..`.
 pub fn safe_relative(name: &Path) -> Result<PathBuf, String> {
+    let Some(text) = name.to_str() else {
+        return Err("the name is not UTF-8".into());
+    };
+    if text.contains('\n') {
+        return Err("the name contains a newline (the manifest lists one name per line)".into());
+    }
+    if text.len() > MAX_NAME {
+        return Err(format!(
+            "the path is {} bytes long, more than {MAX_NAME}",
+            text.len()
+        ));
+    }
     let mut out = PathBuf::new();
     for c in name.components() {
         match c {
@@ -59,9 +83,39 @@ pub fn safe_relative(name: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
+impl Extracted {
+    fn reject(&mut self, name: String, why: String) {
+        if self.rejected.len() < MAX_REJECTED_SHOWN {
+            self.rejected.push((name, why));
+        } else {
+            self.rejected_more += 1;
+        }
+    }
+
+    /// How many entries were refused.
+    pub fn rejected_count(&self) -> u64 {
+        self.rejected.len() as u64 + self.rejected_more
+    }
+}
+
+/// Bytes of tar stream read at most for `limits`: the contents plus generous room for headers
+/// (and GNU long names) of the files and as many refused entries, so a guest sending an
+/// endless or padded stream is cut off.
+fn stream_budget(limits: ArtifactLimits) -> u64 {
+    let entries = (limits.max_files as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    limits
+        .max_bytes
+        .saturating_add(entries.saturating_mul(2 * 512 + MAX_NAME as u64))
+        .saturating_add(1 << 20)
+}
+
 /// Reads a tar stream from the guest into `dest` (created if needed), within `limits`.
 pub fn extract(reader: impl Read, dest: &Path, limits: ArtifactLimits) -> Extracted {
     let mut out = Extracted::default();
+    let budget = stream_budget(limits);
+    let reader = reader.take(budget);
     if let Err(e) = std::fs::create_dir_all(dest) {
         out.error = Some(format!("cannot create {}: {e}", dest.display()));
         return out;
@@ -75,11 +129,21 @@ pub fn extract(reader: impl Read, dest: &Path, limits: ArtifactLimits) -> Extrac
         }
     };
     let mut bytes: u64 = 0;
+    let mut dirs: usize = 0;
     for entry in entries {
+        if out.rejected_count() > limits.max_files as u64 || dirs > limits.max_files {
+            out.error = Some(format!(
+                "more than {} entries were refused or were directories; the rest of the archive was not read",
+                limits.max_files
+            ));
+            return out;
+        }
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                out.error = Some(format!("the archive is damaged or was cut short: {e}"));
+                out.error = Some(format!(
+                    "the archive is damaged or was cut short (or passed {budget} bytes, the most read for these limits): {e}"
+                ));
                 return out;
             }
         };
@@ -90,66 +154,67 @@ pub fn extract(reader: impl Read, dest: &Path, limits: ArtifactLimits) -> Extrac
                 return out;
             }
         };
-        let shown = name.display().to_string();
+        let shown = name.to_string_lossy().into_owned();
         let kind = entry.header().entry_type();
         let rel = match safe_relative(&name) {
             Ok(r) => r,
             Err(why) => {
-                out.rejected.push((shown, why));
+                out.reject(shown, why);
                 continue;
             }
         };
         let target = dest.join(&rel);
         if kind.is_dir() {
+            dirs += 1;
             if let Err(why) = make_dirs(dest, &rel) {
-                out.rejected.push((shown, why));
+                out.reject(shown, why);
             }
             continue;
         }
         if kind.is_symlink() || kind.is_hard_link() {
-            out.rejected.push((
+            out.reject(
                 shown,
                 "links are not accepted (they could point outside the artifact directory)".into(),
-            ));
+            );
             continue;
         }
         if kind.is_gnu_sparse() {
-            out.rejected.push((
+            out.reject(
                 shown,
                 "sparse entries are not accepted (their expanded size can be a bomb)".into(),
-            ));
+            );
             continue;
         }
         if !kind.is_file() {
-            out.rejected.push((
+            out.reject(
                 shown,
                 "only regular files and directories are accepted, not device files, FIFOs or other special entries".into(),
-            ));
+            );
             continue;
         }
         if out.files.len() >= limits.max_files {
-            out.rejected.push((
+            out.reject(
                 shown,
                 format!("more than {} files were sent", limits.max_files),
-            ));
+            );
             continue;
         }
         let size = entry.header().size().unwrap_or(u64::MAX);
         if bytes.saturating_add(size) > limits.max_bytes {
-            out.rejected.push((
+            out.reject(
                 shown,
                 format!(
                     "{size} bytes would pass the limit of {} bytes for all artifacts",
                     limits.max_bytes
                 ),
-            ));
+            );
             continue;
         }
         if let Some(parent) = rel.parent()
             && !parent.as_os_str().is_empty()
             && let Err(why) = make_dirs(dest, parent)
         {
-            out.rejected.push((shown, why));
+            out.reject(shown, why);
             continue;
         }
         // Never follow or replace anything already there (a second entry with the same name,
@@ -161,7 +226,7 @@ pub fn extract(reader: impl Read, dest: &Path, limits: ArtifactLimits) -> Extrac
         {
             Ok(f) => f,
             Err(e) => {
-                out.rejected.push((shown, format!("cannot create it: {e}")));
+                out.reject(shown, format!("cannot create it: {e}"));
                 continue;
             }
         };
@@ -206,10 +271,186 @@ fn make_dirs(dest: &Path, rel: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// What the guest's manifest said about the extracted files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManifestCheck {
+    /// Files whose MD5 differs from the manifest's.
+    pub damaged: Vec<String>,
+    /// Names the manifest lists that were not extracted (never opened).
+    pub lost: Vec<String>,
+    /// Extracted files the manifest does not list (arrived, but unverified).
+    pub unlisted: Vec<String>,
+    /// Manifest lines refused, with the reason; the first [`MAX_REJECTED_SHOWN`].
+    pub rejected: Vec<(String, String)>,
+    /// Lines refused beyond those in `rejected` (including lines past the line limit).
+    pub rejected_more: u64,
+}
+
+/// Checks the guest's manifest (`<md5>  <name>` lines, as `md5sum` prints them) against the
+/// files [`extract`] wrote under `files_dir`. The manifest comes from the guest and may name
+/// anything: a name is only looked up in `extracted.files` (after [`safe_relative`]), and only
+/// such a file is opened, without following a symlink, without blocking and only if it is
+/// still the regular file of the size extracted. Lines past `max_lines` are refused unread.
+pub fn check_manifest(
+    manifest: &[u8],
+    extracted: &Extracted,
+    files_dir: &Path,
+    max_lines: usize,
+) -> ManifestCheck {
+    let mut out = ManifestCheck::default();
+    let reject = |out: &mut ManifestCheck, name: &[u8], why: String| {
+        if out.rejected.len() < MAX_REJECTED_SHOWN {
+            out.rejected
+                .push((String::from_utf8_lossy(name).into_owned(), why));
+        } else {
+            out.rejected_more += 1;
+        }
+    };
+    let mut listed = std::collections::BTreeSet::new();
+    let lines = manifest.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    for (i, line) in lines.enumerate() {
+        if i >= max_lines {
+            reject(
+                &mut out,
+                line,
+                format!("the manifest has more than {max_lines} lines"),
+            );
+            continue;
+        }
+        // md5sum escapes a name holding `\\`, a newline or a carriage return (`\\\\`, `\\n`,
+        // `\\r`) and marks its line with a leading `\\`.
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let (sum, name) = match line.get(..34) {
+            Some(head)
+                if head[32..] == *b"  "
+                    && head[..32]
+                        .iter()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) =>
+            {
+                (&head[..32], &line[34..])
+            }
+            _ => {
+                reject(&mut out, line, "not a `<md5>  <name>` line".into());
+                continue;
+            }
+        };
+        let unescaped;
+        let name = if escaped {
+            match unescape(name) {
+                Some(n) => {
+                    unescaped = n;
+                    &unescaped[..]
+                }
+                None => {
+                    reject(
+                        &mut out,
+                        name,
+                        "an escaped name with an unknown escape".into(),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            name
+        };
+        let Ok(text) = std::str::from_utf8(name) else {
+            reject(&mut out, name, "the name is not UTF-8".into());
+            continue;
+        };
+        let rel = match safe_relative(Path::new(text)) {
+            Ok(rel) => rel,
+            Err(why) => {
+                reject(&mut out, name, why);
+                continue;
+            }
+        };
+        let key = rel.to_string_lossy().into_owned();
+        if !listed.insert(key.clone()) {
+            reject(&mut out, name, "listed twice".into());
+            continue;
+        }
+        let Some(&size) = extracted.files.get(&key) else {
+            out.lost.push(key);
+            continue;
+        };
+        match md5_of_extracted(&files_dir.join(&rel), size) {
+            Ok(got) if got.as_bytes() == sum => {}
+            Ok(_) => out.damaged.push(key),
+            Err(why) => reject(&mut out, name, why),
+        }
+    }
+    out.unlisted = extracted
+        .files
+        .keys()
+        .filter(|k| !listed.contains(*k))
+        .cloned()
+        .collect();
+    out
+}
+
+/// A name as md5sum escapes it, or `None` for an escape it does not write.
+fn unescape(name: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next()? {
+            b'\\' => b'\\',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+/// The MD5 of a file [`extract`] wrote: opened without following a symlink or blocking, and
+/// read only if it is still a regular file of `size` bytes.
+fn md5_of_extracted(path: &Path, size: u64) -> Result<String, String> {
+    use md5::Digest as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(path)
+        .map_err(|e| format!("the extracted file cannot be opened: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("the extracted file cannot be examined: {e}"))?;
+    if !meta.is_file() || meta.len() != size {
+        return Err("the extracted file was replaced".into());
+    }
+    let mut hasher = md5::Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reader = file.take(size);
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("the extracted file cannot be read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// Builds a raw tar stream entry by entry, bypassing the `tar` crate's own path checks so
     /// that hostile names can be written.
@@ -380,6 +621,176 @@ mod tests {
         assert!(got.error.is_some());
         assert_eq!(got.files.len(), 1);
         assert!(!dest.path().join("cut.bin").exists());
+    }
+
+    #[test]
+    fn awkward_names_are_kept_exactly_or_refused_with_a_reason() {
+        let long = format!("d/{}/{}", "x".repeat(200), "y".repeat(200));
+        let mut v = Vec::new();
+        for name in ["tab\there", "sp ace", "cr\rname", "nl\nname", "sub/../x"] {
+            v.extend(tar_entry(name.as_bytes(), b"1"));
+        }
+        v.extend(tar_entry(long.as_bytes(), b"2"));
+        v.extend(tar_entry(b"bad\xffutf8", b"3"));
+        let dest = tempfile::tempdir().unwrap();
+        let got = extract(&finish(v)[..], dest.path(), ArtifactLimits::default());
+        assert!(got.complete, "{got:?}");
+        let kept: Vec<&str> = got.files.keys().map(String::as_str).collect();
+        assert_eq!(kept, ["cr\rname", &long, "sp ace", "tab\there"]);
+        assert_eq!(std::fs::read(dest.path().join(&long)).unwrap(), b"2");
+        let why: BTreeMap<&str, &str> = got
+            .rejected
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        assert!(why["nl\nname"].contains("newline"), "{why:?}");
+        assert!(why["sub/../x"].contains(".."), "{why:?}");
+        assert!(why["bad\u{fffd}utf8"].contains("UTF-8"), "{why:?}");
+    }
+
+    /// A GNU tar entry (long names through a `././@LongLink` entry), as busybox writes them.
+    fn tar_entry(name: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        let mut out = Vec::new();
+        if name.len() >= 100 {
+            let mut l = tar::Header::new_gnu();
+            l.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            l.set_size(name.len() as u64 + 1);
+            l.set_entry_type(tar::EntryType::GNULongName);
+            l.set_cksum();
+            out.extend_from_slice(l.as_bytes());
+            let mut n = name.to_vec();
+            n.push(0);
+            n.resize(n.len().div_ceil(512) * 512, 0);
+            out.extend(n);
+            h.as_gnu_mut().unwrap().name[..99].copy_from_slice(&name[..99]);
+        } else {
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        let mut d = data.to_vec();
+        d.resize(d.len().div_ceil(512) * 512, 0);
+        out.extend(d);
+        out
+    }
+
+    #[test]
+    fn refused_entries_and_endless_streams_are_bounded() {
+        let limits = ArtifactLimits {
+            max_bytes: 1 << 20,
+            max_files: 50,
+        };
+        // A stream of nothing but refused entries: reading stops after max_files of them.
+        let mut v = Vec::new();
+        for i in 0..5000 {
+            v.extend(raw_entry(&format!("/abs/{i}"), b'0', b"", ""));
+        }
+        let dest = tempfile::tempdir().unwrap();
+        let got = extract(&finish(v)[..], dest.path(), limits);
+        assert!(!got.complete);
+        assert_eq!(got.rejected_count(), 51);
+        assert!(got.error.unwrap().contains("not read"));
+        // An endless stream (a huge refused entry that is all padding) is read only up to the
+        // budget for the limits.
+        let endless = std::io::repeat(0u8);
+        let mut head = raw_entry("dev", b'3', b"", "");
+        head[124..136].copy_from_slice(b"77777777777\0");
+        let sum: u32 = {
+            let mut h = head[..512].to_vec();
+            h[148..156].copy_from_slice(b"        ");
+            h.iter().map(|&b| u32::from(b)).sum()
+        };
+        head[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let counted = std::sync::atomic::AtomicU64::new(0);
+        struct Counting<'a, R>(R, &'a std::sync::atomic::AtomicU64);
+        impl<R: Read> Read for Counting<'_, R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(n)
+            }
+        }
+        let got = extract(
+            Counting((&head[..]).chain(endless), &counted),
+            dest.path(),
+            limits,
+        );
+        assert!(!got.complete);
+        let read = counted.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= stream_budget(limits), "{read}");
+        assert!(got.error.unwrap().contains("most read"));
+    }
+
+    #[test]
+    fn the_manifest_only_ever_reaches_extracted_files() {
+        use md5::Digest as _;
+        let outer = tempfile::tempdir().unwrap();
+        let dest = outer.path().join("files");
+        let mut v = raw_entry("a.txt", b'0', b"alpha", "");
+        v.extend(raw_entry("b.txt", b'0', b"beta", ""));
+        v.extend(raw_entry("c.txt", b'0', b"gamma", ""));
+        v.extend(raw_entry("back\\slash\rcr", b'0', b"delta", ""));
+        let got = extract(&finish(v)[..], &dest, ArtifactLimits::default());
+        let md5 = |d: &[u8]| -> String {
+            md5::Md5::digest(d)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        // A FIFO outside and one planted inside: opening either would block.
+        let fifo = outer.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        nix::unistd::mkfifo(&dest.join("planted"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // c.txt is swapped for a symlink after extraction.
+        std::fs::remove_file(dest.join("c.txt")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dest.join("c.txt")).unwrap();
+        let z = "0".repeat(32);
+        let manifest = format!(
+            "{}  ./a.txt\n{z}  b.txt\n{}  c.txt\n{z}  /etc/hostname\n{z}  /dev/zero\n\
+             {z}  {}\n{z}  ../fifo\n{z}  planted\n{z}  missing.txt\ngarbage\n{}  a.txt\n\
+             \\{}  back\\\\slash\\rcr\n\\{z}  /etc/x\\n{z}  f\n\\{z}  bad\\q\n",
+            md5(b"alpha"),
+            md5(b"gamma"),
+            fifo.display(),
+            md5(b"alpha"),
+            md5(b"delta"),
+        );
+        let check = check_manifest(manifest.as_bytes(), &got, &dest, 100);
+        assert_eq!(check.damaged, ["b.txt"]);
+        assert_eq!(check.lost, ["planted", "missing.txt"]);
+        assert!(check.unlisted.is_empty());
+        let why: BTreeMap<&str, &str> = check
+            .rejected
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        assert!(why["c.txt"].contains("cannot be opened"), "{why:?}");
+        assert!(why["/etc/hostname"].contains("absolute"), "{why:?}");
+        assert!(why["/dev/zero"].contains("absolute"), "{why:?}");
+        assert!(why[fifo.to_str().unwrap()].contains("absolute"), "{why:?}");
+        assert!(why["../fifo"].contains(".."), "{why:?}");
+        assert!(why["garbage"].contains("line"), "{why:?}");
+        assert!(why["a.txt"].contains("twice"), "{why:?}");
+        // An escaped newline is still refused, an unknown escape too; a real escaped name is
+        // checked (it matched: not damaged, not lost, not unlisted).
+        let forged = format!("/etc/x\n{z}  f");
+        assert!(why[forged.as_str()].contains("newline"), "{why:?}");
+        assert!(why["bad\\q"].contains("escape"), "{why:?}");
+        // Lines past the limit are refused without being looked at.
+        let many: String = (0..50).map(|i| format!("{z}  f{i}\n")).collect();
+        let check = check_manifest(many.as_bytes(), &got, &dest, 10);
+        assert_eq!(check.lost.len(), 10);
+        assert_eq!(check.rejected.len(), 40);
+        assert!(check.rejected[0].1.contains("more than 10 lines"));
+        assert_eq!(
+            check.unlisted,
+            ["a.txt", "b.txt", "back\\slash\rcr", "c.txt"]
+        );
     }
 
     proptest! {

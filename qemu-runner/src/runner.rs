@@ -603,6 +603,7 @@ impl QemuRunner {
         notes: &mut Vec<String>,
     ) {
         let streams = watch.parser.streams().clone();
+        let mut rejections = watch.parser.rejections().clone();
         if let Some(s) = streams.get("stdout") {
             result.stdout = captured(s, self.config.output_limit);
         }
@@ -697,14 +698,30 @@ impl QemuRunner {
                 "artifact-channel".into(),
                 channel.clone().unwrap_or_else(|| "none".into()),
             );
+            // The manifest as sent (names may end in spaces), not trimmed text.
+            let manifest = streams
+                .get("manifest")
+                .filter(|s| s.verified())
+                .map(|s| s.data.as_slice());
             notes.extend(check_artifacts(
                 &case.artifacts,
                 extracted.as_ref(),
                 &files_dir,
-                watch.stream_text("manifest").as_deref(),
+                manifest,
                 watch.stream_text("missing").as_deref(),
                 transfer_ok,
+                self.config.artifact_limits.max_files,
+                &mut rejections,
             ));
+        }
+        // Records the guest sent that the host refused (a test may forge records: see
+        // ARCHITECTURE.md, "Threat model").
+        if let Some(summary) = rejections.summary() {
+            let summary: String = summary.chars().take(REJECTIONS_SHOWN).collect();
+            result
+                .environment
+                .insert("rejected-guest-records".into(), summary.clone());
+            notes.push(format!("rejected guest records: {summary}"));
         }
         result.artifacts = list_artifacts(artifacts);
         let failed = !matches!(result.outcome, Outcome::Passed);
@@ -1659,14 +1676,40 @@ fn describe_core(name: &str) -> Option<String> {
     Some(format!("{program} (signal {signal}, pid {pid})"))
 }
 
-/// Compares what arrived with what the guest said it sent; returns notes for the result.
+/// Characters of the rejected-records summary kept in a result.
+const REJECTIONS_SHOWN: usize = 2000;
+
+/// Names listed per kind in an artifact note before "and N more".
+const NAMES_SHOWN: usize = 20;
+
+/// `names` joined for a note, at most [`NAMES_SHOWN`] of them.
+fn some_names(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(NAMES_SHOWN)
+        .map(|n| crate::protocol::shown_name(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > NAMES_SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+    }
+    s
+}
+
+/// Compares what arrived with what the guest said it sent (see
+/// [`crate::artifacts::check_manifest`]: no name from the guest reaches the file system unless
+/// it is one of the extracted files); returns notes for the result and adds refused manifest
+/// lines to `rejections`.
+#[allow(clippy::too_many_arguments)]
 fn check_artifacts(
     globs: &[String],
     extracted: Option<&crate::artifacts::Extracted>,
     files_dir: &Path,
-    manifest: Option<&str>,
+    manifest: Option<&[u8]>,
     missing: Option<&str>,
     transfer_ok: bool,
+    max_lines: usize,
+    rejections: &mut crate::protocol::Rejections,
 ) -> Vec<String> {
     let mut notes = Vec::new();
     let extracted = extracted.filter(|e| transfer_ok || !e.files.is_empty());
@@ -1682,25 +1725,35 @@ fn check_artifacts(
         ));
         return notes;
     };
-    for (name, why) in &extracted.rejected {
-        notes.push(format!("artifact `{name}` rejected: {why}"));
+    for (name, why) in extracted.rejected.iter().take(NAMES_SHOWN) {
+        notes.push(format!(
+            "artifact {} rejected: {why}",
+            crate::protocol::shown_name(name)
+        ));
+    }
+    let more = extracted.rejected_count() - extracted.rejected.len().min(NAMES_SHOWN) as u64;
+    if more > 0 {
+        notes.push(format!(
+            "{} more artifacts rejected",
+            crate::protocol::thousands(more)
+        ));
     }
     if let Some(e) = &extracted.error {
         notes.push(format!("the artifact archive is incomplete: {e}"));
     }
     if !transfer_ok {
+        let received: Vec<String> = extracted.files.keys().cloned().collect();
         notes.push(format!(
             "the test did not finish: artifacts received before it stopped: {}",
-            extracted
-                .files
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            some_names(&received)
         ));
     }
     if let Some(missing) = missing {
-        let gone: Vec<&str> = missing.lines().filter(|l| !l.trim().is_empty()).collect();
+        let gone: Vec<&str> = missing
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(NAMES_SHOWN)
+            .collect();
         if !gone.is_empty() {
             notes.push(format!(
                 "artifacts missing: {} (no match in the guest)",
@@ -1708,37 +1761,34 @@ fn check_artifacts(
             ));
         }
     }
-    let mut damaged = Vec::new();
-    let mut lost = Vec::new();
-    for line in manifest.unwrap_or("").lines() {
-        let Some((sum, name)) = line.split_once("  ") else {
-            continue;
-        };
-        let name = name.trim_start_matches("./");
-        match std::fs::read(files_dir.join(name)) {
-            Ok(data) => {
-                use md5::Digest;
-                let got: String = md5::Md5::digest(&data)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                if got != sum {
-                    damaged.push(name.to_owned());
-                }
-            }
-            Err(_) => lost.push(name.to_owned()),
-        }
+    let check = crate::artifacts::check_manifest(
+        manifest.unwrap_or_default(),
+        extracted,
+        files_dir,
+        max_lines,
+    );
+    for (name, why) in &check.rejected {
+        rejections.add("manifest names refused", || {
+            format!("{}: {why}", crate::protocol::shown_name(name))
+        });
     }
-    if !damaged.is_empty() {
+    rejections.add_count("manifest names refused", check.rejected_more);
+    if !check.damaged.is_empty() {
         notes.push(format!(
             "artifacts damaged in transfer (checksum mismatch): {}",
-            damaged.join(", ")
+            some_names(&check.damaged)
         ));
     }
-    if !lost.is_empty() {
+    if !check.lost.is_empty() {
         notes.push(format!(
             "artifacts missing: {} (listed by the guest, not received)",
-            lost.join(", ")
+            some_names(&check.lost)
+        ));
+    }
+    if manifest.is_some() && !check.unlisted.is_empty() {
+        notes.push(format!(
+            "artifacts not in the guest's manifest (received, not verified): {}",
+            some_names(&check.unlisted)
         ));
     }
     notes
@@ -1863,6 +1913,7 @@ impl Watch {
     /// test's console lines.
     fn start_test(&mut self) {
         self.parser.reset_transfer();
+        self.parser.clear_rejections();
         self.excerpt = Excerpt::default();
         self.tail.clear();
         self.serious = None;

@@ -93,6 +93,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     // image cache).
     let python = ensure_junitparser(root)?;
     ensure_apt_tool("cpio", "cpio")?;
+    // qemu-runner's hostile-guest test watches the runner's file accesses with it.
+    ensure_apt_tool("strace", "strace")?;
     ensure_chromium()?;
     let garage = ensure_garage()?;
     provision_guests()?;
