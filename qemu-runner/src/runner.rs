@@ -193,6 +193,9 @@ impl Default for QemuConfig {
     }
 }
 
+/// An accelerator decision, made once by whichever test needs it first.
+type DecisionCell = std::sync::Arc<tokio::sync::OnceCell<AccelDecision>>;
+
 /// Boots a QEMU guest per test: the test runs inside, under the guest agent, and comes back
 /// with its exit code, output, kernel log and console log; crashes, hangs and boot failures
 /// are labelled from the console.
@@ -200,7 +203,9 @@ impl Default for QemuConfig {
 pub struct QemuRunner {
     config: QemuConfig,
     /// Accelerator decisions by architecture and kernel.
-    accel: tokio::sync::Mutex<HashMap<(Arch, PathBuf), AccelDecision>>,
+    /// Accelerator decisions per architecture and kernel, each made once (tests of other
+    /// kernels do not wait for a kernel's KVM check).
+    accel: Mutex<HashMap<(Arch, PathBuf), DecisionCell>>,
     manifest: Mutex<Option<provision::Manifest>>,
     /// Idle session guests, by what they were booted with.
     sessions: Mutex<HashMap<String, Vec<Guest>>>,
@@ -223,7 +228,7 @@ impl QemuRunner {
         QemuRunner {
             pool: tokio::sync::Semaphore::new(pool),
             config,
-            accel: tokio::sync::Mutex::new(HashMap::new()),
+            accel: Mutex::new(HashMap::new()),
             manifest: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
@@ -752,11 +757,28 @@ impl QemuRunner {
             profile.accel,
             self.config.accel,
         )?;
-        let mut cache = self.accel.lock().await;
-        let key = (arch, kernel.to_owned());
-        if let Some(d) = cache.get(&key) {
-            return Ok(d.clone());
-        }
+        let cell = self
+            .accel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((arch, kernel.to_owned()))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.decide_accel(&mode, profile, qemu, firmware, kernel))
+            .await
+            .cloned()
+    }
+
+    /// Makes the accelerator decision for a kernel: the KVM check when it can matter.
+    async fn decide_accel(
+        &self,
+        mode: &accel::ResolvedMode,
+        profile: &MachineProfile,
+        qemu: &Path,
+        firmware: Option<&Path>,
+        kernel: &Path,
+    ) -> Result<AccelDecision, String> {
+        let arch = profile.arch;
         let device = KvmDevice::detect(&self.config.kvm_device);
         let host = Arch::host();
         // The check is async; run it first when it can matter, then decide synchronously.
@@ -772,11 +794,9 @@ impl QemuRunner {
             } else {
                 None
             };
-        let decision = accel::decide(&mode, arch, host, &self.config.kvm_device, &device, || {
+        accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
             check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
-        })?;
-        cache.insert(key, decision.clone());
-        Ok(decision)
+        })
     }
 }
 
