@@ -305,18 +305,9 @@ impl KernelCheckSpec {
             &self.memory_mib.to_string(),
             "-smp",
             "1",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-chardev",
-            "stdio,id=con,signal=off",
-            "-serial",
-            "chardev:con",
         ]
         .iter()
+        .chain(&crate::vm::HEADLESS_STDIO_CONSOLE)
         .map(|s| (*s).to_owned())
         .collect();
         if let Some(fw) = &self.firmware {

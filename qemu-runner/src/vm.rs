@@ -51,6 +51,21 @@ pub struct VmSpec {
 /// The name of the guest's artifact port.
 pub const ARTIFACT_PORT: &str = "org.orch.artifacts";
 
+/// No default devices, no reboot (a reboot ends QEMU), no display or monitor, and the first
+/// serial port on stdio: how every guest of the runner, and the KVM kernel check, starts.
+pub(crate) const HEADLESS_STDIO_CONSOLE: [&str; 10] = [
+    "-nodefaults",
+    "-no-reboot",
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-chardev",
+    "stdio,id=con,signal=off",
+    "-serial",
+    "chardev:con",
+];
+
 /// The QEMU arguments for a spec (without the binary).
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let p = &spec.profile;
@@ -67,18 +82,7 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-smp",
         &spec.cpus.to_string(),
     ]);
-    push(&[
-        "-nodefaults",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-chardev",
-        "stdio,id=con,signal=off",
-        "-serial",
-        "chardev:con",
-    ]);
+    push(&HEADLESS_STDIO_CONSOLE);
     push(&[
         "-qmp",
         &format!("unix:{},server=on,wait=off", spec.qmp_socket.display()),
