@@ -135,17 +135,18 @@ pub struct RunnerError {
 
 impl RunnerError {
     /// An infrastructure error with a message (a lowercase fragment naming the operation and
-    /// the thing).
-    pub fn new(message: impl Into<String>) -> Self {
+    /// the thing): a string, or a typed error's words.
+    pub fn new(message: impl std::fmt::Display) -> Self {
         RunnerError {
             kind: ErrorKind::Infrastructure,
-            message: message.into(),
+            message: message.to_string(),
             source: None,
         }
     }
 
-    /// A configuration error: the message names the setting and the fix.
-    pub fn config(message: impl Into<String>) -> Self {
+    /// A configuration error: the message (a string, or a typed error's words) names the
+    /// setting and the fix.
+    pub fn config(message: impl std::fmt::Display) -> Self {
         RunnerError::new(message).with_kind(ErrorKind::Configuration)
     }
 
