@@ -184,6 +184,16 @@ pub enum OrchestratorError {
         #[source]
         source: std::io::Error,
     },
+    /// A runner could not plan its batch ([`TestRunner::plan`](crate::TestRunner::plan)); nothing
+    /// ran.
+    #[error("the {runner} runner could not plan the run")]
+    Plan {
+        /// The runner's name.
+        runner: String,
+        /// Why.
+        #[source]
+        source: crate::runner::RunnerError,
+    },
 }
 
 /// Runs cases against runners.
@@ -363,6 +373,22 @@ impl Orchestrator {
         mut on_event: impl FnMut(&RunEvent),
     ) -> Result<RunReport, OrchestratorError> {
         self.validate(&cases)?;
+        // Each runner sees its whole batch first.
+        for runner in &self.runners {
+            let batch: Vec<&TestCase> = cases
+                .iter()
+                .filter(|c| self.runner_for(c).is_some_and(|r| Arc::ptr_eq(r, runner)))
+                .collect();
+            if !batch.is_empty() {
+                runner
+                    .plan(&batch)
+                    .await
+                    .map_err(|source| OrchestratorError::Plan {
+                        runner: runner.name().to_owned(),
+                        source,
+                    })?;
+            }
+        }
         let run_id = format!(
             "{}-{}",
             Utc::now().format("%Y%m%dT%H%M%SZ"),

@@ -35,6 +35,14 @@ pub trait TestRunner: Send + Sync {
         Ok(())
     }
 
+    /// Sees the whole batch of tests this runner is given, once, before the first of them
+    /// executes: where a runner plans what its tests can share (booted guests, snapshots).
+    /// `Err` stops the run before anything executes.
+    async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
+        let _ = batch;
+        Ok(())
+    }
+
     /// Runs one test.
     async fn execute(
         &self,
@@ -56,6 +64,9 @@ impl<R: TestRunner + ?Sized> TestRunner for Arc<R> {
     fn check(&self, case: &TestCase) -> Result<(), String> {
         (**self).check(case)
     }
+    async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
+        (**self).plan(batch).await
+    }
     async fn execute(
         &self,
         case: &TestCase,
@@ -75,6 +86,9 @@ impl<R: TestRunner + ?Sized> TestRunner for Box<R> {
     }
     fn check(&self, case: &TestCase) -> Result<(), String> {
         (**self).check(case)
+    }
+    async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
+        (**self).plan(batch).await
     }
     async fn execute(
         &self,

@@ -327,3 +327,92 @@ async fn observers_learn_every_test_process_and_boxed_runners_work() {
         );
     }
 }
+
+/// A runner that records the batches it is shown and may refuse to plan.
+#[derive(Debug)]
+struct Planner {
+    name: &'static str,
+    refuse: bool,
+    batches: Mutex<Vec<Vec<String>>>,
+    executed: Mutex<Vec<String>>,
+}
+
+impl Planner {
+    fn new(name: &'static str, refuse: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Planner {
+            name,
+            refuse,
+            batches: Mutex::new(Vec::new()),
+            executed: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl TestRunner for Planner {
+    fn name(&self) -> &str {
+        self.name
+    }
+    async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(batch.iter().map(|c| c.id.to_string()).collect());
+        if self.refuse {
+            return Err(RunnerError::config(
+                "no guest image for riscv64: provision it",
+            ));
+        }
+        Ok(())
+    }
+    async fn execute(
+        &self,
+        case: &TestCase,
+        _ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        // Every execution comes after the plan of the whole batch.
+        assert_eq!(self.batches.lock().unwrap().len(), 1);
+        self.executed.lock().unwrap().push(case.id.to_string());
+        Ok(TestResult::new(case, self.name, Outcome::Passed))
+    }
+}
+
+#[tokio::test]
+async fn each_runner_sees_its_whole_batch_once_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Planner::new("first", false);
+    let second = Planner::new("second", false);
+    let idle = Planner::new("idle", false);
+    let cases = vec![
+        TestCase::script("a", "true"),
+        TestCase::script("b", "true").with_runner("second"),
+        TestCase::script("c", "true"),
+    ];
+    let orch = Orchestrator::new(config(&dir).with_parallelism(2))
+        .with_shared_runner(first.clone())
+        .with_shared_runner(second.clone())
+        .with_shared_runner(idle.clone());
+    let report = orch.run(cases).await.unwrap();
+    assert_eq!(report.summary.passed, 3);
+    assert_eq!(*first.batches.lock().unwrap(), vec![vec!["a", "c"]]);
+    assert_eq!(*second.batches.lock().unwrap(), vec![vec!["b"]]);
+    assert!(
+        idle.batches.lock().unwrap().is_empty(),
+        "a runner with no tests is not asked"
+    );
+
+    // A runner that cannot plan stops the run before anything executes.
+    let refusing = Planner::new("refusing", true);
+    let orch = Orchestrator::new(config(&dir)).with_shared_runner(refusing.clone());
+    let err = orch
+        .run(vec![TestCase::script("x", "true")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OrchestratorError::Plan { .. }), "{err}");
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        chain.contains("refusing runner could not plan") && chain.contains("provision it"),
+        "{chain}"
+    );
+    assert!(refusing.executed.lock().unwrap().is_empty());
+}
