@@ -45,6 +45,8 @@ use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 use orchestrator_core::Arch;
+
+use crate::kernel::ElfHeader;
 use serde::{Deserialize, Serialize};
 
 /// Version of the manifest format written by this crate; other versions are re-provisioned.
@@ -975,44 +977,23 @@ fn read_head(path: &Path) -> Result<Vec<u8>, ProvisionError> {
     Ok(head)
 }
 
-/// Checks that `head` (the start of a kernel file) is a kernel image QEMU boots on `arch`.
+/// Checks that `head` (the start of a kernel file) is a kernel image QEMU boots on `arch`, by
+/// the rules of [`crate::kernel`].
 fn check_kernel_image(arch: Arch, head: &[u8]) -> Result<(), String> {
-    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
-    let ok = match arch {
-        // bzImage: "HdrS" in the real-mode header.
-        Arch::X86_64 => at(0x202, b"HdrS"),
-        // arm64 Image ("ARM\x64" at 0x38), or a gzip-compressed one.
-        Arch::Aarch64 => at(0x38, b"ARM\x64") || at(0, &[0x1f, 0x8b]),
-        // zImage magic 0x016F2818 (little-endian) at 0x24.
-        Arch::Armv7 => at(0x24, &0x016F_2818u32.to_le_bytes()),
-        // riscv64 Image ("RISCV\0\0\0" at 0x30 and "RSC\x05" at 0x38), or an ELF vmlinux.
-        Arch::Riscv64 => {
-            (at(0x30, b"RISCV\0\0\0") && at(0x38, b"RSC\x05"))
-                || elf_header(head).is_some_and(|(_, machine)| machine == 243)
-        }
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("it is not a {arch} kernel image QEMU can boot"))
+    match crate::kernel::identify_bytes(head) {
+        Some(info) if info.arch == arch => Ok(()),
+        _ => Err(format!("it is not a {arch} kernel image QEMU can boot")),
     }
-}
-
-/// `(is 64-bit, e_machine)` of a little-endian ELF file.
-fn elf_header(head: &[u8]) -> Option<(bool, u16)> {
-    if head.len() < 20 || &head[..4] != b"\x7fELF" || head[5] != 1 {
-        return None;
-    }
-    Some((head[4] == 2, u16::from_le_bytes([head[18], head[19]])))
 }
 
 fn check_elf(spec: ArchSpec, head: &[u8]) -> Result<(), String> {
-    match elf_header(head) {
-        Some((is_64, machine)) if is_64 == spec.elf_class_64 && machine == spec.elf_machine => {
+    match crate::kernel::elf_header(head).filter(|h| h.little_endian) {
+        Some(ElfHeader { is_64, machine, .. })
+            if is_64 == spec.elf_class_64 && machine == spec.elf_machine =>
+        {
             Ok(())
         }
-        Some((is_64, machine)) => Err(format!(
+        Some(ElfHeader { is_64, machine, .. }) => Err(format!(
             "it is an ELF file for machine {machine} ({}-bit), not {} ({}-bit)",
             if is_64 { 64 } else { 32 },
             spec.elf_machine,
@@ -1936,11 +1917,14 @@ deb http://incomplete.invalid/
         riscv[0x30..0x38].copy_from_slice(b"RISCV\0\0\0");
         riscv[0x38..0x3c].copy_from_slice(b"RSC\x05");
         assert!(check_kernel_image(Arch::Riscv64, &riscv).is_ok());
+        riscv[0x30] = 0;
+        assert!(check_kernel_image(Arch::Riscv64, &riscv).is_err());
 
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 1;
         elf[5] = 1;
+        elf[6] = 1;
         elf[18..20].copy_from_slice(&40u16.to_le_bytes());
         assert!(check_elf(arch_spec(Arch::Armv7).unwrap(), &elf).is_ok());
         assert!(check_elf(arch_spec(Arch::Aarch64).unwrap(), &elf).is_err());
