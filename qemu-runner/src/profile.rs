@@ -1,7 +1,7 @@
 //! Machine profiles: how to start QEMU for each architecture, as serde data users can override.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use orchestrator_core::Arch;
@@ -147,7 +147,7 @@ impl MachineProfile {
 
     /// Finds the QEMU binary, or says how to get it.
     pub fn find_qemu(&self) -> Result<PathBuf, String> {
-        which_path(&self.qemu).ok_or_else(|| {
+        find_program(&self.qemu).ok_or_else(|| {
             format!(
                 "QEMU binary `{}` for {} was not found: install it (`cargo xtask test` installs qemu-system-x86, qemu-system-arm and qemu-system-misc) or set `qemu` in the {} profile",
                 self.qemu, self.arch, self.arch
@@ -176,15 +176,10 @@ impl MachineProfile {
     }
 }
 
-fn which_path(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = Path::new(name);
-        return p.is_file().then(|| p.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+/// Finds an executable the way a shell does: a name with a `/` as given, any other in `PATH`;
+/// only executable files count. The one program lookup of this crate (QEMU, apt, dpkg-deb).
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    which::which(name).ok()
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ use nix::fcntl::{Flock, FlockArg};
 use orchestrator_core::Arch;
 
 use crate::kernel::ElfHeader;
+use crate::profile::find_program;
 use serde::{Deserialize, Serialize};
 
 /// Version of the manifest format written by this crate; other versions are re-provisioned.
@@ -670,7 +671,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Manifest, ProvisionError> {
     }
 
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
-        if find_in_path(tool).is_none() {
+        if find_program(tool).is_none() {
             return Err(ProvisionError::ToolMissing {
                 program: tool.to_owned(),
                 fix: "guest images are downloaded with the Debian package tools; install `apt` \
@@ -1238,13 +1239,6 @@ fn first_error_line(error: &ProvisionError) -> String {
         .to_owned()
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The system's apt sources
 
@@ -1563,11 +1557,11 @@ pub fn ensure_qemu() -> Result<(), ProvisionError> {
 /// version). `cargo xtask test` allows it: it is the project's documented setup,
 /// `apt-get install qemu-system-x86 qemu-system-arm qemu-system-misc`.
 pub fn ensure_qemu_with(allow_removals: bool) -> Result<(), ProvisionError> {
-    let had_qemu_img = find_in_path("qemu-img").is_some();
+    let had_qemu_img = find_program("qemu-img").is_some();
     let missing = || -> BTreeSet<&'static str> {
         QEMU_BINARIES
             .iter()
-            .filter(|(binary, _)| find_in_path(binary).is_none())
+            .filter(|(binary, _)| find_program(binary).is_none())
             .map(|&(_, package)| package)
             .collect()
     };
@@ -1576,7 +1570,7 @@ pub fn ensure_qemu_with(allow_removals: bool) -> Result<(), ProvisionError> {
         return Ok(());
     }
     let list = packages.iter().copied().collect::<Vec<_>>().join(" ");
-    if find_in_path("apt-get").is_none() {
+    if find_program("apt-get").is_none() {
         return Err(ProvisionError::ToolMissing {
             program: "qemu-system-*".to_owned(),
             fix: format!(
@@ -1629,7 +1623,7 @@ pub fn ensure_qemu_with(allow_removals: bool) -> Result<(), ProvisionError> {
         run(&mut apt_get(&["update", "-q"]), &fix)?;
         run(&mut install, &fix).map_err(explain)?;
     }
-    if had_qemu_img && find_in_path("qemu-img").is_none() {
+    if had_qemu_img && find_program("qemu-img").is_none() {
         // A conflicting qemu-utils was replaced: put Debian's back so qemu-img stays.
         run(
             &mut apt_get(&[
