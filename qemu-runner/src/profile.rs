@@ -204,8 +204,14 @@ impl From<ProfileError> for String {
 
 /// Finds an executable the way a shell does: a name with a `/` as given, any other in `PATH`;
 /// only executable files count. The one program lookup of this crate (QEMU, apt, dpkg-deb).
+/// A name with a `/` comes back as given (relative stays relative), as the command line shows it.
 pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
-    which::which(name).ok()
+    let found = which::which(name).ok()?;
+    Some(if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        found
+    })
 }
 
 #[cfg(test)]
@@ -256,6 +262,16 @@ mod tests {
         assert_eq!(serde_json::from_value::<MachineProfile>(json).unwrap(), p);
         let builtin = serde_json::to_value(MachineProfile::builtin(Arch::X86_64)).unwrap();
         assert!(builtin.get("accel").is_none());
+    }
+
+    #[test]
+    fn programs_are_found_in_path_or_as_given() {
+        assert!(find_program("sh").is_some_and(|p| p.is_absolute()));
+        assert_eq!(find_program("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(find_program(plain.to_str().unwrap()), None);
     }
 
     #[test]
