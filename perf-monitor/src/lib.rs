@@ -68,4 +68,4 @@ pub use model::{
     ProcessSummary, Recording, SCHEMA_VERSION, Sample, SamplingError, Summary,
 };
 pub use monitor::{Guard, Instrumented, Monitor, MonitorConfig, MonitorError, Probe};
-pub use verdict::{Bottleneck, Comparison, NoiseBand, Thresholds, Verdict};
+pub use verdict::{Bottleneck, Comparison, NoiseBand, PerfVerdict, Thresholds, Verdict};

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::verdict::Verdict;
+use crate::verdict::PerfVerdict;
 
 /// Version of the [`Summary`]/[`Recording`] format; bumped when a field changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -261,7 +261,7 @@ pub struct Summary {
     /// Host-validity score, 0 to 100 (100: the host did not interfere; see [`crate::verdict`]).
     pub score: f64,
     /// What limited the run.
-    pub verdict: Verdict,
+    pub verdict: PerfVerdict,
 }
 
 /// A summary with its time series: what an artifact store keeps.

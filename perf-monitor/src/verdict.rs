@@ -34,14 +34,18 @@ pub enum Bottleneck {
     HostPressureContended,
 }
 
-/// The verdict and why.
+/// The performance verdict (the bottleneck) and why. Named apart from
+/// `orchestrator_core::Verdict`, a test's pass/fail verdict.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
+pub struct PerfVerdict {
     /// The main limit.
     pub bottleneck: Bottleneck,
     /// Every threshold that was crossed, in words (`"cpu 185% avg >= 80%"`).
     pub reasons: Vec<String>,
 }
+
+/// The former name of [`PerfVerdict`], kept for compatibility.
+pub type Verdict = PerfVerdict;
 
 /// Thresholds for the verdict. Percentages are 0–100 (CPU: of one core).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,7 +88,7 @@ impl Default for Thresholds {
 }
 
 /// Judges a summary: the verdict and the host-validity score.
-pub fn judge(s: &Summary, t: &Thresholds) -> (Verdict, f64) {
+pub fn judge(s: &Summary, t: &Thresholds) -> (PerfVerdict, f64) {
     let mut reasons = Vec::new();
     let mut found: Vec<Bottleneck> = Vec::new();
     let cpus = f64::from(s.host.cpus.max(1));
@@ -184,7 +188,7 @@ pub fn judge(s: &Summary, t: &Thresholds) -> (Verdict, f64) {
     }
     let bottleneck = found.first().copied().unwrap_or_default();
     (
-        Verdict {
+        PerfVerdict {
             bottleneck,
             reasons,
         },

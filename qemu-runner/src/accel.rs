@@ -79,20 +79,61 @@ impl fmt::Display for AccelMode {
     }
 }
 
+/// Why an accelerator choice cannot be honoured, or the KVM check could not run; each message
+/// names who made the choice and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccelError {
+    /// A value that is not `auto`, `kvm` or `tcg`.
+    #[error("`{}` is not an accelerator choice: use {}", value.escape_debug(), AccelMode::VALUES)]
+    BadMode {
+        /// The value given.
+        value: String,
+    },
+    /// KVM was forced but cannot be used.
+    #[error(
+        "KVM was forced by {forced_by} but cannot be used: {why}; use accel = \"auto\" (KVM when it \
+         works, TCG otherwise) or accel = \"tcg\" in the plan's [qemu] table or \
+         [qemu.profile.{guest}], or set {ACCEL_ENV}=auto or {ACCEL_ENV}=tcg"
+    )]
+    KvmForced {
+        /// Who forced it ("ORCH_ACCEL=kvm", ...).
+        forced_by: String,
+        /// Why KVM cannot be used.
+        why: String,
+        /// The guest's architecture.
+        guest: Arch,
+    },
+    /// QEMU could not be started for the KVM kernel check.
+    #[error("cannot start {}: {source}", qemu.display())]
+    Start {
+        /// The QEMU binary.
+        qemu: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// For call sites whose own error is still a message.
+impl From<AccelError> for String {
+    fn from(e: AccelError) -> Self {
+        e.to_string()
+    }
+}
+
 impl FromStr for AccelMode {
-    type Err = String;
+    type Err = AccelError;
 
     /// `auto`, `kvm` or `tcg`, in any case, surrounding blanks ignored.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, AccelError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(AccelMode::Auto),
             "kvm" => Ok(AccelMode::Kvm),
             "tcg" => Ok(AccelMode::Tcg),
-            _ => Err(format!(
-                "`{}` is not an accelerator choice: use {}",
-                s.escape_debug(),
-                AccelMode::VALUES
-            )),
+            _ => Err(AccelError::BadMode {
+                value: s.to_owned(),
+            }),
         }
     }
 }
@@ -197,7 +238,7 @@ pub fn decide(
     device_path: &Path,
     device: &KvmDevice,
     check: impl FnOnce() -> KvmCheck,
-) -> Result<AccelDecision, String> {
+) -> Result<AccelDecision, AccelError> {
     let tcg = |reason: String| AccelDecision {
         accel: Accel::Tcg,
         reason,
@@ -230,12 +271,11 @@ pub fn decide(
             accel: Accel::Kvm,
             reason: format!("KVM: {how}"),
         }),
-        (Err(why), AccelMode::Kvm) => Err(format!(
-            "KVM was forced by {} but cannot be used: {why}; use accel = \"auto\" (KVM when it \
-             works, TCG otherwise) or accel = \"tcg\" in the plan's [qemu] table or \
-             [qemu.profile.{guest}], or set {ACCEL_ENV}=auto or {ACCEL_ENV}=tcg",
-            mode.source
-        )),
+        (Err(why), AccelMode::Kvm) => Err(AccelError::KvmForced {
+            forced_by: mode.source.clone(),
+            why,
+            guest,
+        }),
         (Err(why), _) => Ok(tcg(format!("{why}; using TCG"))),
     }
 }
@@ -329,7 +369,7 @@ impl KernelCheckSpec {
 ///
 /// `Err` when the check could not even start (QEMU not found, ...): nothing was learnt about
 /// KVM, so such an answer is never remembered.
-pub async fn check_kernel(spec: &KernelCheckSpec) -> Result<KvmCheck, String> {
+pub async fn check_kernel(spec: &KernelCheckSpec) -> Result<KvmCheck, AccelError> {
     use tokio::io::AsyncReadExt;
 
     let mut cmd = tokio::process::Command::new(&spec.qemu);
@@ -339,9 +379,10 @@ pub async fn check_kernel(spec: &KernelCheckSpec) -> Result<KvmCheck, String> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", spec.qemu.display()))?;
+    let mut child = cmd.spawn().map_err(|source| AccelError::Start {
+        qemu: spec.qemu.clone(),
+        source,
+    })?;
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -621,7 +662,9 @@ mod tests {
             "TCG forced by accel = \"tcg\" in the runner's settings"
         );
         // kvm: the kernel check still decides, and a failure is an error naming the fix.
-        let e = d(Kvm, Arch::X86_64, x86, &Usable, &hangs).unwrap_err();
+        let e = d(Kvm, Arch::X86_64, x86, &Usable, &hangs)
+            .unwrap_err()
+            .to_string();
         for part in [
             "KVM was forced by accel = \"kvm\"",
             "did not print its banner",
@@ -634,12 +677,16 @@ mod tests {
         let r = d(Kvm, Arch::X86_64, x86, &Usable, &works).unwrap();
         assert_eq!(r.accel, Accel::Kvm);
         assert!(r.reason.contains("forced") && r.reason.contains("banner"));
-        let e = d(Kvm, Arch::Riscv64, x86, &Usable, &never).unwrap_err();
+        let e = d(Kvm, Arch::Riscv64, x86, &Usable, &never)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("differs") && e.contains("[qemu.profile.riscv64]"),
             "{e}"
         );
-        let e = d(Kvm, Arch::X86_64, x86, &Missing, &never).unwrap_err();
+        let e = d(Kvm, Arch::X86_64, x86, &Missing, &never)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         // The device path in messages is the one looked at.
         let r = decide(
@@ -685,10 +732,16 @@ mod tests {
     #[test]
     fn modes_parse_and_print() {
         for mode in [AccelMode::Auto, AccelMode::Kvm, AccelMode::Tcg] {
-            assert_eq!(mode.to_string().parse::<AccelMode>(), Ok(mode));
+            assert_eq!(mode.to_string().parse::<AccelMode>().ok(), Some(mode));
         }
-        assert_eq!("KVM".parse::<AccelMode>(), Ok(AccelMode::Kvm));
-        assert!("hvf".parse::<AccelMode>().unwrap_err().contains("\"tcg\""));
+        assert_eq!("KVM".parse::<AccelMode>().ok(), Some(AccelMode::Kvm));
+        assert!(
+            "hvf"
+                .parse::<AccelMode>()
+                .unwrap_err()
+                .to_string()
+                .contains("\"tcg\"")
+        );
     }
 
     #[test]
@@ -835,7 +888,8 @@ mod tests {
             Duration::from_secs(1),
         ))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("cannot start"), "{e}");
     }
 

@@ -50,35 +50,56 @@ pub const MAX_REJECTED_SHOWN: usize = 100;
 /// The longest artifact path accepted (Linux's `PATH_MAX`).
 pub const MAX_NAME: usize = 4096;
 
+/// Why an artifact's name is refused; the message is the reason kept with the refused entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is not UTF-8.
+    #[error("the name is not UTF-8")]
+    NotUtf8,
+    /// The name has a newline.
+    #[error("the name contains a newline (the manifest lists one name per line)")]
+    Newline,
+    /// The name is longer than [`MAX_NAME`].
+    #[error("the path is {0} bytes long, more than {MAX_NAME}")]
+    TooLong(usize),
+    /// The name climbs out with `..`.
+    #[error("the path contains `..`")]
+    ParentDir,
+    /// The name is absolute.
+    #[error("the path is absolute")]
+    Absolute,
+    /// The name is empty (or only `.`).
+    #[error("the path is empty")]
+    Empty,
+}
+
 /// A path inside the artifact directory, or why the entry's name is not acceptable: only
 /// plain relative names of at most [`MAX_NAME`] bytes, UTF-8, without a newline (the guest's
 /// manifest is one name per line) or `..`.
-pub fn safe_relative(name: &Path) -> Result<PathBuf, String> {
+pub fn safe_relative(name: &Path) -> Result<PathBuf, NameError> {
     let Some(text) = name.to_str() else {
-        return Err("the name is not UTF-8".into());
+        return Err(NameError::NotUtf8);
     };
     if text.contains('\n') {
-        return Err("the name contains a newline (the manifest lists one name per line)".into());
+        return Err(NameError::Newline);
     }
     if text.len() > MAX_NAME {
-        return Err(format!(
-            "the path is {} bytes long, more than {MAX_NAME}",
-            text.len()
-        ));
+        return Err(NameError::TooLong(text.len()));
     }
     let mut out = PathBuf::new();
     for c in name.components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::ParentDir => return Err("the path contains `..`".into()),
+            Component::ParentDir => return Err(NameError::ParentDir),
             Component::RootDir | Component::Prefix(_) => {
-                return Err("the path is absolute".into());
+                return Err(NameError::Absolute);
             }
         }
     }
     if out.as_os_str().is_empty() {
-        return Err("the path is empty".into());
+        return Err(NameError::Empty);
     }
     Ok(out)
 }
@@ -159,7 +180,7 @@ pub fn extract(reader: impl Read, dest: &Path, limits: ArtifactLimits) -> Extrac
         let rel = match safe_relative(&name) {
             Ok(r) => r,
             Err(why) => {
-                out.reject(shown, why);
+                out.reject(shown, why.to_string());
                 continue;
             }
         };
@@ -363,7 +384,7 @@ pub fn check_manifest(
         let rel = match safe_relative(Path::new(text)) {
             Ok(rel) => rel,
             Err(why) => {
-                reject(&mut out, name, why);
+                reject(&mut out, name, why.to_string());
                 continue;
             }
         };

@@ -17,6 +17,73 @@ use crate::agent;
 use crate::initramfs::{Compression, InitramfsBuilder};
 use crate::modules::ModuleIndex;
 
+/// Why a guest's initramfs could not be built. Each message names what failed, the path, and
+/// what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// A file system operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, as words ("cannot read", "cannot create image cache", ...).
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Modules were asked for, but the kernel comes without a module tree.
+    #[error(
+        "kernel modules {} were asked for, but the {arch} kernel has no module tree: use the provisioned kernel, or drop `modules`",
+        modules.join(", ")
+    )]
+    NoModuleTree {
+        /// The modules asked for.
+        modules: Vec<String>,
+        /// The kernel's architecture.
+        arch: Arch,
+    },
+    /// Resolving or reading the kernel modules failed.
+    #[error(transparent)]
+    Modules(#[from] crate::modules::ModuleError),
+    /// Writing an archive failed.
+    #[error("cannot build the {what}: {source}")]
+    Build {
+        /// Which archive ("base initramfs", "test's initramfs part", ...).
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: crate::initramfs::InitramfsError,
+    },
+    /// A test's environment variable cannot be set in the guest's shell.
+    #[error(
+        "environment variable name `{name}` of test `{test}` is not valid in a shell: use letters, digits and `_`"
+    )]
+    BadEnvName {
+        /// The variable.
+        name: String,
+        /// The test.
+        test: String,
+    },
+}
+
+/// For call sites whose own error is still a message.
+impl From<ImageError> for String {
+    fn from(e: ImageError) -> Self {
+        e.to_string()
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + use<> {
+    let path = path.to_owned();
+    move |source| ImageError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 /// Bumped when the layout of the base archive changes, to invalidate cached ones.
 const BASE_FORMAT: u32 = 1;
 
@@ -65,7 +132,7 @@ pub fn base_image(
     modules: &[String],
     boot: &[String],
     cache_dir: &Path,
-) -> Result<BaseImage, String> {
+) -> Result<BaseImage, ImageError> {
     let busybox_digest = digest_file(&parts.busybox)?;
     let mut sorted: Vec<&String> = modules.iter().collect();
     sorted.sort();
@@ -96,7 +163,7 @@ pub fn base_image(
         let read = |p: &Path| {
             std::fs::read_to_string(p)
                 .map(|text| text.lines().map(str::to_owned).collect())
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))
+                .map_err(io_err("cannot read", p))
         };
         return Ok(BaseImage {
             path: path.clone(),
@@ -132,15 +199,14 @@ pub fn base_image(
     let mut boot_order = Vec::new();
     if !modules.is_empty() {
         let (Some(dir), Some(version)) = (&parts.modules_dir, &parts.kernel_version) else {
-            return Err(format!(
-                "kernel modules {} were asked for, but the {} kernel has no module tree: use the provisioned kernel, or drop `modules`",
-                modules.join(", "),
-                parts.arch
-            ));
+            return Err(ImageError::NoModuleTree {
+                modules: modules.to_vec(),
+                arch: parts.arch,
+            });
         };
-        let index = ModuleIndex::scan(dir).map_err(|e| e.to_string())?;
+        let index = ModuleIndex::scan(dir).map_err(ImageError::from)?;
         let names: Vec<&str> = modules.iter().map(String::as_str).collect();
-        let resolved = index.resolve(&names).map_err(|e| e.to_string())?;
+        let resolved = index.resolve(&names).map_err(ImageError::from)?;
         let root = format!("lib/modules/{version}");
         b.dir(&root, 0o755);
         let mut dep_lines = String::new();
@@ -152,7 +218,7 @@ pub fn base_image(
         for m in &resolved {
             let rel = strip_compression(&m.relative.to_string_lossy());
             // busybox `insmod` hands the bytes to `init_module`, which takes only plain ELF.
-            let data = crate::modules::read_module(&m.path).map_err(|e| e.to_string())?;
+            let data = crate::modules::read_module(&m.path).map_err(ImageError::from)?;
             b.file_from_bytes(&format!("{root}/{rel}"), 0o644, data);
             // modules.dep lists every dependency, nearest first; modprobe loads them in reverse.
             let deps: Vec<String> = transitive_deps(&resolved, &m.name)
@@ -180,18 +246,20 @@ pub fn base_image(
         );
     }
 
-    std::fs::create_dir_all(cache_dir)
-        .map_err(|e| format!("cannot create image cache {}: {e}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir).map_err(io_err("cannot create image cache", cache_dir))?;
     let tmp = tempfile::NamedTempFile::new_in(cache_dir)
-        .map_err(|e| format!("cannot create a file in {}: {e}", cache_dir.display()))?;
+        .map_err(io_err("cannot create a file in", cache_dir))?;
     b.write_to(std::io::BufWriter::new(tmp.as_file()), Compression::Gzip)
-        .map_err(|e| format!("cannot build the base initramfs: {e}"))?;
+        .map_err(|source| ImageError::Build {
+            what: "base initramfs",
+            source,
+        })?;
     std::fs::write(&order_path, load_order.join("\n"))
-        .map_err(|e| format!("cannot write {}: {e}", order_path.display()))?;
+        .map_err(io_err("cannot write", &order_path))?;
     std::fs::write(&boot_path, boot_order.join("\n"))
-        .map_err(|e| format!("cannot write {}: {e}", boot_path.display()))?;
+        .map_err(io_err("cannot write", &boot_path))?;
     tmp.persist(&path)
-        .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+        .map_err(|e| io_err("cannot write", &path)(e.error))?;
     Ok(BaseImage {
         path,
         load_order,
@@ -227,12 +295,10 @@ fn transitive_deps(resolved: &[crate::modules::ResolvedModule], name: &str) -> V
     out
 }
 
-fn digest_file(path: &Path) -> Result<String, String> {
+fn digest_file(path: &Path) -> Result<String, ImageError> {
     let mut hasher = blake3::Hasher::new();
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    std::io::copy(&mut f, &mut hasher)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut f = std::fs::File::open(path).map_err(io_err("cannot open", path))?;
+    std::io::copy(&mut f, &mut hasher).map_err(io_err("cannot read", path))?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
@@ -261,14 +327,14 @@ pub type AgentFile = (&'static str, u32, Vec<u8>);
 
 /// The agent's files for one test under `/orch`: name, mode and contents. Optional files the
 /// test does not use (`test.sh`, `trace`, `noack`) are left out.
-pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, String> {
+pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, ImageError> {
     let case = part.case;
     for key in case.env.keys() {
         if !agent::valid_env_name(key) {
-            return Err(format!(
-                "environment variable name `{key}` of test `{}` is not valid in a shell: use letters, digits and `_`",
-                case.id
-            ));
+            return Err(ImageError::BadEnvName {
+                name: key.clone(),
+                test: case.id.to_string(),
+            });
         }
     }
     let mut files = vec![(
@@ -323,7 +389,7 @@ pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, String> {
 }
 
 /// Builds the per-test archive (gzip) in memory: it is a few kilobytes plus the test's files.
-pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
+pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, ImageError> {
     let mut b = InitramfsBuilder::new();
     b.dir("orch", 0o755);
     b.dir("work", 0o755);
@@ -339,7 +405,10 @@ pub fn test_archive(part: &TestPart<'_>) -> Result<Vec<u8>, String> {
     }
     let mut out = Vec::new();
     b.write_to(&mut out, Compression::Gzip)
-        .map_err(|e| format!("cannot build the test's initramfs part: {e}"))?;
+        .map_err(|source| ImageError::Build {
+            what: "test's initramfs part",
+            source,
+        })?;
     Ok(out)
 }
 
@@ -362,7 +431,7 @@ pub const TEXT_LINE_LIMIT: usize = 1024;
 /// when the test does not use it), or `None` when the test cannot go as text: it brings files
 /// of its own, or a file holds anything but printable ASCII and tabs (the guest's terminal
 /// would interpret control characters) or a line longer than [`TEXT_LINE_LIMIT`].
-pub fn text_files(part: &TestPart<'_>) -> Result<Option<Vec<(&'static str, String)>>, String> {
+pub fn text_files(part: &TestPart<'_>) -> Result<Option<Vec<(&'static str, String)>>, ImageError> {
     if !part.case.files.is_empty() {
         return Ok(None);
     }
@@ -415,13 +484,12 @@ pub fn text_message(id: &str, files: &[(&str, &str)]) -> String {
     format!("TEXT {} {bytes} {id}\n{body}", files.len())
 }
 
-fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), String> {
-    let meta = std::fs::metadata(source)
-        .map_err(|e| format!("cannot read test file {}: {e}", source.display()))?;
+fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), ImageError> {
+    let meta = std::fs::metadata(source).map_err(io_err("cannot read test file", source))?;
     if meta.is_dir() {
         b.dir(dest, 0o755);
         let mut entries: Vec<_> = std::fs::read_dir(source)
-            .map_err(|e| format!("cannot read {}: {e}", source.display()))?
+            .map_err(io_err("cannot read", source))?
             .filter_map(Result::ok)
             .collect();
         entries.sort_by_key(|e| e.file_name());
@@ -441,14 +509,11 @@ fn add_tree(b: &mut InitramfsBuilder, source: &Path, dest: &str) -> Result<(), S
 }
 
 /// Writes the guest's initramfs: the base archive followed by the test part.
-pub fn assemble(base: &Path, test: &[u8], out: &Path) -> Result<(), String> {
-    let mut f =
-        std::fs::File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let mut src =
-        std::fs::File::open(base).map_err(|e| format!("cannot open {}: {e}", base.display()))?;
-    std::io::copy(&mut src, &mut f).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    f.write_all(test)
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+pub fn assemble(base: &Path, test: &[u8], out: &Path) -> Result<(), ImageError> {
+    let mut f = std::fs::File::create(out).map_err(io_err("cannot create", out))?;
+    let mut src = std::fs::File::open(base).map_err(io_err("cannot open", base))?;
+    std::io::copy(&mut src, &mut f).map_err(io_err("cannot write", out))?;
+    f.write_all(test).map_err(io_err("cannot write", out))?;
     Ok(())
 }
 
@@ -460,7 +525,7 @@ pub fn session_archive(
     serial_artifact_limit: u64,
     load_order: &[String],
     kernel_version: Option<&str>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ImageError> {
     let mut b = InitramfsBuilder::new();
     b.dir("orch", 0o755);
     b.file_from_bytes("orch/session", 0o644, Vec::new());
@@ -485,6 +550,9 @@ pub fn session_archive(
     b.file_from_bytes("orch/boot-modules", 0o644, modules.join("\n").into_bytes());
     let mut out = Vec::new();
     b.write_to(&mut out, Compression::Gzip)
-        .map_err(|e| format!("cannot build the session's initramfs part: {e}"))?;
+        .map_err(|source| ImageError::Build {
+            what: "session's initramfs part",
+            source,
+        })?;
     Ok(out)
 }

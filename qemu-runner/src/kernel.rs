@@ -1,10 +1,85 @@
 //! Recognising kernel images, so a missing, empty, corrupt or wrong-architecture kernel is
 //! reported before QEMU is started.
+//!
+//! This is the one recogniser: a test's own kernel ([`check`]) and a provisioned Debian kernel
+//! (`provision`) are judged by the same rules per architecture:
+//!
+//! | arch | accepted |
+//! |---|---|
+//! | x86_64 | `bzImage` (`HdrS` at 0x202), or a little-endian 64-bit ELF for `EM_X86_64` |
+//! | aarch64 | `Image` (`ARM\x64` at 0x38), the same gzip-compressed, or a little-endian 64-bit ELF for `EM_AARCH64` |
+//! | armv7 | `zImage` (magic 0x016F2818 at 0x24), or a little-endian 32-bit ELF for `EM_ARM` |
+//! | riscv64 | `Image` with both magics (`RISCV\0\0\0` at 0x30 and `RSC\x05` at 0x38), or a little-endian 64-bit ELF for `EM_RISCV` |
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
+use object::elf::{self, FileHeader32, FileHeader64};
+use object::read::elf::FileHeader;
+use object::{Endianness, FileKind};
 use orchestrator_core::Arch;
+
+/// Why a kernel image cannot be used. Each message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// The file cannot be opened (missing, unreadable).
+    #[error(
+        "cannot open kernel image {}: {source}; give an existing bzImage, Image, zImage or vmlinux",
+        path.display()
+    )]
+    Open {
+        /// The kernel image.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file cannot be read.
+    #[error("cannot read kernel image {}: {source}", path.display())]
+    Read {
+        /// The kernel image.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is empty.
+    #[error("kernel image {} is empty", path.display())]
+    Empty {
+        /// The kernel image.
+        path: PathBuf,
+    },
+    /// The file is not a kernel image this runner recognises.
+    #[error(
+        "{} is not a kernel image this runner recognises (x86 bzImage, arm64/riscv64 Image, ARM zImage or ELF vmlinux); is the file corrupt or truncated?",
+        path.display()
+    )]
+    Unrecognised {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The kernel is built for another architecture.
+    #[error(
+        "kernel image {} is built for {found}, but the test needs {wanted}: give a {wanted} kernel or change the test's `arch`",
+        path.display()
+    )]
+    WrongArch {
+        /// The kernel image.
+        path: PathBuf,
+        /// The architecture it is built for.
+        found: Arch,
+        /// The architecture the test needs.
+        wanted: Arch,
+    },
+}
+
+/// For call sites whose own error is still a message.
+impl From<KernelError> for String {
+    fn from(e: KernelError) -> Self {
+        e.to_string()
+    }
+}
 
 /// The kind of kernel image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,26 +106,26 @@ pub struct KernelInfo {
 }
 
 /// Identifies the kernel image at `path`.
-pub fn identify(path: &Path) -> Result<KernelInfo, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| {
-        format!(
-            "cannot open kernel image {}: {e}; give an existing bzImage, Image, zImage or vmlinux",
-            path.display()
-        )
+pub fn identify(path: &Path) -> Result<KernelInfo, KernelError> {
+    let mut file = std::fs::File::open(path).map_err(|source| KernelError::Open {
+        path: path.to_owned(),
+        source,
     })?;
     let mut head = Vec::with_capacity(4096);
     file.by_ref()
         .take(4096)
         .read_to_end(&mut head)
-        .map_err(|e| format!("cannot read kernel image {}: {e}", path.display()))?;
+        .map_err(|source| KernelError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     if head.is_empty() {
-        return Err(format!("kernel image {} is empty", path.display()));
+        return Err(KernelError::Empty {
+            path: path.to_owned(),
+        });
     }
-    identify_bytes(&head).ok_or_else(|| {
-        format!(
-            "{} is not a kernel image this runner recognises (x86 bzImage, arm64/riscv64 Image, ARM zImage or ELF vmlinux); is the file corrupt or truncated?",
-            path.display()
-        )
+    identify_bytes(&head).ok_or_else(|| KernelError::Unrecognised {
+        path: path.to_owned(),
     })
 }
 
@@ -58,16 +133,18 @@ pub fn identify(path: &Path) -> Result<KernelInfo, String> {
 pub fn identify_bytes(head: &[u8]) -> Option<KernelInfo> {
     let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
     let info = |format, arch| Some(KernelInfo { format, arch });
-    if at(0, b"\x7fELF") {
-        let machine = u16::from_le_bytes([*head.get(18)?, *head.get(19)?]);
-        let arch = match machine {
-            62 => Arch::X86_64,
-            183 => Arch::Aarch64,
-            40 => Arch::Armv7,
-            243 => Arch::Riscv64,
+    if let Some(elf) = elf_header(head) {
+        let arch = match (elf::Machine(elf.machine), elf.is_64) {
+            (elf::EM_X86_64, true) => Arch::X86_64,
+            (elf::EM_AARCH64, true) => Arch::Aarch64,
+            (elf::EM_ARM, false) => Arch::Armv7,
+            (elf::EM_RISCV, true) => Arch::Riscv64,
             _ => return None,
         };
-        return info(KernelFormat::Elf, arch);
+        return elf.little_endian.then_some(KernelInfo {
+            format: KernelFormat::Elf,
+            arch,
+        });
     }
     if at(0x202, b"HdrS") {
         return info(KernelFormat::BzImage, Arch::X86_64);
@@ -75,7 +152,7 @@ pub fn identify_bytes(head: &[u8]) -> Option<KernelInfo> {
     if at(0x38, b"ARM\x64") {
         return info(KernelFormat::Image, Arch::Aarch64);
     }
-    if at(0x38, b"RSC\x05") || at(0x30, b"RISCV\0\0\0") {
+    if at(0x30, b"RISCV\0\0\0") && at(0x38, b"RSC\x05") {
         return info(KernelFormat::Image, Arch::Riscv64);
     }
     if at(0x24, &0x016F_2818u32.to_le_bytes()) {
@@ -96,16 +173,45 @@ pub fn identify_bytes(head: &[u8]) -> Option<KernelInfo> {
 }
 
 /// Checks that `path` is a kernel for `arch`, with an error naming the file and the fix.
-pub fn check(path: &Path, arch: Arch) -> Result<KernelInfo, String> {
+pub fn check(path: &Path, arch: Arch) -> Result<KernelInfo, KernelError> {
     let info = identify(path)?;
     if info.arch != arch {
-        return Err(format!(
-            "kernel image {} is built for {}, but the test needs {arch}: give a {arch} kernel or change the test's `arch`",
-            path.display(),
-            info.arch
-        ));
+        return Err(KernelError::WrongArch {
+            path: path.to_owned(),
+            found: info.arch,
+            wanted: arch,
+        });
     }
     Ok(info)
+}
+
+/// What an ELF file header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ElfHeader {
+    /// 64-bit (`ELFCLASS64`) rather than 32-bit.
+    pub(crate) is_64: bool,
+    /// Little-endian (`ELFDATA2LSB`).
+    pub(crate) little_endian: bool,
+    /// `e_machine`.
+    pub(crate) machine: u16,
+}
+
+/// The header of the ELF file starting with `head`, or `None` when it is not one.
+pub(crate) fn elf_header(head: &[u8]) -> Option<ElfHeader> {
+    fn fields<H: FileHeader<Endian = Endianness>>(head: &[u8], is_64: bool) -> Option<ElfHeader> {
+        let header = H::parse(head).ok()?;
+        let endian = header.endian().ok()?;
+        Some(ElfHeader {
+            is_64,
+            little_endian: header.is_little_endian(),
+            machine: header.e_machine(endian).0,
+        })
+    }
+    match FileKind::parse(head).ok()? {
+        FileKind::Elf32 => fields::<FileHeader32<Endianness>>(head, false),
+        FileKind::Elf64 => fields::<FileHeader64<Endianness>>(head, true),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -120,10 +226,12 @@ mod tests {
 
     #[test]
     fn recognises_each_format() {
+        let mut riscv = image(0x38, b"RSC\x05");
+        riscv[0x30..0x38].copy_from_slice(b"RISCV\0\0\0");
         let cases = [
             (image(0x202, b"HdrS"), KernelFormat::BzImage, Arch::X86_64),
             (image(0x38, b"ARM\x64"), KernelFormat::Image, Arch::Aarch64),
-            (image(0x38, b"RSC\x05"), KernelFormat::Image, Arch::Riscv64),
+            (riscv, KernelFormat::Image, Arch::Riscv64),
             (
                 image(0x24, &0x016F_2818u32.to_le_bytes()),
                 KernelFormat::ZImage,
@@ -133,10 +241,18 @@ mod tests {
         for (bytes, format, arch) in cases {
             assert_eq!(identify_bytes(&bytes), Some(KernelInfo { format, arch }));
         }
-        let mut elf = image(0, b"\x7fELF");
+        let mut elf = image(0, b"\x7fELF\x02\x01\x01");
         elf[18] = 243;
         assert_eq!(identify_bytes(&elf).unwrap().arch, Arch::Riscv64);
         assert_eq!(identify_bytes(b"#!/bin/sh\necho not a kernel\n"), None);
+        // riscv64 needs both magics; a big-endian or wrong-class ELF is no kernel here.
+        assert_eq!(identify_bytes(&image(0x38, b"RSC\x05")), None);
+        assert_eq!(identify_bytes(&image(0x30, b"RISCV\0\0\0")), None);
+        elf[5] = 2;
+        assert_eq!(identify_bytes(&elf), None);
+        elf[5] = 1;
+        elf[4] = 1;
+        assert_eq!(identify_bytes(&elf), None);
     }
 
     #[test]
@@ -159,15 +275,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert!(identify(&empty).unwrap_err().contains("is empty"));
+        assert!(
+            identify(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
+        );
         assert!(
             identify(&dir.path().join("missing"))
                 .unwrap_err()
+                .to_string()
                 .contains("cannot open")
         );
         let x86 = dir.path().join("bzImage");
         std::fs::write(&x86, image(0x202, b"HdrS")).unwrap();
-        let err = check(&x86, Arch::Aarch64).unwrap_err();
+        let err = check(&x86, Arch::Aarch64).unwrap_err().to_string();
         assert!(
             err.contains("built for x86_64, but the test needs aarch64"),
             "{err}"

@@ -1,7 +1,7 @@
 //! Machine profiles: how to start QEMU for each architecture, as serde data users can override.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use orchestrator_core::Arch;
@@ -146,45 +146,72 @@ impl MachineProfile {
     }
 
     /// Finds the QEMU binary, or says how to get it.
-    pub fn find_qemu(&self) -> Result<PathBuf, String> {
-        which_path(&self.qemu).ok_or_else(|| {
-            format!(
-                "QEMU binary `{}` for {} was not found: install it (`cargo xtask test` installs qemu-system-x86, qemu-system-arm and qemu-system-misc) or set `qemu` in the {} profile",
-                self.qemu, self.arch, self.arch
-            )
+    pub fn find_qemu(&self) -> Result<PathBuf, ProfileError> {
+        find_program(&self.qemu).ok_or_else(|| ProfileError::QemuNotFound {
+            qemu: self.qemu.clone(),
+            arch: self.arch,
         })
     }
 
     /// Finds the firmware, if the profile needs one, or says how to get it.
-    pub fn find_firmware(&self) -> Result<Option<PathBuf>, String> {
+    pub fn find_firmware(&self) -> Result<Option<PathBuf>, ProfileError> {
         if self.firmware.is_empty() {
             return Ok(None);
         }
         match self.firmware.iter().find(|p| p.is_file()) {
             Some(p) => Ok(Some(p.clone())),
-            None => Err(format!(
-                "firmware for {} not found (looked for {}): install qemu-system-misc or opensbi, or set `firmware` in the {} profile",
-                self.arch,
-                self.firmware
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                self.arch
-            )),
+            None => Err(ProfileError::FirmwareNotFound {
+                arch: self.arch,
+                looked_for: self.firmware.clone(),
+            }),
         }
     }
 }
 
-fn which_path(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let p = Path::new(name);
-        return p.is_file().then(|| p.to_owned());
+/// Why a profile's QEMU binary or firmware cannot be used; each message names the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// The QEMU binary is not installed (or not executable).
+    #[error(
+        "QEMU binary `{qemu}` for {arch} was not found: install it (`cargo xtask test` installs qemu-system-x86, qemu-system-arm and qemu-system-misc) or set `qemu` in the {arch} profile"
+    )]
+    QemuNotFound {
+        /// The binary, as the profile names it.
+        qemu: String,
+        /// The profile's architecture.
+        arch: Arch,
+    },
+    /// None of the profile's firmware files exists.
+    #[error(
+        "firmware for {arch} not found (looked for {}): install qemu-system-misc or opensbi, or set `firmware` in the {arch} profile",
+        looked_for.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    FirmwareNotFound {
+        /// The profile's architecture.
+        arch: Arch,
+        /// The files looked for.
+        looked_for: Vec<PathBuf>,
+    },
+}
+
+/// For call sites whose own error is still a message.
+impl From<ProfileError> for String {
+    fn from(e: ProfileError) -> Self {
+        e.to_string()
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+}
+
+/// Finds an executable the way a shell does: a name with a `/` as given, any other in `PATH`;
+/// only executable files count. The one program lookup of this crate (QEMU, apt, dpkg-deb).
+/// A name with a `/` comes back as given (relative stays relative), as the command line shows it.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+    let found = which::which(name).ok()?;
+    Some(if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        found
+    })
 }
 
 #[cfg(test)]
@@ -238,12 +265,22 @@ mod tests {
     }
 
     #[test]
+    fn programs_are_found_in_path_or_as_given() {
+        assert!(find_program("sh").is_some_and(|p| p.is_absolute()));
+        assert_eq!(find_program("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, b"").unwrap();
+        assert_eq!(find_program(plain.to_str().unwrap()), None);
+    }
+
+    #[test]
     fn missing_binaries_and_firmware_name_the_fix() {
         let mut p = MachineProfile::builtin(Arch::Riscv64);
         p.qemu = "qemu-system-nonexistent".into();
-        assert!(p.find_qemu().unwrap_err().contains("install"));
+        assert!(p.find_qemu().unwrap_err().to_string().contains("install"));
         p.firmware = vec!["/nonexistent/fw.bin".into()];
-        let err = p.find_firmware().unwrap_err();
+        let err = p.find_firmware().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/fw.bin") && err.contains("opensbi"));
     }
 }

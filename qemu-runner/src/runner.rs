@@ -797,6 +797,7 @@ impl QemuRunner {
         accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
             check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
         })
+        .map_err(String::from)
     }
 }
 
@@ -1580,7 +1581,7 @@ impl Snapshot {
             let (stderr, _) = vm.finish().await;
             return Err(match first_lines(&stderr, 3) {
                 Some(qemu) => format!("{e} (QEMU: {qemu})"),
-                None => e,
+                None => e.to_string(),
             });
         }
         let mut watch = Watch::new(

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::accel::Accel;
 use crate::profile::MachineProfile;
 use crate::protocol::MAX_LINE;
-use crate::qmp::Qmp;
+use crate::qmp::{Qmp, QmpError};
 
 /// Everything needed to start a guest.
 #[derive(Clone, Debug)]
@@ -116,15 +116,83 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     a
 }
 
+/// Why saving, loading or screenshotting a guest over QMP failed; each message names the QMP
+/// command or the state file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VmError {
+    /// The QMP socket could not be used.
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    /// A QMP command failed.
+    #[error("QMP {command}: {source}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What QEMU (or the socket) said.
+        #[source]
+        source: QmpError,
+    },
+    /// A QMP query never gave a final answer.
+    #[error("QMP {command} still says {answer} after {limit:?}")]
+    Stuck {
+        /// The query.
+        command: String,
+        /// Its last answer.
+        answer: serde_json::Value,
+        /// How long it was polled.
+        limit: Duration,
+    },
+    /// A screenshot took too long.
+    #[error("QMP screendump timed out")]
+    ScreendumpTimedOut,
+    /// The state file's path cannot be given to QEMU.
+    #[error("the state file path {} is not UTF-8", file.display())]
+    NotUtf8 {
+        /// The state file.
+        file: PathBuf,
+    },
+    /// QEMU could not save the guest.
+    #[error("the migration to {} failed: {reason}", file.display())]
+    MigrationFailed {
+        /// The state file.
+        file: PathBuf,
+        /// QEMU's reason.
+        reason: String,
+    },
+    /// QEMU did not resume the saved guest.
+    #[error("the guest state from {} did not load: QEMU says `{status}`", file.display())]
+    NotLoaded {
+        /// The state file.
+        file: PathBuf,
+        /// The guest's run state after loading.
+        status: String,
+    },
+}
+
+/// For call sites whose own error is still a message.
+impl From<VmError> for String {
+    fn from(e: VmError) -> Self {
+        e.to_string()
+    }
+}
+
 /// The `exec:` migration URI that runs `cat` with a redirection to or from `file`.
-fn exec_uri(redirect: &str, file: &Path) -> Result<String, String> {
-    let path = file
-        .to_str()
-        .ok_or_else(|| format!("the state file path {} is not UTF-8", file.display()))?;
+fn exec_uri(redirect: &str, file: &Path) -> Result<String, VmError> {
+    let path = file.to_str().ok_or_else(|| VmError::NotUtf8 {
+        file: file.to_owned(),
+    })?;
     Ok(format!(
         "exec:cat {redirect} {}",
         crate::agent::shell_quote(path)
     ))
+}
+
+fn command_failed(command: &'static str) -> impl FnOnce(QmpError) -> VmError {
+    move |source| VmError::Command {
+        command: command.to_owned(),
+        source,
+    }
 }
 
 /// Polls a QMP query until `done` says the answer is final, for at most `limit`.
@@ -132,19 +200,26 @@ async fn poll_qmp(
     qmp: &mut Qmp,
     command: &str,
     limit: Duration,
-    mut done: impl FnMut(&serde_json::Value) -> Option<Result<(), String>>,
-) -> Result<(), String> {
+    mut done: impl FnMut(&serde_json::Value) -> Option<Result<(), VmError>>,
+) -> Result<(), VmError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let answer = qmp
             .execute(command, None)
             .await
-            .map_err(|e| format!("QMP {command}: {e}"))?;
+            .map_err(|source| VmError::Command {
+                command: command.to_owned(),
+                source,
+            })?;
         if let Some(r) = done(&answer) {
             return r;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("QMP {command} still says {answer} after {limit:?}"));
+            return Err(VmError::Stuck {
+                command: command.to_owned(),
+                answer,
+                limit,
+            });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -152,30 +227,29 @@ async fn poll_qmp(
 
 /// Stops the guest behind `qmp_socket` and saves its whole state (memory and devices) to
 /// `file` with a migration; the guest stays stopped.
-pub async fn save_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
-    let mut qmp = Qmp::connect(qmp_socket, Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn save_state(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
+    let mut qmp = Qmp::connect(qmp_socket, Duration::from_secs(5)).await?;
     qmp.execute("stop", None)
         .await
-        .map_err(|e| format!("QMP stop: {e}"))?;
+        .map_err(command_failed("stop"))?;
     let uri = exec_uri(">", file)?;
     qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
         .await
-        .map_err(|e| format!("QMP migrate: {e}"))?;
+        .map_err(command_failed("migrate"))?;
     poll_qmp(
         &mut qmp,
         "query-migrate",
         Duration::from_secs(120),
         |a| match a.get("status").and_then(|s| s.as_str()) {
             Some("completed") => Some(Ok(())),
-            Some("failed" | "cancelled") => Some(Err(format!(
-                "the migration to {} failed: {}",
-                file.display(),
-                a.get("error-desc")
+            Some("failed" | "cancelled") => Some(Err(VmError::MigrationFailed {
+                file: file.to_owned(),
+                reason: a
+                    .get("error-desc")
                     .and_then(|e| e.as_str())
                     .unwrap_or("no reason given")
-            ))),
+                    .to_owned(),
+            })),
             _ => None,
         },
     )
@@ -184,12 +258,12 @@ pub async fn save_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
 
 /// Connects to the QMP socket of a QEMU that was just started, waiting (up to `limit`) for
 /// QEMU to create it.
-async fn connect_when_up(qmp_socket: &Path, limit: Duration) -> Result<Qmp, String> {
+async fn connect_when_up(qmp_socket: &Path, limit: Duration) -> Result<Qmp, VmError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match Qmp::connect(qmp_socket, limit).await {
             Ok(qmp) => return Ok(qmp),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
@@ -197,12 +271,12 @@ async fn connect_when_up(qmp_socket: &Path, limit: Duration) -> Result<Qmp, Stri
 
 /// Loads a state saved by [`save_state`] into a QEMU started with [`VmSpec::incoming`], and
 /// lets the guest run.
-pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
+pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
     let mut qmp = connect_when_up(qmp_socket, Duration::from_secs(10)).await?;
     let uri = exec_uri("<", file)?;
     qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
         .await
-        .map_err(|e| format!("QMP migrate-incoming: {e}"))?;
+        .map_err(command_failed("migrate-incoming"))?;
     let mut status = String::new();
     poll_qmp(&mut qmp, "query-status", Duration::from_secs(120), |a| {
         status = a
@@ -222,11 +296,11 @@ pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), String> {
             .execute("cont", None)
             .await
             .map(|_| ())
-            .map_err(|e| format!("QMP cont: {e}")),
-        other => Err(format!(
-            "the guest state from {} did not load: QEMU says `{other}`",
-            file.display()
-        )),
+            .map_err(command_failed("cont")),
+        other => Err(VmError::NotLoaded {
+            file: file.to_owned(),
+            status: other.to_owned(),
+        }),
     }
 }
 
@@ -339,19 +413,17 @@ impl Vm {
     }
 
     /// Saves a PNG of the display to `path` (the profile must have a display device).
-    pub async fn screenshot(&self, path: &Path) -> Result<(), String> {
-        let mut qmp = Qmp::connect(&self.qmp_socket, Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
+    pub async fn screenshot(&self, path: &Path) -> Result<(), VmError> {
+        let mut qmp = Qmp::connect(&self.qmp_socket, Duration::from_secs(2)).await?;
         let args = serde_json::json!({ "filename": path.display().to_string(), "format": "png" });
         tokio::time::timeout(
             Duration::from_secs(5),
             qmp.execute("screendump", Some(args)),
         )
         .await
-        .map_err(|_| "QMP screendump timed out".to_owned())?
+        .map_err(|_| VmError::ScreendumpTimedOut)?
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(VmError::from)
     }
 
     /// Stops QEMU in stages, each with a bounded wait: QMP `quit`, SIGTERM, SIGKILL.

@@ -1,7 +1,7 @@
 //! Summaries and series survive JSON lines and zstd unchanged.
 
 use perf_monitor::{
-    Bottleneck, ExactTotals, Mark, Recording, Sample, SamplingError, Summary, Verdict,
+    Bottleneck, ExactTotals, Mark, PerfVerdict, Recording, Sample, SamplingError, Summary,
 };
 use proptest::prelude::*;
 
@@ -74,7 +74,7 @@ prop_compose! {
         s.sampling_error = err.map(|e| SamplingError { cpu_s: e.0, cpu_relative: e.1, max_rss_bytes: e.2 });
         s.monitor_cpu_s = extra.0; s.poll_cpu_s = extra.1; s.unavailable = extra.2; s.score = extra.3;
         s.marks = marks.into_iter().map(|(label, t_ms, cpu_s)| Mark { label, t_ms, cpu_s }).collect();
-        s.verdict = Verdict { bottleneck: b, reasons: vec!["why".into()] };
+        s.verdict = PerfVerdict { bottleneck: b, reasons: vec!["why".into()] };
         s
     }
 }
