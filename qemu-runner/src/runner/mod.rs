@@ -369,6 +369,8 @@ impl QemuRunner {
     ) -> Result<Prepared, RunnerError> {
         let arch = self.arch_of(case);
         // What is missing or wrong here is the setup's fault: another attempt cannot help.
+        // (Tiny file work, left on this thread: looking up QEMU and the firmware, the
+        // provisioned manifest read once, the kernel's header.)
         let profile = self.profile(arch).map_err(RunnerError::config)?.clone();
         let qemu = profile.find_qemu().map_err(RunnerError::config)?;
         let firmware = profile.find_firmware().map_err(RunnerError::config)?;
