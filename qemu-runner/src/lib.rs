@@ -62,4 +62,4 @@ pub mod vm;
 pub use accel::{Accel, AccelMode};
 pub use orchestrator_core::TestRunner;
 pub use profile::MachineProfile;
-pub use runner::{ImageSource, Prepared, QemuConfig, QemuRunner, command_line};
+pub use runner::{ExecutionMode, ImageSource, Prepared, QemuConfig, QemuRunner, command_line};

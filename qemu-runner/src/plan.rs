@@ -46,8 +46,12 @@ impl QemuConfig {
     /// wins over the plan's `accel`.
     #[must_use]
     pub fn with_plan(mut self, plan: &QemuPlan) -> Self {
-        self.session = plan.session;
-        self.snapshot_reset = plan.snapshot_reset;
+        use crate::runner::ExecutionMode::{Alone, Session, SnapshotReset};
+        self.mode = match (plan.snapshot_reset, plan.session) {
+            (true, _) => SnapshotReset,
+            (false, true) => Session,
+            (false, false) => Alone,
+        };
         self.pool = plan.pool;
         self.virtio_artifacts = plan.virtio_artifacts;
         if let Some(bytes) = plan.max_artifact_bytes {
@@ -145,7 +149,7 @@ mod tests {
     fn an_empty_table_changes_nothing() {
         let config = QemuConfig::from_plan(&qemu_plan("[qemu]"));
         let default = QemuConfig::new();
-        assert!(!config.session && !config.snapshot_reset && config.virtio_artifacts);
+        assert!(config.mode == crate::runner::ExecutionMode::Alone && config.virtio_artifacts);
         assert_eq!(config.pool, None);
         assert_eq!(config.artifact_limits, default.artifact_limits);
         assert_eq!(config.serial_artifact_limit, default.serial_artifact_limit);
@@ -181,7 +185,7 @@ mod tests {
             "#,
         ));
         assert_eq!(config.accel, AccelMode::Tcg);
-        assert!(config.session && !config.snapshot_reset && !config.virtio_artifacts);
+        assert!(config.mode == crate::runner::ExecutionMode::Session && !config.virtio_artifacts);
         assert_eq!(config.pool, Some(3));
         assert_eq!(config.artifact_limits.max_bytes, 256 << 20);
         assert_eq!(config.artifact_limits.max_files, 12);
@@ -271,7 +275,7 @@ mod tests {
             memory = 1024
             "#,
         ));
-        assert!(config.snapshot_reset && !config.session);
+        assert!(config.mode == crate::runner::ExecutionMode::SnapshotReset);
         assert_eq!(config.serial_artifact_limit, 123);
         assert_eq!(config.modules, ["zram", "virtio_rng"]);
         let x86 = &config.profiles[&Arch::X86_64];

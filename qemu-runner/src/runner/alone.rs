@@ -1,0 +1,156 @@
+//! The default mode: one boot for one test.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use orchestrator_core::{ExecutionContext, Phase, RunnerError, TestCase, TestResult};
+
+use super::QemuRunner;
+use super::gather::Delivery;
+use super::lifecycle::{Run, describe_guest, stop};
+use crate::artifacts::{ArtifactLimits, Extracted};
+use crate::protocol::Record;
+
+impl QemuRunner {
+    /// One boot for one test.
+    pub(super) async fn execute_alone(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        let mut run = Run::new(case, ctx);
+        let mut prepared = self.prepare(case, ctx.scratch_dir(), true).await?;
+        describe_guest(&mut run.result, &prepared);
+        let artifacts = run.artifact_dir()?;
+        run.result.end_phase(Phase::Setup, run.setup_start);
+
+        // Boot.
+        let boot_start = Utc::now();
+        let mut vm = self.start_vm(&prepared, &artifacts.join("console.log"))?;
+        ctx.process_started(vm.pid(), prepared.profile.qemu.clone());
+        let mut artifact_task = prepared.artifact_listener.take().map(|listener| {
+            receive_artifacts(
+                listener,
+                artifacts.join("files"),
+                self.config.artifact_limits,
+            )
+        });
+        run.result
+            .environment
+            .insert("qemu-pid".into(), vm.pid().to_string());
+        let (mut watch, failed) = self
+            .await_ready(&mut vm, &prepared, boot_start, &mut run)
+            .await;
+
+        let mut phases = None;
+        if let Some((outcome, note)) = failed {
+            run.result.outcome = outcome;
+            run.notes.push(note);
+        } else {
+            watch.keep_console();
+            if let Some(Record::Ready {
+                kernel_release,
+                machine,
+                ..
+            }) = &watch.ready
+            {
+                run.result
+                    .environment
+                    .insert("kernel-release".into(), kernel_release.clone());
+                run.result
+                    .environment
+                    .insert("guest-machine".into(), machine.clone());
+            }
+            let ran = self.run_phases(&mut vm, &mut watch, &mut run).await;
+            run.test_phase(&ran);
+            phases = Some(ran);
+        }
+
+        // Teardown (from the test's exit, so it includes the transfer of its results): let the
+        // artifact archive finish arriving, stop QEMU, keep the logs.
+        let teardown_start = phases.as_ref().map_or_else(Utc::now, |p| p.test_end);
+        let transfer_ok = watch.delivered;
+        let mut extracted = None;
+        if let Some(task) = artifact_task.as_mut()
+            && transfer_ok
+            && watch.stream_text("channel").as_deref() == Some("virtio-serial")
+            && let Ok(done) = tokio::time::timeout(self.config.transfer_timeout, &mut *task).await
+        {
+            extracted = done.ok().flatten();
+            artifact_task = None;
+        }
+        if prepared.profile.display.is_some() && vm.exited().is_none() {
+            let shot = artifacts.join("screenshot.png");
+            if let Err(e) = vm.screenshot(&shot).await {
+                run.notes.push(format!("no screenshot: {e}"));
+            }
+        }
+        if let Some(phases) = &phases {
+            run.transfer_time(phases, transfer_ok);
+        }
+        let stopped = stop(vm, &watch, &mut run.result.outcome).await;
+        if stopped.report.steps.len() > 1 || !stopped.report.stopped {
+            run.notes.push(format!(
+                "QEMU was stopped with {}{}",
+                stopped.report.steps.join(", then "),
+                if stopped.report.stopped {
+                    ""
+                } else {
+                    " and is still running"
+                }
+            ));
+        }
+        let console = stopped.console;
+        if console.total > console.logged {
+            run.notes.push(format!(
+                "the console produced {} bytes; console.log keeps the first {}",
+                console.total, console.logged
+            ));
+        }
+        if !stopped.stderr.trim().is_empty() {
+            run.result.environment.insert(
+                "qemu-stderr".into(),
+                stopped.stderr.trim().chars().take(2000).collect(),
+            );
+        }
+        // Artifacts: what arrived over virtio, once QEMU is gone (the socket closed, the
+        // task ends).
+        if let Some(task) = artifact_task {
+            extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten();
+        }
+        let delivery = Delivery {
+            watch: &watch,
+            case,
+            artifacts: &artifacts,
+            extracted,
+            transfer_ok,
+        };
+        self.gather(delivery, &mut run.result, &mut run.notes).await;
+        Ok(run.finish(teardown_start))
+    }
+}
+
+/// Takes the guest's artifact archive from its virtio port and unpacks it into `dest` (on a
+/// blocking thread); `None` when the guest never connects.
+fn receive_artifacts(
+    listener: tokio::net::UnixListener,
+    dest: PathBuf,
+    limits: ArtifactLimits,
+) -> tokio::task::JoinHandle<Option<Extracted>> {
+    tokio::spawn(async move {
+        let (stream, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
+                .await
+                .ok()?
+                .ok()?;
+        let stream = stream.into_std().ok()?;
+        stream.set_nonblocking(false).ok()?;
+        tokio::task::spawn_blocking(move || crate::artifacts::extract(stream, &dest, limits))
+            .await
+            .ok()
+    })
+}

@@ -1,0 +1,718 @@
+//! [`QemuRunner`]: boots a guest per test and runs the test inside it.
+//!
+//! The execution modes ([`ExecutionMode`]) are `alone.rs`, `session.rs` and `snapshot.rs`, on
+//! the guest lifecycle of `lifecycle.rs`; `console.rs` is the console state machine and
+//! `gather.rs` puts what the guest sent into the result.
+
+mod alone;
+mod console;
+mod gather;
+mod lifecycle;
+mod session;
+mod snapshot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use orchestrator_core::{
+    Arch, ExecutionContext, Outcome, RunnerError, TestCase, TestResult, TestRunner,
+};
+
+use crate::accel::{self, AccelDecision, AccelMode, KvmDevice};
+use crate::image::{self, GuestParts, TestPart};
+use crate::kernel;
+use crate::profile::MachineProfile;
+use crate::provision;
+use crate::vm::VmSpec;
+use lifecycle::Guest;
+use snapshot::Snapshot;
+
+/// Where guest kernels and busybox come from.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ImageSource {
+    /// Stock Debian images provisioned into this cache directory (see [`crate::provision`]).
+    Provisioned(PathBuf),
+    /// Images the user supplies, per architecture.
+    Custom(BTreeMap<Arch, GuestParts>),
+}
+
+/// How [`QemuRunner`] runs tests ([`QemuConfig::mode`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExecutionMode {
+    /// One boot per test.
+    #[default]
+    Alone,
+    /// Session mode: a booted guest runs test after test (each with its own timeout, output,
+    /// exit code and artifacts) instead of one boot per test. A guest that hangs, crashes or
+    /// loses its results is thrown away and the next test boots a fresh one. Tests are sent
+    /// over the console, so a test whose files are larger than a few kilobytes still gets a
+    /// guest of its own; artifacts come back over the console (bounded by
+    /// [`QemuConfig::serial_artifact_limit`]).
+    Session,
+    /// Snapshot reset: the first test of a kind boots a guest, which is saved (QEMU migration
+    /// to a file) once its agent is ready; every test then runs in a guest restored from that
+    /// file, pristine, in a fraction of a boot's time. Tests are sent and results come back
+    /// as in session mode.
+    SnapshotReset,
+}
+
+/// Settings of [`QemuRunner`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct QemuConfig {
+    /// Machine profiles per architecture (the built-ins unless replaced).
+    pub profiles: BTreeMap<Arch, MachineProfile>,
+    /// Accelerator choice for every architecture whose profile makes none
+    /// ([`MachineProfile::accel`]); [`QemuConfig::accel_env`] wins over both.
+    pub accel: AccelMode,
+    /// The value of the `ORCH_ACCEL` environment variable ([`accel::ACCEL_ENV`]), read by
+    /// [`QemuConfig::new`]: `auto`, `kvm` or `tcg`, winning over every configured choice (a
+    /// bad value fails every test's check, naming the variable). `None` (or blank): not set.
+    pub accel_env: Option<String>,
+    /// The KVM device (`/dev/kvm`).
+    pub kvm_device: PathBuf,
+    /// Where kernels and busybox come from.
+    pub images: ImageSource,
+    /// Where built base initramfs archives and the KVM kernel checks
+    /// ([`accel::check_kernel_cached`]) are cached.
+    pub build_cache: PathBuf,
+    /// Where each VM's private directory (QMP and artifact sockets) and saved snapshots go,
+    /// removed when done; the system's temporary directory by default. Keep it short: Unix
+    /// socket paths are limited to 107 bytes.
+    pub temp_dir: PathBuf,
+    /// The architecture of tests that do not name one.
+    pub default_arch: Arch,
+    /// Bytes of each of stdout, stderr and the kernel log the guest sends back (head and tail
+    /// are kept when a stream is longer).
+    pub output_limit: u64,
+    /// Bytes of console output kept in `console.log`.
+    pub console_log_limit: u64,
+    /// Kernel modules loaded in every guest.
+    pub modules: Vec<String>,
+    /// How often a damaged transfer is asked for again before giving up.
+    pub max_resends: u32,
+    /// Limits on the artifacts a guest may send back.
+    pub artifact_limits: crate::artifacts::ArtifactLimits,
+    /// Largest artifact archive sent over the serial console, when the guest has no virtio
+    /// port (a kernel without the modules); the console carries about 85 KB/s under TCG.
+    pub serial_artifact_limit: u64,
+    /// How long the guest may take to send results and artifacts after the test exits.
+    pub transfer_timeout: std::time::Duration,
+    /// Whether every guest gets the virtio artifact channel, so that core dumps of crashing
+    /// programs come back even from tests that name no artifacts (costs loading two modules at
+    /// boot).
+    pub core_dumps: bool,
+    /// Whether artifacts travel over a virtio-serial port (fast); `false` forces the serial
+    /// console (slow, for kernels without virtio, and for comparison).
+    pub virtio_artifacts: bool,
+    /// How tests run: a boot each (the default), in session guests, or in guests restored
+    /// from a snapshot.
+    pub mode: ExecutionMode,
+    /// Most QEMU VMs running at once, at least 1: a test waits for a free slot before its VM
+    /// starts, and holds it until its result is ready (a session guest or a restored snapshot
+    /// counts as one VM while it runs a test; idle session guests do not count). `None`: the
+    /// number of CPUs.
+    pub pool: Option<usize>,
+}
+
+impl QemuConfig {
+    /// Built-in profiles, automatic accelerator choice, the provisioned Debian images in
+    /// [`provision::default_cache_dir`].
+    pub fn new() -> Self {
+        let cache = provision::default_cache_dir();
+        QemuConfig {
+            profiles: MachineProfile::builtins(),
+            accel: AccelMode::Auto,
+            accel_env: std::env::var_os(accel::ACCEL_ENV).map(|v| v.to_string_lossy().into_owned()),
+            kvm_device: PathBuf::from("/dev/kvm"),
+            build_cache: cache.join("build"),
+            temp_dir: std::env::temp_dir(),
+            images: ImageSource::Provisioned(cache),
+            default_arch: Arch::host().unwrap_or(Arch::X86_64),
+            output_limit: 256 * 1024,
+            console_log_limit: 16 << 20,
+            modules: Vec::new(),
+            max_resends: 3,
+            artifact_limits: crate::artifacts::ArtifactLimits::default(),
+            serial_artifact_limit: 4 << 20,
+            transfer_timeout: std::time::Duration::from_secs(120),
+            core_dumps: true,
+            virtio_artifacts: true,
+            mode: ExecutionMode::Alone,
+            pool: None,
+        }
+    }
+
+    /// Uses these images.
+    #[must_use]
+    pub fn with_images(mut self, images: ImageSource) -> Self {
+        self.images = images;
+        self
+    }
+
+    /// Sets the accelerator choice.
+    #[must_use]
+    pub fn with_accel(mut self, accel: AccelMode) -> Self {
+        self.accel = accel;
+        self
+    }
+
+    /// Sets (or, with `None`, clears) the `ORCH_ACCEL` value (see [`QemuConfig::accel_env`]).
+    #[must_use]
+    pub fn with_accel_env(mut self, value: Option<&str>) -> Self {
+        self.accel_env = value.map(str::to_owned);
+        self
+    }
+
+    /// Looks for the KVM device at `path` instead of `/dev/kvm`.
+    #[must_use]
+    pub fn with_kvm_device(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kvm_device = path.into();
+        self
+    }
+
+    /// Replaces the profile of one architecture.
+    #[must_use]
+    pub fn with_profile(mut self, profile: MachineProfile) -> Self {
+        self.profiles.insert(profile.arch, profile);
+        self
+    }
+
+    /// Sets how tests run.
+    #[must_use]
+    pub fn with_mode(mut self, mode: ExecutionMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Turns session mode on (see [`ExecutionMode::Session`]) or, if it was on, off.
+    #[must_use]
+    pub fn with_session(self, session: bool) -> Self {
+        self.with_mode_switched(ExecutionMode::Session, session)
+    }
+
+    /// Turns snapshot reset on (see [`ExecutionMode::SnapshotReset`]) or, if it was on, off.
+    #[must_use]
+    pub fn with_snapshot_reset(self, on: bool) -> Self {
+        self.with_mode_switched(ExecutionMode::SnapshotReset, on)
+    }
+
+    /// `mode` on, or off (back to [`ExecutionMode::Alone`]) if it was the mode.
+    fn with_mode_switched(mut self, mode: ExecutionMode, on: bool) -> Self {
+        if on {
+            self.mode = mode;
+        } else if self.mode == mode {
+            self.mode = ExecutionMode::Alone;
+        }
+        self
+    }
+
+    /// Sets where built archives are cached.
+    #[must_use]
+    pub fn with_build_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.build_cache = dir.into();
+        self
+    }
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An accelerator decision, made once by whichever test needs it first.
+type DecisionCell = std::sync::Arc<tokio::sync::OnceCell<AccelDecision>>;
+
+/// Boots a QEMU guest per test: the test runs inside, under the guest agent, and comes back
+/// with its exit code, output, kernel log and console log; crashes, hangs and boot failures
+/// are labelled from the console.
+#[derive(Debug)]
+pub struct QemuRunner {
+    config: QemuConfig,
+    /// Accelerator decisions by architecture and kernel.
+    /// Accelerator decisions per architecture and kernel, each made once (tests of other
+    /// kernels do not wait for a kernel's KVM check).
+    accel: Mutex<HashMap<(Arch, PathBuf), DecisionCell>>,
+    manifest: Mutex<Option<provision::Manifest>>,
+    /// Idle session guests, by what they were booted with.
+    sessions: Mutex<HashMap<String, Vec<Guest>>>,
+    /// Saved guests for snapshot reset, by what they were booted with.
+    snapshots: Mutex<HashMap<String, std::sync::Arc<tokio::sync::OnceCell<Snapshot>>>>,
+    boots: std::sync::atomic::AtomicU32,
+    /// One permit per VM that may run at once ([`QemuConfig::pool`]).
+    pool: tokio::sync::Semaphore,
+}
+
+const NAME: &str = "qemu";
+
+impl QemuRunner {
+    /// A runner with these settings.
+    pub fn new(config: QemuConfig) -> Self {
+        let pool = config
+            .pool
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        QemuRunner {
+            pool: tokio::sync::Semaphore::new(pool),
+            config,
+            accel: Mutex::new(HashMap::new()),
+            manifest: Mutex::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
+            boots: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+
+    fn arch_of(&self, case: &TestCase) -> Arch {
+        case.requirements.arch.unwrap_or(self.config.default_arch)
+    }
+
+    fn profile(&self, arch: Arch) -> Result<&MachineProfile, String> {
+        self.config.profiles.get(&arch).ok_or_else(|| {
+            format!("no machine profile for {arch}: add one to the runner's profiles")
+        })
+    }
+
+    /// The kernel, busybox and modules for a test.
+    fn parts(&self, case: &TestCase, arch: Arch) -> Result<GuestParts, String> {
+        let mut parts = match &self.config.images {
+            ImageSource::Custom(map) => map.get(&arch).cloned().ok_or_else(|| {
+                format!("no guest image configured for {arch}: add one to the runner's images")
+            })?,
+            ImageSource::Provisioned(dir) => {
+                let mut guard = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.is_none() {
+                    *guard = Some(provision::load(dir).map_err(|e| e.to_string())?);
+                }
+                let manifest = guard.as_ref().expect("just loaded");
+                let image = manifest.images.get(&arch).ok_or_else(|| {
+                    format!(
+                        "no provisioned {arch} image in {}: run `cargo xtask test` (or qemu_runner::provision::provision) to fetch it",
+                        dir.display()
+                    )
+                })?;
+                GuestParts {
+                    arch,
+                    kernel: image.kernel.clone(),
+                    busybox: image.busybox.clone(),
+                    modules_dir: Some(image.modules_dir.clone()),
+                    kernel_version: Some(image.kernel_version.clone()),
+                }
+            }
+        };
+        if let Some(kernel) = &case.requirements.kernel {
+            // The test's own kernel: its modules are not known.
+            parts.kernel = kernel.clone();
+            parts.modules_dir = None;
+            parts.kernel_version = None;
+        }
+        Ok(parts)
+    }
+
+    fn wants_channel(&self, case: &TestCase) -> bool {
+        self.config.virtio_artifacts
+            && (self.config.core_dumps || !case.artifacts.is_empty() || case.trace.is_some())
+    }
+
+    fn modules_for(
+        &self,
+        case: &TestCase,
+        profile: &MachineProfile,
+        has_tree: bool,
+    ) -> Vec<String> {
+        let mut m = Vec::new();
+        if has_tree && self.wants_channel(case) {
+            m.extend(profile.channel_modules.iter().cloned());
+        }
+        for x in &self.config.modules {
+            if !m.contains(x) {
+                m.push(x.clone());
+            }
+        }
+        for x in &case.requirements.modules {
+            if !m.contains(x) {
+                m.push(x.clone());
+            }
+        }
+        m
+    }
+
+    /// Does everything up to starting QEMU for `case`: picks the profile, kernel and
+    /// accelerator, and writes the initramfs to `dir/initrd.img`. With `wait_for_ack` false the
+    /// guest powers off right after reporting, so [`crate::vm::qemu_args`] of the returned spec is
+    /// a plain QEMU command line that boots, runs the test and exits (what the boot benchmark
+    /// compares the runner with).
+    pub async fn prepare(
+        &self,
+        case: &TestCase,
+        dir: &Path,
+        wait_for_ack: bool,
+    ) -> Result<Prepared, RunnerError> {
+        self.prepare_inner(case, dir, wait_for_ack, false).await
+    }
+
+    async fn prepare_inner(
+        &self,
+        case: &TestCase,
+        dir: &Path,
+        wait_for_ack: bool,
+        session: bool,
+    ) -> Result<Prepared, RunnerError> {
+        let arch = self.arch_of(case);
+        // What is missing or wrong here is the setup's fault: another attempt cannot help.
+        // (Tiny file work, left on this thread: looking up QEMU and the firmware, the
+        // provisioned manifest read once, the kernel's header.)
+        let profile = self.profile(arch).map_err(RunnerError::config)?.clone();
+        let qemu = profile.find_qemu().map_err(RunnerError::config)?;
+        let firmware = profile.find_firmware().map_err(RunnerError::config)?;
+        let parts = self.parts(case, arch).map_err(RunnerError::config)?;
+        kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        // A forced KVM that does not work: the configuration's to change.
+        let decision = self
+            .accel_for(&profile, &qemu, firmware.as_deref(), &parts.kernel)
+            .await
+            .map_err(RunnerError::config)?;
+
+        // The initramfs: cached base plus this test's part.
+        let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
+        // The channel's modules load at boot; the test's own in its phase, on its clock.
+        let boot: Vec<String> = profile
+            .channel_modules
+            .iter()
+            .filter(|m| modules.contains(m))
+            .cloned()
+            .collect();
+        let cache = self.config.build_cache.clone();
+        let parts2 = parts.clone();
+        let base = tokio::task::spawn_blocking(move || {
+            image::base_image(&parts2, &modules, &boot, &cache)
+        })
+        .await
+        .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
+        .map_err(RunnerError::new)?;
+        // This test's part, and the initramfs written: on a blocking thread.
+        let test_case = case.clone();
+        let dir = dir.to_owned();
+        let output_limit = self.config.output_limit;
+        let serial_artifact_limit = self.config.serial_artifact_limit;
+        let kernel_version = parts.kernel_version.clone();
+        let initrd = tokio::task::spawn_blocking(move || {
+            let test_part = if session {
+                image::session_archive(
+                    output_limit,
+                    serial_artifact_limit,
+                    &base.load_order,
+                    kernel_version.as_deref(),
+                )
+            } else {
+                image::test_archive(&TestPart {
+                    case: &test_case,
+                    output_limit,
+                    load_order: &base.test_order(),
+                    boot_order: &base.boot_order,
+                    kernel_version: kernel_version.as_deref(),
+                    serial_artifact_limit,
+                    wait_for_ack,
+                })
+            }
+            .map_err(RunnerError::new)?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                RunnerError::with_source(format!("failed to create {}", dir.display()), e)
+            })?;
+            let initrd = dir.join("initrd.img");
+            image::assemble(&base.path, &test_part, &initrd).map_err(RunnerError::new)?;
+            Ok::<_, RunnerError>(initrd)
+        })
+        .await
+        .map_err(|e| RunnerError::with_source("building the test's initramfs panicked", e))??;
+
+        let mut append = format!("console={} panic=-1 rdinit=/init", profile.console);
+        for a in &profile.kernel_args {
+            append.push(' ');
+            append.push_str(a);
+        }
+        // Sockets live in a short private directory: Unix socket paths are limited to 107 bytes.
+        let sockets = tempfile::Builder::new()
+            .prefix("orch-vm-")
+            .tempdir_in(&self.config.temp_dir)
+            .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
+        let artifact_listener = if session || !self.wants_channel(case) {
+            None
+        } else {
+            let path = sockets.path().join("artifacts.sock");
+            Some(tokio::net::UnixListener::bind(&path).map_err(|e| {
+                RunnerError::with_source(format!("failed to listen on {}", path.display()), e)
+            })?)
+        };
+        let spec = VmSpec {
+            qemu: qemu.clone(),
+            accel: decision.accel,
+            kernel: parts.kernel.clone(),
+            initrd,
+            firmware,
+            append,
+            qmp_socket: sockets.path().join("qmp.sock"),
+            artifact_socket: artifact_listener
+                .as_ref()
+                .map(|_| sockets.path().join("artifacts.sock")),
+            incoming: false,
+            memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
+            cpus: case.requirements.cpus.unwrap_or(profile.cpus),
+            profile: profile.clone(),
+        };
+        Ok(Prepared {
+            spec,
+            decision,
+            profile,
+            qemu,
+            artifact_listener,
+            sockets,
+        })
+    }
+
+    /// The accelerator for `kernel` on `profile`'s machine: decided once per architecture and
+    /// kernel, KVM only after the kernel printed its banner under KVM (remembered on disk).
+    async fn accel_for(
+        &self,
+        profile: &MachineProfile,
+        qemu: &Path,
+        firmware: Option<&Path>,
+        kernel: &Path,
+    ) -> Result<AccelDecision, String> {
+        let arch = profile.arch;
+        let mode = accel::resolve_mode(
+            self.config.accel_env.as_deref(),
+            arch,
+            profile.accel,
+            self.config.accel,
+        )?;
+        let cell = self
+            .accel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((arch, kernel.to_owned()))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.decide_accel(&mode, profile, qemu, firmware, kernel))
+            .await
+            .cloned()
+    }
+
+    /// Makes the accelerator decision for a kernel: the KVM check when it can matter.
+    async fn decide_accel(
+        &self,
+        mode: &accel::ResolvedMode,
+        profile: &MachineProfile,
+        qemu: &Path,
+        firmware: Option<&Path>,
+        kernel: &Path,
+    ) -> Result<AccelDecision, String> {
+        let arch = profile.arch;
+        let device = KvmDevice::detect(&self.config.kvm_device);
+        let host = Arch::host();
+        // The check is async; run it first when it can matter, then decide synchronously.
+        let check =
+            if mode.mode != AccelMode::Tcg && host == Some(arch) && device == KvmDevice::Usable {
+                let spec = accel::KernelCheckSpec::new(
+                    profile,
+                    qemu.to_owned(),
+                    firmware.map(Path::to_owned),
+                    kernel.to_owned(),
+                );
+                Some(accel::check_kernel_cached(&spec, &self.config.build_cache).await)
+            } else {
+                None
+            };
+        accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
+            check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
+        })
+    }
+}
+
+#[async_trait]
+impl TestRunner for QemuRunner {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn check(&self, case: &TestCase) -> Result<(), String> {
+        let arch = self.arch_of(case);
+        let profile = self.profile(arch)?;
+        accel::resolve_mode(
+            self.config.accel_env.as_deref(),
+            arch,
+            profile.accel,
+            self.config.accel,
+        )?;
+        profile.find_qemu()?;
+        profile.find_firmware()?;
+        let parts = self.parts(case, arch)?;
+        kernel::check(&parts.kernel, arch)?;
+        if !parts.busybox.is_file() {
+            return Err(format!(
+                "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
+                parts.busybox.display()
+            ));
+        }
+        let modules = self.modules_for(case, profile, false);
+        if !modules.is_empty() && parts.modules_dir.is_none() {
+            return Err(format!(
+                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
+                modules.join(", ")
+            ));
+        }
+        for key in case.env.keys() {
+            if !crate::agent::valid_env_name(key) {
+                return Err(format!(
+                    "environment variable `{key}` is not a valid shell variable name in the guest"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        // One VM slot for the whole execution; the semaphore is never closed.
+        let _slot = tokio::select! {
+            biased;
+            permit = self.pool.acquire() => permit
+                .map_err(|e| RunnerError::with_source("the VM pool is closed", e))?,
+            () = ctx.cancel_token().cancelled() => {
+                let mut result = TestResult::new(case, NAME, Outcome::Cancelled);
+                result.message =
+                    Some("the run was cancelled while the test waited for a free VM slot".into());
+                return Ok(result);
+            }
+        };
+        match self.config.mode {
+            ExecutionMode::Alone => self.execute_alone(case, ctx).await,
+            mode => self.execute_in_guest(case, ctx, mode).await,
+        }
+    }
+
+    async fn cleanup(&self) -> Result<(), RunnerError> {
+        let idle: Vec<Guest> = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.drain().flat_map(|(_, v)| v).collect()
+        };
+        for mut guest in idle {
+            let _ = guest.vm.send_line("QUIT").await;
+            guest.vm.stop().await;
+            let _ = guest.vm.finish().await;
+        }
+        // Saved guests go with their files, removed on a blocking thread (a state file can be
+        // large).
+        let saved: Vec<_> = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        blocking(move || drop(saved)).await;
+        Ok(())
+    }
+}
+
+/// A guest ready to start: see [`QemuRunner::prepare`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Prepared {
+    /// Where the guest's artifact port connects, when the test collects artifacts.
+    pub artifact_listener: Option<tokio::net::UnixListener>,
+    /// The private directory holding the sockets (removed when dropped).
+    pub sockets: tempfile::TempDir,
+    /// What to start.
+    pub spec: VmSpec,
+    /// The accelerator and why.
+    pub decision: AccelDecision,
+    /// The machine profile used.
+    pub profile: MachineProfile,
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+}
+
+/// The QEMU command line of a spec, quoted for a shell, for reproducing a run by hand.
+pub fn command_line(spec: &VmSpec) -> String {
+    let mut s = crate::agent::shell_quote(&spec.qemu.to_string_lossy());
+    for a in crate::vm::qemu_args(spec) {
+        s.push(' ');
+        s.push_str(&crate::agent::shell_quote(&a));
+    }
+    s
+}
+
+/// Runs `f` on a blocking thread and waits for it; a panic there goes on here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// A runner whose executions fail before anything boots: its QEMU binary does not exist.
+    fn runner(pool: Option<usize>) -> QemuRunner {
+        let mut config = QemuConfig::new().with_images(ImageSource::Custom(BTreeMap::new()));
+        config.pool = pool;
+        for profile in config.profiles.values_mut() {
+            profile.qemu = "/nonexistent/qemu-system".into();
+        }
+        QemuRunner::new(config)
+    }
+
+    #[test]
+    fn the_pool_defaults_to_the_cpu_count() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(runner(None).pool.available_permits(), cpus);
+        assert_eq!(runner(Some(3)).pool.available_permits(), 3);
+        assert_eq!(runner(Some(0)).pool.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn executions_wait_for_a_free_slot() {
+        let runner = runner(Some(1));
+        let case = TestCase::script("t", "true");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = ExecutionContext::new(&case, dir.path());
+
+        let held = runner.pool.acquire().await.unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(100), runner.execute(&case, &ctx)).await;
+        assert!(waiting.is_err(), "the execution must wait for the slot");
+        drop(held);
+        let err = runner.execute(&case, &ctx).await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/qemu-system"),
+            "{err}"
+        );
+        assert_eq!(runner.pool.available_permits(), 1, "the slot is given back");
+
+        // A run cancelled while the test waits ends the wait.
+        let _held = runner.pool.acquire().await.unwrap();
+        let cancel = CancellationToken::new();
+        let ctx = ExecutionContext::new(&case, dir.path()).with_cancel(cancel.clone());
+        cancel.cancel();
+        let result = runner.execute(&case, &ctx).await.unwrap();
+        assert_eq!(result.outcome, Outcome::Cancelled);
+    }
+}
