@@ -69,6 +69,7 @@ mod orchestrator;
 mod output;
 pub mod plan;
 mod process;
+#[cfg(feature = "progress")]
 pub mod progress;
 pub mod report;
 mod result;
@@ -80,7 +81,9 @@ pub use case::{
     Arch, Command, DEFAULT_TIMEOUT, EmptyCommand, Expectation, FileSpec, InvalidTestId,
     Requirements, TestCase, TestId, UnknownArch,
 };
-pub use compose::{METRICS_NAME, artifact_kind, store_outcome};
+pub use compose::METRICS_NAME;
+#[cfg(feature = "store")]
+pub use compose::{artifact_kind, store_outcome};
 pub use orchestrator::{
     Interruption, Orchestrator, OrchestratorError, RunConfig, RunEvent, STORE_ERROR_KEY,
 };
@@ -99,6 +102,8 @@ pub use runner::{
 pub use tokio_util::sync::CancellationToken;
 
 /// The artifact store the orchestrator composes (re-exported for one dependency line).
+#[cfg(feature = "store")]
 pub use artifact_store;
 /// The process monitor the orchestrator composes.
+#[cfg(feature = "monitor")]
 pub use perf_monitor;
