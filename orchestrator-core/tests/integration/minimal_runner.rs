@@ -30,39 +30,24 @@ fn a_runner_builds_without_the_default_features() {
     std::fs::copy(core.join("../Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(&cargo)
-        .args(["build", "--offline", "--quiet", "--manifest-path"])
-        .arg(dir.path().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(dir.path().join("target"))
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "building the fixture failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let manifest = dir.path().join("Cargo.toml");
+    succeed(
+        Command::new(&cargo)
+            .args(["build", "--offline", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(dir.path().join("target"))
+            .env_remove("CARGO_TARGET_DIR"),
+        "building the fixture",
     );
 
-    let tree = Command::new(&cargo)
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--manifest-path",
-        ])
-        .arg(dir.path().join("Cargo.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        tree.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tree.stderr)
+    let tree = succeed(
+        Command::new(&cargo)
+            .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+            .arg("--manifest-path")
+            .arg(&manifest),
+        "listing the fixture's dependencies",
     );
-    let tree = String::from_utf8(tree.stdout).unwrap();
     for heavy in ["rusqlite", "object_store", "plotters", "indicatif"] {
         assert!(
             !tree.lines().any(|l| l.starts_with(&format!("{heavy} "))),
@@ -70,13 +55,22 @@ fn a_runner_builds_without_the_default_features() {
         );
     }
 
-    let run = Command::new(dir.path().join("target/debug/minimal-runner"))
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "the fixture failed:\n{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    succeed(
+        &mut Command::new(dir.path().join("target/debug/minimal-runner")),
+        "running the fixture",
     );
+}
+
+/// Runs `command` to its end and returns its stdout; anything but success fails the test,
+/// showing both streams.
+fn succeed(command: &mut Command, what: &str) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
