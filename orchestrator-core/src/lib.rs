@@ -14,6 +14,18 @@
 //!   ([`perf_monitor`]), [`Orchestrator::with_store`] keeps its artifacts in an
 //!   [`artifact_store`], [`Orchestrator::with_retention`] prunes the store after the run.
 //!
+//! # Features
+//!
+//! All on by default; a crate that only implements [`TestRunner`] can turn them off
+//! (`default-features = false`) and compile none of their dependencies:
+//! - `store`: [`Orchestrator::with_store`] and `with_retention`, the plan's `[store]` table
+//!   (artifact-store: SQLite, the S3 client stack);
+//! - `monitor`: [`Orchestrator::with_monitor`], the plan's `[monitor]` table (perf-monitor);
+//! - `reports`: the HTML report (`report::html_report`, plotters);
+//! - `progress`: the progress display (`progress`, indicatif).
+//!
+//! A plan naming `[store]` or `[monitor]` without its feature is refused at that table.
+//!
 //! # Examples
 //!
 //! ```
@@ -61,6 +73,11 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// The documentation names the parts of every feature; without them some links have no target.
+#![cfg_attr(
+    not(all(feature = "store", feature = "monitor")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 mod case;
 mod compose;
