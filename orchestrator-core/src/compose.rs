@@ -1,209 +1,232 @@
 //! The composed parts of an execution: a perf-monitor watch on the processes the runner reports,
 //! and the artifact store that keeps what the test left behind.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+//!
+//! Each part is behind its cargo feature: the watch behind `monitor`, the store behind `store`.
 
-use artifact_store::{ArtifactKind, ArtifactStore, NewArtifact, TestOutcome};
-use perf_monitor::{Guard, Monitor, Recording};
+#[cfg(feature = "monitor")]
+pub(crate) use watch::{ExecutionWatch, add_metrics_file, usage_of};
 
-use crate::case::TestCase;
-use crate::result::{ArtifactFile, Outcome, ResourceUsage, StoredArtifact, TestResult, UsagePoint};
-use crate::runner::{HostProcess, ProcessObserver};
-
-/// Watches the processes a runner reports for one execution with one perf-monitor guard, and
-/// passes them on to the caller's observer.
-#[derive(Debug)]
-pub(crate) struct ExecutionWatch {
-    monitor: Arc<Monitor>,
-    label: String,
-    state: Mutex<WatchState>,
-    inner: Option<Arc<dyn ProcessObserver>>,
-}
-
-#[derive(Debug, Default)]
-struct WatchState {
-    guard: Option<Guard>,
-    error: Option<String>,
-}
-
-impl ExecutionWatch {
-    pub(crate) fn new(
-        monitor: Arc<Monitor>,
-        label: String,
-        inner: Option<Arc<dyn ProcessObserver>>,
-    ) -> Self {
-        ExecutionWatch {
-            monitor,
-            label,
-            state: Mutex::new(WatchState::default()),
-            inner,
-        }
-    }
-
-    /// Stops the watch: the recording, `None` when no process was reported, or why the watch
-    /// failed.
-    pub(crate) fn finish(&self) -> Option<Result<Recording, String>> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match (state.guard.take(), state.error.take()) {
-            (Some(guard), _) => Some(guard.finish().map_err(|e| e.to_string())),
-            (None, Some(e)) => Some(Err(e)),
-            (None, None) => None,
-        }
-    }
-}
-
-impl ProcessObserver for ExecutionWatch {
-    fn process_started(&self, test: &TestCase, process: &HostProcess) {
-        if let Some(inner) = &self.inner {
-            inner.process_started(test, process);
-        }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &state.guard {
-            Some(guard) => guard.add_pid(process.pid),
-            None => match self.monitor.watch_pid(process.pid, self.label.clone()) {
-                Ok(guard) => state.guard = Some(guard),
-                // A process that already left cannot be watched; say so in the result.
-                Err(e) => {
-                    state.error = Some(format!("pid {} ({}): {e}", process.pid, process.label))
-                }
-            },
-        }
-    }
-}
-
-/// The report's view of a recording: totals and a thinned-out CPU and memory series.
-pub(crate) fn usage_of(recording: &Recording) -> ResourceUsage {
-    let s = &recording.summary;
-    let series = &recording.series;
-    let t0 = series.first().map_or(0, |x| x.t_ms);
-    let step = series.len().div_ceil(ResourceUsage::MAX_POINTS).max(1);
-    let points = series
-        .chunks(step)
-        .map(|chunk| {
-            // A point stands for its chunk: the mean CPU, the highest memory.
-            let cpus: Vec<f64> = chunk.iter().filter_map(|x| x.cpu_percent).collect();
-            let cpu_percent =
-                (!cpus.is_empty()).then(|| cpus.iter().sum::<f64>() / cpus.len() as f64);
-            let last = chunk.last().expect("chunks are not empty");
-            UsagePoint {
-                t: last.t_ms.saturating_sub(t0) as f64 / 1000.0,
-                cpu_percent,
-                rss_bytes: chunk.iter().map(|x| x.rss_bytes).max().unwrap_or(0),
-            }
-        })
-        .collect();
-    let bottleneck = serde_json::to_value(s.verdict.bottleneck)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{:?}", s.verdict.bottleneck));
-    ResourceUsage {
-        cpu_seconds: s.cpu.user_s + s.cpu.system_s,
-        avg_cpu_percent: s.cpu.avg_percent,
-        peak_cpu_percent: s.cpu.peak_percent,
-        peak_rss_bytes: s.memory.peak_bytes,
-        read_bytes: s.io.read_bytes,
-        write_bytes: s.io.write_bytes,
-        peak_processes: s.processes.peak,
-        bottleneck,
-        series: points,
-    }
-}
-
-/// The catalog's outcome for an orchestrator outcome, by label. Labels the store does not know
-/// (`Outcome` is non-exhaustive) count as failures, so retention errs on the side of keeping.
-pub fn store_outcome(outcome: &Outcome) -> TestOutcome {
-    outcome.label().parse().unwrap_or(TestOutcome::Failed)
-}
-
-/// The catalog kind of a collected file, from the names runners give them.
-pub fn artifact_kind(name: &str) -> ArtifactKind {
-    let file = name.rsplit('/').next().unwrap_or(name);
-    if name.contains(".orch-cores/") || file.starts_with("core.") || file == "core" {
-        ArtifactKind::CoreDump
-    } else if name.contains(".orch-trace/") || file.ends_with(".trace") {
-        ArtifactKind::Trace
-    } else if file == "console.log" {
-        ArtifactKind::Console
-    } else if file == METRICS_NAME && !name.contains('/') {
-        ArtifactKind::Metrics
-    } else if file.ends_with(".png") || file.ends_with(".ppm") {
-        ArtifactKind::Screenshot
-    } else if file.ends_with(".log") || file.ends_with(".txt") || file == "dmesg" {
-        ArtifactKind::Log
-    } else {
-        ArtifactKind::Other
-    }
-}
-
-/// Puts an execution's files (with its metrics recording, already among them) into the store in
-/// one catalog transaction, and links each [`ArtifactFile`] of `result` to its record. Blocking.
-pub(crate) fn store_execution(
-    store: &ArtifactStore,
-    run_id: &str,
-    case: &TestCase,
-    result: &mut TestResult,
-) -> Result<(), String> {
-    if result.artifacts.is_empty() {
-        return Ok(());
-    }
-    let outcome = store_outcome(&result.outcome);
-    let arch = case
-        .requirements
-        .arch
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| result.environment.get("arch").cloned());
-    let mut items = Vec::with_capacity(result.artifacts.len());
-    for f in &result.artifacts {
-        let mut a = NewArtifact::new(case.id.as_str(), run_id, artifact_kind(&f.name), &f.name)
-            .outcome(outcome)
-            .meta("attempt", result.attempt.to_string())
-            .meta("runner", result.runner.clone());
-        if let Some(arch) = &arch {
-            a = a.arch(arch.clone());
-        }
-        // Retention pins match the `tag` key: the test's first tag; `tags` holds them all.
-        if let Some(tag) = case.tags.first() {
-            a = a
-                .meta(artifact_store::TAG_KEY, tag.clone())
-                .meta("tags", case.tags.join(","));
-        }
-        let file = std::fs::File::open(&f.path).map_err(|e| {
-            format!(
-                "cannot read artifact `{}` of test `{}` at {}: {e}",
-                f.name,
-                case.id,
-                f.path.display()
-            )
-        })?;
-        items.push((a, file));
-    }
-    let records = store.add_many(items).map_err(|e| e.to_string())?;
-    for (f, r) in result.artifacts.iter_mut().zip(&records) {
-        f.stored = Some(StoredArtifact {
-            id: r.id.clone(),
-            digest: r.digest.to_hex(),
-            kind: r.kind.as_str().to_owned(),
-        });
-    }
-    Ok(())
-}
+#[cfg(feature = "store")]
+pub(crate) use stored::store_execution;
+#[cfg(feature = "store")]
+pub use stored::{artifact_kind, store_outcome};
 
 /// The name of the metrics recording among a test's artifacts (perf-monitor JSON lines).
 pub const METRICS_NAME: &str = "metrics.jsonl";
 
-/// Writes `recording` as `metrics.jsonl` into `dir` and lists it among `result`'s artifacts.
-pub(crate) fn add_metrics_file(
-    dir: &Path,
-    recording: &Recording,
-    result: &mut TestResult,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(METRICS_NAME);
-    let text = recording.to_json_lines();
-    std::fs::write(&path, &text)?;
-    result
-        .artifacts
-        .push(ArtifactFile::new(METRICS_NAME, path, text.len() as u64));
-    Ok(())
+#[cfg(feature = "monitor")]
+mod watch {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use perf_monitor::{Guard, Monitor, Recording};
+
+    use super::METRICS_NAME;
+    use crate::case::TestCase;
+    use crate::result::{ArtifactFile, ResourceUsage, TestResult, UsagePoint};
+    use crate::runner::{HostProcess, ProcessObserver};
+
+    /// Watches the processes a runner reports for one execution with one perf-monitor guard, and
+    /// passes them on to the caller's observer.
+    #[derive(Debug)]
+    pub(crate) struct ExecutionWatch {
+        monitor: Arc<Monitor>,
+        label: String,
+        state: Mutex<WatchState>,
+        inner: Option<Arc<dyn ProcessObserver>>,
+    }
+
+    #[derive(Debug, Default)]
+    struct WatchState {
+        guard: Option<Guard>,
+        error: Option<String>,
+    }
+
+    impl ExecutionWatch {
+        pub(crate) fn new(
+            monitor: Arc<Monitor>,
+            label: String,
+            inner: Option<Arc<dyn ProcessObserver>>,
+        ) -> Self {
+            ExecutionWatch {
+                monitor,
+                label,
+                state: Mutex::new(WatchState::default()),
+                inner,
+            }
+        }
+
+        /// Stops the watch: the recording, `None` when no process was reported, or why the watch
+        /// failed.
+        pub(crate) fn finish(&self) -> Option<Result<Recording, String>> {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match (state.guard.take(), state.error.take()) {
+                (Some(guard), _) => Some(guard.finish().map_err(|e| e.to_string())),
+                (None, Some(e)) => Some(Err(e)),
+                (None, None) => None,
+            }
+        }
+    }
+
+    impl ProcessObserver for ExecutionWatch {
+        fn process_started(&self, test: &TestCase, process: &HostProcess) {
+            if let Some(inner) = &self.inner {
+                inner.process_started(test, process);
+            }
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match &state.guard {
+                Some(guard) => guard.add_pid(process.pid),
+                None => match self.monitor.watch_pid(process.pid, self.label.clone()) {
+                    Ok(guard) => state.guard = Some(guard),
+                    // A process that already left cannot be watched; say so in the result.
+                    Err(e) => {
+                        state.error = Some(format!("pid {} ({}): {e}", process.pid, process.label))
+                    }
+                },
+            }
+        }
+    }
+
+    /// The report's view of a recording: totals and a thinned-out CPU and memory series.
+    pub(crate) fn usage_of(recording: &Recording) -> ResourceUsage {
+        let s = &recording.summary;
+        let series = &recording.series;
+        let t0 = series.first().map_or(0, |x| x.t_ms);
+        let step = series.len().div_ceil(ResourceUsage::MAX_POINTS).max(1);
+        let points = series
+            .chunks(step)
+            .map(|chunk| {
+                // A point stands for its chunk: the mean CPU, the highest memory.
+                let cpus: Vec<f64> = chunk.iter().filter_map(|x| x.cpu_percent).collect();
+                let cpu_percent =
+                    (!cpus.is_empty()).then(|| cpus.iter().sum::<f64>() / cpus.len() as f64);
+                let last = chunk.last().expect("chunks are not empty");
+                UsagePoint {
+                    t: last.t_ms.saturating_sub(t0) as f64 / 1000.0,
+                    cpu_percent,
+                    rss_bytes: chunk.iter().map(|x| x.rss_bytes).max().unwrap_or(0),
+                }
+            })
+            .collect();
+        let bottleneck = serde_json::to_value(s.verdict.bottleneck)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{:?}", s.verdict.bottleneck));
+        ResourceUsage {
+            cpu_seconds: s.cpu.user_s + s.cpu.system_s,
+            avg_cpu_percent: s.cpu.avg_percent,
+            peak_cpu_percent: s.cpu.peak_percent,
+            peak_rss_bytes: s.memory.peak_bytes,
+            read_bytes: s.io.read_bytes,
+            write_bytes: s.io.write_bytes,
+            peak_processes: s.processes.peak,
+            bottleneck,
+            series: points,
+        }
+    }
+
+    /// Writes `recording` as `metrics.jsonl` into `dir` and lists it among `result`'s artifacts.
+    pub(crate) fn add_metrics_file(
+        dir: &Path,
+        recording: &Recording,
+        result: &mut TestResult,
+    ) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(METRICS_NAME);
+        let text = recording.to_json_lines();
+        std::fs::write(&path, &text)?;
+        result
+            .artifacts
+            .push(ArtifactFile::new(METRICS_NAME, path, text.len() as u64));
+        Ok(())
+    }
+}
+
+#[cfg(feature = "store")]
+mod stored {
+    use artifact_store::{ArtifactKind, ArtifactStore, NewArtifact, TestOutcome};
+
+    use super::METRICS_NAME;
+    use crate::case::TestCase;
+    use crate::result::{Outcome, StoredArtifact, TestResult};
+
+    /// The catalog's outcome for an orchestrator outcome, by label. Labels the store does not know
+    /// (`Outcome` is non-exhaustive) count as failures, so retention errs on the side of keeping.
+    pub fn store_outcome(outcome: &Outcome) -> TestOutcome {
+        outcome.label().parse().unwrap_or(TestOutcome::Failed)
+    }
+
+    /// The catalog kind of a collected file, from the names runners give them.
+    pub fn artifact_kind(name: &str) -> ArtifactKind {
+        let file = name.rsplit('/').next().unwrap_or(name);
+        if name.contains(".orch-cores/") || file.starts_with("core.") || file == "core" {
+            ArtifactKind::CoreDump
+        } else if name.contains(".orch-trace/") || file.ends_with(".trace") {
+            ArtifactKind::Trace
+        } else if file == "console.log" {
+            ArtifactKind::Console
+        } else if file == METRICS_NAME && !name.contains('/') {
+            ArtifactKind::Metrics
+        } else if file.ends_with(".png") || file.ends_with(".ppm") {
+            ArtifactKind::Screenshot
+        } else if file.ends_with(".log") || file.ends_with(".txt") || file == "dmesg" {
+            ArtifactKind::Log
+        } else {
+            ArtifactKind::Other
+        }
+    }
+
+    /// Puts an execution's files (with its metrics recording, already among them) into the store in
+    /// one catalog transaction, and links each [`ArtifactFile`] of `result` to its record. Blocking.
+    pub(crate) fn store_execution(
+        store: &ArtifactStore,
+        run_id: &str,
+        case: &TestCase,
+        result: &mut TestResult,
+    ) -> Result<(), String> {
+        if result.artifacts.is_empty() {
+            return Ok(());
+        }
+        let outcome = store_outcome(&result.outcome);
+        let arch = case
+            .requirements
+            .arch
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| result.environment.get("arch").cloned());
+        let mut items = Vec::with_capacity(result.artifacts.len());
+        for f in &result.artifacts {
+            let mut a = NewArtifact::new(case.id.as_str(), run_id, artifact_kind(&f.name), &f.name)
+                .outcome(outcome)
+                .meta("attempt", result.attempt.to_string())
+                .meta("runner", result.runner.clone());
+            if let Some(arch) = &arch {
+                a = a.arch(arch.clone());
+            }
+            // Retention pins match the `tag` key: the test's first tag; `tags` holds them all.
+            if let Some(tag) = case.tags.first() {
+                a = a
+                    .meta(artifact_store::TAG_KEY, tag.clone())
+                    .meta("tags", case.tags.join(","));
+            }
+            let file = std::fs::File::open(&f.path).map_err(|e| {
+                format!(
+                    "cannot read artifact `{}` of test `{}` at {}: {e}",
+                    f.name,
+                    case.id,
+                    f.path.display()
+                )
+            })?;
+            items.push((a, file));
+        }
+        let records = store.add_many(items).map_err(|e| e.to_string())?;
+        for (f, r) in result.artifacts.iter_mut().zip(&records) {
+            f.stored = Some(StoredArtifact {
+                id: r.id.clone(),
+                digest: r.digest.to_hex(),
+                kind: r.kind.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
 }

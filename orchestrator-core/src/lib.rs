@@ -14,6 +14,18 @@
 //!   ([`perf_monitor`]), [`Orchestrator::with_store`] keeps its artifacts in an
 //!   [`artifact_store`], [`Orchestrator::with_retention`] prunes the store after the run.
 //!
+//! # Features
+//!
+//! All on by default; a crate that only implements [`TestRunner`] can turn them off
+//! (`default-features = false`) and compile none of their dependencies:
+//! - `store`: [`Orchestrator::with_store`] and `with_retention`, the plan's `[store]` table
+//!   (artifact-store: SQLite, the S3 client stack);
+//! - `monitor`: [`Orchestrator::with_monitor`], the plan's `[monitor]` table (perf-monitor);
+//! - `reports`: the HTML report (`report::html_report`, plotters);
+//! - `progress`: the progress display (`progress`, indicatif).
+//!
+//! A plan naming `[store]` or `[monitor]` without its feature is refused at that table.
+//!
 //! # Examples
 //!
 //! ```
@@ -61,6 +73,11 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+// The documentation names the parts of every feature; without them some links have no target.
+#![cfg_attr(
+    not(all(feature = "store", feature = "monitor")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 mod case;
 mod compose;
@@ -69,6 +86,7 @@ mod orchestrator;
 mod output;
 pub mod plan;
 mod process;
+#[cfg(feature = "progress")]
 pub mod progress;
 pub mod report;
 mod result;
@@ -80,7 +98,9 @@ pub use case::{
     Arch, Command, DEFAULT_TIMEOUT, EmptyCommand, Expectation, FileSpec, InvalidTestId,
     Requirements, TestCase, TestId, UnknownArch,
 };
-pub use compose::{METRICS_NAME, artifact_kind, store_outcome};
+pub use compose::METRICS_NAME;
+#[cfg(feature = "store")]
+pub use compose::{artifact_kind, store_outcome};
 pub use orchestrator::{
     Interruption, Orchestrator, OrchestratorError, RunConfig, RunEvent, STORE_ERROR_KEY,
 };
@@ -99,6 +119,8 @@ pub use runner::{
 pub use tokio_util::sync::CancellationToken;
 
 /// The artifact store the orchestrator composes (re-exported for one dependency line).
+#[cfg(feature = "store")]
 pub use artifact_store;
 /// The process monitor the orchestrator composes.
+#[cfg(feature = "monitor")]
 pub use perf_monitor;

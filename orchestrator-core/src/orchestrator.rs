@@ -11,13 +11,20 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "store")]
 use artifact_store::{ArtifactStore, RetentionPolicy};
+#[cfg(feature = "monitor")]
 use perf_monitor::Monitor;
 
 use crate::case::TestCase;
-use crate::compose::{ExecutionWatch, METRICS_NAME, add_metrics_file, store_execution, usage_of};
+#[cfg(feature = "store")]
+use crate::compose::store_execution;
+#[cfg(feature = "monitor")]
+use crate::compose::{ExecutionWatch, METRICS_NAME, add_metrics_file, usage_of};
 use crate::plan::PlanSettings;
-use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, StorageSummary, Summary};
+#[cfg(feature = "store")]
+use crate::report::StorageSummary;
+use crate::report::{HostInfo, RunReport, SCHEMA_VERSION, Summary};
 use crate::result::{AttemptRecord, Outcome, TestResult};
 use crate::runner::{DEFAULT_OUTPUT_LIMIT, ExecutionContext, ProcessObserver, TestRunner};
 
@@ -205,8 +212,11 @@ pub struct Orchestrator {
     config: RunConfig,
     runners: Vec<Arc<dyn TestRunner>>,
     observer: Option<Arc<dyn ProcessObserver>>,
+    #[cfg(feature = "store")]
     store: Option<Arc<ArtifactStore>>,
+    #[cfg(feature = "monitor")]
     monitor: Option<Arc<Monitor>>,
+    #[cfg(feature = "store")]
     retention: Option<Arc<dyn RetentionPolicy>>,
 }
 
@@ -223,8 +233,11 @@ impl Orchestrator {
             config,
             runners: Vec::new(),
             observer: None,
+            #[cfg(feature = "store")]
             store: None,
+            #[cfg(feature = "monitor")]
             monitor: None,
+            #[cfg(feature = "store")]
             retention: None,
         }
     }
@@ -232,12 +245,14 @@ impl Orchestrator {
     /// Keeps every execution's artifacts (console log, collected files, metrics) in `store`,
     /// with catalog records carrying the test, run, kind, architecture and outcome; each
     /// result's [`ArtifactFile::stored`](crate::ArtifactFile::stored) links to its record.
+    #[cfg(feature = "store")]
     #[must_use]
     pub fn with_store(self, store: ArtifactStore) -> Self {
         self.with_shared_store(Arc::new(store))
     }
 
     /// As [`with_store`](Self::with_store), with a store shared with other code.
+    #[cfg(feature = "store")]
     #[must_use]
     pub fn with_shared_store(mut self, store: Arc<ArtifactStore>) -> Self {
         self.store = Some(store);
@@ -247,6 +262,7 @@ impl Orchestrator {
     /// Watches the host processes each execution reports (the QEMU process for the QEMU
     /// runner) with `monitor`: each result gets its [`ResourceUsage`](crate::ResourceUsage),
     /// and the full recording becomes its `metrics.jsonl` artifact.
+    #[cfg(feature = "monitor")]
     #[must_use]
     pub fn with_monitor(mut self, monitor: Monitor) -> Self {
         self.monitor = Some(Arc::new(monitor));
@@ -256,6 +272,7 @@ impl Orchestrator {
     /// Applies `policy` to the store after each run (needs [`with_store`](Self::with_store)):
     /// artifacts it removes are marked evicted with the reason, and blobs no record needs are
     /// collected. What it did is in the report's [`StorageSummary`].
+    #[cfg(feature = "store")]
     #[must_use]
     pub fn with_retention(mut self, policy: impl RetentionPolicy + 'static) -> Self {
         self.retention = Some(Arc::new(policy));
@@ -263,6 +280,7 @@ impl Orchestrator {
     }
 
     /// The artifact store, if there is one.
+    #[cfg(feature = "store")]
     pub fn store(&self) -> Option<&Arc<ArtifactStore>> {
         self.store.as_ref()
     }
@@ -310,6 +328,7 @@ impl Orchestrator {
         if self.runners.is_empty() {
             problems.push("no runner is configured: add one with `with_runner`".to_owned());
         }
+        #[cfg(feature = "store")]
         if self.retention.is_some() && self.store.is_none() {
             problems.push(
                 "a retention policy is set but no artifact store: add one with `with_store`"
@@ -435,6 +454,7 @@ impl Orchestrator {
                 let scratch = run_dir
                     .join(case.id.as_str())
                     .join(format!("attempt-{attempt}"));
+                #[cfg(feature = "monitor")]
                 let watch = self.monitor.as_ref().map(|m| {
                     Arc::new(ExecutionWatch::new(
                         Arc::clone(m),
@@ -442,10 +462,13 @@ impl Orchestrator {
                         self.observer.clone(),
                     ))
                 });
+                #[cfg(feature = "monitor")]
                 let observer = match &watch {
                     Some(w) => Some(Arc::clone(w) as Arc<dyn ProcessObserver>),
                     None => self.observer.clone(),
                 };
+                #[cfg(not(feature = "monitor"))]
+                let observer = self.observer.clone();
                 let ctx = ExecutionContext::new(&case, &scratch)
                     .with_run_id(&run_id)
                     .with_attempt(attempt)
@@ -457,14 +480,18 @@ impl Orchestrator {
                     test: case.clone(),
                     attempt,
                 });
+                #[cfg(feature = "store")]
                 let store = self.store.clone();
+                #[cfg(feature = "store")]
                 let run = run_id.clone();
                 let handle = tasks.spawn(async move {
                     let mut result = execute_one(runner.as_ref(), &case, &ctx).await;
                     result.attempt = attempt;
+                    #[cfg(feature = "monitor")]
                     if let Some(watch) = watch {
                         finish_watch(watch, &ctx, &mut result).await;
                     }
+                    #[cfg(feature = "store")]
                     if let Some(store) = store {
                         store_result(store, run, case, &mut result).await;
                     }
@@ -564,12 +591,19 @@ impl Orchestrator {
         }
 
         let results: Vec<TestResult> = results.into_values().collect();
+        #[cfg(feature = "store")]
         let storage = match &self.store {
             Some(store) => Some(
                 self.finish_storage(Arc::clone(store), &results, &earlier_errors)
                     .await,
             ),
             None => None,
+        };
+        // Without the store, no run has a storage summary.
+        #[cfg(not(feature = "store"))]
+        let storage = {
+            let _ = earlier_errors;
+            None
         };
         Ok(RunReport {
             schema_version: SCHEMA_VERSION,
@@ -587,6 +621,7 @@ impl Orchestrator {
     }
 
     /// After a run: retention, then the store's statistics.
+    #[cfg(feature = "store")]
     async fn finish_storage(
         &self,
         store: Arc<ArtifactStore>,
@@ -637,6 +672,7 @@ impl Orchestrator {
 pub const STORE_ERROR_KEY: &str = "store-error";
 
 /// Ends an execution's watch: its usage into the result, the recording as `metrics.jsonl`.
+#[cfg(feature = "monitor")]
 async fn finish_watch(watch: Arc<ExecutionWatch>, ctx: &ExecutionContext, result: &mut TestResult) {
     let dir = ctx.artifact_dir();
     let finished = tokio::task::spawn_blocking(move || watch.finish())
@@ -660,6 +696,7 @@ async fn finish_watch(watch: Arc<ExecutionWatch>, ctx: &ExecutionContext, result
 }
 
 /// Puts an execution's artifacts into the store; a failure is recorded in the result.
+#[cfg(feature = "store")]
 async fn store_result(
     store: Arc<ArtifactStore>,
     run_id: String,

@@ -74,7 +74,11 @@ use std::time::Duration;
 use crate::case::TestCase;
 
 pub use error::{Location, PlanError};
-pub use settings::{AccelChoice, MonitorPlan, ProfileOverride, QemuPlan, RetentionPlan, StorePlan};
+#[cfg(feature = "monitor")]
+pub use settings::MonitorPlan;
+pub use settings::{AccelChoice, ProfileOverride, QemuPlan};
+#[cfg(feature = "store")]
+pub use settings::{RetentionPlan, StorePlan};
 
 /// A commented reference plan listing every key with its default; it parses into a valid plan
 /// of a few tests that run anywhere with the host-process runner.
@@ -114,8 +118,10 @@ pub struct PlanSettings {
     /// How the QEMU runner boots guests: the `[qemu]` table.
     pub qemu: Option<QemuPlan>,
     /// Where artifacts are stored and how long they are kept: the `[store]` table.
+    #[cfg(feature = "store")]
     pub store: Option<StorePlan>,
     /// How the host processes of each test are monitored: the `[monitor]` table.
+    #[cfg(feature = "monitor")]
     pub monitor: Option<MonitorPlan>,
 }
 

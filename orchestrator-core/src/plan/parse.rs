@@ -13,13 +13,16 @@ use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+#[cfg(feature = "store")]
 use artifact_store::{ArtifactKind, Durability};
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
-use super::{
-    AccelChoice, MonitorPlan, PlanSettings, ProfileOverride, QemuPlan, RetentionPlan, StorePlan,
-};
+#[cfg(feature = "monitor")]
+use super::MonitorPlan;
+use super::{AccelChoice, PlanSettings, ProfileOverride, QemuPlan};
+#[cfg(feature = "store")]
+use super::{RetentionPlan, StorePlan};
 use crate::case::{
     Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements, TestCase, TestId,
 };
@@ -84,8 +87,14 @@ pub(super) fn document(text: &str, base_dir: &Path) -> Res<Parsed> {
             "name" => name = Some(f.text()?.to_owned()),
             "run" => f.run(&mut settings)?,
             "qemu" => settings.qemu = Some(f.qemu()?),
+            #[cfg(feature = "store")]
             "store" => settings.store = Some(f.store(base_dir)?),
+            #[cfg(feature = "monitor")]
             "monitor" => settings.monitor = Some(f.monitor()?),
+            #[cfg(not(feature = "store"))]
+            "store" => return Err(f.feature_off("store")),
+            #[cfg(not(feature = "monitor"))]
+            "monitor" => return Err(f.feature_off("monitor")),
             "defaults" => defaults = parser.defaults(&f)?,
             "test" => tests = Some(parser.tests(&f)?),
             _ => return Err(unknown_key(&scope, &f)),
@@ -178,6 +187,7 @@ const PROFILE_KEYS: &[&str] = &[
 ];
 const STORE_KEYS: &[&str] = &["path", "durability", "remote", "retention"];
 /// Keys that would hold credentials: refused with a pointer to the environment.
+#[cfg(feature = "store")]
 const CREDENTIAL_KEYS: &[&str] = &[
     "access-key",
     "access-key-id",
@@ -239,8 +249,10 @@ pub(super) fn all_keys() -> impl Iterator<Item = &'static str> {
     .copied()
 }
 
-/// The kinds of table in a plan.
+/// The kinds of table in a plan. (Without the `store` or `monitor` feature, their tables are
+/// refused before they are read, yet their keys still serve the did-you-mean advice.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(all(feature = "store", feature = "monitor")), allow(dead_code))]
 enum Kind {
     Top,
     Run,
@@ -847,6 +859,26 @@ impl<'a, 'i> Field<'a, 'i> {
         Diag::new(self.span(), self.path(), message)
     }
 
+    /// A table this build of orchestrator-core leaves out: `feature` is the cargo feature that
+    /// reads it.
+    #[cfg(any(not(feature = "store"), not(feature = "monitor")))]
+    fn feature_off(&self, feature: &str) -> Diag {
+        Diag::new(
+            self.key_span.clone(),
+            self.path(),
+            format!(
+                "[{}] needs the `{feature}` feature of orchestrator-core, which this build \
+                 leaves out",
+                self.key
+            ),
+        )
+        .help(format!(
+            "build with the `{feature}` feature of orchestrator-core turned on (it is a \
+             default feature), or remove the [{}] table",
+            self.key
+        ))
+    }
+
     /// A problem with part of the value.
     fn error_at(&self, span: Range<usize>, message: impl Into<String>) -> Diag {
         Diag::new(span, self.path(), message)
@@ -1235,6 +1267,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// The `[store]` table; `path` is resolved against `base_dir`.
+    #[cfg(feature = "store")]
     fn store(&self, base_dir: &Path) -> Res<StorePlan> {
         let table = self.table()?;
         let scope = Scope::table(Kind::Store, "[store]");
@@ -1278,6 +1311,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// `remote = "s3://bucket/prefix"`.
+    #[cfg(feature = "store")]
     fn remote_url(&self) -> Res<String> {
         let text = self.string()?;
         let Some(rest) = text.strip_prefix("s3://") else {
@@ -1341,6 +1375,7 @@ impl<'a, 'i> Field<'a, 'i> {
         }
     }
 
+    #[cfg(feature = "store")]
     fn durability(&self) -> Res<Durability> {
         let text = self.string()?;
         match text {
@@ -1367,6 +1402,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// The `[store.retention]` table.
+    #[cfg(feature = "store")]
     fn retention(&self) -> Res<RetentionPlan> {
         let table = self.table()?;
         let scope = Scope::table(Kind::Retention, "[store.retention]");
@@ -1399,6 +1435,7 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// A table from kinds of artifact to values read by `read`, such as
     /// `{ core-dump = "7d" }`.
+    #[cfg(feature = "store")]
     fn per_kind<T>(
         &self,
         scope: &Scope,
@@ -1432,6 +1469,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// The `[monitor]` table.
+    #[cfg(feature = "monitor")]
     fn monitor(&self) -> Res<MonitorPlan> {
         let table = self.table()?;
         let scope = Scope::table(Kind::Monitor, "[monitor]");
@@ -1465,6 +1503,7 @@ impl<'a, 'i> Field<'a, 'i> {
     }
 
     /// An array of names that are not blank (`pin-runs`, `pin-tags`).
+    #[cfg(feature = "store")]
     fn names(&self) -> Res<Vec<String>> {
         let mut names = Vec::new();
         for (name, span) in self.strings("an array of strings")? {

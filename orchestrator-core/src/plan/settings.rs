@@ -5,14 +5,19 @@
 //! ([`RetentionPlan::policy`]) and the resource monitor ([`MonitorPlan::config`]). A field left
 //! `None` (or empty) leaves the setting to that program's default.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+#[cfg(feature = "store")]
+use std::collections::BTreeSet;
+#[cfg(feature = "store")]
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "store")]
 use artifact_store::retention::{
     Decision, FirstFailureAfterPass, KeepLastRuns, KindBudgets, LastPassingRun, MaxAge,
     MaxTotalSize, OutcomeAge, Pin, RetentionContext,
 };
+#[cfg(feature = "store")]
 use artifact_store::{ArtifactKind, ArtifactRecord, Durability, Policy, RetentionPolicy};
 
 use crate::case::Arch;
@@ -110,6 +115,7 @@ pub struct ProfileOverride {
 }
 
 /// The `[store]` table: where test artifacts are kept, and for how long.
+#[cfg(feature = "store")]
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct StorePlan {
@@ -125,6 +131,7 @@ pub struct StorePlan {
     pub retention: Option<RetentionPlan>,
 }
 
+#[cfg(feature = "store")]
 impl StorePlan {
     /// A store in `path` that syncs every write and has no retention rules.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -140,6 +147,7 @@ impl StorePlan {
 /// Each key set adds a rule; [`RetentionPlan::policy`] combines them, and an artifact stays if
 /// **any** rule keeps it. A table with no keys removes nothing. (Not to be confused with
 /// [`artifact_store::retention::RetentionPlan`], a dry run of a policy.)
+#[cfg(feature = "store")]
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RetentionPlan {
@@ -173,6 +181,7 @@ pub struct RetentionPlan {
     pub pin_tags: Vec<String>,
 }
 
+#[cfg(feature = "store")]
 impl RetentionPlan {
     /// The artifact store's policy for these rules: one built-in rule per key set, combined
     /// so that an artifact stays if any rule keeps it.
@@ -253,6 +262,7 @@ impl RetentionPlan {
 }
 
 /// Which records a [`Scoped`] rule has a say on.
+#[cfg(feature = "store")]
 #[derive(Debug)]
 enum Applies {
     /// Records of these kinds.
@@ -263,6 +273,7 @@ enum Applies {
 
 /// A built-in rule narrowed to some records: it abstains on the others and, with `keep_only`,
 /// instead of removing.
+#[cfg(feature = "store")]
 #[derive(Debug)]
 struct Scoped<R> {
     rule: R,
@@ -270,6 +281,7 @@ struct Scoped<R> {
     keep_only: bool,
 }
 
+#[cfg(feature = "store")]
 impl<R: RetentionPolicy> RetentionPolicy for Scoped<R> {
     fn decide(&self, ctx: &RetentionContext<'_>) -> Vec<Decision> {
         let applies = |record: &ArtifactRecord| match &self.applies {
@@ -292,6 +304,7 @@ impl<R: RetentionPolicy> RetentionPolicy for Scoped<R> {
 }
 
 /// The `[monitor]` table: sampling the host processes of each test.
+#[cfg(feature = "monitor")]
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct MonitorPlan {
@@ -301,6 +314,7 @@ pub struct MonitorPlan {
     pub interval: Duration,
 }
 
+#[cfg(feature = "monitor")]
 impl MonitorPlan {
     /// The shortest `interval` a plan may ask for.
     pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -311,6 +325,7 @@ impl MonitorPlan {
     }
 }
 
+#[cfg(feature = "monitor")]
 impl Default for MonitorPlan {
     fn default() -> Self {
         MonitorPlan {
@@ -320,7 +335,7 @@ impl Default for MonitorPlan {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "store", feature = "monitor"))]
 mod tests {
     use chrono::{TimeDelta, Utc};
 

@@ -326,6 +326,7 @@ fn store_section(h: &mut Html, st: &super::StorageSummary) {
         if st.artifacts_stored == 1 { "" } else { "s" },
         human_bytes(st.bytes_stored),
     ));
+    #[cfg(feature = "store")]
     if let Some(stats) = &st.stats {
         h.w(format_args!(
             "<dt>store holds</dt><dd>{} records ({} evicted) in {} blobs: {} of content, \
@@ -341,6 +342,7 @@ fn store_section(h: &mut Html, st: &super::StorageSummary) {
             stats.compression_ratio(),
         ));
     }
+    #[cfg(feature = "store")]
     match &st.retention {
         Some(ret) => h.w(format_args!(
             "<dt>retention</dt><dd>evicted {} record{}, removed {} blob{} ({} freed), kept {} blob{}</dd>\n",

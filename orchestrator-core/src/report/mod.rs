@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::orchestrator::Interruption;
 use crate::result::{TestResult, Verdict};
 
+#[cfg(feature = "reports")]
 mod html;
 mod junit;
 mod table;
 
+#[cfg(feature = "reports")]
 pub use html::html_report;
 pub use junit::junit_report;
 pub use table::summary_table;
@@ -69,8 +71,10 @@ pub struct StorageSummary {
     /// test whose artifacts could not be stored says so here and in its environment record.
     pub errors: Vec<String>,
     /// What the retention policy did after the run, if there was one.
+    #[cfg(feature = "store")]
     pub retention: Option<artifact_store::RetentionOutcome>,
     /// The whole store's statistics after the run (and retention).
+    #[cfg(feature = "store")]
     pub stats: Option<artifact_store::Stats>,
 }
 
@@ -234,6 +238,7 @@ impl RunReport {
     }
 
     /// Writes the self-contained HTML page ([`html_report`]) atomically.
+    #[cfg(feature = "reports")]
     pub fn write_html(&self, path: &Path) -> std::io::Result<()> {
         html::write(self, path)
     }

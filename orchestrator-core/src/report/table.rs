@@ -109,6 +109,7 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
             st.artifacts_stored,
             human_bytes(st.bytes_stored)
         ));
+        #[cfg(feature = "store")]
         if let Some(stats) = &st.stats {
             out.push_str(&format!(
                 "; it holds {} records in {} blobs, {} on disk (dedup {:.2}x, compression {:.2}x)",
@@ -119,6 +120,7 @@ pub fn summary_table(report: &RunReport, color: bool) -> String {
                 stats.compression_ratio()
             ));
         }
+        #[cfg(feature = "store")]
         if let Some(ret) = &st.retention {
             out.push_str(&format!(
                 "; retention evicted {} records and freed {}",
