@@ -139,6 +139,7 @@ bound() {
     set -- $(stat -c '%b %s' "$f" 2>/dev/null)
     [ -n "$1" ] && [ $(($1 * 512)) -gt "$cap" ] || return 0
     kill -s STOP -1 2>/dev/null
+    stopped_all
     set -- $(stat -c %s "$f")
     half=$((limit / 2))
     [ -f "$f.head" ] || head -c "$half" "$f" >"$f.head"
@@ -146,6 +147,34 @@ bound() {
     : >"$f"
     echo "$1" >"$f.cut"
     kill -s CONT -1 2>/dev/null
+}
+
+# Waits until every process but the kernel's, the agent and this one has stopped: `kill`
+# returns once SIGSTOP is queued, and a write may still be under way on another CPU. Builtins
+# only; gives up after 2000 rounds.
+stopped_all() {
+    read -r me rest </proc/self/stat
+    i=0
+    while [ "$i" -lt 2000 ]; do
+        busy=
+        for p in /proc/[0-9]*; do
+            read -r line <"$p/stat" 2>/dev/null || continue
+            n=${p#/proc/}
+            [ "$n" = 1 ] || [ "$n" = 2 ] || [ "$n" = "$me" ] && continue
+            # After the last `) `: the state, then the parent (2: a kernel thread).
+            set -- ${line##*) }
+            [ "$2" = 2 ] && continue
+            case "$1" in
+                T | t | Z | X | x) ;;
+                *)
+                    busy=1
+                    break
+                    ;;
+            esac
+        done
+        [ -z "$busy" ] && return 0
+        i=$((i + 1))
+    done
 }
 
 # Runs beside the test (its pid in $tpid), killed by the agent when the test ends: stops the
@@ -219,11 +248,11 @@ run_one() {
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
         unset -f say send send_channel clean_work load_settings run_one load_modules bound \
-            watch_test
+            watch_test stopped_all
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid cap c
+            wpid cap c me busy line
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:

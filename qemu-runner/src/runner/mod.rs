@@ -535,6 +535,7 @@ impl QemuRunner {
         accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
             check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
         })
+        .map_err(String::from)
     }
 }
 

@@ -176,7 +176,7 @@ impl Snapshot {
             let (stderr, _) = vm.finish().await;
             return Err(match first_lines(&stderr, 3) {
                 Some(qemu) => format!("{e} (QEMU: {qemu})"),
-                None => e,
+                None => e.to_string(),
             });
         }
         let mut watch = Watch::new(
