@@ -170,6 +170,13 @@ pub enum RunEvent {
         /// Why.
         reason: Interruption,
     },
+    /// A runner's cleanup after the run failed (the results stand).
+    CleanupFailed {
+        /// The runner's name.
+        runner: String,
+        /// What went wrong (the error and its causes).
+        message: String,
+    },
 }
 
 /// The run could not start.
@@ -582,11 +589,10 @@ impl Orchestrator {
 
         for runner in &self.runners {
             if let Err(e) = runner.cleanup().await {
-                eprintln!(
-                    "warning: cleanup of the {} runner failed: {}",
-                    runner.name(),
-                    e.chain()
-                );
+                on_event(&RunEvent::CleanupFailed {
+                    runner: runner.name().to_owned(),
+                    message: e.chain(),
+                });
             }
         }
 

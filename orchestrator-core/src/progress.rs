@@ -100,6 +100,11 @@ impl Progress {
                     }
                 });
             }
+            RunEvent::CleanupFailed { runner, message } => {
+                self.line(&format!(
+                    "     WARNING cleanup of the {runner} runner failed: {message}"
+                ));
+            }
         }
     }
 
