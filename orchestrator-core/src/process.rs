@@ -76,61 +76,8 @@ impl TestRunner for ProcessRunner {
         NAME
     }
 
-    fn check(&self, case: &TestCase) -> Result<(), String> {
-        if let Some(kernel) = &case.requirements.kernel {
-            return Err(format!(
-                "it needs kernel {} but the process runner runs on the host: remove `kernel` or use a VM runner",
-                kernel.display()
-            ));
-        }
-        if !case.requirements.modules.is_empty() {
-            return Err(format!(
-                "it needs kernel modules ({}) but the process runner runs on the host: remove `modules` or use a VM runner",
-                case.requirements.modules.join(", ")
-            ));
-        }
-        if case.trace.is_some() {
-            return Err(
-                "it asks for kernel tracing, which the process runner cannot give: remove `trace` or use a VM runner"
-                    .to_owned(),
-            );
-        }
-        if let Some(arch) = case.requirements.arch
-            && Some(arch) != crate::Arch::host()
-        {
-            return Err(format!(
-                "it needs architecture {arch} but this host is {}: remove `arch` or use a VM runner",
-                std::env::consts::ARCH
-            ));
-        }
-        if let Command::Exec { program, .. } = &case.command
-            && !program.contains('/')
-            && which::which(program).is_err()
-        {
-            return Err(format!(
-                "program `{program}` is not in PATH: install it or give its full path"
-            ));
-        }
-        if let Some(shell) = match &case.command {
-            Command::Script { shell, .. } => shell.first(),
-            _ => None,
-        } && !shell.contains('/')
-            && which::which(shell).is_err()
-        {
-            return Err(format!(
-                "shell `{shell}` is not in PATH: install it or set `shell` to one that exists"
-            ));
-        }
-        for file in &case.files {
-            if !file.source.exists() {
-                return Err(format!(
-                    "file {} to place beside the test does not exist: fix its path",
-                    file.source.display()
-                ));
-            }
-            check_relative(&file.dest)?;
-        }
-        Ok(())
+    fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
+        unsupported(case).map_err(RunnerError::config)
     }
 
     async fn execute(
@@ -300,6 +247,64 @@ impl TestRunner for ProcessRunner {
         result.finish(setup_start, &notes);
         Ok(result)
     }
+}
+
+/// What the process runner cannot give `case`, with the fix.
+fn unsupported(case: &TestCase) -> Result<(), String> {
+    if let Some(kernel) = &case.requirements.kernel {
+        return Err(format!(
+            "it needs kernel {} but the process runner runs on the host: remove `kernel` or use a VM runner",
+            kernel.display()
+        ));
+    }
+    if !case.requirements.modules.is_empty() {
+        return Err(format!(
+            "it needs kernel modules ({}) but the process runner runs on the host: remove `modules` or use a VM runner",
+            case.requirements.modules.join(", ")
+        ));
+    }
+    if case.trace.is_some() {
+        return Err(
+            "it asks for kernel tracing, which the process runner cannot give: remove `trace` or use a VM runner"
+                .to_owned(),
+        );
+    }
+    if let Some(arch) = case.requirements.arch
+        && Some(arch) != crate::Arch::host()
+    {
+        return Err(format!(
+            "it needs architecture {arch} but this host is {}: remove `arch` or use a VM runner",
+            std::env::consts::ARCH
+        ));
+    }
+    if let Command::Exec { program, .. } = &case.command
+        && !program.contains('/')
+        && which::which(program).is_err()
+    {
+        return Err(format!(
+            "program `{program}` is not in PATH: install it or give its full path"
+        ));
+    }
+    if let Some(shell) = match &case.command {
+        Command::Script { shell, .. } => shell.first(),
+        _ => None,
+    } && !shell.contains('/')
+        && which::which(shell).is_err()
+    {
+        return Err(format!(
+            "shell `{shell}` is not in PATH: install it or set `shell` to one that exists"
+        ));
+    }
+    for file in &case.files {
+        if !file.source.exists() {
+            return Err(format!(
+                "file {} to place beside the test does not exist: fix its path",
+                file.source.display()
+            ));
+        }
+        check_relative(&file.dest)?;
+    }
+    Ok(())
 }
 
 fn check_relative(dest: &Path) -> Result<(), String> {

@@ -28,9 +28,10 @@ pub trait TestRunner: Send + Sync {
     /// A short name (`process`, `qemu`) used in plans and reports.
     fn name(&self) -> &str;
 
-    /// Whether this runner can execute `case` at all; `Err` explains why not and what to change.
-    /// Called before anything runs, so a plan is rejected whole rather than run half-configured.
-    fn check(&self, case: &TestCase) -> Result<(), String> {
+    /// Whether this runner can execute `case` at all; `Err` (a [`ErrorKind::Configuration`]
+    /// error, as a rule) explains why not and what to change. Called before anything runs, so a
+    /// plan is rejected whole rather than run half-configured.
+    fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
         let _ = case;
         Ok(())
     }
@@ -61,7 +62,7 @@ impl<R: TestRunner + ?Sized> TestRunner for Arc<R> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn check(&self, case: &TestCase) -> Result<(), String> {
+    fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
         (**self).check(case)
     }
     async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
@@ -84,7 +85,7 @@ impl<R: TestRunner + ?Sized> TestRunner for Box<R> {
     fn name(&self) -> &str {
         (**self).name()
     }
-    fn check(&self, case: &TestCase) -> Result<(), String> {
+    fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
         (**self).check(case)
     }
     async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {

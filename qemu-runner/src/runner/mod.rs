@@ -479,6 +479,43 @@ impl QemuRunner {
         })
     }
 
+    /// What keeps this runner from executing `case` (its setup, not the test), with the fix.
+    fn unsupported(&self, case: &TestCase) -> Result<(), String> {
+        let arch = self.arch_of(case);
+        let profile = self.profile(arch)?;
+        accel::resolve_mode(
+            self.config.accel_env.as_deref(),
+            arch,
+            profile.accel,
+            self.config.accel,
+        )?;
+        profile.find_qemu()?;
+        profile.find_firmware()?;
+        let parts = self.parts(case, arch)?;
+        kernel::check(&parts.kernel, arch)?;
+        if !parts.busybox.is_file() {
+            return Err(format!(
+                "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
+                parts.busybox.display()
+            ));
+        }
+        let modules = self.modules_for(case, profile, false);
+        if !modules.is_empty() && parts.modules_dir.is_none() {
+            return Err(format!(
+                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
+                modules.join(", ")
+            ));
+        }
+        for key in case.env.keys() {
+            if !crate::agent::valid_env_name(key) {
+                return Err(format!(
+                    "environment variable `{key}` is not a valid shell variable name in the guest"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The accelerator for `kernel` on `profile`'s machine: decided once per architecture and
     /// kernel, KVM only after the kernel printed its banner under KVM (remembered on disk).
     async fn accel_for(
@@ -545,40 +582,8 @@ impl TestRunner for QemuRunner {
         NAME
     }
 
-    fn check(&self, case: &TestCase) -> Result<(), String> {
-        let arch = self.arch_of(case);
-        let profile = self.profile(arch)?;
-        accel::resolve_mode(
-            self.config.accel_env.as_deref(),
-            arch,
-            profile.accel,
-            self.config.accel,
-        )?;
-        profile.find_qemu()?;
-        profile.find_firmware()?;
-        let parts = self.parts(case, arch)?;
-        kernel::check(&parts.kernel, arch)?;
-        if !parts.busybox.is_file() {
-            return Err(format!(
-                "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
-                parts.busybox.display()
-            ));
-        }
-        let modules = self.modules_for(case, profile, false);
-        if !modules.is_empty() && parts.modules_dir.is_none() {
-            return Err(format!(
-                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
-                modules.join(", ")
-            ));
-        }
-        for key in case.env.keys() {
-            if !crate::agent::valid_env_name(key) {
-                return Err(format!(
-                    "environment variable `{key}` is not a valid shell variable name in the guest"
-                ));
-            }
-        }
-        Ok(())
+    fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
+        self.unsupported(case).map_err(RunnerError::config)
     }
 
     async fn execute(
