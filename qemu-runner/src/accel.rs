@@ -104,6 +104,16 @@ pub enum AccelError {
         /// The guest's architecture.
         guest: Arch,
     },
+    /// The `ORCH_ACCEL` variable holds a value that is not an accelerator choice.
+    #[error(
+        "{ACCEL_ENV}={} is not valid: set it to {} (or unset it to use the plan's `accel`)",
+        value.escape_debug(),
+        AccelMode::VALUES
+    )]
+    BadEnv {
+        /// The variable's value.
+        value: String,
+    },
     /// QEMU could not be started for the KVM kernel check.
     #[error("cannot start {}: {source}", qemu.display())]
     Start {
@@ -113,13 +123,6 @@ pub enum AccelError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// For call sites whose own error is still a message.
-impl From<AccelError> for String {
-    fn from(e: AccelError) -> Self {
-        e.to_string()
-    }
 }
 
 impl FromStr for AccelMode {
@@ -155,14 +158,10 @@ pub fn resolve_mode(
     arch: Arch,
     profile: Option<AccelMode>,
     config: AccelMode,
-) -> Result<ResolvedMode, String> {
+) -> Result<ResolvedMode, AccelError> {
     if let Some(value) = env.filter(|v| !v.trim().is_empty()) {
-        let mode = value.parse::<AccelMode>().map_err(|_| {
-            format!(
-                "{ACCEL_ENV}={} is not valid: set it to {} (or unset it to use the plan's `accel`)",
-                value.escape_debug(),
-                AccelMode::VALUES
-            )
+        let mode = value.parse::<AccelMode>().map_err(|_| AccelError::BadEnv {
+            value: value.to_owned(),
         })?;
         return Ok(ResolvedMode {
             mode,
@@ -722,7 +721,7 @@ mod tests {
         assert_eq!(r(Some(""), Some(Kvm), Tcg).unwrap().mode, Kvm);
         assert_eq!(r(Some("  "), None, Tcg).unwrap().mode, Tcg);
         // A bad value names the variable and the valid values.
-        let e = r(Some("kvmm"), None, Auto).unwrap_err();
+        let e = r(Some("kvmm"), None, Auto).unwrap_err().to_string();
         assert!(
             e.contains("ORCH_ACCEL=kvmm") && e.contains("\"auto\", \"kvm\" or \"tcg\""),
             "{e}"

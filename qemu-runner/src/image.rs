@@ -68,13 +68,6 @@ pub enum ImageError {
     },
 }
 
-/// For call sites whose own error is still a message.
-impl From<ImageError> for String {
-    fn from(e: ImageError) -> Self {
-        e.to_string()
-    }
-}
-
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + use<> {
     let path = path.to_owned();
     move |source| ImageError::Io {

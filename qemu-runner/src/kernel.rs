@@ -74,13 +74,6 @@ pub enum KernelError {
     },
 }
 
-/// For call sites whose own error is still a message.
-impl From<KernelError> for String {
-    fn from(e: KernelError) -> Self {
-        e.to_string()
-    }
-}
-
 /// The kind of kernel image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelFormat {

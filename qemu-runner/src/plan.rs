@@ -246,6 +246,7 @@ mod tests {
         assert!(
             mode(&config, Arch::X86_64)
                 .unwrap_err()
+                .to_string()
                 .contains("ORCH_ACCEL=on")
         );
         // A plan without `accel` keeps what the configuration had.

@@ -195,13 +195,6 @@ pub enum ProfileError {
     },
 }
 
-/// For call sites whose own error is still a message.
-impl From<ProfileError> for String {
-    fn from(e: ProfileError) -> Self {
-        e.to_string()
-    }
-}
-
 /// Finds an executable the way a shell does: a name with a `/` as given, any other in `PATH`;
 /// only executable files count. The one program lookup of this crate (QEMU, apt, dpkg-deb).
 /// A name with a `/` comes back as given (relative stays relative), as the command line shows it.

@@ -170,13 +170,6 @@ pub enum VmError {
     },
 }
 
-/// For call sites whose own error is still a message.
-impl From<VmError> for String {
-    fn from(e: VmError) -> Self {
-        e.to_string()
-    }
-}
-
 /// The `exec:` migration URI that runs `cat` with a redirection to or from `file`.
 fn exec_uri(redirect: &str, file: &Path) -> Result<String, VmError> {
     let path = file.to_str().ok_or_else(|| VmError::NotUtf8 {

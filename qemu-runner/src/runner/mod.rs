@@ -20,7 +20,7 @@ use orchestrator_core::{
     Arch, ExecutionContext, Outcome, RunnerError, TestCase, TestResult, TestRunner,
 };
 
-use crate::accel::{self, AccelDecision, AccelMode, KvmDevice};
+use crate::accel::{self, AccelDecision, AccelError, AccelMode, KvmDevice};
 use crate::image::{self, GuestParts, TestPart};
 use crate::kernel;
 use crate::profile::MachineProfile;
@@ -276,29 +276,35 @@ impl QemuRunner {
         case.requirements.arch.unwrap_or(self.config.default_arch)
     }
 
-    fn profile(&self, arch: Arch) -> Result<&MachineProfile, String> {
+    /// The machine profile of `arch` (a configuration error when there is none).
+    fn profile(&self, arch: Arch) -> Result<&MachineProfile, RunnerError> {
         self.config.profiles.get(&arch).ok_or_else(|| {
-            format!("no machine profile for {arch}: add one to the runner's profiles")
+            RunnerError::config(format!(
+                "no machine profile for {arch}: add one to the runner's profiles"
+            ))
         })
     }
 
     /// The kernel, busybox and modules for a test.
-    fn parts(&self, case: &TestCase, arch: Arch) -> Result<GuestParts, String> {
+    /// (Configuration errors: what is missing is the setup's to fix.)
+    fn parts(&self, case: &TestCase, arch: Arch) -> Result<GuestParts, RunnerError> {
         let mut parts = match &self.config.images {
             ImageSource::Custom(map) => map.get(&arch).cloned().ok_or_else(|| {
-                format!("no guest image configured for {arch}: add one to the runner's images")
+                RunnerError::config(format!(
+                    "no guest image configured for {arch}: add one to the runner's images"
+                ))
             })?,
             ImageSource::Provisioned(dir) => {
                 let mut guard = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
                 if guard.is_none() {
-                    *guard = Some(provision::load(dir).map_err(|e| e.to_string())?);
+                    *guard = Some(provision::load(dir).map_err(RunnerError::config)?);
                 }
                 let manifest = guard.as_ref().expect("just loaded");
                 let image = manifest.images.get(&arch).ok_or_else(|| {
-                    format!(
+                    RunnerError::config(format!(
                         "no provisioned {arch} image in {}: run `cargo xtask test` (or qemu_runner::provision::provision) to fetch it",
                         dir.display()
-                    )
+                    ))
                 })?;
                 GuestParts {
                     arch,
@@ -371,10 +377,10 @@ impl QemuRunner {
         // What is missing or wrong here is the setup's fault: another attempt cannot help.
         // (Tiny file work, left on this thread: looking up QEMU and the firmware, the
         // provisioned manifest read once, the kernel's header.)
-        let profile = self.profile(arch).map_err(RunnerError::config)?.clone();
+        let profile = self.profile(arch)?.clone();
         let qemu = profile.find_qemu().map_err(RunnerError::config)?;
         let firmware = profile.find_firmware().map_err(RunnerError::config)?;
-        let parts = self.parts(case, arch).map_err(RunnerError::config)?;
+        let parts = self.parts(case, arch)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
         // A forced KVM that does not work: the configuration's to change.
         let decision = self
@@ -480,7 +486,8 @@ impl QemuRunner {
     }
 
     /// What keeps this runner from executing `case` (its setup, not the test), with the fix.
-    fn unsupported(&self, case: &TestCase) -> Result<(), String> {
+    /// (Configuration errors, all of them.)
+    fn unsupported(&self, case: &TestCase) -> Result<(), RunnerError> {
         let arch = self.arch_of(case);
         let profile = self.profile(arch)?;
         accel::resolve_mode(
@@ -488,29 +495,30 @@ impl QemuRunner {
             arch,
             profile.accel,
             self.config.accel,
-        )?;
-        profile.find_qemu()?;
-        profile.find_firmware()?;
+        )
+        .map_err(RunnerError::config)?;
+        profile.find_qemu().map_err(RunnerError::config)?;
+        profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch)?;
-        kernel::check(&parts.kernel, arch)?;
+        kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
         if !parts.busybox.is_file() {
-            return Err(format!(
+            return Err(RunnerError::config(format!(
                 "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
                 parts.busybox.display()
-            ));
+            )));
         }
         let modules = self.modules_for(case, profile, false);
         if !modules.is_empty() && parts.modules_dir.is_none() {
-            return Err(format!(
+            return Err(RunnerError::config(format!(
                 "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
                 modules.join(", ")
-            ));
+            )));
         }
         for key in case.env.keys() {
             if !crate::agent::valid_env_name(key) {
-                return Err(format!(
+                return Err(RunnerError::config(format!(
                     "environment variable `{key}` is not a valid shell variable name in the guest"
-                ));
+                )));
             }
         }
         Ok(())
@@ -524,7 +532,7 @@ impl QemuRunner {
         qemu: &Path,
         firmware: Option<&Path>,
         kernel: &Path,
-    ) -> Result<AccelDecision, String> {
+    ) -> Result<AccelDecision, AccelError> {
         let arch = profile.arch;
         let mode = accel::resolve_mode(
             self.config.accel_env.as_deref(),
@@ -552,7 +560,7 @@ impl QemuRunner {
         qemu: &Path,
         firmware: Option<&Path>,
         kernel: &Path,
-    ) -> Result<AccelDecision, String> {
+    ) -> Result<AccelDecision, AccelError> {
         let arch = profile.arch;
         let device = KvmDevice::detect(&self.config.kvm_device);
         let host = Arch::host();
@@ -572,7 +580,6 @@ impl QemuRunner {
         accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
             check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
         })
-        .map_err(String::from)
     }
 }
 
@@ -583,7 +590,7 @@ impl TestRunner for QemuRunner {
     }
 
     fn check(&self, case: &TestCase) -> Result<(), RunnerError> {
-        self.unsupported(case).map_err(RunnerError::config)
+        self.unsupported(case)
     }
 
     async fn execute(

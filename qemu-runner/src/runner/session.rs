@@ -76,8 +76,8 @@ impl QemuRunner {
     /// What session guests for `case` are booted with: tests with the same key share them.
     fn session_key(&self, case: &TestCase) -> Result<String, RunnerError> {
         let arch = self.arch_of(case);
-        let profile = self.profile(arch).map_err(RunnerError::config)?;
-        let parts = self.parts(case, arch).map_err(RunnerError::config)?;
+        let profile = self.profile(arch)?;
+        let parts = self.parts(case, arch)?;
         Ok(format!(
             "{arch}|{}|{:?}|{}|{:?}|{:?}",
             parts.kernel.display(),
