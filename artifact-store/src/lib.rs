@@ -78,7 +78,7 @@ pub use error::{CorruptBlob, Error, Result};
 pub use model::{ArtifactKind, ArtifactRecord, Eviction, NewArtifact, Query, TAG_KEY, TestOutcome};
 pub use remote::{BlobBackend, DirBackend, ObjectFacts, ObjectStoreBackend, RemoteOptions};
 pub use retention::{Policy, RetentionPolicy};
-pub use shared::{Lease, PullReport, PushReport, RemoteGcOptions, RemoteGcReport};
+pub use shared::{LEASE_DROP_WAIT, Lease, PullReport, PushReport, RemoteGcOptions, RemoteGcReport};
 pub use store::{
     ArtifactStore, CorruptEntry, DEFAULT_INLINE_MAX, GcOptions, GcReport, LAYOUT_VERSION,
     MissingEntry, RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,

@@ -92,16 +92,47 @@ pub struct RemoteGcReport {
 }
 
 /// A writer's lease on a shared remote: while it lives (renewed in the background), collections
-/// remove nothing written after it began. Dropping it ends it.
+/// remove nothing written after it began. [`Lease::release`] ends it and reports; dropping it
+/// ends it too, waiting at most [`LEASE_DROP_WAIT`].
 #[derive(Debug)]
 pub struct Lease {
+    key: String,
+    started: DateTime<Utc>,
+    /// `Some` until the lease is ended.
+    live: Option<LiveLease>,
+}
+
+/// What ending a lease needs: the renewer to stop, the object to delete, the store's slot.
+#[derive(Debug)]
+struct LiveLease {
     key: String,
     backend: Arc<dyn BlobBackend>,
     slot: Arc<Mutex<Option<DateTime<Utc>>>>,
     started: DateTime<Utc>,
-    stop: Option<mpsc::Sender<()>>,
-    renewer: Option<std::thread::JoinHandle<()>>,
+    stop: mpsc::Sender<()>,
+    renewer: std::thread::JoinHandle<()>,
 }
+
+impl LiveLease {
+    /// Stops the renewer (waiting for it), forgets the lease in the store and deletes its
+    /// object.
+    fn end(self) -> Result<()> {
+        drop(self.stop);
+        let _ = self.renewer.join();
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            if *slot == Some(self.started) {
+                *slot = None;
+            }
+        }
+        self.backend.delete(&self.key)
+    }
+}
+
+/// How long dropping a [`Lease`] waits for the renewer to stop and the remote to delete the
+/// lease object; past it the drop returns and the work finishes on its own thread (should the
+/// process exit first, the lease lapses `ttl` after its last renewal).
+pub const LEASE_DROP_WAIT: Duration = Duration::from_secs(5);
 
 impl Lease {
     /// When it began (the server's clock).
@@ -112,18 +143,33 @@ impl Lease {
     pub fn key(&self) -> &str {
         &self.key
     }
+
+    /// Ends the lease now: stops the renewer and deletes the lease object, waiting for both
+    /// (as long as the remote takes) and saying whether the remote took the deletion.
+    pub fn release(mut self) -> Result<()> {
+        match self.live.take() {
+            Some(live) => live.end(),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.renewer.take() {
-            let _ = t.join();
-        }
-        let _ = self.backend.delete(&self.key);
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        if *slot == Some(self.started) {
-            *slot = None;
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        // The join and the network call go to a thread of their own: a drop never blocks
+        // longer than LEASE_DROP_WAIT, whatever the remote does.
+        let (done, finished) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("artifact-store-lease-end".into())
+            .spawn(move || {
+                let _ = live.end();
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            let _ = finished.recv_timeout(LEASE_DROP_WAIT);
         }
     }
 }
@@ -528,12 +574,16 @@ impl ArtifactStore {
                 .map_err(|e| Error::io("start the lease renewer for", LEASES, e))?
         };
         Ok(Lease {
-            key,
-            backend,
-            slot: remote.lease_start.clone(),
+            key: key.clone(),
             started,
-            stop: Some(stop),
-            renewer: Some(renewer),
+            live: Some(LiveLease {
+                key,
+                backend,
+                slot: remote.lease_start.clone(),
+                started,
+                stop,
+                renewer,
+            }),
         })
     }
 

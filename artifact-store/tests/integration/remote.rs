@@ -768,3 +768,68 @@ fn malformed_remote_records_are_refused_naming_the_object() {
         assert_eq!(reader.query(&Query::new()).unwrap().len(), 1, "{name}");
     }
 }
+
+/// A remote whose deletions hang (a server that stopped answering).
+#[derive(Debug)]
+struct HangingDeletes(DirBackend);
+
+impl BlobBackend for HangingDeletes {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn stat(&self, key: &str) -> artifact_store::Result<Option<artifact_store::ObjectFacts>> {
+        self.0.stat(key)
+    }
+    fn put(
+        &self,
+        key: &str,
+        source: &mut dyn std::io::Read,
+        size: u64,
+    ) -> artifact_store::Result<()> {
+        self.0.put(key, source, size)
+    }
+    fn get(&self, key: &str, out: &mut dyn std::io::Write) -> artifact_store::Result<Option<u64>> {
+        self.0.get(key, out)
+    }
+    fn delete(&self, _key: &str) -> artifact_store::Result<()> {
+        std::thread::sleep(Duration::from_secs(60));
+        Ok(())
+    }
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> artifact_store::Result<Vec<(String, artifact_store::ObjectFacts)>> {
+        self.0.list(prefix)
+    }
+}
+
+/// Dropping a lease never waits on the remote for longer than `LEASE_DROP_WAIT`, although its
+/// deletion hangs; `release` ends a lease and waits, and the lease object is gone afterwards.
+#[test]
+fn dropping_a_lease_is_bounded_when_the_remote_hangs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hanging: Arc<dyn BlobBackend> = Arc::new(HangingDeletes(
+        DirBackend::open(tmp.path().join("remote")).unwrap(),
+    ));
+    let store = worker(tmp.path(), "w", hanging);
+    let lease = store.lease(Duration::from_secs(30)).unwrap();
+    let started = Instant::now();
+    drop(lease);
+    let waited = started.elapsed();
+    assert!(
+        waited >= artifact_store::LEASE_DROP_WAIT && waited < artifact_store::LEASE_DROP_WAIT * 2,
+        "dropping the lease took {waited:?}"
+    );
+
+    let remote: Arc<dyn BlobBackend> =
+        Arc::new(DirBackend::open(tmp.path().join("remote2")).unwrap());
+    let store = worker(tmp.path(), "w2", remote.clone());
+    let lease = store.lease(Duration::from_secs(30)).unwrap();
+    let key = lease.key().to_owned();
+    assert!(remote.stat(&key).unwrap().is_some());
+    lease.release().unwrap();
+    assert!(
+        remote.stat(&key).unwrap().is_none(),
+        "the lease object is deleted"
+    );
+}
