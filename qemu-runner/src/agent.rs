@@ -19,8 +19,8 @@ pub const ORCH_DIR: &str = "orch";
 /// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
 /// the test phase, on the test's clock; what loading them printed is kept in
 /// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
-/// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and keeps
-/// the guest's copy of its output bounded (head and tail, with the byte count).
+/// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and a
+/// bounder keeps the guest's copy of its output bounded (head and tail, with the byte count).
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 # Guest agent of qemu-runner. PID 1. Speaks ORCH1 records on the console.
 B=/bin/busybox
@@ -75,7 +75,7 @@ send() {
     fi
     lim=${2:-$limit}
     total=$(stat -c %s "$f")
-    # Cut by watch_test: the size is still the byte count, unless nothing came after the cut.
+    # Cut by bound_output: the size is still the byte count, unless nothing came after the cut.
     [ "$total" -lt "$cut" ] && total=$cut
     sent=$total
     if [ "$total" -gt "$lim" ]; then
@@ -178,18 +178,33 @@ stopped_all() {
 }
 
 # Runs beside the test (its pid in $tpid), killed by the agent when the test ends: stops the
-# test when the host says `STOP` (its timeout: every process but the agent and this one gets
-# SIGTERM, then SIGKILL), and bounds the guest's copy of its output.
-watch_test() {
+# test when the host says `STOP` (its timeout): every process but the agent and this one gets
+# SIGTERM (and SIGCONT, should bound_output have paused them), then SIGKILL after 2 s. The read
+# blocks: busybox drops what a read with a timeout took of a line when the timeout expires, and
+# a guest busy with a flood can take that long over a line.
+watch_stop() {
+    while read -r c rest; do
+        [ "$c" = STOP ] || continue
+        kill -s TERM -1 2>/dev/null
+        kill -s CONT -1 2>/dev/null
+        sleep 2
+        [ -d "/proc/$tpid" ] && kill -s KILL -1 2>/dev/null
+        exit 0
+    done
+}
+
+# Runs beside the test until the agent sends SIGUSR1 (or the watcher SIGTERM), or the agent has
+# reaped the test: every half second, bounds the guest's copy of the test's output. A signal is
+# acted on between two cuts, never inside one. It sleeps in a read from a FIFO nobody writes (no process per round), first:
+# the test starts undisturbed.
+bound_output() {
+    quit=
+    trap 'quit=1' USR1 TERM
     cap=$((limit * 4))
     [ "$cap" -ge 1048576 ] || cap=1048576
-    while :; do
-        if read -t 0.5 -r c rest && [ "$c" = STOP ]; then
-            kill -s TERM -1 2>/dev/null
-            sleep 2
-            [ -d "/proc/$tpid" ] && kill -s KILL -1 2>/dev/null
-            exit 0
-        fi
+    [ -p /tmp/.orch-tick ] || { rm -f /tmp/.orch-tick; mkfifo /tmp/.orch-tick; }
+    exec 3<>/tmp/.orch-tick
+    while read -t 0.5 c <&3; [ -z "$quit" ] && [ -d "/proc/$tpid" ]; do
         bound stdout
         bound stderr
     done
@@ -248,11 +263,11 @@ run_one() {
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
         unset -f say send send_channel clean_work load_settings run_one load_modules bound \
-            watch_test stopped_all
+            watch_stop bound_output stopped_all
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid cap c me busy line
+            wpid bpid quit cap c me busy line
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
@@ -261,13 +276,17 @@ run_one() {
     ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr &
     tpid=$!
     # (A background job's input is /dev/null unless redirected: the watcher reads the host.)
-    watch_test </dev/console &
+    watch_stop </dev/console &
     wpid=$!
+    bound_output </dev/null &
+    bpid=$!
     wait "$tpid"
     code=$?
+    kill -s USR1 "$bpid" 2>/dev/null
     kill "$wpid" 2>/dev/null
     wait "$wpid"
-    # Output the watcher cut: its pieces go with the next test's clean-up.
+    wait "$bpid"
+    # Output bound_output cut: its pieces go with the next test's clean-up.
     [ -f /tmp/orch/stdout.cut ] || [ -f /tmp/orch/stderr.cut ] && leftover=1
     cd /
     if [ -n "$tracing" ]; then
