@@ -151,6 +151,13 @@ impl QemuRunner {
     ) -> bool {
         let artifacts = run.ctx.artifact_dir();
         describe_guest(&mut run.result, &guest.prepared);
+        tracing::debug!(
+            guest = guest.id,
+            tests_before = guest.tests,
+            accel = %guest.prepared.decision.accel,
+            reason = %guest.prepared.decision.reason,
+            "accelerator (the guest's)"
+        );
         run.result
             .environment
             .insert("qemu-pid".into(), guest.vm.pid().to_string());
