@@ -120,7 +120,10 @@ impl Drop for Lease {
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
         }
-        let _ = self.backend.delete(&self.key);
+        if let Err(e) = self.backend.delete(&self.key) {
+            // It lapses on its own once its ttl has passed.
+            tracing::warn!(lease = %self.key, error = %e, "removing the store's lease failed");
+        }
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if *slot == Some(self.started) {
             *slot = None;
@@ -522,7 +525,13 @@ impl ArtifactStore {
                     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                         // A failed renewal is retried at the next tick; the lease lapses only
                         // if they keep failing for `ttl`.
-                        let _ = backend.put(&key, &mut &body[..], body.len() as u64);
+                        if let Err(e) = backend.put(&key, &mut &body[..], body.len() as u64) {
+                            tracing::warn!(
+                                lease = %key,
+                                error = %e,
+                                "renewing the store's lease failed; retried at the next tick"
+                            );
+                        }
                     }
                 })
                 .map_err(|e| Error::io("start the lease renewer for", LEASES, e))?
