@@ -191,6 +191,14 @@ pub enum ProvisionEvent {
     },
 }
 
+/// The manifest's note, and the event's message, when optional suites were left out.
+fn suites_dropped(suites: &[String], error: &str) -> String {
+    format!(
+        "could not fetch the package lists of {} ({error}); went on without",
+        suites.join(" and ")
+    )
+}
+
 impl fmt::Display for ProvisionEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -225,11 +233,7 @@ impl fmt::Display for ProvisionEvent {
                 arch,
                 suites,
                 error,
-            } => write!(
-                f,
-                "{arch}: could not fetch the package lists of {} ({error}); went on without",
-                suites.join(" and ")
-            ),
+            } => write!(f, "{arch}: {}", suites_dropped(suites, error)),
             ProvisionEvent::Done {
                 arch,
                 kernel_package,
@@ -785,19 +789,13 @@ fn provision_arch(
             .filter(|l| !used.contains(l))
             .map(|l| l.suite.clone())
             .collect();
-        let event = ProvisionEvent::SuitesDropped {
+        let error = first_error_line(&first);
+        notes.push(suites_dropped(&dropped, &error));
+        opts.emit(ProvisionEvent::SuitesDropped {
             arch,
             suites: dropped,
-            error: first_error_line(&first),
-        };
-        // The note is the event's message without the architecture.
-        let note = event.to_string();
-        let note = note
-            .strip_prefix(&format!("{arch}: "))
-            .unwrap_or(&note)
-            .to_owned();
-        opts.emit(event);
-        notes.push(note);
+            error,
+        });
     }
     let apt_suites: Vec<String> = used.iter().map(|l| l.suite.clone()).collect();
     let update_done = Instant::now();
@@ -1052,5 +1050,62 @@ mod tests {
             let dir = default_cache_dir();
             assert!(dir.ends_with("qemu-orchestrator/images"), "{dir:?}");
         }
+    }
+
+    /// A command line prints the events' one-line messages: what `provision` printed before it
+    /// sent typed events.
+    #[test]
+    fn progress_events_read_as_one_line_messages() {
+        let done = ProvisionEvent::Done {
+            arch: Arch::Riscv64,
+            kernel_package: "linux-image-6.12.118+deb13-riscv64".into(),
+            kernel_package_version: "6.12.118-1".into(),
+            kernel_version: "6.12.118+deb13-riscv64".into(),
+            suite: "trixie".into(),
+            busybox_version: "1:1.37.0-6".into(),
+            update: Duration::from_millis(2500),
+            download_bytes: 110_400_000,
+            download: Duration::from_millis(7250),
+            unpack: Duration::from_millis(1000),
+            total: Duration::from_millis(11000),
+        };
+        assert_eq!(
+            done.to_string(),
+            "riscv64: linux-image-6.12.118+deb13-riscv64 6.12.118-1 (kernel 6.12.118+deb13-riscv64, \
+             trixie), busybox 1:1.37.0-6: apt-get update 2.5s, download 110.4 MB 7.2s, unpack \
+             1.0s, total 11.0s"
+        );
+        let dropped = ProvisionEvent::SuitesDropped {
+            arch: Arch::Armv7,
+            suites: vec!["bookworm-updates".into(), "bookworm-security".into()],
+            error: "E: Failed to fetch".into(),
+        };
+        assert_eq!(
+            dropped.to_string(),
+            "armv7: could not fetch the package lists of bookworm-updates and bookworm-security \
+             (E: Failed to fetch); went on without"
+        );
+        let up_to_date = ProvisionEvent::UpToDate {
+            arch: Arch::X86_64,
+            kernel_package: "linux-image-6.1.0-57-amd64".into(),
+            kernel_package_version: "6.1.158-1".into(),
+        };
+        assert_eq!(
+            up_to_date.to_string(),
+            "x86_64: up to date (linux-image-6.1.0-57-amd64 6.1.158-1)"
+        );
+        let forced = ProvisionEvent::Again {
+            arch: Arch::Aarch64,
+            reason: None,
+        };
+        assert_eq!(forced.to_string(), "aarch64: provisioning again (forced)");
+        let step = ProvisionEvent::Step {
+            arch: Arch::Aarch64,
+            step: ProvisionStep::Downloading,
+        };
+        assert_eq!(
+            step.to_string(),
+            "aarch64: downloading the kernel and busybox"
+        );
     }
 }
