@@ -17,7 +17,7 @@ use artifact_store::{ArtifactStore, RetentionPolicy};
 #[cfg(feature = "monitor")]
 use perf_monitor::Monitor;
 
-use crate::case::{Arch, TestCase};
+use crate::case::TestCase;
 #[cfg(feature = "store")]
 use crate::compose::store_execution;
 #[cfg(feature = "monitor")]
@@ -515,8 +515,8 @@ impl Orchestrator {
                 let span = tracing::info_span!(
                     "test",
                     id = %case.id,
-                    runner = runner.name(),
-                    arch = case.requirements.arch.map(Arch::as_str),
+                    runner = %runner.name(),
+                    arch = case.requirements.arch.map(tracing::field::display),
                     attempt,
                 );
                 let handle = tasks.spawn(
@@ -635,7 +635,7 @@ impl Orchestrator {
 
         for runner in &self.runners {
             if let Err(e) = runner.cleanup().await {
-                tracing::warn!(runner = runner.name(), error = %e.chain(), "runner cleanup failed");
+                tracing::warn!(runner = %runner.name(), error = %e.chain(), "runner cleanup failed");
                 on_event(&RunEvent::CleanupFailed {
                     runner: runner.name().to_owned(),
                     message: e.chain(),
