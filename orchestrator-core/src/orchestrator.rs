@@ -405,6 +405,8 @@ impl Orchestrator {
             Utc::now().format("%Y%m%dT%H%M%SZ"),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        // What a front end sees as `RunEvent`s (retries, interruptions, a failed cleanup) is
+        // logged at info at most: a binary logging warnings does not say it twice.
         let span = tracing::info_span!("run", id = %run_id, tests = cases.len());
         self.run_in_span(run_id, cases, cancel, &mut on_event)
             .instrument(span)
@@ -563,7 +565,7 @@ impl Orchestrator {
                         && attempt <= self.config.infra_retries
                         && interrupted.is_none();
                     if retry {
-                        tracing::warn!(
+                        tracing::info!(
                             test = %result.test_id,
                             attempt,
                             outcome = %result.outcome.label(),
@@ -598,7 +600,7 @@ impl Orchestrator {
                     on_event(&RunEvent::Interrupted { reason: Interruption::Cancelled });
                 }
                 () = &mut deadline_sleep, if interrupted.is_none() => {
-                    tracing::warn!("the run's deadline passed: stopping running tests");
+                    tracing::info!("the run's deadline passed: stopping running tests");
                     interrupted = Some(Interruption::DeadlineReached);
                     on_event(&RunEvent::Interrupted { reason: Interruption::DeadlineReached });
                     // Runners enforce the deadline themselves; this is the backstop for any
@@ -635,7 +637,7 @@ impl Orchestrator {
 
         for runner in &self.runners {
             if let Err(e) = runner.cleanup().await {
-                tracing::warn!(runner = %runner.name(), error = %e.chain(), "runner cleanup failed");
+                tracing::info!(runner = %runner.name(), error = %e.chain(), "runner cleanup failed");
                 on_event(&RunEvent::CleanupFailed {
                     runner: runner.name().to_owned(),
                     message: e.chain(),

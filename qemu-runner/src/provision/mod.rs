@@ -306,14 +306,13 @@ impl ProvisionOptions {
 
     /// Tells `tracing` and the progress callback.
     fn emit(&self, event: ProvisionEvent) {
+        // The progress callback shows them: info at most, so that a command line that draws
+        // them and logs warnings does not say it twice.
         match &event {
-            ProvisionEvent::ManifestIgnored { .. } | ProvisionEvent::SuitesDropped { .. } => {
-                tracing::warn!("{event}");
+            ProvisionEvent::Step { .. } | ProvisionEvent::Again { .. } => {
+                tracing::debug!("{event}");
             }
-            ProvisionEvent::UpToDate { .. } | ProvisionEvent::Done { .. } => {
-                tracing::info!("{event}");
-            }
-            _ => tracing::debug!("{event}"),
+            _ => tracing::info!("{event}"),
         }
         if let Some(progress) = &self.progress {
             progress(&event);

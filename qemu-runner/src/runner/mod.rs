@@ -623,7 +623,7 @@ impl QemuRunner {
             Ok(d) => {
                 tracing::info!(%arch, accel = %d.accel, reason = %d.reason, "accelerator decided")
             }
-            Err(e) => tracing::warn!(%arch, error = %e, "no accelerator"),
+            Err(e) => tracing::info!(%arch, error = %e, "no accelerator"),
         }
         decision.map_err(String::from)
     }
