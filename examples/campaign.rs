@@ -5,6 +5,10 @@
 //! retention applied after the run. Ctrl-C (or SIGTERM) stops running tests cleanly and still
 //! writes the reports; a second Ctrl-C exits at once.
 //!
+//! Diagnostics: the libraries' `tracing` events go to stderr, filtered by `RUST_LOG` (default:
+//! warnings only); `RUST_LOG=qemu_runner=debug` shows, per test, the QEMU command line, the
+//! accelerator decision, the phases and the artifact transfer.
+//!
 //! Exit codes: 0 when every test succeeded, 1 when some failed, 2 for a bad plan or bad
 //! arguments, 130 when interrupted.
 
@@ -78,8 +82,24 @@ fn connect_remote(url: &str) -> anyhow::Result<std::sync::Arc<dyn BlobBackend>> 
     Ok(std::sync::Arc::new(backend))
 }
 
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (warnings only when it is unset or
+/// names nothing valid), coloured on a terminal only.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::WARN.into())
+        .from_env_lossy();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -165,7 +165,11 @@ impl Drop for Lease {
         let spawned = std::thread::Builder::new()
             .name("artifact-store-lease-end".into())
             .spawn(move || {
-                let _ = live.end();
+                let key = live.key.clone();
+                if let Err(e) = live.end() {
+                    // It lapses on its own once its ttl has passed.
+                    tracing::warn!(lease = %key, error = %e, "removing the store's lease failed");
+                }
                 let _ = done.send(());
             });
         if spawned.is_ok() {
@@ -568,7 +572,13 @@ impl ArtifactStore {
                     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                         // A failed renewal is retried at the next tick; the lease lapses only
                         // if they keep failing for `ttl`.
-                        let _ = backend.put(&key, &mut &body[..], body.len() as u64);
+                        if let Err(e) = backend.put(&key, &mut &body[..], body.len() as u64) {
+                            tracing::warn!(
+                                lease = %key,
+                                error = %e,
+                                "renewing the store's lease failed; retried at the next tick"
+                            );
+                        }
                     }
                 })
                 .map_err(|e| Error::io("start the lease renewer for", LEASES, e))?

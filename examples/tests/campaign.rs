@@ -889,3 +889,160 @@ printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later
     );
     assert!(xml.contains(r#"failures="4""#), "{xml}");
 }
+
+/// With `RUST_LOG=qemu_runner=debug` the campaign's stderr carries, for each test (each line
+/// names it in the `qemu` span's `test` field), the QEMU command line, the accelerator decision,
+/// every phase's start and end, the transfer of the results and of the artifacts; without
+/// `RUST_LOG` it carries none of that.
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn rust_log_shows_each_tests_command_line_accelerator_phases_and_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = "[defaults]\nrunner = \"qemu\"\narch = [\"aarch64\", \"riscv64\"]\ntimeout = \"120s\"\n\
+         [[test]]\nid = \"uname\"\nscript = \"uname -m\"\n\
+         [[test]]\nid = \"collect\"\nscript = \"echo collected > out.txt\"\nartifacts = [\"out.txt\"]\n";
+    let plan = write_plan(dir.path(), tests);
+    let session_plan = dir.path().join("session.toml");
+    std::fs::write(&session_plan, format!("[qemu]\nsession = true\n{tests}")).unwrap();
+    let run = |plan: &Path, out: &str, rust_log: Option<&str>| {
+        let mut command = Command::new(campaign_bin());
+        command
+            .arg(plan)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--progress", "quiet", "--no-store"])
+            .env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "{}\n{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        stderr
+    };
+
+    // The lines of test `id`'s execution in `log`: its span names it.
+    fn lines_of<'a>(log: &'a str, id: &str) -> Vec<&'a str> {
+        log.lines()
+            .filter(|l| l.contains(&format!("qemu{{test={id} ")))
+            .collect()
+    }
+
+    let log = run(&plan, "traced", Some("qemu_runner=debug"));
+    for arch in ["aarch64", "riscv64"] {
+        for test in ["uname", "collect"] {
+            let id = format!("{test}@{arch}");
+            let lines = lines_of(&log, &id);
+            let has = |what: &[&str]| lines.iter().any(|l| what.iter().all(|w| l.contains(w)));
+            let qemu = format!("qemu-system-{arch} -M virt ");
+            assert!(
+                has(&[
+                    ":boot:",
+                    "QEMU started pid=",
+                    " command=/",
+                    &qemu,
+                    " -kernel ",
+                    " -initrd "
+                ]),
+                "{id}: no QEMU command line in\n{log}"
+            );
+            assert!(
+                has(&[":prepare:", "accelerator accel=tcg reason="]),
+                "{id}: no accelerator decision in\n{log}"
+            );
+            for phase in ["prepare", "boot", "test", "stop", "gather"] {
+                for edge in ["phase started", "phase finished elapsed_ms="] {
+                    assert!(
+                        has(&[&format!(":{phase}: "), edge]),
+                        "{id}: no `{edge}` for the {phase} phase in\n{log}"
+                    );
+                }
+            }
+            assert!(
+                has(&[":test:", "results transfer ended", "delivered=true"]),
+                "{id}: no transfer of the results in\n{log}"
+            );
+            // Every guest sends an artifact archive over its virtio port (core dumps would
+            // come back that way); only `collect` names a file to put in it.
+            let files = if test == "collect" {
+                "files=1 "
+            } else {
+                "files=0 "
+            };
+            assert!(
+                has(&[
+                    "artifact archive received",
+                    "channel=\"virtio-serial\"",
+                    files
+                ]),
+                "{id}: the artifact archive's arrival is not in\n{log}"
+            );
+            assert!(
+                has(&[":gather:", "artifacts transferred channel=", files]),
+                "{id}: no artifact transfer in\n{log}"
+            );
+            if test == "collect" {
+                assert!(
+                    has(&["artifacts transferred channel=\"virtio-serial\" files=1 bytes=10 "]),
+                    "{id}: the artifact's channel and size are not in\n{log}"
+                );
+            }
+        }
+    }
+
+    // In session mode a guest boots once and takes test after test: each test's lines still
+    // name its accelerator, its phases and its transfers; each architecture's first test boots
+    // (its guest's QEMU command line).
+    let log = run(&session_plan, "session", Some("qemu_runner=debug"));
+    for arch in ["aarch64", "riscv64"] {
+        let qemu = format!("qemu-system-{arch} -M virt ");
+        assert!(
+            log.lines().any(|l| l.contains("mode=session")
+                && l.contains(":boot{")
+                && l.contains("QEMU started pid=")
+                && l.contains(&qemu)),
+            "no {arch} session guest's QEMU command line in\n{log}"
+        );
+        for test in ["uname", "collect"] {
+            let id = format!("{test}@{arch}");
+            let lines = lines_of(&log, &id);
+            let has = |what: &[&str]| lines.iter().any(|l| what.iter().all(|w| l.contains(w)));
+            assert!(
+                has(&["mode=session", "accelerator", "accel=tcg reason="]),
+                "{id}: no accelerator in\n{log}"
+            );
+            for phase in [":test{guest=", ":gather: "] {
+                assert!(
+                    has(&[phase, "phase finished elapsed_ms="]),
+                    "{id}: no `{phase}` phase in\n{log}"
+                );
+            }
+            assert!(
+                has(&["results transfer ended", "delivered=true"]),
+                "{id}: no transfer of the results in\n{log}"
+            );
+            // Artifacts come back over the console (`no artifacts transferred` when none do).
+            assert!(
+                has(&[":gather: ", "artifacts transferred"]),
+                "{id}: no artifact transfer in\n{log}"
+            );
+            if test == "collect" {
+                assert!(
+                    has(&["artifacts transferred channel=\"serial-console\" files=1 bytes=10 "]),
+                    "{id}: the artifact's channel and size are not in\n{log}"
+                );
+            }
+        }
+    }
+
+    // By default only warnings are logged: this campaign's stderr stays empty.
+    let quiet = run(&plan, "quiet", None);
+    assert!(
+        !quiet.contains("qemu_runner") && !quiet.contains("DEBUG"),
+        "{quiet}"
+    );
+}

@@ -10,6 +10,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[cfg(feature = "store")]
 use artifact_store::{ArtifactStore, RetentionPolicy};
@@ -399,6 +400,33 @@ impl Orchestrator {
         mut on_event: impl FnMut(&RunEvent),
     ) -> Result<RunReport, OrchestratorError> {
         self.validate(&cases)?;
+        let run_id = format!(
+            "{}-{}",
+            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        // What a front end sees as `RunEvent`s (retries, interruptions, a failed cleanup) is
+        // logged at info at most: a binary logging warnings does not say it twice.
+        let span = tracing::info_span!("run", id = %run_id, tests = cases.len());
+        self.run_in_span(run_id, cases, cancel, &mut on_event)
+            .instrument(span)
+            .await
+    }
+
+    /// [`run_with`](Self::run_with) once the cases are valid, in the run's span.
+    async fn run_in_span(
+        &self,
+        run_id: String,
+        cases: Vec<TestCase>,
+        cancel: CancellationToken,
+        on_event: &mut impl FnMut(&RunEvent),
+    ) -> Result<RunReport, OrchestratorError> {
+        let started = Instant::now();
+        tracing::info!(
+            tests = cases.len(),
+            parallelism = self.config.parallelism,
+            "run started"
+        );
         // Each runner sees its whole batch first.
         for runner in &self.runners {
             let batch: Vec<&TestCase> = cases
@@ -415,11 +443,6 @@ impl Orchestrator {
                     })?;
             }
         }
-        let run_id = format!(
-            "{}-{}",
-            Utc::now().format("%Y%m%dT%H%M%SZ"),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
         let run_dir = self.config.scratch_root.join(&run_id);
         std::fs::create_dir_all(&run_dir).map_err(|source| OrchestratorError::Scratch {
             path: run_dir.clone(),
@@ -491,19 +514,29 @@ impl Orchestrator {
                 let store = self.store.clone();
                 #[cfg(feature = "store")]
                 let run = run_id.clone();
-                let handle = tasks.spawn(async move {
-                    let mut result = execute_one(runner.as_ref(), &case, &ctx).await;
-                    result.attempt = attempt;
-                    #[cfg(feature = "monitor")]
-                    if let Some(watch) = watch {
-                        finish_watch(watch, &ctx, &mut result).await;
+                let span = tracing::info_span!(
+                    "test",
+                    id = %case.id,
+                    runner = %runner.name(),
+                    arch = case.requirements.arch.map(tracing::field::display),
+                    attempt,
+                );
+                let handle = tasks.spawn(
+                    async move {
+                        let mut result = execute_one(runner.as_ref(), &case, &ctx).await;
+                        result.attempt = attempt;
+                        #[cfg(feature = "monitor")]
+                        if let Some(watch) = watch {
+                            finish_watch(watch, &ctx, &mut result).await;
+                        }
+                        #[cfg(feature = "store")]
+                        if let Some(store) = store {
+                            store_result(store, run, case, &mut result).await;
+                        }
+                        (index, attempt, result)
                     }
-                    #[cfg(feature = "store")]
-                    if let Some(store) = store {
-                        store_result(store, run, case, &mut result).await;
-                    }
-                    (index, attempt, result)
-                });
+                    .instrument(span),
+                );
                 in_flight.insert(handle.id(), (index, attempt));
             }
             if tasks.is_empty() {
@@ -532,6 +565,13 @@ impl Orchestrator {
                         && attempt <= self.config.infra_retries
                         && interrupted.is_none();
                     if retry {
+                        tracing::info!(
+                            test = %result.test_id,
+                            attempt,
+                            outcome = %result.outcome.label(),
+                            message = result.message.as_deref().unwrap_or_default(),
+                            "infrastructure error: retrying the test"
+                        );
                         if let Some(e) = result.environment.get(STORE_ERROR_KEY) {
                             earlier_errors.push(format!("test `{}` attempt {attempt}: {e}", result.test_id));
                         }
@@ -543,16 +583,24 @@ impl Orchestrator {
                         });
                         queue.push_front((index, attempt + 1));
                     } else {
+                        tracing::debug!(
+                            test = %result.test_id,
+                            attempt,
+                            outcome = %result.outcome.label(),
+                            "test finished"
+                        );
                         result.earlier_attempts = earlier.remove(&index).unwrap_or_default();
                         on_event(&RunEvent::TestFinished { result: Box::new(result.clone()) });
                         results.insert(index, result);
                     }
                 }
                 () = cancel.cancelled(), if interrupted.is_none() => {
+                    tracing::info!("run cancelled: stopping running tests");
                     interrupted = Some(Interruption::Cancelled);
                     on_event(&RunEvent::Interrupted { reason: Interruption::Cancelled });
                 }
                 () = &mut deadline_sleep, if interrupted.is_none() => {
+                    tracing::info!("the run's deadline passed: stopping running tests");
                     interrupted = Some(Interruption::DeadlineReached);
                     on_event(&RunEvent::Interrupted { reason: Interruption::DeadlineReached });
                     // Runners enforce the deadline themselves; this is the backstop for any
@@ -589,6 +637,7 @@ impl Orchestrator {
 
         for runner in &self.runners {
             if let Err(e) = runner.cleanup().await {
+                tracing::info!(runner = %runner.name(), error = %e.chain(), "runner cleanup failed");
                 on_event(&RunEvent::CleanupFailed {
                     runner: runner.name().to_owned(),
                     message: e.chain(),
@@ -611,6 +660,13 @@ impl Orchestrator {
             let _ = earlier_errors;
             None
         };
+        let summary = Summary::of(&results);
+        tracing::info!(
+            tests = results.len(),
+            interrupted = ?interrupted,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "run finished"
+        );
         Ok(RunReport {
             schema_version: SCHEMA_VERSION,
             run_id,
@@ -618,7 +674,7 @@ impl Orchestrator {
             started_at,
             finished_at: Utc::now(),
             interrupted,
-            summary: Summary::of(&results),
+            summary,
             results,
             host: HostInfo::current(),
             storage,
@@ -734,6 +790,7 @@ async fn execute_one(
     ctx: &ExecutionContext,
 ) -> TestResult {
     let started = Utc::now();
+    tracing::debug!(scratch = %ctx.scratch_dir().display(), "test started");
     if let Err(e) = tokio::fs::create_dir_all(ctx.scratch_dir()).await {
         let mut r = TestResult::new(
             case,
@@ -753,6 +810,7 @@ async fn execute_one(
             r
         }
         Err(e) => {
+            tracing::debug!(kind = ?e.kind(), error = %e.chain(), "the runner returned an error");
             let mut r = TestResult::new(case, runner.name(), Outcome::from_error(&e));
             r.started_at = started;
             r.finished_at = Utc::now();

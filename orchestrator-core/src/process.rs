@@ -153,6 +153,7 @@ impl TestRunner for ProcessRunner {
             .ok_or_else(|| RunnerError::new("the test process exited before its pid was read"))?;
         let pgid = Pid::from_raw(pid as i32);
         ctx.process_started(pid, "test");
+        tracing::debug!(pid, command = %case.command.describe(), "test process started");
         result.environment.insert("pgid".into(), pid.to_string());
 
         let limit = ctx.output_limit();

@@ -567,15 +567,23 @@ pub async fn check_kernel_cached(spec: &KernelCheckSpec, cache_dir: &Path) -> Kv
             cached.checked_at,
             file.display()
         );
+        tracing::debug!(
+            kernel = %spec.kernel.display(),
+            file = %file.display(),
+            outcome = ?cached.outcome,
+            "KVM kernel check remembered"
+        );
         return match cached.outcome {
             KvmCheck::Works(how) => KvmCheck::Works(how + &remembered),
             KvmCheck::Fails(why) => KvmCheck::Fails(why + &remembered),
         };
     }
+    tracing::debug!(kernel = %spec.kernel.display(), "checking the kernel under KVM");
     let outcome = match check_kernel(spec).await {
         Ok(outcome) => outcome,
         Err(e) => return KvmCheck::Fails(format!("the kernel could not be checked: {e}")),
     };
+    tracing::debug!(kernel = %spec.kernel.display(), outcome = ?outcome, "KVM kernel check done");
     let record = CachedCheck {
         key,
         outcome: outcome.clone(),

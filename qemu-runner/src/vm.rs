@@ -350,6 +350,12 @@ impl Vm {
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         let pid = child.id().unwrap_or(0);
+        tracing::debug!(
+            pid,
+            command = %crate::runner::command_line(spec),
+            console_log = %console_log.display(),
+            "QEMU started"
+        );
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = mpsc::channel(4096);
@@ -421,8 +427,20 @@ impl Vm {
 
     /// Stops QEMU in stages, each with a bounded wait: QMP `quit`, SIGTERM, SIGKILL.
     pub async fn stop(&mut self) -> StopReport {
+        let report = self.stop_in_stages().await;
+        tracing::debug!(
+            pid = self.pid,
+            steps = %report.steps.join(", "),
+            stopped = report.stopped,
+            "QEMU stopped"
+        );
+        report
+    }
+
+    async fn stop_in_stages(&mut self) -> StopReport {
         let mut report = StopReport::default();
-        if self.exited().is_some() {
+        if let Some(status) = self.exited() {
+            tracing::debug!(pid = self.pid, %status, "QEMU had exited");
             report.stopped = true;
             return report;
         }

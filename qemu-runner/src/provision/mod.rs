@@ -41,7 +41,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use orchestrator_core::Arch;
@@ -102,8 +102,164 @@ const SUITE_ALIASES: &[&str] = &[
 /// At most this much of a failed command's output is kept in an error.
 const MAX_OUTPUT: usize = 4000;
 
-/// Receives one-line progress messages from [`provision`] (for example to print them).
-pub type ProgressFn = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives [`provision`]'s progress events (for example to draw them, or to print their
+/// one-line `Display`).
+pub type ProgressFn = Arc<dyn Fn(&ProvisionEvent) + Send + Sync>;
+
+/// A step of provisioning one architecture ([`ProvisionEvent::Step`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProvisionStep {
+    /// Fetching the package lists (`apt-get update`).
+    UpdatingLists,
+    /// Downloading the kernel and busybox packages (`apt-get download`).
+    Downloading,
+    /// Unpacking them (`dpkg-deb -x`).
+    Unpacking,
+    /// Checking what was unpacked, and the digests for the manifest.
+    Verifying,
+}
+
+/// What [`provision`] is doing, as it happens: the typed progress a command line draws (see
+/// [`ProvisionOptions::with_progress`]). Each event is also a `tracing` event of this module;
+/// its `Display` is a one-line message.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ProvisionEvent {
+    /// The cache's manifest could not be read; every architecture is provisioned afresh.
+    ManifestIgnored {
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// The architecture's image is provisioned and verifies: nothing to do.
+    UpToDate {
+        /// The architecture.
+        arch: Arch,
+        /// Its kernel package.
+        kernel_package: String,
+        /// The package's version.
+        kernel_package_version: String,
+    },
+    /// The architecture's image is provisioned again.
+    Again {
+        /// The architecture.
+        arch: Arch,
+        /// Why: what failed to verify; `None` when forced.
+        reason: Option<String>,
+    },
+    /// An architecture's provisioning reached a step.
+    Step {
+        /// The architecture.
+        arch: Arch,
+        /// The step.
+        step: ProvisionStep,
+    },
+    /// Optional suites (`-updates`, `-security`) whose package lists could not be fetched were
+    /// left out.
+    SuitesDropped {
+        /// The architecture.
+        arch: Arch,
+        /// The suites left out.
+        suites: Vec<String>,
+        /// The first line of apt's error.
+        error: String,
+    },
+    /// An architecture is provisioned.
+    Done {
+        /// The architecture.
+        arch: Arch,
+        /// The kernel package.
+        kernel_package: String,
+        /// Its version.
+        kernel_package_version: String,
+        /// The kernel release.
+        kernel_version: String,
+        /// The Debian release the packages come from.
+        suite: String,
+        /// The busybox-static version.
+        busybox_version: String,
+        /// How long `apt-get update` took.
+        update: Duration,
+        /// Bytes downloaded.
+        download_bytes: u64,
+        /// How long the download took.
+        download: Duration,
+        /// How long unpacking took.
+        unpack: Duration,
+        /// How long the architecture took in all.
+        total: Duration,
+    },
+}
+
+/// The manifest's note, and the event's message, when optional suites were left out.
+fn suites_dropped(suites: &[String], error: &str) -> String {
+    format!(
+        "could not fetch the package lists of {} ({error}); went on without",
+        suites.join(" and ")
+    )
+}
+
+impl fmt::Display for ProvisionEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProvisionEvent::ManifestIgnored { reason } => {
+                write!(f, "ignoring the existing manifest: {reason}")
+            }
+            ProvisionEvent::UpToDate {
+                arch,
+                kernel_package,
+                kernel_package_version,
+            } => write!(
+                f,
+                "{arch}: up to date ({kernel_package} {kernel_package_version})"
+            ),
+            ProvisionEvent::Again { arch, reason: None } => {
+                write!(f, "{arch}: provisioning again (forced)")
+            }
+            ProvisionEvent::Again {
+                arch,
+                reason: Some(reason),
+            } => write!(f, "{arch}: provisioning again: {reason}"),
+            ProvisionEvent::Step { arch, step } => {
+                let what = match step {
+                    ProvisionStep::UpdatingLists => "fetching the package lists",
+                    ProvisionStep::Downloading => "downloading the kernel and busybox",
+                    ProvisionStep::Unpacking => "unpacking",
+                    ProvisionStep::Verifying => "checking the unpacked files",
+                };
+                write!(f, "{arch}: {what}")
+            }
+            ProvisionEvent::SuitesDropped {
+                arch,
+                suites,
+                error,
+            } => write!(f, "{arch}: {}", suites_dropped(suites, error)),
+            ProvisionEvent::Done {
+                arch,
+                kernel_package,
+                kernel_package_version,
+                kernel_version,
+                suite,
+                busybox_version,
+                update,
+                download_bytes,
+                download,
+                unpack,
+                total,
+            } => write!(
+                f,
+                "{arch}: {kernel_package} {kernel_package_version} (kernel {kernel_version}, \
+                 {suite}), busybox {busybox_version}: apt-get update {:.1}s, download {:.1} MB \
+                 {:.1}s, unpack {:.1}s, total {:.1}s",
+                update.as_secs_f64(),
+                *download_bytes as f64 / 1e6,
+                download.as_secs_f64(),
+                unpack.as_secs_f64(),
+                total.as_secs_f64(),
+            ),
+        }
+    }
+}
 
 /// What [`provision`] should do.
 #[derive(Clone)]
@@ -117,7 +273,7 @@ pub struct ProvisionOptions {
     pub force: bool,
     /// The apt configuration directory whose sources are used (`/etc/apt`).
     pub apt_etc_dir: PathBuf,
-    /// Progress messages, one line each; `None` keeps quiet.
+    /// Where progress events go; `None`: only to `tracing`.
     pub progress: Option<ProgressFn>,
 }
 
@@ -139,15 +295,27 @@ impl ProvisionOptions {
         self
     }
 
-    /// Sends progress messages to `progress`.
-    pub fn with_progress(mut self, progress: impl Fn(&str) + Send + Sync + 'static) -> Self {
+    /// Sends progress events to `progress` (their `Display` is a one-line message).
+    pub fn with_progress(
+        mut self,
+        progress: impl Fn(&ProvisionEvent) + Send + Sync + 'static,
+    ) -> Self {
         self.progress = Some(Arc::new(progress));
         self
     }
 
-    fn log(&self, message: &str) {
+    /// Tells `tracing` and the progress callback.
+    fn emit(&self, event: ProvisionEvent) {
+        // The progress callback shows them: info at most, so that a command line that draws
+        // them and logs warnings does not say it twice.
+        match &event {
+            ProvisionEvent::Step { .. } | ProvisionEvent::Again { .. } => {
+                tracing::debug!("{event}");
+            }
+            _ => tracing::info!("{event}"),
+        }
         if let Some(progress) = &self.progress {
-            progress(message);
+            progress(&event);
         }
     }
 }
@@ -462,7 +630,9 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Manifest, ProvisionError> {
         Ok(Some(manifest)) => manifest,
         Ok(None) => Manifest::empty(&cache_dir),
         Err(e) => {
-            opts.log(&format!("ignoring the existing manifest: {e}"));
+            opts.emit(ProvisionEvent::ManifestIgnored {
+                reason: e.to_string(),
+            });
             Manifest::empty(&cache_dir)
         }
     };
@@ -476,17 +646,21 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Manifest, ProvisionError> {
         arch_spec(arch)?;
         if let Some(image) = manifest.images.get(&arch) {
             if opts.force {
-                opts.log(&format!("{arch}: provisioning again (forced)"));
+                opts.emit(ProvisionEvent::Again { arch, reason: None });
             } else {
                 match verify_image(&cache_dir, image, true) {
                     Ok(()) => {
-                        opts.log(&format!(
-                            "{arch}: up to date ({} {})",
-                            image.kernel_package, image.kernel_package_version
-                        ));
+                        opts.emit(ProvisionEvent::UpToDate {
+                            arch,
+                            kernel_package: image.kernel_package.clone(),
+                            kernel_package_version: image.kernel_package_version.clone(),
+                        });
                         continue;
                     }
-                    Err(e) => opts.log(&format!("{arch}: provisioning again: {e}")),
+                    Err(e) => opts.emit(ProvisionEvent::Again {
+                        arch,
+                        reason: Some(e.to_string()),
+                    }),
                 }
             }
             manifest.images.remove(&arch);
@@ -574,7 +748,8 @@ fn provision_arch(
     manifest: &Mutex<Manifest>,
 ) -> Result<(), ProvisionError> {
     let spec = arch_spec(arch)?;
-    let log = |message: String| opts.log(&format!("{arch}: {message}"));
+    let _span = tracing::info_span!("provision", %arch).entered();
+    let step = |step: ProvisionStep| opts.emit(ProvisionEvent::Step { arch, step });
     let started = Instant::now();
     let staging = cache_dir.join(format!("{STAGING_PREFIX}{arch}"));
     remove_dir_if_exists(&staging)?;
@@ -589,6 +764,7 @@ fn provision_arch(
     let (suite, lines) = source_lines(debian, arch, keyring_installed);
     let mut notes = Vec::new();
     let mut used = lines.clone();
+    step(ProvisionStep::UpdatingLists);
     apt.write_sources(&used)?;
     if let Err(first) = apt.update() {
         let failed = failed_suites(&first);
@@ -607,23 +783,24 @@ fn provision_arch(
                 return Err(first);
             }
         }
-        let dropped: Vec<&str> = lines
+        let dropped: Vec<String> = lines
             .iter()
             .filter(|l| !used.contains(l))
-            .map(|l| l.suite.as_str())
+            .map(|l| l.suite.clone())
             .collect();
-        let note = format!(
-            "could not fetch the package lists of {} ({}); went on without",
-            dropped.join(" and "),
-            first_error_line(&first),
-        );
-        log(note.clone());
-        notes.push(note);
+        let error = first_error_line(&first);
+        notes.push(suites_dropped(&dropped, &error));
+        opts.emit(ProvisionEvent::SuitesDropped {
+            arch,
+            suites: dropped,
+            error,
+        });
     }
     let apt_suites: Vec<String> = used.iter().map(|l| l.suite.clone()).collect();
     let update_done = Instant::now();
 
     let kernel_package = apt.kernel_package(spec.kernel_metapackage)?;
+    step(ProvisionStep::Downloading);
     apt.download(&debs, &[&kernel_package, BUSYBOX_PACKAGE])?;
     let download_done = Instant::now();
 
@@ -663,6 +840,7 @@ fn provision_arch(
     };
     let (kernel_deb, kernel_package_version) = take(&kernel_package)?;
     let (busybox_deb, busybox_version) = take(BUSYBOX_PACKAGE)?;
+    step(ProvisionStep::Unpacking);
     for deb in [&kernel_deb, &busybox_deb] {
         run(
             Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root),
@@ -671,6 +849,7 @@ fn provision_arch(
     }
     let extract_done = Instant::now();
     remove_dir_if_exists(&apt.dir)?;
+    step(ProvisionStep::Verifying);
 
     // Find the kernel, its modules and busybox in the unpacked tree.
     let bad = |package: &str, reason: String| ProvisionError::BadPackage {
@@ -744,20 +923,19 @@ fn provision_arch(
             fs::rename(&final_dir, &trash).map_err(io_err("moving aside", &final_dir))?;
         }
         fs::rename(&staging, &final_dir).map_err(io_err("renaming into place", &staging))?;
-        log(format!(
-            "{} {} (kernel {}, {}), busybox {}: apt-get update {:.1}s, download {:.1} MB \
-             {:.1}s, unpack {:.1}s, total {:.1}s",
-            image.kernel_package,
-            image.kernel_package_version,
-            image.kernel_version,
-            image.debian_suite,
-            image.busybox_version,
-            (update_done - started).as_secs_f64(),
-            download_size as f64 / 1e6,
-            (download_done - update_done).as_secs_f64(),
-            (extract_done - download_done).as_secs_f64(),
-            started.elapsed().as_secs_f64(),
-        ));
+        opts.emit(ProvisionEvent::Done {
+            arch,
+            kernel_package: image.kernel_package.clone(),
+            kernel_package_version: image.kernel_package_version.clone(),
+            kernel_version: image.kernel_version.clone(),
+            suite: image.debian_suite.clone(),
+            busybox_version: image.busybox_version.clone(),
+            update: update_done - started,
+            download_bytes: download_size,
+            download: download_done - update_done,
+            unpack: extract_done - download_done,
+            total: started.elapsed(),
+        });
         manifest.images.insert(arch, image);
         write_manifest(&manifest)?;
     }
@@ -871,5 +1049,62 @@ mod tests {
             let dir = default_cache_dir();
             assert!(dir.ends_with("qemu-orchestrator/images"), "{dir:?}");
         }
+    }
+
+    /// A command line prints the events' one-line messages: what `provision` printed before it
+    /// sent typed events.
+    #[test]
+    fn progress_events_read_as_one_line_messages() {
+        let done = ProvisionEvent::Done {
+            arch: Arch::Riscv64,
+            kernel_package: "linux-image-6.12.118+deb13-riscv64".into(),
+            kernel_package_version: "6.12.118-1".into(),
+            kernel_version: "6.12.118+deb13-riscv64".into(),
+            suite: "trixie".into(),
+            busybox_version: "1:1.37.0-6".into(),
+            update: Duration::from_millis(2500),
+            download_bytes: 110_400_000,
+            download: Duration::from_millis(7250),
+            unpack: Duration::from_millis(1000),
+            total: Duration::from_millis(11000),
+        };
+        assert_eq!(
+            done.to_string(),
+            "riscv64: linux-image-6.12.118+deb13-riscv64 6.12.118-1 (kernel 6.12.118+deb13-riscv64, \
+             trixie), busybox 1:1.37.0-6: apt-get update 2.5s, download 110.4 MB 7.2s, unpack \
+             1.0s, total 11.0s"
+        );
+        let dropped = ProvisionEvent::SuitesDropped {
+            arch: Arch::Armv7,
+            suites: vec!["bookworm-updates".into(), "bookworm-security".into()],
+            error: "E: Failed to fetch".into(),
+        };
+        assert_eq!(
+            dropped.to_string(),
+            "armv7: could not fetch the package lists of bookworm-updates and bookworm-security \
+             (E: Failed to fetch); went on without"
+        );
+        let up_to_date = ProvisionEvent::UpToDate {
+            arch: Arch::X86_64,
+            kernel_package: "linux-image-6.1.0-57-amd64".into(),
+            kernel_package_version: "6.1.158-1".into(),
+        };
+        assert_eq!(
+            up_to_date.to_string(),
+            "x86_64: up to date (linux-image-6.1.0-57-amd64 6.1.158-1)"
+        );
+        let forced = ProvisionEvent::Again {
+            arch: Arch::Aarch64,
+            reason: None,
+        };
+        assert_eq!(forced.to_string(), "aarch64: provisioning again (forced)");
+        let step = ProvisionEvent::Step {
+            arch: Arch::Aarch64,
+            step: ProvisionStep::Downloading,
+        };
+        assert_eq!(
+            step.to_string(),
+            "aarch64: downloading the kernel and busybox"
+        );
     }
 }

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use chrono::Utc;
 use orchestrator_core::{ExecutionContext, Phase, RunnerError, TestCase, TestResult};
 
-use super::QemuRunner;
+use tracing::Instrument as _;
+
 use super::gather::Delivery;
 use super::lifecycle::{Run, describe_guest, stop};
+use super::{QemuRunner, phase};
 use crate::artifacts::{ArtifactLimits, Extracted};
 use crate::protocol::Record;
 
@@ -24,10 +26,8 @@ impl QemuRunner {
         let artifacts = run.artifact_dir()?;
         run.result.end_phase(Phase::Setup, run.setup_start);
 
-        // Boot.
-        let boot_start = Utc::now();
-        let mut vm = self.start_vm(&prepared, &artifacts.join("console.log"))?;
-        ctx.process_started(vm.pid(), prepared.profile.qemu.clone());
+        // The guest's artifact port, taken whenever the guest connects (in the execution's
+        // span: the transfer is the test's, whatever the phase).
         let mut artifact_task = prepared.artifact_listener.take().map(|listener| {
             receive_artifacts(
                 listener,
@@ -35,14 +35,23 @@ impl QemuRunner {
                 self.config.artifact_limits,
             )
         });
-        run.result
-            .environment
-            .insert("qemu-pid".into(), vm.pid().to_string());
-        let (mut watch, failed) = self
-            .await_ready(&mut vm, &prepared, boot_start, &mut run)
-            .await;
+        // Boot.
+        let (mut vm, mut watch, failed) = phase(tracing::debug_span!("boot"), async {
+            let boot_start = Utc::now();
+            let mut vm = self.start_vm(&prepared, &artifacts.join("console.log"))?;
+            ctx.process_started(vm.pid(), prepared.profile.qemu.clone());
+            run.result
+                .environment
+                .insert("qemu-pid".into(), vm.pid().to_string());
+            let (watch, failed) = self
+                .await_ready(&mut vm, &prepared, boot_start, &mut run)
+                .await;
+            Ok::<_, RunnerError>((vm, watch, failed))
+        })
+        .await?;
 
         let mut phases = None;
+        let test_span = tracing::debug_span!("test");
         if let Some((outcome, note)) = failed {
             run.result.outcome = outcome;
             run.notes.push(note);
@@ -61,34 +70,44 @@ impl QemuRunner {
                     .environment
                     .insert("guest-machine".into(), machine.clone());
             }
-            let ran = self.run_phases(&mut vm, &mut watch, &mut run).await;
+            let ran = phase(
+                test_span.clone(),
+                self.run_phases(&mut vm, &mut watch, &mut run),
+            )
+            .await;
             run.test_phase(&ran);
             phases = Some(ran);
         }
 
         // Teardown (from the test's exit, so it includes the transfer of its results): let the
-        // artifact archive finish arriving, stop QEMU, keep the logs.
+        // artifact archive finish arriving (the end of the test phase), stop QEMU, keep the
+        // logs.
         let teardown_start = phases.as_ref().map_or_else(Utc::now, |p| p.test_end);
         let transfer_ok = watch.delivered;
         let mut extracted = None;
         if let Some(task) = artifact_task.as_mut()
             && transfer_ok
             && watch.stream_text("channel").as_deref() == Some("virtio-serial")
-            && let Ok(done) = tokio::time::timeout(self.config.transfer_timeout, &mut *task).await
+            && let Ok(done) = tokio::time::timeout(self.config.transfer_timeout, &mut *task)
+                .instrument(test_span)
+                .await
         {
             extracted = done.ok().flatten();
             artifact_task = None;
         }
-        if prepared.profile.display.is_some() && vm.exited().is_none() {
-            let shot = artifacts.join("screenshot.png");
-            if let Err(e) = vm.screenshot(&shot).await {
-                run.notes.push(format!("no screenshot: {e}"));
-            }
-        }
         if let Some(phases) = &phases {
             run.transfer_time(phases, transfer_ok);
         }
-        let stopped = stop(vm, &watch, &mut run.result.outcome).await;
+        let stopped = phase(tracing::debug_span!("stop"), async {
+            if prepared.profile.display.is_some() && vm.exited().is_none() {
+                let shot = artifacts.join("screenshot.png");
+                if let Err(e) = vm.screenshot(&shot).await {
+                    run.notes.push(format!("no screenshot: {e}"));
+                }
+            }
+            stop(vm, &watch, &mut run.result.outcome).await
+        })
+        .await;
         if stopped.report.steps.len() > 1 || !stopped.report.stopped {
             run.notes.push(format!(
                 "QEMU was stopped with {}{}",
@@ -113,23 +132,26 @@ impl QemuRunner {
                 stopped.stderr.trim().chars().take(2000).collect(),
             );
         }
-        // Artifacts: what arrived over virtio, once QEMU is gone (the socket closed, the
-        // task ends).
-        if let Some(task) = artifact_task {
-            extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .flatten();
-        }
-        let delivery = Delivery {
-            watch: &watch,
-            case,
-            artifacts: &artifacts,
-            extracted,
-            transfer_ok,
-        };
-        self.gather(delivery, &mut run.result, &mut run.notes).await;
+        phase(tracing::debug_span!("gather"), async {
+            // Artifacts: what arrived over virtio, once QEMU is gone (the socket closed, the
+            // task ends).
+            if let Some(task) = artifact_task {
+                extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+            }
+            let delivery = Delivery {
+                watch: &watch,
+                case,
+                artifacts: &artifacts,
+                extracted,
+                transfer_ok,
+            };
+            self.gather(delivery, &mut run.result, &mut run.notes).await;
+        })
+        .await;
         Ok(run.finish(teardown_start))
     }
 }
@@ -141,16 +163,32 @@ fn receive_artifacts(
     dest: PathBuf,
     limits: ArtifactLimits,
 ) -> tokio::task::JoinHandle<Option<Extracted>> {
-    tokio::spawn(async move {
-        let (stream, _) =
-            tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
-                .await
-                .ok()?
-                .ok()?;
-        let stream = stream.into_std().ok()?;
-        stream.set_nonblocking(false).ok()?;
-        tokio::task::spawn_blocking(move || crate::artifacts::extract(stream, &dest, limits))
+    tokio::spawn(
+        async move {
+            let (stream, _) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
+                    .await
+                    .ok()?
+                    .ok()?;
+            let connected = std::time::Instant::now();
+            let stream = stream.into_std().ok()?;
+            stream.set_nonblocking(false).ok()?;
+            let extracted = tokio::task::spawn_blocking(move || {
+                crate::artifacts::extract(stream, &dest, limits)
+            })
             .await
-            .ok()
-    })
+            .ok()?;
+            tracing::debug!(
+                channel = "virtio-serial",
+                files = extracted.files.len(),
+                bytes = extracted.files.values().sum::<u64>(),
+                rejected = extracted.rejected_count(),
+                complete = extracted.complete,
+                connected_ms = connected.elapsed().as_millis() as u64,
+                "artifact archive received"
+            );
+            Some(extracted)
+        }
+        .in_current_span(),
+    )
 }

@@ -109,6 +109,11 @@ impl QemuRunner {
             notes.push(format!("rejected guest records: {summary}"));
         }
         result.artifacts = done.artifacts;
+        tracing::debug!(
+            files = result.artifacts.len(),
+            bytes = result.artifacts.iter().map(|a| a.size).sum::<u64>(),
+            "artifacts gathered"
+        );
         let failed = !matches!(result.outcome, Outcome::Passed);
         result.console_excerpt = if watch.excerpt.triggered() || failed {
             watch
@@ -188,11 +193,16 @@ impl FileWork {
             && let Some(s) = self.streams.get("artifacts")
             && s.verified()
         {
-            extracted = Some(crate::artifacts::extract(
-                &s.data[..],
-                &files_dir,
-                self.limits,
-            ));
+            let started = std::time::Instant::now();
+            let e = crate::artifacts::extract(&s.data[..], &files_dir, self.limits);
+            tracing::debug!(
+                channel = "serial-console",
+                archive_bytes = s.data.len(),
+                files = e.files.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "artifact archive extracted"
+            );
+            extracted = Some(e);
         }
         let cores: Vec<String> = std::fs::read_dir(files_dir.join(".orch-cores"))
             .map(|rd| {
@@ -216,6 +226,22 @@ impl FileWork {
             notes.push(format!("core dumps: {}", cores.join(", ")));
             self.environment
                 .insert("core-dumps".into(), cores.join(", "));
+        }
+        match &extracted {
+            Some(e) => tracing::debug!(
+                channel = self.channel.as_deref().unwrap_or("none"),
+                files = e.files.len(),
+                bytes = e.files.values().sum::<u64>(),
+                rejected = e.rejected_count(),
+                complete = e.complete,
+                patterns = %self.globs.join(" "),
+                "artifacts transferred"
+            ),
+            None => tracing::debug!(
+                channel = self.channel.as_deref().unwrap_or("none"),
+                patterns = %self.globs.join(" "),
+                "no artifacts transferred"
+            ),
         }
         if !self.globs.is_empty() || extracted.as_ref().is_some_and(|e| !e.files.is_empty()) {
             self.environment.insert(

@@ -171,6 +171,12 @@ impl QemuRunner {
             finished_at: Utc::now(),
         });
         let failed = boot_outcome(vm, &mut watch, booted, boot_limit).await;
+        match &failed {
+            None => tracing::debug!(accel = %prepared.decision.accel, "guest agent ready"),
+            Some((outcome, note)) => {
+                tracing::debug!(outcome = %outcome.label(), note = %note, "the guest did not boot");
+            }
+        }
         (watch, failed)
     }
 
@@ -245,6 +251,12 @@ impl QemuRunner {
         }
         let test_end = Utc::now();
         let transfer_started = Some(Instant::now());
+        tracing::debug!(
+            exit_code,
+            outcome = %result.outcome.label(),
+            elapsed_ms = test_started.elapsed().as_millis() as u64,
+            "test ended"
+        );
         if let Some(code) = exit_code {
             // Then the agent sends the results; a damaged transfer is asked for again.
             let (deadline, _) = ctx.deadline_after(self.config.transfer_timeout);
@@ -330,6 +342,15 @@ impl QemuRunner {
                     .environment
                     .insert("resends".into(), resends.to_string());
             }
+            tracing::debug!(
+                channel = "serial console",
+                delivered = watch.delivered,
+                bytes = watch.parser.streams().values().map(|s| s.data.len()).sum::<usize>(),
+                resends,
+                outcome = %result.outcome.label(),
+                elapsed_ms = transfer_started.map_or(0, |t| t.elapsed().as_millis() as u64),
+                "results transfer ended"
+            );
         }
         Phases {
             test_start: started,

@@ -3,6 +3,10 @@
 //! The execution modes ([`ExecutionMode`]) are `alone.rs`, `session.rs` and `snapshot.rs`, on
 //! the guest lifecycle of `lifecycle.rs`; `console.rs` is the console state machine and
 //! `gather.rs` puts what the guest sent into the result.
+//!
+//! Diagnostics are `tracing` events, never printed: each execution runs in a `qemu` span (the
+//! test's id, architecture, attempt and mode), each of its phases in a span of its own
+//! (`prepare`, `boot`, `test`, `stop`, `gather`; see [`phase`]).
 
 mod alone;
 mod console;
@@ -19,6 +23,7 @@ use async_trait::async_trait;
 use orchestrator_core::{
     Arch, ExecutionContext, Outcome, RunnerError, TestCase, TestResult, TestRunner,
 };
+use tracing::Instrument as _;
 
 use crate::accel::{self, AccelDecision, AccelError, AccelMode, KvmDevice};
 use crate::image::{self, GuestParts, TestPart};
@@ -218,6 +223,17 @@ impl QemuConfig {
     }
 }
 
+impl ExecutionMode {
+    /// The mode's name for logs: `alone`, `session`, `snapshot-reset`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutionMode::Alone => "alone",
+            ExecutionMode::Session => "session",
+            ExecutionMode::SnapshotReset => "snapshot-reset",
+        }
+    }
+}
+
 impl Default for QemuConfig {
     fn default() -> Self {
         Self::new()
@@ -373,6 +389,21 @@ impl QemuRunner {
         wait_for_ack: bool,
         session: bool,
     ) -> Result<Prepared, RunnerError> {
+        phase(
+            tracing::debug_span!("prepare"),
+            self.prepare_steps(case, dir, wait_for_ack, session),
+        )
+        .await
+    }
+
+    /// [`prepare_inner`](Self::prepare_inner), in its phase's span.
+    async fn prepare_steps(
+        &self,
+        case: &TestCase,
+        dir: &Path,
+        wait_for_ack: bool,
+        session: bool,
+    ) -> Result<Prepared, RunnerError> {
         let arch = self.arch_of(case);
         // What is missing or wrong here is the setup's fault: another attempt cannot help.
         // (Tiny file work, left on this thread: looking up QEMU and the firmware, the
@@ -387,6 +418,12 @@ impl QemuRunner {
             .accel_for(&profile, &qemu, firmware.as_deref(), &parts.kernel)
             .await
             .map_err(RunnerError::config)?;
+        tracing::debug!(
+            accel = %decision.accel,
+            reason = %decision.reason,
+            kernel = %parts.kernel.display(),
+            "accelerator"
+        );
 
         // The initramfs: cached base plus this test's part.
         let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
@@ -440,6 +477,7 @@ impl QemuRunner {
         })
         .await
         .map_err(|e| RunnerError::with_source("building the test's initramfs panicked", e))??;
+        tracing::debug!(initrd = %initrd.display(), "initramfs written");
 
         let mut append = format!("console={} panic=-1 rdinit=/init", profile.console);
         for a in &profile.kernel_args {
@@ -565,6 +603,15 @@ impl QemuRunner {
         let device = KvmDevice::detect(&self.config.kvm_device);
         let host = Arch::host();
         // The check is async; run it first when it can matter, then decide synchronously.
+        tracing::debug!(
+            %arch,
+            kernel = %kernel.display(),
+            mode = %mode.mode,
+            chosen_by = %mode.source,
+            device = %self.config.kvm_device.display(),
+            state = ?device,
+            "deciding the accelerator"
+        );
         let check =
             if mode.mode != AccelMode::Tcg && host == Some(arch) && device == KvmDevice::Usable {
                 let spec = accel::KernelCheckSpec::new(
@@ -577,9 +624,16 @@ impl QemuRunner {
             } else {
                 None
             };
-        accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
+        let decision = accel::decide(mode, arch, host, &self.config.kvm_device, &device, || {
             check.unwrap_or(accel::KvmCheck::Fails("the kernel was not checked".into()))
-        })
+        });
+        match &decision {
+            Ok(d) => {
+                tracing::info!(%arch, accel = %d.accel, reason = %d.reason, "accelerator decided")
+            }
+            Err(e) => tracing::info!(%arch, error = %e, "no accelerator"),
+        }
+        decision
     }
 }
 
@@ -598,6 +652,30 @@ impl TestRunner for QemuRunner {
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        let span = tracing::info_span!(
+            "qemu",
+            test = %case.id,
+            arch = %self.arch_of(case),
+            attempt = ctx.attempt(),
+            mode = %self.config.mode.name(),
+        );
+        self.execute_in_span(case, ctx).instrument(span).await
+    }
+
+    async fn cleanup(&self) -> Result<(), RunnerError> {
+        self.cleanup_guests().await;
+        Ok(())
+    }
+}
+
+impl QemuRunner {
+    /// [`TestRunner::execute`] in the execution's span.
+    async fn execute_in_span(
+        &self,
+        case: &TestCase,
+        ctx: &ExecutionContext,
+    ) -> Result<TestResult, RunnerError> {
+        let waited = std::time::Instant::now();
         // One VM slot for the whole execution; the semaphore is never closed.
         let _slot = tokio::select! {
             biased;
@@ -610,18 +688,37 @@ impl TestRunner for QemuRunner {
                 return Ok(result);
             }
         };
-        match self.config.mode {
+        tracing::debug!(
+            waited_ms = waited.elapsed().as_millis() as u64,
+            "VM slot taken"
+        );
+        let result = match self.config.mode {
             ExecutionMode::Alone => self.execute_alone(case, ctx).await,
             mode => self.execute_in_guest(case, ctx, mode).await,
+        };
+        match &result {
+            Ok(r) => tracing::debug!(
+                outcome = %r.outcome.label(),
+                message = r.message.as_deref().unwrap_or_default(),
+                "execution finished"
+            ),
+            Err(e) => tracing::debug!(kind = ?e.kind(), error = %e.chain(), "execution failed"),
         }
+        result
     }
 
-    async fn cleanup(&self) -> Result<(), RunnerError> {
+    /// Stops the idle session guests and removes the saved snapshots.
+    async fn cleanup_guests(&self) {
         let idle: Vec<Guest> = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             sessions.drain().flat_map(|(_, v)| v).collect()
         };
         for mut guest in idle {
+            tracing::debug!(
+                guest = guest.id,
+                tests = guest.tests,
+                "stopping an idle session guest"
+            );
             let _ = guest.vm.send_line("QUIT").await;
             guest.vm.stop().await;
             let _ = guest.vm.finish().await;
@@ -635,7 +732,6 @@ impl TestRunner for QemuRunner {
             .drain()
             .collect();
         blocking(move || drop(saved)).await;
-        Ok(())
     }
 }
 
@@ -667,9 +763,26 @@ pub fn command_line(spec: &VmSpec) -> String {
     s
 }
 
-/// Runs `f` on a blocking thread and waits for it; a panic there goes on here.
+/// Runs `work`, a phase of an execution, in `span` (a `debug` span named after the phase),
+/// with its start and end, and how long it took, as `debug` events.
+async fn phase<T>(span: tracing::Span, work: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    span.in_scope(|| tracing::debug!("phase started"));
+    let out = work.instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "phase finished"
+        );
+    });
+    out
+}
+
+/// Runs `f` on a blocking thread, in the caller's span, and waits for it; a panic there goes
+/// on here.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
         Ok(value) => value,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }

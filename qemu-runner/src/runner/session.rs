@@ -9,7 +9,7 @@ use orchestrator_core::{ExecutionContext, Outcome, Phase, RunnerError, TestCase,
 
 use super::gather::{Delivery, list_artifacts};
 use super::lifecycle::{Guest, Run, describe_guest, stop};
-use super::{ExecutionMode, QemuRunner};
+use super::{ExecutionMode, QemuRunner, phase};
 use crate::image::{self, TestPart};
 
 /// Largest gzip'd test part sent to a session guest over the console (its base64 must fit the
@@ -29,7 +29,13 @@ impl QemuRunner {
         // The test goes over the console; what does not fit gets a guest of its own.
         let payload = match self.session_payload(case).await? {
             Ok(payload) => payload,
-            Err(bytes) => return self.execute_alone_too_large(case, ctx, bytes).await,
+            Err(bytes) => {
+                tracing::debug!(
+                    bytes,
+                    "the test's files are too large for the console: booting alone"
+                );
+                return self.execute_alone_too_large(case, ctx, bytes).await;
+            }
         };
         let key = self.session_key(case)?;
         run.artifact_dir()?;
@@ -97,18 +103,26 @@ impl QemuRunner {
     ) -> Result<Option<Guest>, RunnerError> {
         let prepared = self.prepare_inner(run.case, dir, true, true).await?;
         run.result.end_phase(Phase::Setup, run.setup_start);
-        let boot_start = Utc::now();
         let id = self
             .boots
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let mut vm = self.start_vm(&prepared, &dir.join("console.log"))?;
-        let (watch, failed) = self.await_ready(&mut vm, &prepared, boot_start, run).await;
+        let (vm, watch, failed) = phase(tracing::debug_span!("boot", guest = id), async {
+            let boot_start = Utc::now();
+            let mut vm = self.start_vm(&prepared, &dir.join("console.log"))?;
+            let (watch, failed) = self.await_ready(&mut vm, &prepared, boot_start, run).await;
+            Ok::<_, RunnerError>((vm, watch, failed))
+        })
+        .await?;
         if let Some((outcome, note)) = failed {
             let result = &mut run.result;
             describe_guest(result, &prepared);
             result.outcome = outcome;
-            stop(vm, &watch, &mut result.outcome).await;
+            phase(
+                tracing::debug_span!("stop"),
+                stop(vm, &watch, &mut result.outcome),
+            )
+            .await;
             let artifacts = run.ctx.artifact_dir();
             let log = dir.join("console.log");
             result.artifacts = super::blocking(move || {
@@ -137,18 +151,29 @@ impl QemuRunner {
     ) -> bool {
         let artifacts = run.ctx.artifact_dir();
         describe_guest(&mut run.result, &guest.prepared);
+        tracing::debug!(
+            guest = guest.id,
+            tests_before = guest.tests,
+            accel = %guest.prepared.decision.accel,
+            reason = %guest.prepared.decision.reason,
+            "accelerator (the guest's)"
+        );
         run.result
             .environment
             .insert("qemu-pid".into(), guest.vm.pid().to_string());
         run.ctx
             .process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
         guest.watch.start_test();
-        let message = payload.message(run.case.id.as_str(), &mut guest.known);
-        if let Err(e) = guest.vm.send_line(message.trim_end()).await {
-            run.notes
-                .push(format!("the guest's console input failed: {e}"));
-        }
-        let phases = self.run_phases(&mut guest.vm, &mut guest.watch, run).await;
+        let phases = phase(tracing::debug_span!("test", guest = guest.id), async {
+            let message = payload.message(run.case.id.as_str(), &mut guest.known);
+            tracing::debug!(bytes = message.len(), "test sent over the console");
+            if let Err(e) = guest.vm.send_line(message.trim_end()).await {
+                run.notes
+                    .push(format!("the guest's console input failed: {e}"));
+            }
+            self.run_phases(&mut guest.vm, &mut guest.watch, run).await
+        })
+        .await;
         run.test_phase(&phases);
         let transfer_ok = guest.watch.delivered;
         run.transfer_time(&phases, transfer_ok);
@@ -164,7 +189,12 @@ impl QemuRunner {
             && matches!(run.result.outcome, Outcome::Passed | Outcome::Failed { .. })
             && guest.vm.exited().is_none();
         if !reusable {
-            guest.stop_report = Some(guest.vm.stop().await);
+            tracing::debug!(
+                guest = guest.id,
+                "the guest is not trusted with another test"
+            );
+            let stopped = phase(tracing::debug_span!("stop"), guest.vm.stop()).await;
+            guest.stop_report = Some(stopped);
         }
         let delivery = Delivery {
             watch: &guest.watch,
@@ -173,7 +203,11 @@ impl QemuRunner {
             extracted: None,
             transfer_ok,
         };
-        self.gather(delivery, &mut run.result, &mut run.notes).await;
+        phase(
+            tracing::debug_span!("gather"),
+            self.gather(delivery, &mut run.result, &mut run.notes),
+        )
+        .await;
         guest.tests += 1;
         reusable
     }
@@ -193,10 +227,16 @@ impl QemuRunner {
             .and_then(Vec::pop);
         let mut guest = match idle {
             Some(guest) => {
+                tracing::debug!(
+                    guest = guest.id,
+                    tests = guest.tests,
+                    "reusing an idle session guest"
+                );
                 run.result.end_phase(Phase::Setup, run.setup_start);
                 guest
             }
             None => {
+                tracing::debug!("no idle session guest: booting one");
                 let dir = run.ctx.scratch_dir().join("session");
                 match self.boot_session_guest(&mut run, &dir).await? {
                     Some(guest) => guest,

@@ -10,7 +10,7 @@ use orchestrator_core::{ExecutionContext, Outcome, Phase, PhaseTiming, RunnerErr
 use super::console::{Watch, first_lines};
 use super::lifecycle::{Guest, Run};
 use super::session::{Payload, test_end};
-use super::{Prepared, QemuRunner};
+use super::{Prepared, QemuRunner, phase};
 use crate::protocol::Record;
 use crate::vm::Vm;
 
@@ -49,7 +49,12 @@ impl QemuRunner {
         }
         let restore_start = Utc::now();
         let started = Instant::now();
-        let mut guest = match snapshot.restore(self, run.ctx).await {
+        let restored = phase(
+            tracing::debug_span!("boot", from = "snapshot"),
+            snapshot.restore(self, run.ctx),
+        )
+        .await;
+        let mut guest = match restored {
             Ok(guest) => guest,
             Err(e) => {
                 run.result.outcome =
@@ -73,11 +78,14 @@ impl QemuRunner {
         );
         let reusable = self.run_in_guest(&mut guest, payload, &mut run).await;
         let teardown_start = test_end(&run.result);
-        if reusable {
-            // A pristine guest per test: this one is done.
-            guest.vm.stop().await;
-        }
-        let _ = guest.vm.finish().await;
+        phase(tracing::debug_span!("stop"), async {
+            if reusable {
+                // A pristine guest per test: this one is done.
+                guest.vm.stop().await;
+            }
+            let _ = guest.vm.finish().await;
+        })
+        .await;
         Ok(run.finish(teardown_start))
     }
 
@@ -103,7 +111,15 @@ impl QemuRunner {
         };
         let boot = started.elapsed();
         let file = dir.path().join("guest.state");
+        let saving = Instant::now();
         let saved = crate::vm::save_state(&guest.prepared.spec.qmp_socket, &file).await;
+        tracing::debug!(
+            file = %file.display(),
+            ok = saved.is_ok(),
+            boot_ms = boot.as_millis() as u64,
+            elapsed_ms = saving.elapsed().as_millis() as u64,
+            "guest snapshot saved"
+        );
         guest.vm.stop().await;
         let _ = guest.vm.finish().await;
         saved.map_err(|e| {
@@ -171,6 +187,11 @@ impl Snapshot {
             runner.config.console_log_limit,
         )
         .map_err(|e| format!("failed to start {}: {e}", spec.qemu.display()))?;
+        tracing::debug!(
+            restore = n,
+            file = %self.file.display(),
+            "restoring the guest from its snapshot"
+        );
         if let Err(e) = crate::vm::load_state(&spec.qmp_socket, &self.file).await {
             vm.stop().await;
             let (stderr, _) = vm.finish().await;
