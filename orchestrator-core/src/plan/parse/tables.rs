@@ -1,0 +1,251 @@
+//! The tables of the core: `[run]`, `[store]` (with `[store.retention]`) and `[monitor]`.
+
+#[cfg(feature = "store")]
+use std::collections::BTreeMap;
+#[cfg(feature = "store")]
+use std::path::Path;
+
+#[cfg(feature = "store")]
+use artifact_store::{ArtifactKind, Durability};
+
+use super::field::{Field, Kind, Res};
+#[cfg(feature = "store")]
+use super::field::{suggest, toml_str};
+#[cfg(feature = "store")]
+use super::{CREDENTIAL_KEYS, Diag, KIND_NAMES};
+#[cfg(feature = "monitor")]
+use crate::plan::MonitorPlan;
+use crate::plan::PlanSettings;
+#[cfg(feature = "store")]
+use crate::plan::{RetentionPlan, StorePlan};
+
+impl Field<'_, '_> {
+    /// The settings of `[run]`.
+    pub(super) fn run(&self, settings: &mut PlanSettings) -> Res<()> {
+        let table = self.child(Kind::Run, "[run]")?;
+        for f in table.fields() {
+            match f.key {
+                "parallelism" => {
+                    let n = f.integer(1, u32::MAX.into(), "a positive integer")?;
+                    settings.parallelism = Some(usize::try_from(n).expect("range was checked"));
+                }
+                "timeout" => settings.timeout = Some(f.duration()?),
+                "retries" => {
+                    let n = f.integer(0, 10, "an integer from 0 to 10")?;
+                    settings.retries = u32::try_from(n).expect("range was checked");
+                }
+                "kill-grace" => settings.kill_grace = Some(f.duration()?),
+                "output-limit" => settings.output_limit = Some(f.byte_size()?),
+                _ => return Err(f.unknown_key()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[store]` table; `path` is resolved against `base_dir`.
+    #[cfg(feature = "store")]
+    pub(super) fn store(&self, base_dir: &Path) -> Res<StorePlan> {
+        let table = self.child(Kind::Store, "[store]")?;
+        let mut path = None;
+        let mut store = StorePlan::default();
+        for f in table.fields() {
+            match f.key {
+                "path" => path = Some(base_dir.join(f.text()?)),
+                "durability" => store.durability = f.durability()?,
+                "retention" => store.retention = Some(f.retention()?),
+                "remote" => store.remote = Some(f.remote_url()?),
+                k if CREDENTIAL_KEYS
+                    .contains(&k.to_ascii_lowercase().replace('_', "-").as_str()) =>
+                {
+                    return Err(f
+                        .error(format!(
+                            "`{k}` {}: credentials never go in a plan file",
+                            f.place()
+                        ))
+                        .help(
+                            "plans are shared and committed; give the remote store its \
+                             credentials through the environment of the workers \
+                             (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or \
+                             their instance or container role, and remove this key",
+                        ));
+                }
+                _ => return Err(f.unknown_key()),
+            }
+        }
+        let Some(path) = path else {
+            return Err(
+                Diag::new(self.span(), "store.path", "[store] has no `path`").help(
+                    "name the directory the artifacts are kept in, relative to this plan \
+                     file, for example `path = \"artifacts\"`",
+                ),
+            );
+        };
+        store.path = path;
+        Ok(store)
+    }
+
+    /// `remote = "s3://bucket/prefix"`.
+    #[cfg(feature = "store")]
+    fn remote_url(&self) -> Res<String> {
+        let text = self.string()?;
+        let Some(rest) = text.strip_prefix("s3://") else {
+            return Err(self
+                .error(format!(
+                    "`remote` {} must be an s3:// URL, not {}",
+                    self.scope.place,
+                    toml_str(text)
+                ))
+                .help(
+                    "name the bucket and a prefix, for example `remote = \"s3://artifacts/ci\"`; \
+                     set AWS_ENDPOINT for S3-compatible servers (Garage, MinIO, Ceph)",
+                ));
+        };
+        let bucket = rest.split('/').next().unwrap_or("");
+        if bucket.contains('@') || bucket.contains(':') {
+            return Err(self
+                .error(format!(
+                    "`remote` {} carries credentials or a port: credentials never go in a plan file",
+                    self.scope.place
+                ))
+                .help(
+                    "write only `s3://bucket/prefix`; credentials come from the workers' \
+                     environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the server from \
+                     AWS_ENDPOINT",
+                ));
+        }
+        if bucket.is_empty() {
+            return Err(self
+                .error(format!("`remote` {} names no bucket", self.scope.place))
+                .help("for example `remote = \"s3://artifacts/ci\"`"));
+        }
+        Ok(text.to_owned())
+    }
+
+    #[cfg(feature = "store")]
+    fn durability(&self) -> Res<Durability> {
+        self.one_of(
+            &[
+                ("fsync", Durability::Fsync),
+                ("relaxed", Durability::Relaxed),
+            ],
+            "use \"fsync\" (the default) to sync every write to disk, or \"relaxed\" for a \
+             faster store that may lose its newest artifacts if the machine loses power",
+        )
+    }
+
+    /// The `[store.retention]` table.
+    #[cfg(feature = "store")]
+    fn retention(&self) -> Res<RetentionPlan> {
+        let table = self.child(Kind::Retention, "[store.retention]")?;
+        let mut rules = RetentionPlan::default();
+        for f in table.fields() {
+            match f.key {
+                "max-age" => rules.max_age = Some(f.duration()?),
+                "keep-last-runs" => rules.keep_last_runs = Some(f.count()? as usize),
+                "max-total-size" => rules.max_total_size = Some(f.bytes()?),
+                "kind-max-age" => {
+                    rules.kind_max_age =
+                        f.per_kind(Kind::MaxAges, "`kind-max-age` of [store.retention]", |f| {
+                            f.duration()
+                        })?;
+                }
+                "kind-budgets" => {
+                    rules.kind_budgets =
+                        f.per_kind(Kind::Budgets, "`kind-budgets` of [store.retention]", |f| {
+                            f.bytes()
+                        })?;
+                }
+                "keep-failures-for" => rules.keep_failures_for = Some(f.duration()?),
+                "keep-passes-for" => rules.keep_passes_for = Some(f.duration()?),
+                "first-failure-after-pass" => rules.first_failure_after_pass = f.boolean()?,
+                "last-passing-run" => rules.last_passing_run = f.boolean()?,
+                "pin-runs" => rules.pin_runs = f.names()?,
+                "pin-tags" => rules.pin_tags = f.names()?,
+                _ => return Err(f.unknown_key()),
+            }
+        }
+        Ok(rules)
+    }
+
+    /// A table from kinds of artifact to values read by `read`, such as
+    /// `{ core-dump = "7d" }`.
+    #[cfg(feature = "store")]
+    fn per_kind<T>(
+        &self,
+        kind: Kind,
+        name: &str,
+        read: impl Fn(&Field<'_, '_>) -> Res<T>,
+    ) -> Res<BTreeMap<ArtifactKind, T>> {
+        let table = self.child(kind, name)?;
+        let mut map = BTreeMap::new();
+        for f in table.fields() {
+            let Ok(kind) = f.key.parse::<ArtifactKind>() else {
+                let help = match suggest(&f.key.to_ascii_lowercase().replace('_', "-"), KIND_NAMES)
+                {
+                    Some(kind) => format!("did you mean `{kind}`?"),
+                    None => {
+                        let mut list: Vec<String> =
+                            KIND_NAMES.iter().map(|k| format!("`{k}`")).collect();
+                        let last = list.pop().unwrap_or_default();
+                        format!("the kinds are {} and {last}", list.join(", "))
+                    }
+                };
+                return Err(Diag::new(
+                    f.key_span.clone(),
+                    f.path(),
+                    format!("unknown kind of artifact `{}` {}", f.key, f.place()),
+                )
+                .help(help));
+            };
+            map.insert(kind, read(&f)?);
+        }
+        Ok(map)
+    }
+
+    /// The `[monitor]` table.
+    #[cfg(feature = "monitor")]
+    pub(super) fn monitor(&self) -> Res<MonitorPlan> {
+        let table = self.child(Kind::Monitor, "[monitor]")?;
+        let mut monitor = MonitorPlan::default();
+        for f in table.fields() {
+            match f.key {
+                "enabled" => monitor.enabled = f.boolean()?,
+                "interval" => {
+                    let interval = f.duration()?;
+                    if interval < MonitorPlan::MIN_INTERVAL {
+                        return Err(f
+                            .error(format!(
+                                "{} must be at least {}, not {}",
+                                f.what(),
+                                humantime::format_duration(MonitorPlan::MIN_INTERVAL),
+                                humantime::format_duration(interval)
+                            ))
+                            .help(
+                                "sampling more often costs more than it tells; remove the key \
+                                 to sample every 100ms, or use for example \
+                                 `interval = \"50ms\"`",
+                            ));
+                    }
+                    monitor.interval = interval;
+                }
+                _ => return Err(f.unknown_key()),
+            }
+        }
+        Ok(monitor)
+    }
+
+    /// An array of names that are not blank (`pin-runs`, `pin-tags`).
+    #[cfg(feature = "store")]
+    fn names(&self) -> Res<Vec<String>> {
+        let mut names = Vec::new();
+        for (name, span) in self.strings("an array of strings")? {
+            if name.trim().is_empty() {
+                return Err(self
+                    .error_at(span, format!("an entry of {} is empty", self.what()))
+                    .help(format!("remove the empty entry from `{}`", self.key)));
+            }
+            names.push(name.to_owned());
+        }
+        Ok(names)
+    }
+}
