@@ -10,9 +10,11 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
+use super::tables::{MonitorTable, RunTable};
+use super::value::{self, keys_of};
 use super::{
-    DEFAULTS_KEYS, FILE_KEYS, KIND_NAMES, MIB, MONITOR_KEYS, RETENTION_KEYS, RUN_KEYS, STORE_KEYS,
-    TEST_KEYS, TEST_ONLY_KEYS,
+    DEFAULTS_KEYS, FILE_KEYS, KIND_NAMES, MIB, RETENTION_KEYS, STORE_KEYS, TEST_KEYS,
+    TEST_ONLY_KEYS,
 };
 use crate::plan::section::{Key, Registered};
 
@@ -90,17 +92,17 @@ pub(super) enum Kind {
 
 impl Kind {
     /// The keys of a table of the core.
-    fn keys(self) -> &'static [&'static str] {
+    pub(super) fn keys(self) -> &'static [&'static str] {
         match self {
             Kind::Top | Kind::Section => &[],
-            Kind::Run => RUN_KEYS,
+            Kind::Run => keys_of::<RunTable>(),
             Kind::Defaults => DEFAULTS_KEYS,
             Kind::Test => TEST_KEYS,
             Kind::File => FILE_KEYS,
             Kind::Store => STORE_KEYS,
             Kind::Retention => RETENTION_KEYS,
             Kind::MaxAges | Kind::Budgets => KIND_NAMES,
-            Kind::Monitor => MONITOR_KEYS,
+            Kind::Monitor => keys_of::<MonitorTable>(),
         }
     }
 
@@ -230,6 +232,16 @@ pub struct Table<'a, 'i> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
+    pub(super) fn de_table(&self) -> &'a DeTable<'i> {
+        self.table
+    }
+
+    pub(super) fn scope(&self) -> &Scope {
+        &self.scope
+    }
+}
+
+impl<'a, 'i> Table<'a, 'i> {
     /// What the table is called in messages: `[qemu]`, `[qemu.profile.arm64]`.
     pub fn name(&self) -> &str {
         &self.scope.name
@@ -248,6 +260,12 @@ impl<'a, 'i> Table<'a, 'i> {
             .map(|(key, value)| Field::new(key, value, &self.scope))
             .collect()
     }
+
+    /// The field of `key`, if the table has it.
+    pub fn field(&self, key: &str) -> Option<Field<'_, 'i>> {
+        let (key, value) = self.table.get_key_value(key)?;
+        Some(Field::new(key, value, &self.scope))
+    }
 }
 
 /// One key of a table with its value and where both are; its getters check the value and
@@ -256,7 +274,7 @@ impl<'a, 'i> Table<'a, 'i> {
 pub struct Field<'a, 'i> {
     pub(super) key: &'a str,
     pub(super) key_span: Range<usize>,
-    value: &'a Spanned<DeValue<'i>>,
+    pub(super) value: &'a Spanned<DeValue<'i>>,
     pub(super) scope: &'a Scope,
 }
 
@@ -458,29 +476,7 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// An integer in `min..=max`.
     pub fn integer(&self, min: i128, max: i128, expected: &str) -> Res<i128> {
-        let n = match self.get() {
-            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
-                .map_err(|_| self.error(format!("{} is too large", self.what())))?,
-            DeValue::String(s) if s.trim().parse::<i128>().is_ok() => {
-                return Err(self.wrong_type(expected).help(format!(
-                    "remove the quotes: `{} = {}`",
-                    self.key,
-                    s.trim()
-                )));
-            }
-            _ => return Err(self.wrong_type(expected)),
-        };
-        if n < min {
-            return Err(self
-                .error(format!("{} must be at least {min}, not {n}", self.what()))
-                .maybe_help(self.range_help()));
-        }
-        if n > max {
-            return Err(self
-                .error(format!("{} must be at most {max}, not {n}", self.what()))
-                .maybe_help(self.range_help()));
-        }
-        Ok(n)
+        value::integer(&self.raw(), min, max, expected).map_err(|p| self.problem(p))
     }
 
     pub(super) fn range_help(&self) -> Option<String> {
@@ -509,101 +505,18 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// A positive duration: a humantime string (`"1m 30s"`) or a number of seconds.
     pub fn duration(&self) -> Res<Duration> {
-        const EXPECTED: &str = "a duration such as \"30s\" or a number of seconds";
-        let not_positive = || {
-            let value = match self.get() {
-                DeValue::String(s) => toml_str(s),
-                DeValue::Integer(i) => i.to_string(),
-                DeValue::Float(f) => f.to_string(),
-                other => found(other),
-            };
-            self.error(format!(
-                "{} must be greater than zero, not {value}",
-                self.what()
-            ))
-            .maybe_help(self.default_help())
-        };
-        let duration = match self.get() {
-            DeValue::String(s) => {
-                let s = s.trim();
-                if s.starts_with('-') {
-                    return Err(not_positive());
-                }
-                humantime::parse_duration(s).map_err(|e| {
-                    self.error(format!("{} is not a valid duration: {e}", self.what()))
-                        .help(format!(
-                            "write a number followed by a unit, such as \"90s\", \"5m\", \
-                             \"1h 30m\" or \"7d\", or a plain number of seconds; for example \
-                             `{}`",
-                            self.example().unwrap_or("timeout = \"30s\"")
-                        ))
-                })?
-            }
-            DeValue::Integer(_) => {
-                let secs = self.integer(i128::MIN, u64::MAX.into(), EXPECTED)?;
-                if secs <= 0 {
-                    return Err(not_positive());
-                }
-                Duration::from_secs(u64::try_from(secs).expect("range was checked"))
-            }
-            DeValue::Float(f) => {
-                let secs: f64 = f.as_str().parse().unwrap_or(f64::NAN);
-                if secs.is_nan() || secs <= 0.0 {
-                    return Err(not_positive());
-                }
-                Duration::try_from_secs_f64(secs)
-                    .map_err(|_| self.error(format!("{} is too large", self.what())))?
-            }
-            _ => return Err(self.wrong_type(EXPECTED)),
-        };
-        if duration.is_zero() {
-            return Err(not_positive());
-        }
-        Ok(duration)
-    }
-
-    /// A byte count: a string with a unit (`"64KiB"`) or an integer, in bytes.
-    pub(super) fn byte_size(&self) -> Res<usize> {
-        let bytes = self.bytes()?;
-        usize::try_from(bytes).map_err(|_| self.error(format!("{} is too large", self.what())))
+        value::duration(&self.raw()).map_err(|p| self.problem(p))
     }
 
     /// A byte count of at least 1KiB: a string with a unit (`"64KiB"`) or an integer, in
     /// bytes.
     pub fn bytes(&self) -> Res<u64> {
-        const EXPECTED: &str = "a size such as \"64KiB\" or a number of bytes";
-        let bytes = match self.get() {
-            DeValue::Integer(_) => u64::try_from(self.integer(0, u64::MAX.into(), EXPECTED)?)
-                .expect("range was checked"),
-            DeValue::String(s) => parse_size(s).map_err(|reason| {
-                self.error(format!("{} is not a valid size: {reason}", self.what()))
-                    .help(
-                        "write a whole number with a binary unit, such as \"64KiB\" or \
-                         \"1MiB\", or an integer number of bytes",
-                    )
-            })?,
-            _ => return Err(self.wrong_type(EXPECTED)),
-        };
-        if bytes < 1024 {
-            return Err(self
-                .error(format!(
-                    "{} must be at least 1KiB (1024 bytes), not {bytes} bytes",
-                    self.what()
-                ))
-                .maybe_help(self.default_help()));
-        }
-        Ok(bytes)
+        value::bytes(&self.raw()).map_err(|p| self.problem(p))
     }
 
     /// `true` or `false`.
     pub fn boolean(&self) -> Res<bool> {
-        match self.get() {
-            DeValue::Boolean(b) => Ok(*b),
-            DeValue::String(s) if matches!(s.trim(), "true" | "false") => Err(self
-                .wrong_type("`true` or `false`")
-                .help(format!("remove the quotes: `{} = {}`", self.key, s.trim()))),
-            _ => Err(self.wrong_type("`true` or `false`")),
-        }
+        value::boolean(&self.raw()).map_err(|p| self.problem(p))
     }
 
     /// A positive integer that fits in a `u32`.
@@ -889,7 +802,7 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>, advice: Option<String>) -> Diag
     }
 
     // Right key, wrong table.
-    let in_run = RUN_KEYS.contains(&normalized.as_str());
+    let in_run = Kind::Run.keys().contains(&normalized.as_str());
     let per_test = DEFAULTS_KEYS.contains(&normalized.as_str());
     let test_only = TEST_ONLY_KEYS.contains(&normalized.as_str());
     // Advice for a key of a runner's, the store's or the monitor's table.
@@ -900,7 +813,11 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>, advice: Option<String>) -> Diag
     let core = [
         (STORE_KEYS, "[store]", "a setting of the artifact store"),
         (RETENTION_KEYS, "[store.retention]", "a retention rule"),
-        (MONITOR_KEYS, "[monitor]", "a setting of the monitor"),
+        (
+            Kind::Monitor.keys(),
+            "[monitor]",
+            "a setting of the monitor",
+        ),
     ]
     .map(|(keys, table, what)| (keys.to_vec(), table.to_owned(), what));
     let owner = sections

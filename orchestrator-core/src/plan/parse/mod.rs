@@ -16,6 +16,7 @@ mod field;
 mod syntax;
 mod tables;
 mod test;
+mod value;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -97,13 +98,6 @@ pub(super) fn document(text: &str, base_dir: &Path, sections: &[Registered]) -> 
 }
 
 /// The keys of each kind of table (the top level's are in `Scope::accepted`).
-const RUN_KEYS: &[&str] = &[
-    "parallelism",
-    "timeout",
-    "retries",
-    "kill-grace",
-    "output-limit",
-];
 const DEFAULTS_KEYS: &[&str] = &[
     "timeout",
     "env",
@@ -172,7 +166,6 @@ const RETENTION_KEYS: &[&str] = &[
     "pin-runs",
     "pin-tags",
 ];
-const MONITOR_KEYS: &[&str] = &["enabled", "interval"];
 /// The names of the kinds of artifact, as in [`ArtifactKind::as_str`].
 const KIND_NAMES: &[&str] = &[
     "log",
@@ -191,13 +184,13 @@ const MIB: u64 = 1 << 20;
 pub(super) fn all_keys() -> impl Iterator<Item = &'static str> {
     [
         &["name", "run", "defaults", "store", "monitor", "test"][..],
-        RUN_KEYS,
+        Kind::Run.keys(),
         DEFAULTS_KEYS,
         TEST_KEYS,
         FILE_KEYS,
         STORE_KEYS,
         RETENTION_KEYS,
-        MONITOR_KEYS,
+        Kind::Monitor.keys(),
     ]
     .into_iter()
     .flatten()
@@ -679,7 +672,7 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(suggest("timout", TEST_KEYS), Some("timeout"));
-        assert_eq!(suggest("paralelism", RUN_KEYS), Some("parallelism"));
+        assert_eq!(suggest("paralelism", Kind::Run.keys()), Some("parallelism"));
         assert_eq!(suggest("zzz", TEST_KEYS), None);
     }
 

@@ -8,9 +8,12 @@ use std::path::Path;
 #[cfg(feature = "store")]
 use artifact_store::{ArtifactKind, Durability};
 
+use serde::Deserialize;
+
 use super::field::{Field, Kind, Res};
 #[cfg(feature = "store")]
 use super::field::{suggest, toml_str};
+use super::value::{Count, Flag, Problem, Seconds, Size, U32_MAX};
 #[cfg(feature = "store")]
 use super::{CREDENTIAL_KEYS, Diag, KIND_NAMES};
 #[cfg(feature = "monitor")]
@@ -19,25 +22,46 @@ use crate::plan::PlanSettings;
 #[cfg(feature = "store")]
 use crate::plan::{RetentionPlan, StorePlan};
 
+/// The `[run]` table: how the run as a whole is carried out. Each field is a key of the
+/// table (in kebab-case); see [`PlanSettings`] for what they mean.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub(super) struct RunTable {
+    parallelism: Option<Count<1, U32_MAX>>,
+    timeout: Option<Seconds>,
+    retries: Option<Count<0, 10>>,
+    kill_grace: Option<Seconds>,
+    output_limit: Option<Size>,
+}
+
+/// The `[monitor]` table: sampling the host processes of each test (`MonitorPlan`). Its keys
+/// serve the did-you-mean advice even when the `monitor` feature is off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+#[cfg_attr(not(feature = "monitor"), allow(dead_code))]
+pub(super) struct MonitorTable {
+    enabled: Option<Flag>,
+    interval: Option<Seconds>,
+}
+
 impl Field<'_, '_> {
     /// The settings of `[run]`.
     pub(super) fn run(&self, settings: &mut PlanSettings) -> Res<()> {
         let table = self.child(Kind::Run, "[run]")?;
-        for f in table.fields() {
-            match f.key {
-                "parallelism" => {
-                    let n = f.integer(1, u32::MAX.into(), "a positive integer")?;
-                    settings.parallelism = Some(usize::try_from(n).expect("range was checked"));
-                }
-                "timeout" => settings.timeout = Some(f.duration()?),
-                "retries" => {
-                    let n = f.integer(0, 10, "an integer from 0 to 10")?;
-                    settings.retries = u32::try_from(n).expect("range was checked");
-                }
-                "kill-grace" => settings.kill_grace = Some(f.duration()?),
-                "output-limit" => settings.output_limit = Some(f.byte_size()?),
-                _ => return Err(f.unknown_key()),
-            }
+        let run: RunTable = table.read()?;
+        let count = |n: i128| usize::try_from(n).expect("range was checked");
+        settings.parallelism = run.parallelism.map(|Count(n)| count(n));
+        settings.timeout = run.timeout.map(|Seconds(d)| d);
+        settings.retries = run
+            .retries
+            .map_or(0, |Count(n)| u32::try_from(n).expect("range was checked"));
+        settings.kill_grace = run.kill_grace.map(|Seconds(d)| d);
+        if let Some(Size(bytes)) = run.output_limit {
+            let too_large = || {
+                let f = table.field("output-limit").expect("output-limit was read");
+                f.problem(Problem::TooLarge)
+            };
+            settings.output_limit = Some(usize::try_from(bytes).map_err(|_| too_large())?);
         }
         Ok(())
     }
@@ -206,30 +230,27 @@ impl Field<'_, '_> {
     #[cfg(feature = "monitor")]
     pub(super) fn monitor(&self) -> Res<MonitorPlan> {
         let table = self.child(Kind::Monitor, "[monitor]")?;
+        let read: MonitorTable =
+            table.read_checked(|f, one: &MonitorTable| match one.interval {
+                Some(Seconds(interval)) if interval < MonitorPlan::MIN_INTERVAL => Err(f
+                    .error(format!(
+                        "{} must be at least {}, not {}",
+                        f.what(),
+                        humantime::format_duration(MonitorPlan::MIN_INTERVAL),
+                        humantime::format_duration(interval)
+                    ))
+                    .help(
+                        "sampling more often costs more than it tells; remove the key to \
+                         sample every 100ms, or use for example `interval = \"50ms\"`",
+                    )),
+                _ => Ok(()),
+            })?;
         let mut monitor = MonitorPlan::default();
-        for f in table.fields() {
-            match f.key {
-                "enabled" => monitor.enabled = f.boolean()?,
-                "interval" => {
-                    let interval = f.duration()?;
-                    if interval < MonitorPlan::MIN_INTERVAL {
-                        return Err(f
-                            .error(format!(
-                                "{} must be at least {}, not {}",
-                                f.what(),
-                                humantime::format_duration(MonitorPlan::MIN_INTERVAL),
-                                humantime::format_duration(interval)
-                            ))
-                            .help(
-                                "sampling more often costs more than it tells; remove the key \
-                                 to sample every 100ms, or use for example \
-                                 `interval = \"50ms\"`",
-                            ));
-                    }
-                    monitor.interval = interval;
-                }
-                _ => return Err(f.unknown_key()),
-            }
+        if let Some(Flag(enabled)) = read.enabled {
+            monitor.enabled = enabled;
+        }
+        if let Some(Seconds(interval)) = read.interval {
+            monitor.interval = interval;
         }
         Ok(monitor)
     }
