@@ -10,12 +10,9 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
-use super::tables::{MonitorTable, RunTable};
+use super::tables::{MonitorTable, RetentionTable, RunTable, StoreTable};
 use super::value::{self, keys_of};
-use super::{
-    DEFAULTS_KEYS, FILE_KEYS, KIND_NAMES, MIB, RETENTION_KEYS, STORE_KEYS, TEST_KEYS,
-    TEST_ONLY_KEYS,
-};
+use super::{DEFAULTS_KEYS, FILE_KEYS, KIND_NAMES, MIB, TEST_KEYS, TEST_ONLY_KEYS};
 use crate::plan::section::{Key, Registered};
 
 /// A problem found at a byte range of the plan text: what [`Section::read`] returns when its
@@ -99,8 +96,8 @@ impl Kind {
             Kind::Defaults => DEFAULTS_KEYS,
             Kind::Test => TEST_KEYS,
             Kind::File => FILE_KEYS,
-            Kind::Store => STORE_KEYS,
-            Kind::Retention => RETENTION_KEYS,
+            Kind::Store => keys_of::<StoreTable>(),
+            Kind::Retention => keys_of::<RetentionTable>(),
             Kind::MaxAges | Kind::Budgets => KIND_NAMES,
             Kind::Monitor => keys_of::<MonitorTable>(),
         }
@@ -400,10 +397,8 @@ impl<'a, 'i> Field<'a, 'i> {
     /// A string that is not blank.
     pub fn text(&self) -> Res<&'a str> {
         let s = self.string()?;
-        if s.trim().is_empty() {
-            return Err(self
-                .error(format!("{} is empty", self.what()))
-                .maybe_help(self.example_help()));
+        if value::is_blank(s) {
+            return Err(self.problem(value::Problem::Empty));
         }
         Ok(s)
     }
@@ -811,8 +806,16 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>, advice: Option<String>) -> Diag
         (keys, format!("[{}]", s.name), s.about)
     });
     let core = [
-        (STORE_KEYS, "[store]", "a setting of the artifact store"),
-        (RETENTION_KEYS, "[store.retention]", "a retention rule"),
+        (
+            Kind::Store.keys(),
+            "[store]",
+            "a setting of the artifact store",
+        ),
+        (
+            Kind::Retention.keys(),
+            "[store.retention]",
+            "a retention rule",
+        ),
         (
             Kind::Monitor.keys(),
             "[monitor]",

@@ -136,7 +136,6 @@ const TEST_KEYS: &[&str] = &[
 /// Keys of `[[test]]` that `[defaults]` does not take.
 const TEST_ONLY_KEYS: &[&str] = &["id", "name", "command", "script", "files"];
 const FILE_KEYS: &[&str] = &["source", "dest"];
-const STORE_KEYS: &[&str] = &["path", "durability", "remote", "retention"];
 /// Keys that would hold credentials: refused with a pointer to the environment.
 #[cfg(feature = "store")]
 const CREDENTIAL_KEYS: &[&str] = &[
@@ -152,19 +151,6 @@ const CREDENTIAL_KEYS: &[&str] = &[
     "token",
     "password",
     "credentials",
-];
-const RETENTION_KEYS: &[&str] = &[
-    "max-age",
-    "keep-last-runs",
-    "max-total-size",
-    "kind-max-age",
-    "kind-budgets",
-    "keep-failures-for",
-    "keep-passes-for",
-    "first-failure-after-pass",
-    "last-passing-run",
-    "pin-runs",
-    "pin-tags",
 ];
 /// The names of the kinds of artifact, as in [`ArtifactKind::as_str`].
 const KIND_NAMES: &[&str] = &[
@@ -188,8 +174,8 @@ pub(super) fn all_keys() -> impl Iterator<Item = &'static str> {
         DEFAULTS_KEYS,
         TEST_KEYS,
         FILE_KEYS,
-        STORE_KEYS,
-        RETENTION_KEYS,
+        Kind::Store.keys(),
+        Kind::Retention.keys(),
         Kind::Monitor.keys(),
     ]
     .into_iter()

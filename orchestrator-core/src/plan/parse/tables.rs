@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::field::{Field, Kind, Res};
 #[cfg(feature = "store")]
 use super::field::{suggest, toml_str};
-use super::value::{Count, Flag, Problem, Seconds, Size, U32_MAX};
+use super::value::{ByHand, Count, Flag, Problem, Seconds, Size, Text, U32_MAX};
 #[cfg(feature = "store")]
 use super::{CREDENTIAL_KEYS, Diag, KIND_NAMES};
 #[cfg(feature = "monitor")]
@@ -44,6 +44,37 @@ pub(super) struct MonitorTable {
     interval: Option<Seconds>,
 }
 
+/// The `[store]` table: where test artifacts are kept (`StorePlan`). Its keys serve the
+/// did-you-mean advice even when the `store` feature is off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+#[cfg_attr(not(feature = "store"), allow(dead_code))]
+pub(super) struct StoreTable {
+    path: Option<Text>,
+    durability: Option<ByHand>,
+    remote: Option<ByHand>,
+    retention: Option<ByHand>,
+}
+
+/// The `[store.retention]` table: which stored artifacts keep their contents
+/// (`RetentionPlan`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+#[cfg_attr(not(feature = "store"), allow(dead_code))]
+pub(super) struct RetentionTable {
+    max_age: Option<Seconds>,
+    keep_last_runs: Option<Count<1, U32_MAX>>,
+    max_total_size: Option<Size>,
+    kind_max_age: Option<ByHand>,
+    kind_budgets: Option<ByHand>,
+    keep_failures_for: Option<Seconds>,
+    keep_passes_for: Option<Seconds>,
+    first_failure_after_pass: Option<Flag>,
+    last_passing_run: Option<Flag>,
+    pin_runs: Option<ByHand>,
+    pin_tags: Option<ByHand>,
+}
+
 impl Field<'_, '_> {
     /// The settings of `[run]`.
     pub(super) fn run(&self, settings: &mut PlanSettings) -> Res<()> {
@@ -70,17 +101,10 @@ impl Field<'_, '_> {
     #[cfg(feature = "store")]
     pub(super) fn store(&self, base_dir: &Path) -> Res<StorePlan> {
         let table = self.child(Kind::Store, "[store]")?;
-        let mut path = None;
         let mut store = StorePlan::default();
-        for f in table.fields() {
-            match f.key {
-                "path" => path = Some(base_dir.join(f.text()?)),
-                "durability" => store.durability = f.durability()?,
-                "retention" => store.retention = Some(f.retention()?),
-                "remote" => store.remote = Some(f.remote_url()?),
-                k if CREDENTIAL_KEYS
-                    .contains(&k.to_ascii_lowercase().replace('_', "-").as_str()) =>
-                {
+        let read: StoreTable = table.read_with(|f, one| {
+            match (f.key, one) {
+                (k, None) if CREDENTIAL_KEYS.contains(&f.normalized_key().as_str()) => {
                     return Err(f
                         .error(format!(
                             "`{k}` {}: credentials never go in a plan file",
@@ -93,9 +117,14 @@ impl Field<'_, '_> {
                              their instance or container role, and remove this key",
                         ));
                 }
-                _ => return Err(f.unknown_key()),
+                ("durability", Some(_)) => store.durability = f.durability()?,
+                ("retention", Some(_)) => store.retention = Some(f.retention()?),
+                ("remote", Some(_)) => store.remote = Some(f.remote_url()?),
+                _ => {}
             }
-        }
+            Ok(())
+        })?;
+        let path = read.path.map(|Text(path)| base_dir.join(path));
         let Some(path) = path else {
             return Err(
                 Diag::new(self.span(), "store.path", "[store] has no `path`").help(
@@ -162,11 +191,11 @@ impl Field<'_, '_> {
     fn retention(&self) -> Res<RetentionPlan> {
         let table = self.child(Kind::Retention, "[store.retention]")?;
         let mut rules = RetentionPlan::default();
-        for f in table.fields() {
+        let read: RetentionTable = table.read_with(|f, one| {
+            if one.is_none() {
+                return Ok(());
+            }
             match f.key {
-                "max-age" => rules.max_age = Some(f.duration()?),
-                "keep-last-runs" => rules.keep_last_runs = Some(f.count()? as usize),
-                "max-total-size" => rules.max_total_size = Some(f.bytes()?),
                 "kind-max-age" => {
                     rules.kind_max_age =
                         f.per_kind(Kind::MaxAges, "`kind-max-age` of [store.retention]", |f| {
@@ -179,15 +208,20 @@ impl Field<'_, '_> {
                             f.bytes()
                         })?;
                 }
-                "keep-failures-for" => rules.keep_failures_for = Some(f.duration()?),
-                "keep-passes-for" => rules.keep_passes_for = Some(f.duration()?),
-                "first-failure-after-pass" => rules.first_failure_after_pass = f.boolean()?,
-                "last-passing-run" => rules.last_passing_run = f.boolean()?,
                 "pin-runs" => rules.pin_runs = f.names()?,
                 "pin-tags" => rules.pin_tags = f.names()?,
-                _ => return Err(f.unknown_key()),
+                _ => {}
             }
-        }
+            Ok(())
+        })?;
+        let count = |Count(n)| usize::try_from(n).expect("range was checked");
+        rules.max_age = read.max_age.map(|Seconds(d)| d);
+        rules.keep_last_runs = read.keep_last_runs.map(count);
+        rules.max_total_size = read.max_total_size.map(|Size(bytes)| bytes);
+        rules.keep_failures_for = read.keep_failures_for.map(|Seconds(d)| d);
+        rules.keep_passes_for = read.keep_passes_for.map(|Seconds(d)| d);
+        rules.first_failure_after_pass = read.first_failure_after_pass.is_some_and(|Flag(b)| b);
+        rules.last_passing_run = read.last_passing_run.is_some_and(|Flag(b)| b);
         Ok(rules)
     }
 
@@ -230,8 +264,8 @@ impl Field<'_, '_> {
     #[cfg(feature = "monitor")]
     pub(super) fn monitor(&self) -> Res<MonitorPlan> {
         let table = self.child(Kind::Monitor, "[monitor]")?;
-        let read: MonitorTable =
-            table.read_checked(|f, one: &MonitorTable| match one.interval {
+        let read: MonitorTable = table.read_with(|f, one: Option<&MonitorTable>| {
+            match one.and_then(|m| m.interval) {
                 Some(Seconds(interval)) if interval < MonitorPlan::MIN_INTERVAL => Err(f
                     .error(format!(
                         "{} must be at least {}, not {}",
@@ -244,7 +278,8 @@ impl Field<'_, '_> {
                          sample every 100ms, or use for example `interval = \"50ms\"`",
                     )),
                 _ => Ok(()),
-            })?;
+            }
+        })?;
         let mut monitor = MonitorPlan::default();
         if let Some(Flag(enabled)) = read.enabled {
             monitor.enabled = enabled;

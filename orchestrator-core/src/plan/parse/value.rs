@@ -122,6 +122,8 @@ pub(super) enum Problem {
     BadSize(String),
     /// A size under 1KiB, in bytes.
     SmallSize(u64),
+    /// A blank string.
+    Empty,
 }
 
 /// How a [`Problem`] travels in a serde error: after this prefix, as JSON.
@@ -241,6 +243,23 @@ pub(super) fn boolean(raw: &Raw) -> Result<bool, Problem> {
     }
 }
 
+/// A string that is not blank.
+pub(super) fn text(raw: &Raw) -> Result<String, Problem> {
+    match raw {
+        Raw::Str(s) if is_blank(s) => Err(Problem::Empty),
+        Raw::Str(s) => Ok(s.clone()),
+        _ => Err(Problem::WrongType {
+            expected: "a string".to_owned(),
+            unquoted: None,
+        }),
+    }
+}
+
+/// Whether a string says nothing.
+pub(super) fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
 /// A value type of a derived table: deserialized from the raw value by `check`.
 fn checked<'de, D, T>(
     deserializer: D,
@@ -301,6 +320,27 @@ impl<'de> Deserialize<'de> for Flag {
     }
 }
 
+/// A string that is not blank (`path = "artifacts"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Text(pub(super) String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(deserializer, text).map(Text)
+    }
+}
+
+/// A key whose value the table's code reads by hand as the key is met (a sub-table, a map of
+/// kinds, a list with its own messages): see [`Table::read_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ByHand;
+
+impl<'de> Deserialize<'de> for ByHand {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer).map(|_| ByHand)
+    }
+}
+
 /// The keys of a derived table: the names of its struct's fields, as serde sees them.
 pub(super) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
     match T::deserialize(KeyProbe) {
@@ -357,18 +397,20 @@ impl<'i> Table<'_, 'i> {
     /// optional: `#[serde(default)]`). Keys are read one at a time in file order: an unknown
     /// key gets the did-you-mean advice, and a bad value the message of its key.
     pub(super) fn read<T: DeserializeOwned>(&self) -> Res<T> {
-        self.read_checked(|_, _| Ok(()))
+        self.read_with(|_, _| Ok(()))
     }
 
-    /// [`Table::read`], with `check` run on each key as it is read: it is given the key's
-    /// field and the table with only that key set.
-    pub(super) fn read_checked<T: DeserializeOwned>(
+    /// [`Table::read`], with `on_key` called on each key as it is met: with the table with
+    /// only that key set once its value is read, or with `None` for a key `T` does not have
+    /// (before it is reported as unknown). It may read a value by hand, or refuse it.
+    pub(super) fn read_with<T: DeserializeOwned>(
         &self,
-        check: impl Fn(&Field<'_, 'i>, &T) -> Res<()>,
+        mut on_key: impl FnMut(&Field<'_, 'i>, Option<&T>) -> Res<()>,
     ) -> Res<T> {
         let keys = keys_of::<T>();
         for f in self.fields() {
             if !keys.contains(&f.key) {
+                on_key(&f, None)?;
                 return Err(f.unknown_key());
             }
             let mut one = DeTable::new();
@@ -378,7 +420,7 @@ impl<'i> Table<'_, 'i> {
             );
             let one: T = T::deserialize(deserializer(self.span(), DeValue::Table(one)))
                 .map_err(|e| f.serde_error(&e))?;
-            check(&f, &one)?;
+            on_key(&f, Some(&one))?;
         }
         T::deserialize(deserializer(
             self.span(),
@@ -459,6 +501,9 @@ impl Field<'_, '_> {
                     "write a whole number with a binary unit, such as \"64KiB\" or \"1MiB\", or \
                      an integer number of bytes",
                 ),
+            Problem::Empty => self
+                .error(format!("{} is empty", self.what()))
+                .maybe_help(self.example_help()),
             Problem::SmallSize(bytes) => self
                 .error(format!(
                     "{} must be at least 1KiB (1024 bytes), not {bytes} bytes",
