@@ -12,7 +12,7 @@ use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 use super::tables::{MonitorTable, RetentionTable, RunTable, StoreTable};
 use super::value::{self, keys_of};
-use super::{DEFAULTS_KEYS, FILE_KEYS, KIND_NAMES, MIB, TEST_KEYS, TEST_ONLY_KEYS};
+use super::{DefaultsTable, FileTable, KIND_NAMES, MIB, TestTable, test_only};
 use crate::plan::section::{Key, Registered};
 
 /// A problem found at a byte range of the plan text: what [`Section::read`] returns when its
@@ -93,9 +93,9 @@ impl Kind {
         match self {
             Kind::Top | Kind::Section => &[],
             Kind::Run => keys_of::<RunTable>(),
-            Kind::Defaults => DEFAULTS_KEYS,
-            Kind::Test => TEST_KEYS,
-            Kind::File => FILE_KEYS,
+            Kind::Defaults => keys_of::<DefaultsTable>(),
+            Kind::Test => keys_of::<TestTable>(),
+            Kind::File => keys_of::<FileTable>(),
             Kind::Store => keys_of::<StoreTable>(),
             Kind::Retention => keys_of::<RetentionTable>(),
             Kind::MaxAges | Kind::Budgets => KIND_NAMES,
@@ -229,6 +229,10 @@ pub struct Table<'a, 'i> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
+    pub(super) fn new(table: &'a DeTable<'i>, span: Range<usize>, scope: Scope) -> Self {
+        Table { table, span, scope }
+    }
+
     pub(super) fn de_table(&self) -> &'a DeTable<'i> {
         self.table
     }
@@ -306,7 +310,9 @@ impl<'a, 'i> Field<'a, 'i> {
 
     /// Whether the key (in lowercase, with dashes) is one of `[[test]]` and `[defaults]`.
     pub fn is_test_key(&self) -> bool {
-        DEFAULTS_KEYS.contains(&self.normalized_key().as_str())
+        Kind::Defaults
+            .keys()
+            .contains(&self.normalized_key().as_str())
     }
 
     pub(super) fn get(&self) -> &'a DeValue<'i> {
@@ -798,8 +804,8 @@ fn unknown_key(scope: &Scope, f: &Field<'_, '_>, advice: Option<String>) -> Diag
 
     // Right key, wrong table.
     let in_run = Kind::Run.keys().contains(&normalized.as_str());
-    let per_test = DEFAULTS_KEYS.contains(&normalized.as_str());
-    let test_only = TEST_ONLY_KEYS.contains(&normalized.as_str());
+    let per_test = Kind::Defaults.keys().contains(&normalized.as_str());
+    let test_only = test_only(&normalized);
     // Advice for a key of a runner's, the store's or the monitor's table.
     let sections = scope.sections.iter().map(|s| {
         let keys: Vec<&str> = s.keys.iter().map(|k| k.name).collect();

@@ -33,9 +33,12 @@ use crate::case::{
     Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements, TestCase, TestId,
 };
 pub use field::{Diag, Field, Table, arch_help};
+use serde::Deserialize;
+
 use field::{Kind, Res, Scope, entries, found, toml_str};
 #[cfg(test)]
 use field::{parse_size, suggest};
+use value::ByHand;
 
 /// What a valid plan document holds, before it is wrapped in a [`super::Plan`].
 #[derive(Debug)]
@@ -98,44 +101,63 @@ pub(super) fn document(text: &str, base_dir: &Path, sections: &[Registered]) -> 
 }
 
 /// The keys of each kind of table (the top level's are in `Scope::accepted`).
-const DEFAULTS_KEYS: &[&str] = &[
-    "timeout",
-    "env",
-    "tags",
-    "runner",
-    "shell",
-    "arch",
-    "memory",
-    "cpus",
-    "kernel",
-    "modules",
-    "artifacts",
-    "expect",
-    "trace",
-];
-const TEST_KEYS: &[&str] = &[
-    "id",
-    "name",
-    "command",
-    "script",
-    "shell",
-    "files",
-    "env",
-    "timeout",
-    "arch",
-    "memory",
-    "cpus",
-    "kernel",
-    "modules",
-    "artifacts",
-    "tags",
-    "expect",
-    "runner",
-    "trace",
-];
-/// Keys of `[[test]]` that `[defaults]` does not take.
-const TEST_ONLY_KEYS: &[&str] = &["id", "name", "command", "script", "files"];
-const FILE_KEYS: &[&str] = &["source", "dest"];
+/// The `[defaults]` table: the keys every test may set, which apply to every test that does
+/// not. The values are read by hand ([`Common::read`]), as they are met.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct DefaultsTable {
+    timeout: Option<ByHand>,
+    env: Option<ByHand>,
+    tags: Option<ByHand>,
+    runner: Option<ByHand>,
+    shell: Option<ByHand>,
+    arch: Option<ByHand>,
+    memory: Option<ByHand>,
+    cpus: Option<ByHand>,
+    kernel: Option<ByHand>,
+    modules: Option<ByHand>,
+    artifacts: Option<ByHand>,
+    expect: Option<ByHand>,
+    trace: Option<ByHand>,
+}
+
+/// A `[[test]]` table: the keys of `[defaults]` and those of one test only (`id`, `name`,
+/// `command`, `script`, `files`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct TestTable {
+    id: Option<ByHand>,
+    name: Option<ByHand>,
+    command: Option<ByHand>,
+    script: Option<ByHand>,
+    shell: Option<ByHand>,
+    files: Option<ByHand>,
+    env: Option<ByHand>,
+    timeout: Option<ByHand>,
+    arch: Option<ByHand>,
+    memory: Option<ByHand>,
+    cpus: Option<ByHand>,
+    kernel: Option<ByHand>,
+    modules: Option<ByHand>,
+    artifacts: Option<ByHand>,
+    tags: Option<ByHand>,
+    expect: Option<ByHand>,
+    runner: Option<ByHand>,
+    trace: Option<ByHand>,
+}
+
+/// A `{ source, dest }` entry of `files`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct FileTable {
+    source: Option<ByHand>,
+    dest: Option<ByHand>,
+}
+
+/// Whether `key` is a key of `[[test]]` that `[defaults]` does not take.
+fn test_only(key: &str) -> bool {
+    Kind::Test.keys().contains(&key) && !Kind::Defaults.keys().contains(&key)
+}
 /// Keys that would hold credentials: refused with a pointer to the environment.
 #[cfg(feature = "store")]
 const CREDENTIAL_KEYS: &[&str] = &[
@@ -171,9 +193,9 @@ pub(super) fn all_keys() -> impl Iterator<Item = &'static str> {
     [
         &["name", "run", "defaults", "store", "monitor", "test"][..],
         Kind::Run.keys(),
-        DEFAULTS_KEYS,
-        TEST_KEYS,
-        FILE_KEYS,
+        Kind::Defaults.keys(),
+        Kind::Test.keys(),
+        Kind::File.keys(),
         Kind::Store.keys(),
         Kind::Retention.keys(),
         Kind::Monitor.keys(),
@@ -203,11 +225,12 @@ impl Parser<'_> {
     fn defaults(&self, f: &Field<'_, '_>) -> Res<Common> {
         let table = f.child(Kind::Defaults, "[defaults]")?;
         let mut common = Common::default();
-        for f in table.fields() {
-            if !common.read(&f, self.base_dir)? {
-                return Err(f.unknown_key());
+        table.read_with(|f, known: Option<&DefaultsTable>| {
+            if known.is_some() {
+                common.read(f, self.base_dir)?;
             }
-        }
+            Ok(())
+        })?;
         Ok(common)
     }
 
@@ -273,27 +296,30 @@ impl Parser<'_> {
         let mut shell_span = None;
         let mut files = Vec::new();
         let mut common = Common::default();
-        for (key, value) in entries(table) {
-            let f = Field::new(key, value, &scope);
-            match f.key {
-                "id" => {
-                    id = Some(self.test_id(&f, seen)?);
-                    id_span = f.span();
+        Table::new(table, header.clone(), scope.clone()).read_with(
+            |f, known: Option<&TestTable>| {
+                if known.is_none() {
+                    return Ok(());
                 }
-                "name" => name = Some(f.text()?.to_owned()),
-                "command" => command = Some((f.command()?, f.key_span.clone())),
-                "script" => script = Some((f.script()?, f.key_span.clone())),
-                "files" => files = f.files(self.base_dir)?,
-                _ => {
-                    if f.key == "shell" {
-                        shell_span = Some(f.key_span.clone());
+                match f.key {
+                    "id" => {
+                        id = Some(self.test_id(f, seen)?);
+                        id_span = f.span();
                     }
-                    if !common.read(&f, self.base_dir)? {
-                        return Err(f.unknown_key());
+                    "name" => name = Some(f.text()?.to_owned()),
+                    "command" => command = Some((f.command()?, f.key_span.clone())),
+                    "script" => script = Some((f.script()?, f.key_span.clone())),
+                    "files" => files = f.files(self.base_dir)?,
+                    _ => {
+                        if f.key == "shell" {
+                            shell_span = Some(f.key_span.clone());
+                        }
+                        common.read(f, self.base_dir)?;
                     }
                 }
-            }
-        }
+                Ok(())
+            },
+        )?;
 
         let Some(id) = id else {
             return Err(
@@ -473,8 +499,8 @@ struct Common {
 }
 
 impl Common {
-    /// Reads `f` if it is one of the shared keys; returns whether it was.
-    fn read(&mut self, f: &Field<'_, '_>, base_dir: &Path) -> Res<bool> {
+    /// Reads `f`, one of the shared keys.
+    fn read(&mut self, f: &Field<'_, '_>, base_dir: &Path) -> Res<()> {
         match f.key {
             "timeout" => self.timeout = Some(f.duration()?),
             "env" => self.env = f.env()?,
@@ -500,9 +526,10 @@ impl Common {
                 }
                 self.trace = Some(t);
             }
-            _ => return Ok(false),
+            // `read_with` only hands over the keys of the table's struct.
+            _ => unreachable!("`{}` is not a key of [defaults]", f.key),
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -657,9 +684,9 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("timout", TEST_KEYS), Some("timeout"));
+        assert_eq!(suggest("timout", Kind::Test.keys()), Some("timeout"));
         assert_eq!(suggest("paralelism", Kind::Run.keys()), Some("parallelism"));
-        assert_eq!(suggest("zzz", TEST_KEYS), None);
+        assert_eq!(suggest("zzz", Kind::Test.keys()), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::path::{Component, Path, PathBuf};
 
 use toml::de::DeValue;
 
-use super::Archs;
-use super::field::{Diag, Field, Res, arch_help, entries, found, suggest, toml_str};
+use super::field::{Diag, Field, Res, Table, arch_help, entries, found, suggest, toml_str};
+use super::{Archs, FileTable};
 use crate::case::{Arch, Command, Expectation, FileSpec};
 
 impl Field<'_, '_> {
@@ -263,18 +263,21 @@ impl Field<'_, '_> {
         let mut files: Vec<FileSpec> = Vec::new();
         for entry in array.iter() {
             let (source, source_span, dest, dest_span) = match entry.get_ref() {
-                DeValue::String(source) => (&**source, entry.span(), None, entry.span()),
+                DeValue::String(source) => (source.to_string(), entry.span(), None, entry.span()),
                 DeValue::Table(table) => {
                     let mut source = None;
                     let mut dest = None;
-                    for (key, value) in entries(table) {
-                        let f = Field::new(key, value, &entry_scope);
-                        match f.key {
-                            "source" => source = Some((f.text()?, f.span())),
-                            "dest" => dest = Some((f.text()?, f.span())),
-                            _ => return Err(f.unknown_key()),
-                        }
-                    }
+                    Table::new(table, entry.span(), entry_scope.clone()).read_with(
+                        |f, known: Option<&FileTable>| {
+                            let read = || Ok::<_, Diag>((f.text()?.to_owned(), f.span()));
+                            match (f.key, known) {
+                                ("source", Some(_)) => source = Some(read()?),
+                                ("dest", Some(_)) => dest = Some(read()?),
+                                _ => {}
+                            }
+                            Ok(())
+                        },
+                    )?;
                     let Some((source, source_span)) = source else {
                         return Err(Diag::new(
                             entry.span(),
@@ -307,6 +310,7 @@ impl Field<'_, '_> {
                 }
             };
 
+            let (source, dest) = (source.as_str(), dest.as_deref());
             if source.trim().is_empty() {
                 return Err(self
                     .error_at(
