@@ -10,6 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
+use super::schema::{Doc, doc_of};
 use super::tables::{MonitorTable, RetentionTable, RunTable, StoreTable};
 use super::value::{self, keys_of};
 use super::{DefaultsTable, FileTable, KIND_NAMES, MIB, TestTable, test_only};
@@ -100,6 +101,20 @@ impl Kind {
             Kind::Retention => keys_of::<RetentionTable>(),
             Kind::MaxAges | Kind::Budgets => KIND_NAMES,
             Kind::Monitor => keys_of::<MonitorTable>(),
+        }
+    }
+
+    /// What help messages say about `key` of a derived table of the core.
+    fn doc(self, key: &str) -> Option<&'static Doc> {
+        match self {
+            Kind::Top | Kind::Section | Kind::MaxAges | Kind::Budgets => None,
+            Kind::Run => doc_of::<RunTable>(key),
+            Kind::Defaults => doc_of::<DefaultsTable>(key),
+            Kind::Test => doc_of::<TestTable>(key),
+            Kind::File => doc_of::<FileTable>(key),
+            Kind::Store => doc_of::<StoreTable>(key),
+            Kind::Retention => doc_of::<RetentionTable>(key),
+            Kind::Monitor => doc_of::<MonitorTable>(key),
         }
     }
 
@@ -373,7 +388,10 @@ impl<'a, 'i> Field<'a, 'i> {
     pub(super) fn example(&self) -> Option<&'static str> {
         match self.scope.kind {
             Kind::Section => self.scope.key(self.key).and_then(|k| k.example),
-            kind => example(kind, self.key),
+            Kind::Top => (self.key == "name").then_some("name = \"nightly\""),
+            Kind::MaxAges => Some("core-dump = \"7d\""),
+            Kind::Budgets => Some("core-dump = \"1GiB\""),
+            kind => kind.doc(self.key)?.example,
         }
     }
 
@@ -496,7 +514,7 @@ impl<'a, 'i> Field<'a, 'i> {
         let example = self.example()?;
         let note = match self.scope.kind {
             Kind::Section => self.scope.key(self.key).and_then(|k| k.unset),
-            kind => default_note(kind, self.key),
+            kind => kind.doc(self.key).and_then(|d| d.unset),
         };
         Some(match note {
             Some(note) => format!("remove the key {note}, or use for example `{example}`"),
@@ -691,68 +709,6 @@ pub(super) fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-/// A sample line for a key, used in help messages.
-fn example(kind: Kind, key: &str) -> Option<&'static str> {
-    Some(match (kind, key) {
-        (Kind::Top, "name") => "name = \"nightly\"",
-        (Kind::Run, "timeout") => "timeout = \"2h\"",
-        (Kind::File, "source") => "source = \"data/input.txt\"",
-        (Kind::File, "dest") => "dest = \"input.txt\"",
-        (Kind::MaxAges, _) => "core-dump = \"7d\"",
-        (Kind::Budgets, _) => "core-dump = \"1GiB\"",
-        (Kind::Monitor, "interval") => "interval = \"100ms\"",
-        (_, "name") => "name = \"Boots to a shell\"",
-        (_, "parallelism") => "parallelism = 4",
-        (_, "timeout") => "timeout = \"30s\"",
-        (_, "retries") => "retries = 2",
-        (_, "kill-grace") => "kill-grace = \"5s\"",
-        (_, "output-limit") => "output-limit = \"1MiB\"",
-        (_, "id") => "id = \"boot-smoke\"",
-        (_, "command") => "command = [\"echo\", \"hi\"]",
-        (_, "script") => "script = \"echo hi\"",
-        (_, "shell") => "shell = [\"bash\", \"-e\"]",
-        (_, "files") => "files = [\"data/input.txt\", { source = \"data/x\", dest = \"sub/x\" }]",
-        (_, "env") => "env = { RUST_LOG = \"debug\" }",
-        (_, "arch") => "arch = \"aarch64\"",
-        (_, "memory") => "memory = \"512MiB\"",
-        (_, "cpus") => "cpus = 2",
-        (_, "kernel") => "kernel = \"images/bzImage\"",
-        (_, "modules") => "modules = [\"virtio_console\"]",
-        (_, "artifacts") => "artifacts = [\"*.log\"]",
-        (_, "tags") => "tags = [\"smoke\"]",
-        (_, "expect") => "expect = \"fail\"",
-        (_, "runner") => "runner = \"process\"",
-        (_, "path") => "path = \"artifacts\"",
-        (_, "durability") => "durability = \"relaxed\"",
-        (_, "remote") => "remote = \"s3://artifacts/ci\"",
-        (_, "max-age") => "max-age = \"30d\"",
-        (_, "keep-last-runs") => "keep-last-runs = 10",
-        (_, "max-total-size") => "max-total-size = \"20GiB\"",
-        (_, "kind-max-age") => "kind-max-age = { core-dump = \"7d\" }",
-        (_, "kind-budgets") => "kind-budgets = { core-dump = \"1GiB\" }",
-        (_, "keep-failures-for") => "keep-failures-for = \"90d\"",
-        (_, "keep-passes-for") => "keep-passes-for = \"7d\"",
-        (_, "first-failure-after-pass") => "first-failure-after-pass = true",
-        (_, "last-passing-run") => "last-passing-run = true",
-        (_, "pin-runs") => "pin-runs = [\"nightly-2024-06-01\"]",
-        (_, "pin-tags") => "pin-tags = [\"release\"]",
-        (_, "enabled") => "enabled = false",
-        _ => return None,
-    })
-}
-
-/// What leaving a key out means, as "to ..." advice, where that is worth saying.
-fn default_note(kind: Kind, key: &str) -> Option<&'static str> {
-    Some(match (kind, key) {
-        (Kind::Run, "timeout") => "to run without a deadline",
-        (Kind::Run, "parallelism") => "to use the default",
-        (Kind::Run, "kill-grace") => "to use the runner's default grace period",
-        (Kind::Run, "output-limit") => "to keep the default of 1MiB per stream",
-        (Kind::Defaults | Kind::Test, "timeout") => "to use the default of 60s",
-        _ => return None,
-    })
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo.

@@ -12,6 +12,9 @@
 //! - `test.rs`: the values of `[[test]]` and `[defaults]` (commands, files, env, arch...);
 //! - `syntax.rs`: TOML syntax errors in the words of a plan.
 
+#[macro_use]
+mod schema;
+
 mod field;
 mod syntax;
 mod tables;
@@ -33,8 +36,6 @@ use crate::case::{
     Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements, TestCase, TestId,
 };
 pub use field::{Diag, Field, Table, arch_help};
-use serde::Deserialize;
-
 use field::{Kind, Res, Scope, entries, found, toml_str};
 #[cfg(test)]
 use field::{parse_size, suggest};
@@ -100,58 +101,58 @@ pub(super) fn document(text: &str, base_dir: &Path, sections: &[Registered]) -> 
     })
 }
 
-/// The keys of each kind of table (the top level's are in `Scope::accepted`).
-/// The `[defaults]` table: the keys every test may set, which apply to every test that does
-/// not. The values are read by hand ([`Common::read`]), as they are met.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-struct DefaultsTable {
-    timeout: Option<ByHand>,
-    env: Option<ByHand>,
-    tags: Option<ByHand>,
-    runner: Option<ByHand>,
-    shell: Option<ByHand>,
-    arch: Option<ByHand>,
-    memory: Option<ByHand>,
-    cpus: Option<ByHand>,
-    kernel: Option<ByHand>,
-    modules: Option<ByHand>,
-    artifacts: Option<ByHand>,
-    expect: Option<ByHand>,
-    trace: Option<ByHand>,
+// The tables of tests, declared key by key (the top level's keys are in `Scope::accepted`).
+plan_table! {
+    /// The `[defaults]` table: the keys every test may set, which apply to every test that
+    /// does not. The values are read by hand ([`Common::read`]), as they are met.
+    struct DefaultsTable {
+        timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        env: ByHand = "env = { RUST_LOG = \"debug\" }",
+        tags: ByHand = "tags = [\"smoke\"]",
+        runner: ByHand = "runner = \"process\"",
+        shell: ByHand = "shell = [\"bash\", \"-e\"]",
+        arch: ByHand = "arch = \"aarch64\"",
+        memory: ByHand = "memory = \"512MiB\"",
+        cpus: ByHand = "cpus = 2",
+        kernel: ByHand = "kernel = \"images/bzImage\"",
+        modules: ByHand = "modules = [\"virtio_console\"]",
+        artifacts: ByHand = "artifacts = [\"*.log\"]",
+        expect: ByHand = "expect = \"fail\"",
+        trace: ByHand,
+    }
 }
 
-/// A `[[test]]` table: the keys of `[defaults]` and those of one test only (`id`, `name`,
-/// `command`, `script`, `files`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-struct TestTable {
-    id: Option<ByHand>,
-    name: Option<ByHand>,
-    command: Option<ByHand>,
-    script: Option<ByHand>,
-    shell: Option<ByHand>,
-    files: Option<ByHand>,
-    env: Option<ByHand>,
-    timeout: Option<ByHand>,
-    arch: Option<ByHand>,
-    memory: Option<ByHand>,
-    cpus: Option<ByHand>,
-    kernel: Option<ByHand>,
-    modules: Option<ByHand>,
-    artifacts: Option<ByHand>,
-    tags: Option<ByHand>,
-    expect: Option<ByHand>,
-    runner: Option<ByHand>,
-    trace: Option<ByHand>,
+plan_table! {
+    /// A `[[test]]` table: the keys of `[defaults]` and those of one test only (`id`, `name`,
+    /// `command`, `script`, `files`).
+    struct TestTable {
+        id: ByHand = "id = \"boot-smoke\"",
+        name: ByHand = "name = \"Boots to a shell\"",
+        command: ByHand = "command = [\"echo\", \"hi\"]",
+        script: ByHand = "script = \"echo hi\"",
+        shell: ByHand = "shell = [\"bash\", \"-e\"]",
+        files: ByHand = "files = [\"data/input.txt\", { source = \"data/x\", dest = \"sub/x\" }]",
+        env: ByHand = "env = { RUST_LOG = \"debug\" }",
+        timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        arch: ByHand = "arch = \"aarch64\"",
+        memory: ByHand = "memory = \"512MiB\"",
+        cpus: ByHand = "cpus = 2",
+        kernel: ByHand = "kernel = \"images/bzImage\"",
+        modules: ByHand = "modules = [\"virtio_console\"]",
+        artifacts: ByHand = "artifacts = [\"*.log\"]",
+        tags: ByHand = "tags = [\"smoke\"]",
+        expect: ByHand = "expect = \"fail\"",
+        runner: ByHand = "runner = \"process\"",
+        trace: ByHand,
+    }
 }
 
-/// A `{ source, dest }` entry of `files`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-struct FileTable {
-    source: Option<ByHand>,
-    dest: Option<ByHand>,
+plan_table! {
+    /// A `{ source, dest }` entry of `files`.
+    struct FileTable {
+        source: ByHand = "source = \"data/input.txt\"",
+        dest: ByHand = "dest = \"input.txt\"",
+    }
 }
 
 /// Whether `key` is a key of `[[test]]` that `[defaults]` does not take.

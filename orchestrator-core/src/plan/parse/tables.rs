@@ -8,8 +8,6 @@ use std::path::Path;
 #[cfg(feature = "store")]
 use artifact_store::{ArtifactKind, Durability};
 
-use serde::Deserialize;
-
 use super::field::{Field, Kind, Res};
 #[cfg(feature = "store")]
 use super::field::{suggest, toml_str};
@@ -22,57 +20,56 @@ use crate::plan::PlanSettings;
 #[cfg(feature = "store")]
 use crate::plan::{RetentionPlan, StorePlan};
 
-/// The `[run]` table: how the run as a whole is carried out. Each field is a key of the
-/// table (in kebab-case); see [`PlanSettings`] for what they mean.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-pub(super) struct RunTable {
-    parallelism: Option<Count<1, U32_MAX>>,
-    timeout: Option<Seconds>,
-    retries: Option<Count<0, 10>>,
-    kill_grace: Option<Seconds>,
-    output_limit: Option<Size>,
+plan_table! {
+    /// The `[run]` table: how the run as a whole is carried out (see [`PlanSettings`]).
+    pub(super) struct RunTable {
+        parallelism: Count<1, U32_MAX> = "parallelism = 4" ("to use the default"),
+        timeout: Seconds = "timeout = \"2h\"" ("to run without a deadline"),
+        retries: Count<0, 10> = "retries = 2",
+        kill_grace: Seconds = "kill-grace = \"5s\"" ("to use the runner's default grace period"),
+        output_limit: Size = "output-limit = \"1MiB\"" ("to keep the default of 1MiB per stream"),
+    }
 }
 
-/// The `[monitor]` table: sampling the host processes of each test (`MonitorPlan`). Its keys
-/// serve the did-you-mean advice even when the `monitor` feature is off.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-#[cfg_attr(not(feature = "monitor"), allow(dead_code))]
-pub(super) struct MonitorTable {
-    enabled: Option<Flag>,
-    interval: Option<Seconds>,
+plan_table! {
+    /// The `[monitor]` table: sampling the host processes of each test (`MonitorPlan`). Its
+    /// keys serve the did-you-mean advice even when the `monitor` feature is off.
+    #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
+    pub(super) struct MonitorTable {
+        enabled: Flag = "enabled = false",
+        interval: Seconds = "interval = \"100ms\"",
+    }
 }
 
-/// The `[store]` table: where test artifacts are kept (`StorePlan`). Its keys serve the
-/// did-you-mean advice even when the `store` feature is off.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-#[cfg_attr(not(feature = "store"), allow(dead_code))]
-pub(super) struct StoreTable {
-    path: Option<Text>,
-    durability: Option<ByHand>,
-    remote: Option<ByHand>,
-    retention: Option<ByHand>,
+plan_table! {
+    /// The `[store]` table: where test artifacts are kept (`StorePlan`). Its keys serve the
+    /// did-you-mean advice even when the `store` feature is off.
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
+    pub(super) struct StoreTable {
+        path: Text = "path = \"artifacts\"",
+        durability: ByHand = "durability = \"relaxed\"",
+        remote: ByHand = "remote = \"s3://artifacts/ci\"",
+        retention: ByHand,
+    }
 }
 
-/// The `[store.retention]` table: which stored artifacts keep their contents
-/// (`RetentionPlan`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-#[cfg_attr(not(feature = "store"), allow(dead_code))]
-pub(super) struct RetentionTable {
-    max_age: Option<Seconds>,
-    keep_last_runs: Option<Count<1, U32_MAX>>,
-    max_total_size: Option<Size>,
-    kind_max_age: Option<ByHand>,
-    kind_budgets: Option<ByHand>,
-    keep_failures_for: Option<Seconds>,
-    keep_passes_for: Option<Seconds>,
-    first_failure_after_pass: Option<Flag>,
-    last_passing_run: Option<Flag>,
-    pin_runs: Option<ByHand>,
-    pin_tags: Option<ByHand>,
+plan_table! {
+    /// The `[store.retention]` table: which stored artifacts keep their contents
+    /// (`RetentionPlan`).
+    #[cfg_attr(not(feature = "store"), allow(dead_code))]
+    pub(super) struct RetentionTable {
+        max_age: Seconds = "max-age = \"30d\"",
+        keep_last_runs: Count<1, U32_MAX> = "keep-last-runs = 10",
+        max_total_size: Size = "max-total-size = \"20GiB\"",
+        kind_max_age: ByHand = "kind-max-age = { core-dump = \"7d\" }",
+        kind_budgets: ByHand = "kind-budgets = { core-dump = \"1GiB\" }",
+        keep_failures_for: Seconds = "keep-failures-for = \"90d\"",
+        keep_passes_for: Seconds = "keep-passes-for = \"7d\"",
+        first_failure_after_pass: Flag = "first-failure-after-pass = true",
+        last_passing_run: Flag = "last-passing-run = true",
+        pin_runs: ByHand = "pin-runs = [\"nightly-2024-06-01\"]",
+        pin_tags: ByHand = "pin-tags = [\"release\"]",
+    }
 }
 
 impl Field<'_, '_> {
