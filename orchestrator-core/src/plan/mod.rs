@@ -80,7 +80,7 @@ use std::time::Duration;
 use crate::case::TestCase;
 
 pub use error::{Location, PlanError};
-pub use parse::{Diag, Field, Table, arch_help};
+pub use parse::{ByHand, Count, Diag, Field, Flag, Seconds, Size, Table, Text, U32_MAX, arch_help};
 pub use section::{Key, Section, Sections};
 #[cfg(feature = "monitor")]
 pub use settings::MonitorPlan;

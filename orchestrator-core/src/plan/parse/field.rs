@@ -10,7 +10,6 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
 
-use super::schema::{Doc, doc_of};
 use super::tables::{MonitorTable, RetentionTable, RunTable, StoreTable};
 use super::value::{self, keys_of};
 use super::{DefaultsTable, FileTable, KIND_NAMES, MIB, TestTable, test_only};
@@ -105,17 +104,18 @@ impl Kind {
     }
 
     /// What help messages say about `key` of a derived table of the core.
-    fn doc(self, key: &str) -> Option<&'static Doc> {
-        match self {
-            Kind::Top | Kind::Section | Kind::MaxAges | Kind::Budgets => None,
-            Kind::Run => doc_of::<RunTable>(key),
-            Kind::Defaults => doc_of::<DefaultsTable>(key),
-            Kind::Test => doc_of::<TestTable>(key),
-            Kind::File => doc_of::<FileTable>(key),
-            Kind::Store => doc_of::<StoreTable>(key),
-            Kind::Retention => doc_of::<RetentionTable>(key),
-            Kind::Monitor => doc_of::<MonitorTable>(key),
-        }
+    fn doc(self, key: &str) -> Option<&'static Key> {
+        let keys: &[Key] = match self {
+            Kind::Top | Kind::Section | Kind::MaxAges | Kind::Budgets => &[],
+            Kind::Run => RunTable::KEYS,
+            Kind::Defaults => DefaultsTable::KEYS,
+            Kind::Test => TestTable::KEYS,
+            Kind::File => FileTable::KEYS,
+            Kind::Store => StoreTable::KEYS,
+            Kind::Retention => RetentionTable::KEYS,
+            Kind::Monitor => MonitorTable::KEYS,
+        };
+        keys.iter().find(|k| k.name == key)
     }
 
     /// The start of the dotted path of this table's keys.

@@ -12,10 +12,8 @@
 //! - `test.rs`: the values of `[[test]]` and `[defaults]` (commands, files, env, arch...);
 //! - `syntax.rs`: TOML syntax errors in the words of a plan.
 
-#[macro_use]
-mod schema;
-
 mod field;
+mod schema;
 mod syntax;
 mod tables;
 mod test;
@@ -39,7 +37,7 @@ pub use field::{Diag, Field, Table, arch_help};
 use field::{Kind, Res, Scope, entries, found, toml_str};
 #[cfg(test)]
 use field::{parse_size, suggest};
-use value::ByHand;
+pub use value::{ByHand, Count, Flag, Seconds, Size, Text, U32_MAX};
 
 /// What a valid plan document holds, before it is wrapped in a [`super::Plan`].
 #[derive(Debug)]
@@ -102,56 +100,56 @@ pub(super) fn document(text: &str, base_dir: &Path, sections: &[Registered]) -> 
 }
 
 // The tables of tests, declared key by key (the top level's keys are in `Scope::accepted`).
-plan_table! {
+crate::plan_table! {
     /// The `[defaults]` table: the keys every test may set, which apply to every test that
     /// does not. The values are read by hand ([`Common::read`]), as they are met.
     struct DefaultsTable {
-        timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
-        env: ByHand = "env = { RUST_LOG = \"debug\" }",
-        tags: ByHand = "tags = [\"smoke\"]",
-        runner: ByHand = "runner = \"process\"",
-        shell: ByHand = "shell = [\"bash\", \"-e\"]",
-        arch: ByHand = "arch = \"aarch64\"",
-        memory: ByHand = "memory = \"512MiB\"",
-        cpus: ByHand = "cpus = 2",
-        kernel: ByHand = "kernel = \"images/bzImage\"",
-        modules: ByHand = "modules = [\"virtio_console\"]",
-        artifacts: ByHand = "artifacts = [\"*.log\"]",
-        expect: ByHand = "expect = \"fail\"",
-        trace: ByHand,
+        "timeout" timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        "env" env: ByHand = "env = { RUST_LOG = \"debug\" }",
+        "tags" tags: ByHand = "tags = [\"smoke\"]",
+        "runner" runner: ByHand = "runner = \"process\"",
+        "shell" shell: ByHand = "shell = [\"bash\", \"-e\"]",
+        "arch" arch: ByHand = "arch = \"aarch64\"",
+        "memory" memory: ByHand = "memory = \"512MiB\"",
+        "cpus" cpus: ByHand = "cpus = 2",
+        "kernel" kernel: ByHand = "kernel = \"images/bzImage\"",
+        "modules" modules: ByHand = "modules = [\"virtio_console\"]",
+        "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
+        "expect" expect: ByHand = "expect = \"fail\"",
+        "trace" trace: ByHand,
     }
 }
 
-plan_table! {
+crate::plan_table! {
     /// A `[[test]]` table: the keys of `[defaults]` and those of one test only (`id`, `name`,
     /// `command`, `script`, `files`).
     struct TestTable {
-        id: ByHand = "id = \"boot-smoke\"",
-        name: ByHand = "name = \"Boots to a shell\"",
-        command: ByHand = "command = [\"echo\", \"hi\"]",
-        script: ByHand = "script = \"echo hi\"",
-        shell: ByHand = "shell = [\"bash\", \"-e\"]",
-        files: ByHand = "files = [\"data/input.txt\", { source = \"data/x\", dest = \"sub/x\" }]",
-        env: ByHand = "env = { RUST_LOG = \"debug\" }",
-        timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
-        arch: ByHand = "arch = \"aarch64\"",
-        memory: ByHand = "memory = \"512MiB\"",
-        cpus: ByHand = "cpus = 2",
-        kernel: ByHand = "kernel = \"images/bzImage\"",
-        modules: ByHand = "modules = [\"virtio_console\"]",
-        artifacts: ByHand = "artifacts = [\"*.log\"]",
-        tags: ByHand = "tags = [\"smoke\"]",
-        expect: ByHand = "expect = \"fail\"",
-        runner: ByHand = "runner = \"process\"",
-        trace: ByHand,
+        "id" id: ByHand = "id = \"boot-smoke\"",
+        "name" name: ByHand = "name = \"Boots to a shell\"",
+        "command" command: ByHand = "command = [\"echo\", \"hi\"]",
+        "script" script: ByHand = "script = \"echo hi\"",
+        "shell" shell: ByHand = "shell = [\"bash\", \"-e\"]",
+        "files" files: ByHand = "files = [\"data/input.txt\", { source = \"data/x\", dest = \"sub/x\" }]",
+        "env" env: ByHand = "env = { RUST_LOG = \"debug\" }",
+        "timeout" timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        "arch" arch: ByHand = "arch = \"aarch64\"",
+        "memory" memory: ByHand = "memory = \"512MiB\"",
+        "cpus" cpus: ByHand = "cpus = 2",
+        "kernel" kernel: ByHand = "kernel = \"images/bzImage\"",
+        "modules" modules: ByHand = "modules = [\"virtio_console\"]",
+        "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
+        "tags" tags: ByHand = "tags = [\"smoke\"]",
+        "expect" expect: ByHand = "expect = \"fail\"",
+        "runner" runner: ByHand = "runner = \"process\"",
+        "trace" trace: ByHand,
     }
 }
 
-plan_table! {
+crate::plan_table! {
     /// A `{ source, dest }` entry of `files`.
     struct FileTable {
-        source: ByHand = "source = \"data/input.txt\"",
-        dest: ByHand = "dest = \"input.txt\"",
+        "source" source: ByHand = "source = \"data/input.txt\"",
+        "dest" dest: ByHand = "dest = \"input.txt\"",
     }
 }
 

@@ -1,57 +1,65 @@
-//! The declaration of a derived plan table: [`plan_table!`] declares each key once, with its
-//! value type (which checks the value), the sample line help messages show and what leaving
-//! the key out means.
+//! [`plan_table!`](crate::plan_table): the declaration of a plan table as a serde-derived
+//! struct, each key once.
 
-use serde::de::DeserializeOwned;
-
-use super::value::keys_of;
-
-/// What help messages say about one key of a derived table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Doc {
-    /// A sample line: `timeout = "30s"`.
-    pub(super) example: Option<&'static str>,
-    /// What leaving the key out means, as "to ..." advice.
-    pub(super) unset: Option<&'static str>,
-}
-
-/// A table declared with [`plan_table!`].
-pub(super) trait Documented: DeserializeOwned {
-    /// The [`Doc`] of each key, in the order of the struct's fields.
-    const DOCS: &'static [Doc];
-}
-
-/// The [`Doc`] of `key` in table `T`.
-pub(super) fn doc_of<T: Documented>(key: &str) -> Option<&'static Doc> {
-    let index = keys_of::<T>().iter().position(|k| *k == key)?;
-    T::DOCS.get(index)
-}
-
-/// Declares a plan table: a serde-derived struct whose fields are the table's keys (in
-/// kebab-case, all optional), each written as
-/// `field: ValueType = "sample line" ("what leaving it out means")`, the last two optional.
+/// Declares a table of a plan: a serde-derived struct whose fields are the table's keys, all
+/// optional, and a `KEYS` constant of [`Key`](crate::plan::Key)s that says what help messages
+/// show for each. Each key is one line:
+///
+/// ```text
+/// "key-name" field: ValueType = "sample line" ("what leaving it out means"),
+/// ```
+///
+/// where the sample line and the advice are optional. The value type checks the value: the
+/// value types of [`plan`](crate::plan) ([`Count`](crate::plan::Count),
+/// [`Seconds`](crate::plan::Seconds), [`Size`](crate::plan::Size),
+/// [`Flag`](crate::plan::Flag), [`Text`](crate::plan::Text)) give the messages of the core,
+/// and [`ByHand`](crate::plan::ByHand) leaves the value to be read by hand as its key is met
+/// ([`Table::read_with`](crate::plan::Table::read_with)). The crate using the macro needs
+/// `serde` (with `derive`) as a dependency.
+///
+/// ```
+/// use orchestrator_core::plan::{Count, Flag, U32_MAX};
+///
+/// orchestrator_core::plan_table! {
+///     /// The `[ssh]` table of a made-up runner.
+///     pub struct SshTable {
+///         "port" port: Count<1, 65535> = "port = 22",
+///         "strict-host-keys" strict_host_keys: Flag = "strict-host-keys = false",
+///         "connections" connections: Count<1, U32_MAX> = "connections = 4" ("to open one per test"),
+///     }
+/// }
+///
+/// assert_eq!(SshTable::KEYS[1].name, "strict-host-keys");
+/// assert_eq!(SshTable::KEYS[2].unset, Some("to open one per test"));
+/// ```
+#[macro_export]
 macro_rules! plan_table {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident {
             $(
-                $field:ident: $ty:ty $(= $example:literal $(($unset:literal))?)?
+                $key:literal $field:ident: $ty:ty $(= $example:literal $(($unset:literal))?)?
             ),* $(,)?
         }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Default, serde::Deserialize)]
-        #[serde(default, rename_all = "kebab-case")]
+        #[serde(default)]
         $vis struct $name {
-            $( $field: Option<$ty>, )*
+            $(
+                #[serde(rename = $key)]
+                $field: Option<$ty>,
+            )*
         }
 
-        impl $crate::plan::parse::schema::Documented for $name {
-            const DOCS: &'static [$crate::plan::parse::schema::Doc] = &[
+        impl $name {
+            /// The keys of the table, in order, with what help messages show for them.
+            $vis const KEYS: &'static [$crate::plan::Key] = &[
                 $(
-                    $crate::plan::parse::schema::Doc {
-                        example: plan_table!(@opt $($example)?),
-                        unset: plan_table!(@opt $($($unset)?)?),
+                    $crate::plan::Key {
+                        name: $key,
+                        example: $crate::plan_table!(@opt $($example)?),
+                        unset: $crate::plan_table!(@opt $($($unset)?)?),
                     },
                 )*
             ];

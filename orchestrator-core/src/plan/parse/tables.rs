@@ -20,55 +20,55 @@ use crate::plan::PlanSettings;
 #[cfg(feature = "store")]
 use crate::plan::{RetentionPlan, StorePlan};
 
-plan_table! {
+crate::plan_table! {
     /// The `[run]` table: how the run as a whole is carried out (see [`PlanSettings`]).
     pub(super) struct RunTable {
-        parallelism: Count<1, U32_MAX> = "parallelism = 4" ("to use the default"),
-        timeout: Seconds = "timeout = \"2h\"" ("to run without a deadline"),
-        retries: Count<0, 10> = "retries = 2",
-        kill_grace: Seconds = "kill-grace = \"5s\"" ("to use the runner's default grace period"),
-        output_limit: Size = "output-limit = \"1MiB\"" ("to keep the default of 1MiB per stream"),
+        "parallelism" parallelism: Count<1, U32_MAX> = "parallelism = 4" ("to use the default"),
+        "timeout" timeout: Seconds = "timeout = \"2h\"" ("to run without a deadline"),
+        "retries" retries: Count<0, 10> = "retries = 2",
+        "kill-grace" kill_grace: Seconds = "kill-grace = \"5s\"" ("to use the runner's default grace period"),
+        "output-limit" output_limit: Size = "output-limit = \"1MiB\"" ("to keep the default of 1MiB per stream"),
     }
 }
 
-plan_table! {
+crate::plan_table! {
     /// The `[monitor]` table: sampling the host processes of each test (`MonitorPlan`). Its
     /// keys serve the did-you-mean advice even when the `monitor` feature is off.
     #[cfg_attr(not(feature = "monitor"), allow(dead_code))]
     pub(super) struct MonitorTable {
-        enabled: Flag = "enabled = false",
-        interval: Seconds = "interval = \"100ms\"",
+        "enabled" enabled: Flag = "enabled = false",
+        "interval" interval: Seconds = "interval = \"100ms\"",
     }
 }
 
-plan_table! {
+crate::plan_table! {
     /// The `[store]` table: where test artifacts are kept (`StorePlan`). Its keys serve the
     /// did-you-mean advice even when the `store` feature is off.
     #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(super) struct StoreTable {
-        path: Text = "path = \"artifacts\"",
-        durability: ByHand = "durability = \"relaxed\"",
-        remote: ByHand = "remote = \"s3://artifacts/ci\"",
-        retention: ByHand,
+        "path" path: Text = "path = \"artifacts\"",
+        "durability" durability: ByHand = "durability = \"relaxed\"",
+        "remote" remote: ByHand = "remote = \"s3://artifacts/ci\"",
+        "retention" retention: ByHand,
     }
 }
 
-plan_table! {
+crate::plan_table! {
     /// The `[store.retention]` table: which stored artifacts keep their contents
     /// (`RetentionPlan`).
     #[cfg_attr(not(feature = "store"), allow(dead_code))]
     pub(super) struct RetentionTable {
-        max_age: Seconds = "max-age = \"30d\"",
-        keep_last_runs: Count<1, U32_MAX> = "keep-last-runs = 10",
-        max_total_size: Size = "max-total-size = \"20GiB\"",
-        kind_max_age: ByHand = "kind-max-age = { core-dump = \"7d\" }",
-        kind_budgets: ByHand = "kind-budgets = { core-dump = \"1GiB\" }",
-        keep_failures_for: Seconds = "keep-failures-for = \"90d\"",
-        keep_passes_for: Seconds = "keep-passes-for = \"7d\"",
-        first_failure_after_pass: Flag = "first-failure-after-pass = true",
-        last_passing_run: Flag = "last-passing-run = true",
-        pin_runs: ByHand = "pin-runs = [\"nightly-2024-06-01\"]",
-        pin_tags: ByHand = "pin-tags = [\"release\"]",
+        "max-age" max_age: Seconds = "max-age = \"30d\"",
+        "keep-last-runs" keep_last_runs: Count<1, U32_MAX> = "keep-last-runs = 10",
+        "max-total-size" max_total_size: Size = "max-total-size = \"20GiB\"",
+        "kind-max-age" kind_max_age: ByHand = "kind-max-age = { core-dump = \"7d\" }",
+        "kind-budgets" kind_budgets: ByHand = "kind-budgets = { core-dump = \"1GiB\" }",
+        "keep-failures-for" keep_failures_for: Seconds = "keep-failures-for = \"90d\"",
+        "keep-passes-for" keep_passes_for: Seconds = "keep-passes-for = \"7d\"",
+        "first-failure-after-pass" first_failure_after_pass: Flag = "first-failure-after-pass = true",
+        "last-passing-run" last_passing_run: Flag = "last-passing-run = true",
+        "pin-runs" pin_runs: ByHand = "pin-runs = [\"nightly-2024-06-01\"]",
+        "pin-tags" pin_tags: ByHand = "pin-tags = [\"release\"]",
     }
 }
 

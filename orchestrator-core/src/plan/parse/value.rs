@@ -274,10 +274,10 @@ where
 
 /// An integer in `MIN..=MAX` (`parallelism = 4`, `retries = 2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Count<const MIN: i128, const MAX: i128>(pub(super) i128);
+pub struct Count<const MIN: i128, const MAX: i128>(pub i128);
 
 /// The largest `u32`, as a bound of [`Count`].
-pub(super) const U32_MAX: i128 = u32::MAX as i128;
+pub const U32_MAX: i128 = u32::MAX as i128;
 
 impl<'de, const MIN: i128, const MAX: i128> Deserialize<'de> for Count<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -292,7 +292,7 @@ impl<'de, const MIN: i128, const MAX: i128> Deserialize<'de> for Count<MIN, MAX>
 
 /// A positive duration (`timeout = "30s"`, `kill-grace = 2.5`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Seconds(pub(super) Duration);
+pub struct Seconds(pub Duration);
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -302,7 +302,7 @@ impl<'de> Deserialize<'de> for Seconds {
 
 /// A byte count of at least 1KiB (`output-limit = "1MiB"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Size(pub(super) u64);
+pub struct Size(pub u64);
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -312,7 +312,7 @@ impl<'de> Deserialize<'de> for Size {
 
 /// `true` or `false` (`enabled = false`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Flag(pub(super) bool);
+pub struct Flag(pub bool);
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -322,7 +322,7 @@ impl<'de> Deserialize<'de> for Flag {
 
 /// A string that is not blank (`path = "artifacts"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Text(pub(super) String);
+pub struct Text(pub String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -333,7 +333,7 @@ impl<'de> Deserialize<'de> for Text {
 /// A key whose value the table's code reads by hand as the key is met (a sub-table, a map of
 /// kinds, a list with its own messages): see [`Table::read_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct ByHand;
+pub struct ByHand;
 
 impl<'de> Deserialize<'de> for ByHand {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -396,14 +396,14 @@ impl<'i> Table<'_, 'i> {
     /// Reads the table into the serde-derived `T`, whose fields are the table's keys (all
     /// optional: `#[serde(default)]`). Keys are read one at a time in file order: an unknown
     /// key gets the did-you-mean advice, and a bad value the message of its key.
-    pub(super) fn read<T: DeserializeOwned>(&self) -> Res<T> {
+    pub fn read<T: DeserializeOwned>(&self) -> Res<T> {
         self.read_with(|_, _| Ok(()))
     }
 
     /// [`Table::read`], with `on_key` called on each key as it is met: with the table with
     /// only that key set once its value is read, or with `None` for a key `T` does not have
     /// (before it is reported as unknown). It may read a value by hand, or refuse it.
-    pub(super) fn read_with<T: DeserializeOwned>(
+    pub fn read_with<T: DeserializeOwned>(
         &self,
         mut on_key: impl FnMut(&Field<'_, 'i>, Option<&T>) -> Res<()>,
     ) -> Res<T> {
