@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orchestrator_core::Arch;
-use orchestrator_core::plan::{Diag, Field, Key, Section, Table, arch_help};
+use orchestrator_core::plan::{
+    ByHand, Count, Diag, Field, Flag, Key, Seconds, Section, Size, Table, Text, U32_MAX, arch_help,
+};
 
 /// An `accel` value: which accelerator the QEMU runner boots guests with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,43 +109,41 @@ pub struct ProfileOverride {
     pub accel: Option<AccelChoice>,
 }
 
-/// The keys of `[qemu]`, with their sample lines and what leaving them out means.
-const QEMU_KEYS: &[Key] = &[
-    Key::new("session").example("session = true"),
-    Key::new("snapshot-reset").example("snapshot-reset = true"),
-    Key::new("pool")
-        .example("pool = 2")
-        .unset("to run as many VMs at once as there are CPUs"),
-    Key::new("virtio-artifacts").example("virtio-artifacts = false"),
-    Key::new("max-artifact-bytes")
-        .example("max-artifact-bytes = \"256MiB\"")
-        .unset("to keep the runner's default of 1GiB"),
-    Key::new("max-artifact-files")
-        .example("max-artifact-files = 1000")
-        .unset("to keep the runner's default of 10000 files"),
-    Key::new("serial-artifact-limit")
-        .example("serial-artifact-limit = \"4MiB\"")
-        .unset("to keep the runner's default of 4MiB"),
-    Key::new("modules").example("modules = [\"virtio_console\"]"),
-    Key::new("accel").example("accel = \"tcg\""),
-    Key::new("profile"),
-];
+orchestrator_core::plan_table! {
+    /// The keys of `[qemu]`, with their value types, sample lines and what leaving them out
+    /// means.
+    struct QemuTable {
+        "session" session: Flag = "session = true",
+        "snapshot-reset" snapshot_reset: Flag = "snapshot-reset = true",
+        "pool" pool: Count<1, U32_MAX> = "pool = 2" ("to run as many VMs at once as there are CPUs"),
+        "virtio-artifacts" virtio_artifacts: Flag = "virtio-artifacts = false",
+        "max-artifact-bytes" max_artifact_bytes: Size = "max-artifact-bytes = \"256MiB\"" ("to keep the runner's default of 1GiB"),
+        "max-artifact-files" max_artifact_files: Count<1, U32_MAX> = "max-artifact-files = 1000" ("to keep the runner's default of 10000 files"),
+        "serial-artifact-limit" serial_artifact_limit: Size = "serial-artifact-limit = \"4MiB\"" ("to keep the runner's default of 4MiB"),
+        "modules" modules: ByHand = "modules = [\"virtio_console\"]",
+        "accel" accel: ByHand = "accel = \"tcg\"",
+        "profile" profile: ByHand,
+    }
+}
 
-/// The keys of a `[qemu.profile.<arch>]` table.
-pub(crate) const PROFILE_KEYS: &[Key] = &[
-    Key::new("qemu").example("qemu = \"/opt/qemu/bin/qemu-system-aarch64\""),
-    Key::new("machine").example("machine = \"virt\""),
-    Key::new("cpu").example("cpu = \"cortex-a72\""),
-    Key::new("memory").example("memory = \"512MiB\""),
-    Key::new("cpus").example("cpus = 2"),
-    Key::new("display").example("display = \"ramfb\""),
-    Key::new("extra-args").example("extra-args = [\"-device\", \"virtio-rng-pci\"]"),
-    Key::new("kernel-args").example("kernel-args = [\"quiet\", \"loglevel=4\"]"),
-    Key::new("boot-timeout")
-        .example("boot-timeout = \"60s\"")
-        .unset("to keep the built-in boot timeout"),
-    Key::new("accel").example("accel = \"tcg\""),
-];
+orchestrator_core::plan_table! {
+    /// The keys of a `[qemu.profile.<arch>]` table.
+    pub(crate) struct ProfileTable {
+        "qemu" qemu: Text = "qemu = \"/opt/qemu/bin/qemu-system-aarch64\"",
+        "machine" machine: Text = "machine = \"virt\"",
+        "cpu" cpu: Text = "cpu = \"cortex-a72\"",
+        "memory" memory: ByHand = "memory = \"512MiB\"",
+        "cpus" cpus: Count<1, U32_MAX> = "cpus = 2",
+        "display" display: Text = "display = \"ramfb\"",
+        "extra-args" extra_args: ByHand = "extra-args = [\"-device\", \"virtio-rng-pci\"]",
+        "kernel-args" kernel_args: ByHand = "kernel-args = [\"quiet\", \"loglevel=4\"]",
+        "boot-timeout" boot_timeout: Seconds = "boot-timeout = \"60s\"" ("to keep the built-in boot timeout"),
+        "accel" accel: ByHand = "accel = \"tcg\"",
+    }
+}
+
+const QEMU_KEYS: &[Key] = QemuTable::KEYS;
+const PROFILE_KEYS: &[Key] = ProfileTable::KEYS;
 
 /// Where the settings of one architecture's machine go.
 const IN_PROFILE: &str = "a [qemu.profile.<arch>] table, such as [qemu.profile.x86_64]";
@@ -173,46 +173,46 @@ impl Section for QemuPlan {
 
     fn read(table: &Table<'_, '_>) -> Result<Self, Diag> {
         let mut qemu = QemuPlan::default();
-        // Where `session` and `snapshot-reset` were turned on.
-        let mut session = None;
-        let mut snapshot_reset = None;
-        for f in table.fields() {
-            match f.key() {
-                "session" => {
-                    qemu.session = f.boolean()?;
-                    session = qemu.session.then(|| f.key_span());
-                }
-                "snapshot-reset" => {
-                    qemu.snapshot_reset = f.boolean()?;
-                    snapshot_reset = qemu.snapshot_reset.then(|| f.key_span());
-                }
-                "pool" => qemu.pool = Some(f.count()? as usize),
-                "virtio-artifacts" => qemu.virtio_artifacts = f.boolean()?,
-                "max-artifact-bytes" => qemu.max_artifact_bytes = Some(f.bytes()?),
-                "max-artifact-files" => qemu.max_artifact_files = Some(f.count()? as usize),
-                "serial-artifact-limit" => qemu.serial_artifact_limit = Some(f.bytes()?),
-                "modules" => qemu.modules = f.modules()?,
-                "accel" => qemu.accel = Some(accel(&f)?),
-                "profile" => qemu.profiles = profiles(&f)?,
-                _ => {
-                    let key = f.normalized_key();
-                    let per_test = f.is_test_key();
-                    let advice = machine_advice(&key, per_test).or_else(|| {
-                        per_test.then(|| {
-                            format!(
-                                "`{key}` is a per-test setting: move it into [defaults] to apply \
-                                 it to every test, or into {IN_PROFILE} to change the machine \
-                                 of an architecture"
-                            )
-                        })
-                    });
-                    return Err(match advice {
-                        Some(advice) if !has(QEMU_KEYS, &key) => f.unknown_key_with(advice),
-                        _ => f.unknown_key(),
-                    });
-                }
+        let read: QemuTable = table.read_with(|f, known| {
+            if known.is_none() {
+                let key = f.normalized_key();
+                let per_test = f.is_test_key();
+                let advice = machine_advice(&key, per_test).or_else(|| {
+                    per_test.then(|| {
+                        format!(
+                            "`{key}` is a per-test setting: move it into [defaults] to apply it \
+                             to every test, or into {IN_PROFILE} to change the machine of an \
+                             architecture"
+                        )
+                    })
+                });
+                return match advice {
+                    Some(advice) if !has(QEMU_KEYS, &key) => Err(f.unknown_key_with(advice)),
+                    _ => Ok(()),
+                };
             }
+            match f.key() {
+                "modules" => qemu.modules = f.modules()?,
+                "accel" => qemu.accel = Some(accel(f)?),
+                "profile" => qemu.profiles = profiles(f)?,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let count = |Count(n)| usize::try_from(n).expect("range was checked");
+        qemu.session = read.session.is_some_and(|Flag(on)| on);
+        qemu.snapshot_reset = read.snapshot_reset.is_some_and(|Flag(on)| on);
+        qemu.pool = read.pool.map(count);
+        if let Some(Flag(on)) = read.virtio_artifacts {
+            qemu.virtio_artifacts = on;
         }
+        qemu.max_artifact_bytes = read.max_artifact_bytes.map(|Size(bytes)| bytes);
+        qemu.max_artifact_files = read.max_artifact_files.map(count);
+        qemu.serial_artifact_limit = read.serial_artifact_limit.map(|Size(bytes)| bytes);
+        // Where `session` and `snapshot-reset` were turned on.
+        let turned_on = |key: &str, on: bool| on.then(|| table.field(key).map(|f| f.key_span()))?;
+        let session = turned_on("session", qemu.session);
+        let snapshot_reset = turned_on("snapshot-reset", qemu.snapshot_reset);
         if let (Some(session), Some(snapshot)) = (session, snapshot_reset) {
             let (key, span) = if session.start > snapshot.start {
                 ("session", session)
@@ -289,21 +289,27 @@ fn profiles(f: &Field<'_, '_>) -> Result<BTreeMap<Arch, ProfileOverride>, Diag> 
 /// A `[qemu.profile.<arch>]` table.
 fn profile(table: &Table<'_, '_>) -> Result<ProfileOverride, Diag> {
     let mut profile = ProfileOverride::default();
-    for f in table.fields() {
-        match f.key() {
-            "qemu" => profile.qemu = Some(f.text()?.trim().to_owned()),
-            "machine" => profile.machine = Some(f.text()?.trim().to_owned()),
-            "cpu" => profile.cpu = Some(f.text()?.trim().to_owned()),
-            "memory" => profile.memory_mib = Some(f.memory_mib()?),
-            "cpus" => profile.cpus = Some(f.count()?),
-            "display" => profile.display = Some(f.text()?.trim().to_owned()),
-            "extra-args" => profile.extra_args = Some(f.args()?),
-            "kernel-args" => profile.kernel_args = Some(f.args()?),
-            "boot-timeout" => profile.boot_timeout = Some(f.duration()?),
-            "accel" => profile.accel = Some(accel(&f)?),
-            _ => return Err(f.unknown_key()),
+    let read: ProfileTable = table.read_with(|f, known| {
+        if known.is_some() {
+            match f.key() {
+                "memory" => profile.memory_mib = Some(f.memory_mib()?),
+                "extra-args" => profile.extra_args = Some(f.args()?),
+                "kernel-args" => profile.kernel_args = Some(f.args()?),
+                "accel" => profile.accel = Some(accel(f)?),
+                _ => {}
+            }
         }
-    }
+        Ok(())
+    })?;
+    let text = |value: Option<Text>| value.map(|Text(text)| text.trim().to_owned());
+    profile.qemu = text(read.qemu);
+    profile.machine = text(read.machine);
+    profile.cpu = text(read.cpu);
+    profile.cpus = read
+        .cpus
+        .map(|Count(n)| u32::try_from(n).expect("range was checked"));
+    profile.display = text(read.display);
+    profile.boot_timeout = read.boot_timeout.map(|Seconds(d)| d);
     Ok(profile)
 }
 
