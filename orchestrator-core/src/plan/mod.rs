@@ -936,26 +936,7 @@ mod tests {
     fn default_plan_commented_tables_are_valid() {
         // Uncomment the key and header lines of the [store] section (the [qemu] section is
         // the QEMU runner's: its crate checks it).
-        let start = DEFAULT_PLAN
-            .find("\n# [store]\n")
-            .expect("[store] is documented")
-            + 1;
-        let end = DEFAULT_PLAN
-            .find("\n[monitor]")
-            .expect("[monitor] is documented");
-        let is_toml = |line: &str| {
-            line.starts_with('[')
-                || line
-                    .split_once(" = ")
-                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
-        };
-        let section: String = DEFAULT_PLAN[start..end]
-            .lines()
-            .map(|line| match line.strip_prefix("# ") {
-                Some(code) if is_toml(code) => format!("{code}\n"),
-                _ => format!("{line}\n"),
-            })
-            .collect();
+        let section = testkit::plan::uncommented(DEFAULT_PLAN, "[store]", "[monitor]");
         let text = format!("{section}{TEST}");
         let plan = parse(&text, Path::new("default-plan.toml"), Path::new("base"))
             .unwrap_or_else(|e| panic!("the commented tables should parse:\n{e}\n\n{text}"));

@@ -508,23 +508,7 @@ mod tests {
     #[test]
     fn default_plan_commented_qemu_table_is_valid() {
         // Uncomment the key and header lines of the [qemu] section.
-        let start = DEFAULT_PLAN.find("# [qemu]").expect("[qemu] is documented");
-        let end = DEFAULT_PLAN
-            .find("\n# [store]\n")
-            .expect("[store] is documented");
-        let is_toml = |line: &str| {
-            line.starts_with('[')
-                || line
-                    .split_once(" = ")
-                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
-        };
-        let section: String = DEFAULT_PLAN[start..end]
-            .lines()
-            .map(|line| match line.strip_prefix("# ") {
-                Some(code) if is_toml(code) => format!("{code}\n"),
-                _ => format!("{line}\n"),
-            })
-            .collect();
+        let section = testkit::plan::uncommented(DEFAULT_PLAN, "[qemu]", "# [store]");
         let text = format!("{section}{TEST}");
         let plan = parse(&text, Path::new("default-plan.toml"), Path::new("base"))
             .unwrap_or_else(|e| panic!("the commented tables should parse:\n{e}\n\n{text}"));
