@@ -33,7 +33,11 @@
 //! `[qemu]` table is `qemu_runner::QemuPlan`, read when the plan is loaded with
 //! `Loader::new().section::<QemuPlan>()` and found with [`Plan::section`]. The core knows
 //! nothing of those tables: [`load`] and [`parse`] read plans with no section, and a table that
-//! no registered section reads is an unknown table.
+//! no registered section reads is an unknown table. Every table, the core's and a section's,
+//! is declared key by key with [`plan_table!`](crate::plan_table) (a serde-derived struct
+//! whose fields are the keys, with their value types ([`Count`], [`Seconds`], [`Size`],
+//! [`Flag`], [`Text`]), example lines and default notes) and read with [`Table::read_with`],
+//! so that every table words its messages alike.
 //!
 //! [`DEFAULT_PLAN`] is a commented reference of every key. Every table rejects keys it does not
 //! know, and every value is checked before anything runs: [`load`] returns either a whole,

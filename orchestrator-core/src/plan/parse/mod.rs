@@ -1,14 +1,22 @@
 //! Turns the TOML tree of a plan into test cases, checking every key and value on the way.
 //!
-//! The document is read with [`DeTable`], which keeps the byte span of every key and value, and
-//! walked by hand rather than through serde: that way every message can name the table it is
-//! about ("in test `boot`", "in [run]"), point at the key or the value as fits, and say how to
-//! fix the problem. Keys are visited in file order, so the first problem reported is the first
-//! one in the file.
+//! The document is read with [`DeTable`], which keeps the byte span of every key and value.
+//! Each table is declared with [`plan_table!`](crate::plan_table): a serde-derived struct
+//! whose fields are its keys, each with its value type, example line and default note in one
+//! place. A table is read one key at a time, in file order ([`Table::read_with`]): an unknown
+//! key gets the did-you-mean advice, a value is deserialized into its value type
+//! ([`Count`], [`Seconds`], [`Size`], [`Flag`], [`Text`]) whose [`value::Problem`] is worded
+//! for its key and table ("`timeout` in test `boot` must be greater than zero"), and keys
+//! whose values need more than a value type ([`ByHand`]: commands, files, env, sub-tables)
+//! are read by hand with the [`Field`] getters as they are met. So the first problem reported
+//! is the first one in the file, and the messages are those of the hand walk this replaced.
 //!
+//! - `schema.rs`: [`plan_table!`](crate::plan_table);
 //! - `field.rs`: the located-table reader ([`Field`], [`Table`]) with the typed getters and
 //!   the unknown-key advice, which sections of runner crates use too;
-//! - `tables.rs`: `[run]`, `[store]` and `[monitor]`;
+//! - `value.rs`: the value checks shared by the getters and the value types, and reading a
+//!   derived table;
+//! - `tables.rs`: `[run]`, `[store]` (with `[store.retention]`) and `[monitor]`;
 //! - `test.rs`: the values of `[[test]]` and `[defaults]` (commands, files, env, arch...);
 //! - `syntax.rs`: TOML syntax errors in the words of a plan.
 
