@@ -112,15 +112,15 @@ crate::plan_table! {
     /// The `[defaults]` table: the keys every test may set, which apply to every test that
     /// does not. The values are read by hand ([`Common::read`]), as they are met.
     struct DefaultsTable {
-        "timeout" timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        "timeout" timeout: Seconds = "timeout = \"30s\"" ("to use the default of 60s"),
         "env" env: ByHand = "env = { RUST_LOG = \"debug\" }",
         "tags" tags: ByHand = "tags = [\"smoke\"]",
-        "runner" runner: ByHand = "runner = \"process\"",
+        "runner" runner: Text = "runner = \"process\"",
         "shell" shell: ByHand = "shell = [\"bash\", \"-e\"]",
         "arch" arch: ByHand = "arch = \"aarch64\"",
         "memory" memory: ByHand = "memory = \"512MiB\"",
-        "cpus" cpus: ByHand = "cpus = 2",
-        "kernel" kernel: ByHand = "kernel = \"images/bzImage\"",
+        "cpus" cpus: Count<1, U32_MAX> = "cpus = 2",
+        "kernel" kernel: Text = "kernel = \"images/bzImage\"",
         "modules" modules: ByHand = "modules = [\"virtio_console\"]",
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "expect" expect: ByHand = "expect = \"fail\"",
@@ -133,22 +133,22 @@ crate::plan_table! {
     /// `command`, `script`, `files`).
     struct TestTable {
         "id" id: ByHand = "id = \"boot-smoke\"",
-        "name" name: ByHand = "name = \"Boots to a shell\"",
+        "name" name: Text = "name = \"Boots to a shell\"",
         "command" command: ByHand = "command = [\"echo\", \"hi\"]",
         "script" script: ByHand = "script = \"echo hi\"",
         "shell" shell: ByHand = "shell = [\"bash\", \"-e\"]",
         "files" files: ByHand = "files = [\"data/input.txt\", { source = \"data/x\", dest = \"sub/x\" }]",
         "env" env: ByHand = "env = { RUST_LOG = \"debug\" }",
-        "timeout" timeout: ByHand = "timeout = \"30s\"" ("to use the default of 60s"),
+        "timeout" timeout: Seconds = "timeout = \"30s\"" ("to use the default of 60s"),
         "arch" arch: ByHand = "arch = \"aarch64\"",
         "memory" memory: ByHand = "memory = \"512MiB\"",
-        "cpus" cpus: ByHand = "cpus = 2",
-        "kernel" kernel: ByHand = "kernel = \"images/bzImage\"",
+        "cpus" cpus: Count<1, U32_MAX> = "cpus = 2",
+        "kernel" kernel: Text = "kernel = \"images/bzImage\"",
         "modules" modules: ByHand = "modules = [\"virtio_console\"]",
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "tags" tags: ByHand = "tags = [\"smoke\"]",
         "expect" expect: ByHand = "expect = \"fail\"",
-        "runner" runner: ByHand = "runner = \"process\"",
+        "runner" runner: Text = "runner = \"process\"",
         "trace" trace: ByHand,
     }
 }
@@ -232,12 +232,19 @@ impl Parser<'_> {
     fn defaults(&self, f: &Field<'_, '_>) -> Res<Common> {
         let table = f.child(Kind::Defaults, "[defaults]")?;
         let mut common = Common::default();
-        table.read_with(|f, known: Option<&DefaultsTable>| {
+        let read = table.read_with(|f, known: Option<&DefaultsTable>| {
             if known.is_some() {
-                common.read(f, self.base_dir)?;
+                common.read(f)?;
             }
             Ok(())
         })?;
+        common.typed(
+            read.timeout,
+            read.runner,
+            read.cpus,
+            read.kernel,
+            self.base_dir,
+        );
         Ok(common)
     }
 
@@ -297,13 +304,12 @@ impl Parser<'_> {
 
         let mut id = None;
         let mut id_span = header.clone();
-        let mut name = None;
         let mut command = None;
         let mut script = None;
         let mut shell_span = None;
         let mut files = Vec::new();
         let mut common = Common::default();
-        Table::new(table, header.clone(), scope.clone()).read_with(
+        let read = Table::new(table, header.clone(), scope.clone()).read_with(
             |f, known: Option<&TestTable>| {
                 if known.is_none() {
                     return Ok(());
@@ -313,7 +319,6 @@ impl Parser<'_> {
                         id = Some(self.test_id(f, seen)?);
                         id_span = f.span();
                     }
-                    "name" => name = Some(f.text()?.to_owned()),
                     "command" => command = Some((f.command()?, f.key_span.clone())),
                     "script" => script = Some((f.script()?, f.key_span.clone())),
                     "files" => files = f.files(self.base_dir)?,
@@ -321,13 +326,21 @@ impl Parser<'_> {
                         if f.key == "shell" {
                             shell_span = Some(f.key_span.clone());
                         }
-                        common.read(f, self.base_dir)?;
+                        common.read(f)?;
                     }
                 }
                 Ok(())
             },
         )?;
 
+        common.typed(
+            read.timeout,
+            read.runner,
+            read.cpus,
+            read.kernel,
+            self.base_dir,
+        );
+        let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
                 Diag::new(header, "test.id", format!("{} has no `id`", scope.name)).help(
@@ -506,21 +519,29 @@ struct Common {
 }
 
 impl Common {
-    /// Reads `f`, one of the shared keys.
-    fn read(&mut self, f: &Field<'_, '_>, base_dir: &Path) -> Res<()> {
+    /// Takes the shared keys with value types, as read into `[defaults]` or a `[[test]]`.
+    fn typed(
+        &mut self,
+        timeout: Option<Seconds>,
+        runner: Option<Text>,
+        cpus: Option<Count<1, U32_MAX>>,
+        kernel: Option<Text>,
+        base_dir: &Path,
+    ) {
+        self.timeout = timeout.map(|Seconds(timeout)| timeout);
+        self.runner = runner.map(|Text(runner)| runner);
+        self.cpus = cpus.map(|Count(n)| u32::try_from(n).expect("range was checked"));
+        self.kernel = kernel.map(|Text(kernel)| base_dir.join(kernel));
+    }
+
+    /// Reads `f`, one of the shared keys read by hand.
+    fn read(&mut self, f: &Field<'_, '_>) -> Res<()> {
         match f.key {
-            "timeout" => self.timeout = Some(f.duration()?),
             "env" => self.env = f.env()?,
             "tags" => self.tags = f.tags()?,
-            "runner" => self.runner = Some(f.text()?.to_owned()),
             "shell" => self.shell = Some(f.argv("the interpreter and its arguments")?),
             "arch" => self.arch = Some(f.archs()?),
             "memory" => self.memory_mib = Some(f.memory_mib()?),
-            "cpus" => {
-                let cpus = f.integer(1, u32::MAX.into(), "a positive integer")?;
-                self.cpus = Some(u32::try_from(cpus).expect("range was checked"));
-            }
-            "kernel" => self.kernel = Some(base_dir.join(f.text()?)),
             "modules" => self.modules = f.modules()?,
             "artifacts" => self.artifacts = f.artifacts()?,
             "expect" => self.expect = Some(f.expect()?),
@@ -533,8 +554,8 @@ impl Common {
                 }
                 self.trace = Some(t);
             }
-            // `read_with` only hands over the keys of the table's struct.
-            _ => unreachable!("`{}` is not a key of [defaults]", f.key),
+            // The other keys have value types: see `Common::typed`.
+            _ => {}
         }
         Ok(())
     }
