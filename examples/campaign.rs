@@ -29,7 +29,7 @@ use orchestrator_core::shard::{self, Partition};
 use orchestrator_core::{
     CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
 };
-use qemu_runner::{QemuConfig, QemuRunner};
+use qemu_runner::{QemuConfig, QemuPlan, QemuRunner};
 
 /// Run a test plan (or one shard of it) and write JUnit XML, JSON and HTML reports; or merge
 /// the JSON reports of a sharded campaign's workers.
@@ -127,7 +127,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return merge_reports(&args);
     }
     let plan_path = args.plan.clone().expect("clap requires a plan");
-    let mut plan = plan::load(&plan_path)?;
+    let mut plan = plan::Loader::new().section::<QemuPlan>().load(&plan_path)?;
     let mut config = RunConfig::new(args.out.join("scratch"))
         .with_plan_settings(&plan.settings)
         .with_name(plan.name.clone());
@@ -147,7 +147,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         runner_config.kill_grace = grace;
     }
     // Host processes by default; `runner = "qemu"` boots a guest per test.
-    let qemu = match &plan.settings.qemu {
+    let qemu = match plan.section::<QemuPlan>() {
         Some(q) => QemuConfig::from_plan(q),
         None => QemuConfig::new(),
     };

@@ -414,7 +414,9 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
     }
     let plan = write_plan(dir.path(), &text);
     // The unsharded campaign: every test of the plan, in plan order.
-    let expected: Vec<String> = orchestrator_core::plan::load(&plan)
+    let expected: Vec<String> = orchestrator_core::plan::Loader::new()
+        .section::<qemu_runner::QemuPlan>()
+        .load(&plan)
         .unwrap()
         .cases
         .iter()

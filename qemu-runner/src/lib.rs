@@ -61,5 +61,6 @@ pub mod vm;
 
 pub use accel::{Accel, AccelMode};
 pub use orchestrator_core::TestRunner;
+pub use plan::{AccelChoice, ProfileOverride, QemuPlan};
 pub use profile::MachineProfile;
 pub use runner::{ExecutionMode, ImageSource, Prepared, QemuConfig, QemuRunner, command_line};

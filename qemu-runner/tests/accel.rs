@@ -16,7 +16,7 @@ use orchestrator_core::{
     TestResult, plan,
 };
 use qemu_runner::accel::{self, KernelCheckSpec, KvmCheck};
-use qemu_runner::{AccelMode, MachineProfile, QemuConfig, QemuRunner, provision};
+use qemu_runner::{AccelMode, MachineProfile, QemuConfig, QemuPlan, QemuRunner, provision};
 
 /// What a wrapper does with the guest's console under `-accel kvm`.
 #[derive(Clone, Copy, PartialEq)]
@@ -259,12 +259,15 @@ async fn forced_kvm_that_hangs_the_kernel_fails_naming_the_fix() {
          boot-timeout = \"5s\"\n[[test]]\nid = \"t\"\nscript = \"true\"\n",
         host.wrapper().display()
     );
-    let plan = plan::parse(&text, Path::new("accel.toml"), Path::new(".")).unwrap();
+    let plan = plan::Loader::new()
+        .section::<QemuPlan>()
+        .parse(&text, Path::new("accel.toml"), Path::new("."))
+        .unwrap();
     let config = QemuConfig::new()
         .with_kvm_device(host.kvm_device())
         .with_build_cache(host.build_cache())
         .with_accel_env(None)
-        .with_plan(plan.settings.qemu.as_ref().unwrap());
+        .with_plan(plan.section::<QemuPlan>().unwrap());
     assert_eq!(config.accel, AccelMode::Tcg);
     assert_eq!(config.profiles[&Arch::X86_64].accel, Some(AccelMode::Kvm));
     let report = run(config.clone(), vec![case("forced", "true")]).await;

@@ -1,5 +1,8 @@
 //! Fixtures shared by the workspace's tests.
 //!
+//! [`plan`]: the checks of plan-file tests (located errors, the reference plan's commented
+//! tables).
+//!
 //! Real S3 servers on loopback: [`GarageNode`], one Garage node, and [`GarageCluster`], several
 //! Garage nodes replicating one bucket, each with a bucket and a key ready when `start`
 //! returns, killed and their files removed on drop. [`S3Access`] carries what a client needs
@@ -20,5 +23,6 @@
 #![deny(missing_docs)]
 
 mod garage;
+pub mod plan;
 
 pub use garage::{GarageCluster, GarageNode, REGION, S3Access, garage_binary, list_keys};

@@ -1,15 +1,15 @@
-//! What the `[qemu]`, `[store]` and `[monitor]` tables of a plan say, as plain data.
+//! What the `[store]` and `[monitor]` tables of a plan say, as plain data.
 //!
 //! These types only carry the plan's values; the programs that run a plan turn them into the
-//! settings of the QEMU runner (`qemu_runner::QemuConfig::from_plan`), the artifact store
-//! ([`RetentionPlan::policy`]) and the resource monitor ([`MonitorPlan::config`]). A field left
-//! `None` (or empty) leaves the setting to that program's default.
+//! settings of the artifact store ([`RetentionPlan::policy`]) and the resource monitor
+//! ([`MonitorPlan::config`]). A field left `None` (or empty) leaves the setting to that
+//! program's default.
 
-use std::collections::BTreeMap;
 #[cfg(feature = "store")]
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 #[cfg(feature = "store")]
 use std::path::PathBuf;
+#[cfg(any(feature = "store", feature = "monitor"))]
 use std::time::Duration;
 
 #[cfg(feature = "store")]
@@ -19,100 +19,6 @@ use artifact_store::retention::{
 };
 #[cfg(feature = "store")]
 use artifact_store::{ArtifactKind, ArtifactRecord, Durability, Policy, RetentionPolicy};
-
-use crate::case::Arch;
-
-/// An `accel` value: which accelerator the QEMU runner boots guests with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AccelChoice {
-    /// KVM when the guest's kernel was seen running under it on this host, TCG otherwise
-    /// (`"auto"`, the default).
-    Auto,
-    /// KVM, and an error when it does not work (`"kvm"`).
-    Kvm,
-    /// Emulation only (`"tcg"`).
-    Tcg,
-}
-
-/// The `[qemu]` table: how the QEMU runner boots guests.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct QemuPlan {
-    /// Run many tests in one booted guest instead of booting a guest per test (`session`,
-    /// default `false`).
-    pub session: bool,
-    /// Restore every test's guest from a snapshot saved once it had booted (`snapshot-reset`,
-    /// default `false`). Never set together with [`QemuPlan::session`].
-    pub snapshot_reset: bool,
-    /// Most QEMU VMs running at once (`pool`, at least 1). `None`: one per host CPU.
-    pub pool: Option<usize>,
-    /// Whether artifacts come back over a virtio-serial port rather than the serial console
-    /// (`virtio-artifacts`, default `true`).
-    pub virtio_artifacts: bool,
-    /// Most bytes of artifacts one test may send back (`max-artifact-bytes`). `None`: the
-    /// runner's default.
-    pub max_artifact_bytes: Option<u64>,
-    /// Most artifact files one test may send back (`max-artifact-files`, at least 1). `None`:
-    /// the runner's default.
-    pub max_artifact_files: Option<usize>,
-    /// Largest artifact archive sent over the serial console (`serial-artifact-limit`).
-    /// `None`: the runner's default.
-    pub serial_artifact_limit: Option<u64>,
-    /// Kernel modules every guest loads (`modules`), with `-` written as `_`.
-    pub modules: Vec<String>,
-    /// The accelerator of every architecture whose profile does not choose one (`accel`).
-    /// `None`: the runner's default, `auto`. The `ORCH_ACCEL` environment variable wins.
-    pub accel: Option<AccelChoice>,
-    /// Changes to the built-in machine profile of an architecture (`[qemu.profile.<arch>]`).
-    pub profiles: BTreeMap<Arch, ProfileOverride>,
-}
-
-impl Default for QemuPlan {
-    fn default() -> Self {
-        QemuPlan {
-            session: false,
-            snapshot_reset: false,
-            pool: None,
-            virtio_artifacts: true,
-            max_artifact_bytes: None,
-            max_artifact_files: None,
-            serial_artifact_limit: None,
-            modules: Vec::new(),
-            accel: None,
-            profiles: BTreeMap::new(),
-        }
-    }
-}
-
-/// A `[qemu.profile.<arch>]` table: the fields of the architecture's machine profile it
-/// replaces. `None` keeps the built-in value.
-#[derive(Clone, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct ProfileOverride {
-    /// The QEMU binary, a name looked up in `PATH` or a path (`qemu`).
-    pub qemu: Option<String>,
-    /// The `-M` machine type (`machine`).
-    pub machine: Option<String>,
-    /// The `-cpu` model, under emulation and under KVM alike (`cpu`).
-    pub cpu: Option<String>,
-    /// Guest memory in MiB (`memory`).
-    pub memory_mib: Option<u32>,
-    /// Guest CPU count (`cpus`, at least 1).
-    pub cpus: Option<u32>,
-    /// A display device, which makes the runner take a screenshot at the end of each test
-    /// (`display`).
-    pub display: Option<String>,
-    /// Extra QEMU arguments, replacing the built-in ones (`extra-args`).
-    pub extra_args: Option<Vec<String>>,
-    /// Extra kernel command-line arguments, replacing the built-in ones (`kernel-args`).
-    pub kernel_args: Option<Vec<String>>,
-    /// How long the guest may take to boot with KVM; emulation multiplies it
-    /// (`boot-timeout`).
-    pub boot_timeout: Option<Duration>,
-    /// The accelerator of this architecture, over `[qemu]`'s (`accel`).
-    pub accel: Option<AccelChoice>,
-}
 
 /// The `[store]` table: where test artifacts are kept, and for how long.
 #[cfg(feature = "store")]
@@ -534,7 +440,6 @@ mod tests {
         let monitor = MonitorPlan::default();
         assert!(monitor.enabled);
         assert_eq!(monitor.config().interval, Duration::from_millis(100));
-        assert!(QemuPlan::default().virtio_artifacts);
         assert_eq!(StorePlan::new("x").durability, Durability::Fsync);
     }
 }

@@ -1,6 +1,9 @@
-//! The `[qemu]` table of a plan file applied to a [`QemuConfig`].
+//! The `[qemu]` table of a plan file: read as a plan section (`table.rs`) and applied to a
+//! [`QemuConfig`].
 
-use orchestrator_core::plan::{AccelChoice, ProfileOverride, QemuPlan};
+mod table;
+
+pub use table::{AccelChoice, ProfileOverride, QemuPlan};
 
 use crate::accel::AccelMode;
 use crate::profile::MachineProfile;
@@ -13,7 +16,7 @@ impl QemuConfig {
     /// ```
     /// use std::path::Path;
     /// use orchestrator_core::{Arch, plan};
-    /// use qemu_runner::QemuConfig;
+    /// use qemu_runner::{QemuConfig, QemuPlan};
     ///
     /// let text = r#"
     ///     [qemu]
@@ -25,8 +28,10 @@ impl QemuConfig {
     ///     id = "uname"
     ///     script = "uname -m"
     /// "#;
-    /// let plan = plan::parse(text, Path::new("vm.toml"), Path::new("."))?;
-    /// let qemu = plan.settings.qemu.as_ref().expect("the plan has [qemu]");
+    /// let plan = plan::Loader::new()
+    ///     .section::<QemuPlan>()
+    ///     .parse(text, Path::new("vm.toml"), Path::new("."))?;
+    /// let qemu = plan.section::<QemuPlan>().expect("the plan has [qemu]");
     /// let config = QemuConfig::from_plan(qemu);
     /// assert_eq!(config.pool, Some(2));
     /// assert_eq!(config.profiles[&Arch::Aarch64].memory_mib, 1024);
@@ -138,11 +143,13 @@ mod tests {
 
     fn qemu_plan(table: &str) -> QemuPlan {
         let text = format!("{table}\n[[test]]\nid = \"t\"\nscript = \"true\"\n");
-        plan::parse(&text, Path::new("vm.toml"), Path::new("."))
+        plan::Loader::new()
+            .section::<QemuPlan>()
+            .parse(&text, Path::new("vm.toml"), Path::new("."))
             .unwrap_or_else(|e| panic!("{e}"))
-            .settings
-            .qemu
+            .section::<QemuPlan>()
             .expect("the plan has [qemu]")
+            .clone()
     }
 
     #[test]
