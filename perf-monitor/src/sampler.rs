@@ -65,6 +65,18 @@ const HOST_FILES: [&str; 6] = [
 const HOST_NET: usize = 5;
 
 /// Sum of figures; `io_missing` / `ctx_missing` once any contributing process was unreadable.
+/// What one pass over the tree adds up besides the counters: memory, threads, processes, fds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Gauges {
+    rss: u64,
+    vms: u64,
+    threads: u64,
+    nprocs: u32,
+    fds: u64,
+    /// Some process's fd count could not be read.
+    fds_missing: bool,
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Acc {
     user: u64,
@@ -502,8 +514,7 @@ impl Sampler {
             self.queue.push((pid, true));
         }
         self.queue.extend(self.procs.keys().map(|&p| (p, false)));
-        let (mut rss, mut vms, mut threads, mut nprocs) = (0u64, 0u64, 0u64, 0u32);
-        let (mut fds, mut fds_missing) = (0u64, false);
+        let mut g = Gauges::default();
         let mut live = Acc::default();
         let mut roots_alive = false;
         let mut cminflt_sum = 0u64;
@@ -603,8 +614,8 @@ impl Sampler {
             };
             if stat.state != b'Z' {
                 match self.fd_count(pid) {
-                    Some(n) => fds += n,
-                    None => fds_missing = true,
+                    Some(n) => g.fds += n,
+                    None => g.fds_missing = true,
                 }
             }
             if let Some(h) = status.hwm_bytes {
@@ -613,10 +624,10 @@ impl Sampler {
             live.add_cost(&c);
             live.add_ctx(&c);
             cminflt_sum += stat.cminflt;
-            rss += stat.rss_pages * self.page;
-            vms += stat.vsize;
-            threads += stat.num_threads;
-            nprocs += 1;
+            g.rss += stat.rss_pages * self.page;
+            g.vms += stat.vsize;
+            g.threads += stat.num_threads;
+            g.nprocs += 1;
             match self.procs.entry(pid) {
                 Entry::Occupied(mut o) => {
                     let t = o.get_mut();
@@ -687,22 +698,19 @@ impl Sampler {
             a.at_least(&self.high)
         };
         self.high = total;
-        let sample = self.finish_sample(now, &total, rss, vms, threads, nprocs, fds, fds_missing);
+        let sample = self.finish_sample(now, &total, &g);
         self.record(sample);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_sample(
-        &mut self,
-        now: Instant,
-        a: &Acc,
-        rss: u64,
-        vms: u64,
-        threads: u64,
-        nprocs: u32,
-        fds: u64,
-        fds_missing: bool,
-    ) -> Sample {
+    fn finish_sample(&mut self, now: Instant, a: &Acc, g: &Gauges) -> Sample {
+        let Gauges {
+            rss,
+            vms,
+            threads,
+            nprocs,
+            fds,
+            fds_missing,
+        } = *g;
         let t_ms = now.duration_since(self.started).as_millis() as u64;
         let cpu_ticks = a.user + a.system;
         let cpu_percent = self.last_t.and_then(|(t, ticks)| {
