@@ -19,8 +19,9 @@ pub const ORCH_DIR: &str = "orch";
 /// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
 /// the test phase, on the test's clock; what loading them printed is kept in
 /// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
-/// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and a
-/// bounder keeps the guest's copy of its output bounded (head and tail, with the byte count).
+/// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and, at
+/// each `TICK` the host sends meanwhile, keeps the guest's copy of its output bounded (head and
+/// tail, with the byte count).
 pub const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 # Guest agent of qemu-runner. PID 1. Speaks ORCH1 records on the console.
 B=/bin/busybox
@@ -75,7 +76,7 @@ send() {
     fi
     lim=${2:-$limit}
     total=$(stat -c %s "$f")
-    # Cut by bound_output: the size is still the byte count, unless nothing came after the cut.
+    # Cut by watch_test: the size is still the byte count, unless nothing came after the cut.
     [ "$total" -lt "$cut" ] && total=$cut
     sent=$total
     if [ "$total" -gt "$lim" ]; then
@@ -142,10 +143,12 @@ bound() {
     stopped_all
     set -- $(stat -c %s "$f")
     half=$((limit / 2))
-    [ -f "$f.head" ] || head -c "$half" "$f" >"$f.head"
-    tail -c $((limit - half)) "$f" >"$f.tail"
+    # Each piece complete before it is used, and the cut noted before the file is emptied: a
+    # watcher killed in the middle (the test ended) leaves pieces that `send` still adds up.
+    [ -f "$f.head" ] || { head -c "$half" "$f" >"$f.h" && mv "$f.h" "$f.head"; }
+    tail -c $((limit - half)) "$f" >"$f.t" && mv "$f.t" "$f.tail"
+    echo "$1" >"$f.c" && mv "$f.c" "$f.cut"
     : >"$f"
-    echo "$1" >"$f.cut"
     kill -s CONT -1 2>/dev/null
 }
 
@@ -177,36 +180,28 @@ stopped_all() {
     done
 }
 
-# Runs beside the test (its pid in $tpid), killed by the agent when the test ends: stops the
-# test when the host says `STOP` (its timeout): every process but the agent and this one gets
-# SIGTERM (and SIGCONT, should bound_output have paused them), then SIGKILL after 2 s. The read
-# blocks: busybox drops what a read with a timeout took of a line when the timeout expires, and
-# a guest busy with a flood can take that long over a line.
-watch_stop() {
-    while read -r c rest; do
-        [ "$c" = STOP ] || continue
-        kill -s TERM -1 2>/dev/null
-        kill -s CONT -1 2>/dev/null
-        sleep 2
-        [ -d "/proc/$tpid" ] && kill -s KILL -1 2>/dev/null
-        exit 0
-    done
-}
-
-# Runs beside the test until the agent sends SIGUSR1 (or the watcher SIGTERM), or the agent has
-# reaped the test: every half second, bounds the guest's copy of the test's output. A signal is
-# acted on between two cuts, never inside one. It sleeps in a read from a FIFO nobody writes (no process per round), first:
-# the test starts undisturbed.
-bound_output() {
-    quit=
-    trap 'quit=1' USR1 TERM
+# Runs beside the test (its pid in $tpid), killed by the agent when the test ends, blocked
+# reading the console (never a read with a timeout: busybox drops what such a read took of a
+# line when the timeout expires, and a guest busy with a flood can take that long over one).
+# `STOP` (the test's deadline) makes it SIGTERM, then SIGKILL after 2 s, every process but the
+# agent and itself; `TICK` (every half second while the test runs) makes it bound the guest's
+# copy of the test's output.
+watch_test() {
     cap=$((limit * 4))
     [ "$cap" -ge 1048576 ] || cap=1048576
-    [ -p /tmp/.orch-tick ] || { rm -f /tmp/.orch-tick; mkfifo /tmp/.orch-tick; }
-    exec 3<>/tmp/.orch-tick
-    while read -t 0.5 c <&3; [ -z "$quit" ] && [ -d "/proc/$tpid" ]; do
-        bound stdout
-        bound stderr
+    while read -r c rest; do
+        case "$c" in
+            STOP)
+                kill -s TERM -1 2>/dev/null
+                sleep 2
+                [ -d "/proc/$tpid" ] && kill -s KILL -1 2>/dev/null
+                exit 0
+                ;;
+            TICK)
+                bound stdout
+                bound stderr
+                ;;
+        esac
     done
 }
 
@@ -263,11 +258,11 @@ run_one() {
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
         unset -f say send send_channel clean_work load_settings run_one load_modules bound \
-            watch_stop bound_output stopped_all
+            watch_test stopped_all
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid bpid quit cap c me busy line
+            wpid cap c me busy line
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
@@ -276,17 +271,15 @@ run_one() {
     ) </dev/null >/tmp/orch/stdout 2>/tmp/orch/stderr &
     tpid=$!
     # (A background job's input is /dev/null unless redirected: the watcher reads the host.)
-    watch_stop </dev/console &
+    watch_test </dev/console &
     wpid=$!
-    bound_output </dev/null &
-    bpid=$!
     wait "$tpid"
     code=$?
-    kill -s USR1 "$bpid" 2>/dev/null
     kill "$wpid" 2>/dev/null
     wait "$wpid"
-    wait "$bpid"
-    # Output bound_output cut: its pieces go with the next test's clean-up.
+    # A watcher killed in the middle of a cut leaves the test's other processes paused.
+    kill -s CONT -1 2>/dev/null
+    # Output the watcher cut: its pieces go with the next test's clean-up.
     [ -f /tmp/orch/stdout.cut ] || [ -f /tmp/orch/stderr.cut ] && leftover=1
     cd /
     if [ -n "$tracing" ]; then
@@ -369,13 +362,17 @@ run_one() {
         tries=$((tries + 1))
         # Without a host to answer (a plain QEMU command line), go on at once.
         [ -n "$acks" ] || break
-        reply=
-        if [ -n "$session" ]; then
-            # In a session the next test (or QUIT) acknowledges this one.
-            read -r reply rest
-        else
-            read -t 20 reply
-        fi
+        # In a session the next test (or QUIT) acknowledges this one. A `TICK` the host sent
+        # as the test ended is no answer.
+        while :; do
+            reply=
+            if [ -n "$session" ]; then
+                read -r reply rest || break
+            else
+                read -t 20 reply rest || break
+            fi
+            [ "$reply" = TICK ] || break
+        done
         case "$reply" in
             ACK*) break ;;
             TEXT | RUN | QUIT)

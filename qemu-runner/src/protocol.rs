@@ -19,6 +19,10 @@
 //! the middle of a record line break that line; the MD5 of each stream then fails to match, and
 //! the host asks the agent to send everything again (`RESEND`), or acknowledges (`ACK`).
 //!
+//! The host writes plain lines to the guest: `ACK`, `RESEND`; while a test runs, `TICK` every
+//! half second (the agent's watcher then bounds its copy of the test's output) and `STOP` at
+//! the test's deadline; in a session, the next test (`TEXT`, `RUN`) or `QUIT`.
+//!
 //! The nonce is no security boundary: the test runs as root in the guest and can read it from
 //! the agent's memory, then write any record to the console. So nothing here trusts a record
 //! for more than its shape: stream names are checked ([`is_stream_name`]), at most

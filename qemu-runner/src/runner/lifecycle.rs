@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use orchestrator_core::{
@@ -18,6 +18,11 @@ use super::console::{
 use super::{NAME, Prepared, QemuRunner, command_line};
 use crate::accel::Accel;
 use crate::vm::{ConsoleStats, StopReport, Vm};
+
+/// How often the host sends `TICK` while a test runs: the guest's watcher then bounds its copy
+/// of the test's output. (The guest keeps no timer of its own: a read with a timeout could drop
+/// the host's `STOP`.)
+const TICK: Duration = Duration::from_millis(500);
 
 /// One test's execution as it goes: the test, its context, and the result being filled in.
 pub(super) struct Run<'a> {
@@ -204,8 +209,15 @@ impl QemuRunner {
         let mut exit_code = None;
         // A test stopped at its deadline keeps that outcome, whatever its exit code then.
         let mut stopped: Option<Outcome> = None;
+        let mut next_tick = test_started + TICK;
         loop {
-            match wait(vm, watch, deadline, &cancel).await {
+            match wait(vm, watch, deadline.min(next_tick), &cancel).await {
+                // Time to wake the guest's watcher (it bounds the guest's copy of the output);
+                // a console that fails here is seen by the next wait.
+                Wait::Deadline if Instant::now() < deadline => {
+                    let _ = vm.send_line("TICK").await;
+                    next_tick = Instant::now() + TICK;
+                }
                 Wait::TestExit | Wait::Done => {
                     exit_code = watch.parser.exit();
                     break;
