@@ -102,30 +102,29 @@ pub struct Lease {
     live: Option<LiveLease>,
 }
 
-/// What ending a lease needs: the renewer to stop, the object to delete, the store's slot.
+/// What ending a lease needs besides its key and start: the renewer to stop, the remote to
+/// delete the object from, the store's slot.
 #[derive(Debug)]
 struct LiveLease {
-    key: String,
     backend: Arc<dyn BlobBackend>,
     slot: Arc<Mutex<Option<DateTime<Utc>>>>,
-    started: DateTime<Utc>,
     stop: mpsc::Sender<()>,
     renewer: std::thread::JoinHandle<()>,
 }
 
 impl LiveLease {
-    /// Stops the renewer (waiting for it), forgets the lease in the store and deletes its
-    /// object.
-    fn end(self) -> Result<()> {
+    /// Stops the renewer (waiting for it), forgets the lease that began at `started` in the
+    /// store and deletes its object `key`.
+    fn end(self, key: &str, started: DateTime<Utc>) -> Result<()> {
         drop(self.stop);
         let _ = self.renewer.join();
         {
             let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-            if *slot == Some(self.started) {
+            if *slot == Some(started) {
                 *slot = None;
             }
         }
-        self.backend.delete(&self.key)
+        self.backend.delete(key)
     }
 }
 
@@ -148,7 +147,7 @@ impl Lease {
     /// (as long as the remote takes) and saying whether the remote took the deletion.
     pub fn release(mut self) -> Result<()> {
         match self.live.take() {
-            Some(live) => live.end(),
+            Some(live) => live.end(&self.key, self.started),
             None => Ok(()),
         }
     }
@@ -161,12 +160,12 @@ impl Drop for Lease {
         };
         // The join and the network call go to a thread of their own: a drop never blocks
         // longer than LEASE_DROP_WAIT, whatever the remote does.
+        let (key, started) = (self.key.clone(), self.started);
         let (done, finished) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("artifact-store-lease-end".into())
             .spawn(move || {
-                let key = live.key.clone();
-                if let Err(e) = live.end() {
+                if let Err(e) = live.end(&key, started) {
                     // It lapses on its own once its ttl has passed.
                     tracing::warn!(lease = %key, error = %e, "removing the store's lease failed");
                 }
@@ -584,13 +583,11 @@ impl ArtifactStore {
                 .map_err(|e| Error::io("start the lease renewer for", LEASES, e))?
         };
         Ok(Lease {
-            key: key.clone(),
+            key,
             started,
             live: Some(LiveLease {
-                key,
                 backend,
                 slot: remote.lease_start.clone(),
-                started,
                 stop,
                 renewer,
             }),
