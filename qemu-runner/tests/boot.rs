@@ -392,11 +392,14 @@ async fn floods_are_bounded() {
     let mut config = QemuConfig::new();
     config.console_log_limit = 256 * 1024;
     let cases = vec![
+        // 50 MB takes about 17 s alone here and several times that beside other guests in
+        // the full run: the point is the bound, so the timeout leaves room for a loaded host.
         case(
             arch,
             "stdout-flood",
-            "head -c 100000000 /dev/zero | tr '\\0' y; echo; echo END",
-        ),
+            "head -c 50000000 /dev/zero | tr '\\0' y; echo; echo END",
+        )
+        .with_timeout(Duration::from_secs(240)),
         case(
             arch,
             "console-flood",
@@ -407,7 +410,7 @@ async fn floods_are_bounded() {
     let (report, _scratch) = run_with(config, cases, CancellationToken::new()).await;
     let out = by(&report, "stdout-flood");
     assert_eq!(out.outcome, Outcome::Passed, "{out:#?}");
-    assert_eq!(out.stdout.total_bytes, 100_000_005);
+    assert_eq!(out.stdout.total_bytes, 50_000_005);
     assert!(out.stdout.is_truncated());
     assert!(out.stdout.text.len() < 300 * 1024);
     assert!(out.stdout.text.contains("bytes truncated ...]"));
