@@ -9,8 +9,10 @@
 //! warnings only); `RUST_LOG=qemu_runner=debug` shows, per test, the QEMU command line, the
 //! accelerator decision, the phases and the artifact transfer.
 //!
-//! Exit codes: 0 when every test succeeded, 1 when some failed, 2 for a bad plan or bad
-//! arguments, 130 when interrupted.
+//! Exit codes (`RunStatus`), made for `git bisect run` too: 0 when every test succeeded; 1 when
+//! a test failed (a kernel that does not boot included); otherwise 125 when a test could not be
+//! judged (an infrastructure error: QEMU would not start, ...; bisect skips the commit); 2 for
+//! a bad plan or bad arguments (nothing ran); 130 when interrupted (bisect stops).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,7 +29,8 @@ use orchestrator_core::plan::StorePlan;
 use orchestrator_core::progress::{Progress, ProgressMode};
 use orchestrator_core::shard::{self, Partition};
 use orchestrator_core::{
-    CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, plan, report,
+    CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, RunStatus,
+    plan, report,
 };
 use qemu_runner::{QemuConfig, QemuPlan, QemuRunner};
 
@@ -228,15 +231,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         json.display(),
         html.display()
     );
-    Ok(
-        if report.interrupted == Some(orchestrator_core::Interruption::Cancelled) {
-            ExitCode::from(130)
-        } else if report.is_success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
+    Ok(ExitCode::from(report.status().exit_code()))
 }
 
 /// `--merge`: one report from the shards' reports.
@@ -309,11 +304,13 @@ fn merge_reports(args: &Args) -> anyhow::Result<ExitCode> {
         json.display(),
         html.display()
     );
+    // A shard that did not report, or a test without its console log, fails the campaign.
+    let status = merged.report.status();
     Ok(
-        if merged.is_complete() && merged.report.is_success() && logs_complete {
-            ExitCode::SUCCESS
-        } else {
+        if status == RunStatus::Succeeded && !(merged.is_complete() && logs_complete) {
             ExitCode::FAILURE
+        } else {
+            ExitCode::from(status.exit_code())
         },
     )
 }

@@ -1048,3 +1048,128 @@ fn rust_log_shows_each_tests_command_line_accelerator_phases_and_transfers() {
         "{quiet}"
     );
 }
+
+/// `git bisect run campaign plan.toml` over a repository whose commits select plans: the stock
+/// kernel passing (good), a kernel argument that makes the boot fail (bad, from the third
+/// commit on), and one commit whose test cannot run for a reason outside the kernel (a QEMU
+/// wrapper that fails as it starts: exit 125, skipped). Bisect visits the untestable commit
+/// first (the middle of seven), skips it and still names the first bad commit.
+#[test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A QEMU that starts for any question but a boot (a profile's wrapper gone wrong).
+    let wrapper = dir.path().join("broken-qemu");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\ncase \" $* \" in *\" -kernel \"*) \
+         echo 'broken-qemu: cannot open /dev/fake: No such device' >&2; exit 1 ;; esac\n\
+         exec qemu-system-aarch64 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let test = "name = \"bisect\"\n[[test]]\nid = \"boots\"\nrunner = \"qemu\"\n\
+                arch = \"aarch64\"\ntimeout = \"60s\"\nscript = \"uname -r\"\n";
+    let good = test.to_owned();
+    // The kernel runs busybox as its init, which prints its help and exits: a kernel panic.
+    let bad = format!(
+        "{test}[qemu.profile.aarch64]\nkernel-args = [\"quiet\", \"rdinit=/bin/busybox\"]\n"
+    );
+    let untestable = format!(
+        "{test}[qemu.profile.aarch64]\nqemu = \"{}\"\n",
+        wrapper.display()
+    );
+    git(&["init", "-q", "-b", "main"]);
+    git(&["config", "user.email", "bisect@example.invalid"]);
+    git(&["config", "user.name", "bisect"]);
+    let plans = [&good, &good, &bad, &untestable, &bad, &bad, &bad];
+    for (i, plan) in plans.iter().enumerate() {
+        std::fs::write(repo.join("plan.toml"), plan).unwrap();
+        git(&["add", "plan.toml"]);
+        git(&[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            &format!("c{}", i + 1),
+        ]);
+    }
+    let subject = |rev: &str| git(&["show", "-s", "--format=%s", rev]).trim().to_owned();
+
+    // Each step's exit code on its own first: what bisect sees.
+    let out = dir.path().join("out");
+    let step = || {
+        let output = Command::new(campaign_bin())
+            .arg(repo.join("plan.toml"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--progress", "quiet", "--no-store"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    git(&["checkout", "-q", "HEAD~3"]);
+    assert_eq!(subject("HEAD"), "c4");
+    let (code, stdout) = step();
+    assert_eq!(code, Some(125), "{stdout}");
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["summary"]["errors"], 1, "{report:#}");
+    git(&["checkout", "-q", "HEAD~1"]);
+    let (code, stdout) = step();
+    assert_eq!(code, Some(1), "{stdout}");
+    let report = json(&out.join("report.json"));
+    let outcome = &report["results"][0]["outcome"];
+    assert_eq!(
+        (&outcome["kind"], &outcome["crash"]),
+        (&"crashed".into(), &"boot-failure".into()),
+        "{report:#}"
+    );
+    git(&["checkout", "-q", "main"]);
+
+    git(&["bisect", "start", "HEAD", "HEAD~6"]);
+    let bisect = Command::new("git")
+        .arg("bisect")
+        .arg("run")
+        .arg(campaign_bin())
+        .arg("plan.toml")
+        .arg("--out")
+        .arg(&out)
+        .args(["--progress", "quiet", "--no-store"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&bisect.stdout);
+    assert!(bisect.status.success(), "{said}");
+    assert!(said.contains("is the first bad commit"), "{said}");
+    assert_eq!(subject("refs/bisect/bad"), "c3", "{said}");
+    let log = git(&["bisect", "log"]);
+    let skipped: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("git bisect skip "))
+        .map(subject)
+        .collect();
+    assert_eq!(skipped, ["c4"], "{log}");
+    git(&["bisect", "reset"]);
+}

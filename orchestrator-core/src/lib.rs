@@ -106,7 +106,7 @@ pub use orchestrator::{
 };
 pub use output::BoundedCapture;
 pub use process::{ProcessRunner, ProcessRunnerConfig};
-pub use report::RunReport;
+pub use report::{RunReport, RunStatus};
 pub use result::{
     ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming,
     ResourceUsage, StoredArtifact, Subtest, SubtestStatus, TestResult, UsagePoint, Verdict,

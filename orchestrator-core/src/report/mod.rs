@@ -211,10 +211,54 @@ impl HostInfo {
     }
 }
 
+/// What a run comes to, for a program's exit code ([`RunStatus::exit_code`]): the order of the
+/// variants is their precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    /// The caller cancelled the run (exit code 130, as for SIGINT).
+    Interrupted,
+    /// A test failed or passed against its expectation; a boot failure of the kernel under
+    /// test is a failure (exit code 1).
+    Failed,
+    /// No test failed, but one could not be judged: an infrastructure error (QEMU would not
+    /// start, a host resource ran out), or tests left unrun when the run's deadline passed
+    /// (exit code 125, what `git bisect run` takes as "cannot test this commit").
+    Untestable,
+    /// Every test passed, failed as expected or was skipped on purpose (exit code 0).
+    Succeeded,
+}
+
+impl RunStatus {
+    /// The exit code a program running a plan ends with: 0, 1, 125 or 130.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunStatus::Interrupted => 130,
+            RunStatus::Failed => 1,
+            RunStatus::Untestable => 125,
+            RunStatus::Succeeded => 0,
+        }
+    }
+}
+
 impl RunReport {
     /// Whether the run succeeded as a whole.
     pub fn is_success(&self) -> bool {
         self.summary.is_success() && self.interrupted.is_none()
+    }
+
+    /// What the run comes to: interrupted, else failed when any test failed, else untestable
+    /// when any test could not be judged, else succeeded.
+    pub fn status(&self) -> RunStatus {
+        let s = &self.summary;
+        if self.interrupted == Some(Interruption::Cancelled) || s.cancelled > 0 {
+            RunStatus::Interrupted
+        } else if s.failed > 0 || s.unexpected_passes > 0 {
+            RunStatus::Failed
+        } else if s.errors > 0 || self.interrupted.is_some() {
+            RunStatus::Untestable
+        } else {
+            RunStatus::Succeeded
+        }
     }
 
     /// Writes the JSON report atomically (a temporary file renamed into place), so a reader
@@ -385,6 +429,58 @@ mod tests {
         let start = html.find(&format!("id=\"test-{index}\"")).unwrap();
         let rest = &html[start..];
         &rest[..rest.find("</tbody>").unwrap()]
+    }
+
+    /// The exit status a plan runner ends with, in its precedence: interrupted, failed,
+    /// untestable, succeeded.
+    #[test]
+    fn run_status_orders_interruption_failure_and_infrastructure_errors() {
+        let test = |id: &str, outcome: Outcome| {
+            TestResult::new(&TestCase::script(id, "true"), "process", outcome)
+        };
+        let infra = || {
+            test(
+                "qemu-did-not-start",
+                Outcome::infra("QEMU exited as it started"),
+            )
+        };
+        let failed = || {
+            let outcome = Outcome::Failed {
+                exit_code: Some(1),
+                signal: None,
+            };
+            test("bad", outcome)
+        };
+        let passed = || test("good", Outcome::Passed);
+        let status = |results: Vec<TestResult>, interrupted: Option<Interruption>| {
+            let mut r = report(results);
+            r.interrupted = interrupted;
+            let status = r.status();
+            (status, status.exit_code())
+        };
+        assert_eq!(status(vec![passed()], None), (RunStatus::Succeeded, 0));
+        assert_eq!(status(vec![], None), (RunStatus::Succeeded, 0));
+        assert_eq!(
+            status(vec![passed(), infra()], None),
+            (RunStatus::Untestable, 125)
+        );
+        assert_eq!(
+            status(vec![infra(), failed(), passed()], None),
+            (RunStatus::Failed, 1)
+        );
+        // A test that passed against `expect = "fail"` fails the run too.
+        let mut xpass = passed();
+        xpass.expect = Expectation::Fail;
+        assert_eq!(status(vec![xpass, infra()], None), (RunStatus::Failed, 1));
+        // Tests left unrun at the run's deadline were not judged.
+        assert_eq!(
+            status(vec![passed()], Some(Interruption::DeadlineReached)),
+            (RunStatus::Untestable, 125)
+        );
+        assert_eq!(
+            status(vec![failed()], Some(Interruption::Cancelled)),
+            (RunStatus::Interrupted, 130)
+        );
     }
 
     #[test]
