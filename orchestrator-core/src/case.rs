@@ -259,6 +259,10 @@ pub struct Requirements {
     /// resolved by the runner.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Whether a kernel panic leaves the guest's memory as a `vmcore` artifact (a VM runner
+    /// keeps the guest from exiting at the panic and dumps its memory).
+    #[serde(default)]
+    pub vmcore: bool,
 }
 
 impl Requirements {

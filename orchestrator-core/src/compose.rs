@@ -160,7 +160,11 @@ mod stored {
     /// The catalog kind of a collected file, from the names runners give them.
     pub fn artifact_kind(name: &str) -> ArtifactKind {
         let file = name.rsplit('/').next().unwrap_or(name);
-        if name.contains(".orch-cores/") || file.starts_with("core.") || file == "core" {
+        if name.contains(".orch-cores/")
+            || file.starts_with("core.")
+            || file == "core"
+            || file == "vmcore"
+        {
             ArtifactKind::CoreDump
         } else if name.contains(".orch-trace/") || file.ends_with(".trace") {
             ArtifactKind::Trace

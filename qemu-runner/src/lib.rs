@@ -58,6 +58,7 @@ pub mod provision;
 pub mod qmp;
 mod runner;
 pub mod vm;
+mod vmcore;
 
 pub use accel::{Accel, AccelMode};
 pub use orchestrator_core::TestRunner;

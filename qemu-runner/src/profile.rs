@@ -48,6 +48,15 @@ pub struct MachineProfile {
     /// Kernel modules the guest needs for that channel (built-in ones are skipped).
     #[serde(default)]
     pub channel_modules: Vec<String>,
+    /// QEMU devices added when a test keeps a vmcore on panic: a panic device (`pvpanic` on
+    /// x86_64; QEMU then pauses the guest at the panic) and `vmcoreinfo` (the kernel's
+    /// VMCOREINFO note in the dump, which crash and drgn use).
+    #[serde(default)]
+    pub vmcore_devices: Vec<String>,
+    /// Kernel modules loaded at boot for those devices (`pvpanic_mmio`, `qemu_fw_cfg`); left
+    /// out when the kernel has no module tree (a kernel of its own may have them built in).
+    #[serde(default)]
+    pub vmcore_modules: Vec<String>,
     /// Extra kernel command-line arguments.
     #[serde(default)]
     pub kernel_args: Vec<String>,
@@ -101,6 +110,8 @@ impl MachineProfile {
             display: None,
             virtio_serial: "virtio-serial-device".to_owned(),
             channel_modules: vec!["virtio_mmio".to_owned(), "virtio_console".to_owned()],
+            vmcore_devices: Vec::new(),
+            vmcore_modules: Vec::new(),
             kernel_args: vec!["quiet".to_owned()],
             boot_timeout: Duration::from_secs(20),
             tcg_multiplier: 5.0,
@@ -111,9 +122,18 @@ impl MachineProfile {
                 let mut p = base("qemu-system-x86_64", "q35", "max", "ttyS0");
                 p.virtio_serial = "virtio-serial-pci".to_owned();
                 p.channel_modules = vec!["virtio_pci".to_owned(), "virtio_console".to_owned()];
+                p.vmcore_devices = vec!["pvpanic".to_owned(), "vmcoreinfo".to_owned()];
+                p.vmcore_modules = vec!["pvpanic_mmio".to_owned(), "qemu_fw_cfg".to_owned()];
                 p
             }
-            Arch::Aarch64 => base("qemu-system-aarch64", "virt", "cortex-a57", "ttyAMA0"),
+            Arch::Aarch64 => {
+                // Debian's arm64 kernel has no pvpanic driver: the kernel waits at the panic
+                // (`panic=0`) and the runner stops the guest when the console shows it.
+                let mut p = base("qemu-system-aarch64", "virt", "cortex-a57", "ttyAMA0");
+                p.vmcore_devices = vec!["vmcoreinfo".to_owned()];
+                p.vmcore_modules = vec!["qemu_fw_cfg".to_owned()];
+                p
+            }
             Arch::Armv7 => base("qemu-system-arm", "virt", "cortex-a15", "ttyAMA0"),
             Arch::Riscv64 => {
                 let mut p = base("qemu-system-riscv64", "virt", "rv64", "ttyS0");

@@ -46,6 +46,10 @@ pub struct VmSpec {
     /// Whether QEMU starts waiting for its state from a migration (`-incoming defer`; see
     /// [`load_state`]) instead of booting.
     pub incoming: bool,
+    /// Whether a kernel panic keeps the guest for a memory dump: QEMU pauses it at the panic
+    /// (`-action panic=pause`, with the profile's
+    /// [`vmcore_devices`](MachineProfile::vmcore_devices)) instead of letting it exit.
+    pub vmcore: bool,
 }
 
 /// The name of the guest's artifact port.
@@ -102,6 +106,12 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             "-device",
             &format!("virtserialport,bus=vser.0,chardev=art,name={ARTIFACT_PORT}"),
         ]);
+    }
+    if spec.vmcore {
+        push(&["-action", "panic=pause"]);
+        for device in &p.vmcore_devices {
+            push(&["-device", device]);
+        }
     }
     if let Some(fw) = &spec.firmware {
         push(&["-bios", &fw.to_string_lossy()]);
@@ -563,6 +573,7 @@ mod tests {
             cpus: 2,
             artifact_socket: None,
             incoming: false,
+            vmcore: false,
             profile,
         };
         let args = qemu_args(&spec).join(" ");
@@ -580,5 +591,30 @@ mod tests {
         let args = qemu_args(&kvm).join(" ");
         assert!(args.contains("-accel kvm -cpu host"));
         assert!(!args.contains("-bios"));
+        assert!(!args.contains("-action"));
+    }
+
+    #[test]
+    fn a_vmcore_guest_pauses_at_a_panic_with_its_devices() {
+        let spec = VmSpec {
+            qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            kernel: "/k/bzImage".into(),
+            initrd: "/k/initrd".into(),
+            firmware: None,
+            append: "console=ttyS0 panic=0".into(),
+            qmp_socket: "/run/q.sock".into(),
+            memory_mib: 512,
+            cpus: 2,
+            artifact_socket: None,
+            incoming: false,
+            vmcore: true,
+            profile: MachineProfile::builtin(Arch::X86_64),
+        };
+        let args = qemu_args(&spec).join(" ");
+        assert!(
+            args.contains("-action panic=pause -device pvpanic -device vmcoreinfo -kernel"),
+            "{args}"
+        );
     }
 }

@@ -95,6 +95,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_apt_tool("cpio", "cpio")?;
     // qemu-runner's hostile-guest test watches the runner's file accesses with it.
     ensure_apt_tool("strace", "strace")?;
+    // `readelf -n` reads the notes of ELF vmcores (qemu-runner/tests/vmcore.rs).
+    ensure_apt_tool("readelf", "binutils")?;
     ensure_chromium()?;
     let garage = ensure_garage()?;
     provision_guests()?;

@@ -394,6 +394,7 @@ mod tests {
                 cpus: Some(2),
                 kernel: Some(PathBuf::from("./images/Image")),
                 modules: vec!["virtio_console".to_owned()],
+                vmcore: false,
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -426,6 +427,7 @@ mod tests {
                 cpus: Some(1),
                 kernel: Some(PathBuf::from("/abs/bzImage")),
                 modules: vec!["virtio_console".to_owned(), "test_bpf".to_owned()],
+                vmcore: false,
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);
@@ -433,6 +435,18 @@ mod tests {
 
         // A `shell` in [defaults] does not stop a test from using `command`.
         assert_eq!(exec.command, Command::exec(["true"]).unwrap());
+    }
+
+    #[test]
+    fn vmcore_comes_from_defaults_unless_a_test_sets_it() {
+        let plan = parse_ok(
+            "[defaults]\nvmcore = true\n[[test]]\nid = \"a\"\nscript = \"true\"\n\
+             [[test]]\nid = \"b\"\nscript = \"true\"\nvmcore = false\n",
+        );
+        let vmcore: Vec<bool> = plan.cases.iter().map(|c| c.requirements.vmcore).collect();
+        assert_eq!(vmcore, [true, false]);
+        let plan = parse_ok("[[test]]\nid = \"a\"\nscript = \"true\"\n");
+        assert!(!plan.cases[0].requirements.vmcore);
     }
 
     #[test]

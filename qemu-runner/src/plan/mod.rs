@@ -42,7 +42,7 @@ impl QemuConfig {
     }
 
     /// Applies a plan's `[qemu]` table: `session`, `snapshot-reset`, `pool` and
-    /// `virtio-artifacts` replace the current values; `max-artifact-bytes`,
+    /// `virtio-artifacts` (and `vmcore`) replace the current values; `max-artifact-bytes`,
     /// `max-artifact-files` and `serial-artifact-limit` replace them when the plan sets them;
     /// `modules` are added to [`QemuConfig::modules`]; `accel` replaces [`QemuConfig::accel`]
     /// when set; and each `[qemu.profile.<arch>]` replaces the fields it sets in that
@@ -59,6 +59,7 @@ impl QemuConfig {
         };
         self.pool = plan.pool;
         self.virtio_artifacts = plan.virtio_artifacts;
+        self.vmcore = plan.vmcore;
         if let Some(bytes) = plan.max_artifact_bytes {
             self.artifact_limits.max_bytes = bytes;
         }

@@ -61,6 +61,9 @@ pub struct QemuPlan {
     pub accel: Option<AccelChoice>,
     /// Changes to the built-in machine profile of an architecture (`[qemu.profile.<arch>]`).
     pub profiles: BTreeMap<Arch, ProfileOverride>,
+    /// Whether a kernel panic leaves the guest's memory as a `vmcore` artifact in every test
+    /// (`vmcore`, default `false`; a test's own `vmcore = true` does it for that test).
+    pub vmcore: bool,
 }
 
 impl Default for QemuPlan {
@@ -76,6 +79,7 @@ impl Default for QemuPlan {
             modules: Vec::new(),
             accel: None,
             profiles: BTreeMap::new(),
+            vmcore: false,
         }
     }
 }
@@ -123,6 +127,7 @@ orchestrator_core::plan_table! {
         "modules" modules: ByHand = "modules = [\"virtio_console\"]",
         "accel" accel: ByHand = "accel = \"tcg\"",
         "profile" profile: ByHand,
+        "vmcore" vmcore: Flag = "vmcore = true",
     }
 }
 
@@ -209,6 +214,7 @@ impl Section for QemuPlan {
         qemu.max_artifact_bytes = read.max_artifact_bytes.map(|Size(bytes)| bytes);
         qemu.max_artifact_files = read.max_artifact_files.map(count);
         qemu.serial_artifact_limit = read.serial_artifact_limit.map(|Size(bytes)| bytes);
+        qemu.vmcore = read.vmcore.is_some_and(|Flag(on)| on);
         // Where `session` and `snapshot-reset` were turned on.
         let turned_on = |key: &str, on: bool| on.then(|| table.field(key).map(|f| f.key_span()))?;
         let session = turned_on("session", qemu.session);
@@ -514,6 +520,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("the commented tables should parse:\n{e}\n\n{text}"));
         let qemu = plan.section::<QemuPlan>().unwrap();
         assert!(!qemu.session && !qemu.snapshot_reset && qemu.virtio_artifacts);
+        assert!(!qemu.vmcore);
         assert_eq!(qemu.max_artifact_bytes, Some(1 << 30));
         assert_eq!(qemu.max_artifact_files, Some(10_000));
         assert_eq!(qemu.serial_artifact_limit, Some(4 << 20));

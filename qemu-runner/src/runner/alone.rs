@@ -98,6 +98,28 @@ impl QemuRunner {
         if let Some(phases) = &phases {
             run.transfer_time(phases, transfer_ok);
         }
+        // A panicked guest kept for its memory (`vmcore`): dumped before QEMU stops.
+        if prepared.spec.vmcore && watch.panicked {
+            phase(tracing::debug_span!("vmcore"), async {
+                let note = if vm.exited().is_some() {
+                    "no vmcore: QEMU exited at the panic".to_owned()
+                } else {
+                    let (note, entry) = crate::vmcore::keep(
+                        &prepared.spec.qmp_socket,
+                        &artifacts,
+                        prepared.spec.memory_mib,
+                        self.config.artifact_limits.max_bytes,
+                    )
+                    .await;
+                    if let Some(entry) = entry {
+                        run.result.environment.insert("vmcore".into(), entry);
+                    }
+                    note
+                };
+                run.notes.push(note);
+            })
+            .await;
+        }
         let stopped = phase(tracing::debug_span!("stop"), async {
             if prepared.profile.display.is_some() && vm.exited().is_none() {
                 let shot = artifacts.join("screenshot.png");

@@ -51,6 +51,8 @@ pub(super) struct Watch {
     pub(super) warnings: usize,
     /// A guest poweroff or reboot the console announced.
     pub(super) shutdown: Option<CrashKind>,
+    /// The console showed a fatal crash (a kernel panic).
+    pub(super) panicked: bool,
     /// QEMU itself failed (it exited by a signal or with an error): the outcome is an
     /// infrastructure error that quotes its stderr once it is read.
     pub(super) qemu_failed: bool,
@@ -75,6 +77,7 @@ impl Watch {
             serious: None,
             warnings: 0,
             shutdown: None,
+            panicked: false,
             qemu_failed: false,
             delivered: false,
             closed: false,
@@ -128,7 +131,10 @@ impl Watch {
             self.tail.pop_front();
         }
         match signal {
-            Some(Signal::Fatal(kind)) => return Some(Wait::Fatal(kind)),
+            Some(Signal::Fatal(kind)) => {
+                self.panicked = true;
+                return Some(Wait::Fatal(kind));
+            }
             Some(Signal::Serious(kind)) if self.ready.is_some() && self.serious.is_none() => {
                 self.serious = Some(kind);
             }

@@ -121,6 +121,10 @@ pub struct QemuConfig {
     /// counts as one VM while it runs a test; idle session guests do not count). `None`: the
     /// number of CPUs.
     pub pool: Option<usize>,
+    /// Whether a kernel panic in any test leaves the guest's memory as its `vmcore` artifact
+    /// (a test's [`Requirements::vmcore`](orchestrator_core::Requirements::vmcore) does it for
+    /// that test): see `vmcore.rs`.
+    pub vmcore: bool,
 }
 
 impl QemuConfig {
@@ -148,6 +152,7 @@ impl QemuConfig {
             virtio_artifacts: true,
             mode: ExecutionMode::Alone,
             pool: None,
+            vmcore: false,
         }
     }
 
@@ -340,6 +345,11 @@ impl QemuRunner {
         Ok(parts)
     }
 
+    /// Whether a kernel panic in `case` leaves the guest's memory as its `vmcore` artifact.
+    pub(super) fn vmcore_for(&self, case: &TestCase) -> bool {
+        self.config.vmcore || case.requirements.vmcore
+    }
+
     fn wants_channel(&self, case: &TestCase) -> bool {
         self.config.virtio_artifacts
             && (self.config.core_dumps || !case.artifacts.is_empty() || case.trace.is_some())
@@ -426,9 +436,16 @@ impl QemuRunner {
         );
 
         // The initramfs: cached base plus this test's part.
-        let modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
+        let mut modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
+        // A vmcore guest (never a session guest: such tests boot alone) pauses at a panic.
+        let vmcore = self.vmcore_for(case) && !session;
+        let vmcore_modules = if vmcore {
+            profile.vmcore_modules.clone()
+        } else {
+            Vec::new()
+        };
         // The channel's modules load at boot; the test's own in its phase, on its clock.
-        let boot: Vec<String> = profile
+        let mut boot: Vec<String> = profile
             .channel_modules
             .iter()
             .filter(|m| modules.contains(m))
@@ -437,6 +454,15 @@ impl QemuRunner {
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
         let base = tokio::task::spawn_blocking(move || {
+            // The vmcore devices' drivers load at boot, those the kernel's tree has.
+            if let (false, Some(dir)) = (vmcore_modules.is_empty(), &parts2.modules_dir) {
+                for m in crate::vmcore::present_modules(dir, &vmcore_modules) {
+                    if !modules.contains(&m) {
+                        modules.push(m.clone());
+                    }
+                    boot.push(m);
+                }
+            }
             image::base_image(&parts2, &modules, &boot, &cache)
         })
         .await
@@ -479,7 +505,10 @@ impl QemuRunner {
         .map_err(|e| RunnerError::with_source("building the test's initramfs panicked", e))??;
         tracing::debug!(initrd = %initrd.display(), "initramfs written");
 
-        let mut append = format!("console={} panic=-1 rdinit=/init", profile.console);
+        // `panic=-1` reboots at once, which `-no-reboot` turns into QEMU's exit; a vmcore guest
+        // waits at the panic (`panic=0`) for the runner to dump it.
+        let panic = if vmcore { 0 } else { -1 };
+        let mut append = format!("console={} panic={panic} rdinit=/init", profile.console);
         for a in &profile.kernel_args {
             append.push(' ');
             append.push_str(a);
@@ -509,6 +538,7 @@ impl QemuRunner {
                 .as_ref()
                 .map(|_| sockets.path().join("artifacts.sock")),
             incoming: false,
+            vmcore,
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),

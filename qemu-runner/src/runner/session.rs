@@ -25,6 +25,16 @@ impl QemuRunner {
         ctx: &ExecutionContext,
         mode: ExecutionMode,
     ) -> Result<TestResult, RunnerError> {
+        if self.vmcore_for(case) {
+            // A panic must leave the guest for its dump: a guest of its own.
+            let mut r = self.execute_alone(case, ctx).await?;
+            let note = "booted alone: a test with `vmcore` gets a guest of its own";
+            r.message = Some(match r.message.take() {
+                Some(m) => format!("{note}; {m}"),
+                None => note.to_owned(),
+            });
+            return Ok(r);
+        }
         let run = Run::new(case, ctx);
         // The test goes over the console; what does not fit gets a guest of its own.
         let payload = match self.session_payload(case).await? {

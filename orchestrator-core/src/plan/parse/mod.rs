@@ -125,6 +125,7 @@ crate::plan_table! {
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "expect" expect: ByHand = "expect = \"fail\"",
         "trace" trace: ByHand,
+        "vmcore" vmcore: Flag = "vmcore = true",
     }
 }
 
@@ -150,6 +151,7 @@ crate::plan_table! {
         "expect" expect: ByHand = "expect = \"fail\"",
         "runner" runner: Text = "runner = \"process\"",
         "trace" trace: ByHand,
+        "vmcore" vmcore: Flag = "vmcore = true",
     }
 }
 
@@ -245,6 +247,7 @@ impl Parser<'_> {
             read.kernel,
             self.base_dir,
         );
+        common.vmcore = read.vmcore.map(|Flag(on)| on);
         Ok(common)
     }
 
@@ -340,6 +343,7 @@ impl Parser<'_> {
             read.kernel,
             self.base_dir,
         );
+        common.vmcore = read.vmcore.map(|Flag(on)| on);
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -516,6 +520,7 @@ struct Common {
     artifacts: Vec<String>,
     expect: Option<Expectation>,
     trace: Option<String>,
+    vmcore: Option<bool>,
 }
 
 impl Common {
@@ -620,6 +625,7 @@ impl RawTest {
                 cpus: own.cpus.or(defaults.cpus),
                 kernel: own.kernel.or_else(|| defaults.kernel.clone()),
                 modules: appended(&defaults.modules, own.modules),
+                vmcore: own.vmcore.or(defaults.vmcore).unwrap_or(false),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
