@@ -259,6 +259,11 @@ pub struct Requirements {
     /// resolved by the runner.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// The kernel's own module tree (`make modules_install INSTALL_MOD_PATH=DIR`: `DIR`,
+    /// `DIR/lib/modules` or `DIR/lib/modules/<version>`), where `modules` and the artifact
+    /// channel's modules come from instead of the kernel's package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules_dir: Option<PathBuf>,
 }
 
 impl Requirements {
