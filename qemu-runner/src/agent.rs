@@ -323,9 +323,19 @@ run_one() {
             # the archive, where the host refuses it by name.
             find $files -type f ! -path '*
 *' -exec md5sum {} + >/tmp/orch/manifest
+            # The channel is what this guest has: the host always offers the port, and it shows
+            # up when virtio_console is built in or loaded (the host announces the port once the
+            # driver is up, so a console device with no port yet is given a moment).
             port=
-            for p in /sys/class/virtio-ports/*; do
-                [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+            i=0
+            while :; do
+                for p in /sys/class/virtio-ports/*; do
+                    [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+                done
+                set -- /sys/bus/virtio/drivers/virtio_console/virtio*
+                [ -z "$port" ] && [ -e "$1" ] && [ "$i" -lt 20 ] || break
+                sleep 0.05
+                i=$((i + 1))
             done
             if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
                 channel=virtio-serial
