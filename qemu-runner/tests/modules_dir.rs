@@ -1,0 +1,300 @@
+//! A kernel of one's own with its own modules (`modules-dir`): real boots.
+//!
+//! - The provisioned riscv64 Debian trixie kernel, with its package's modules (compressed
+//!   `.ko.xz`) laid out as `make modules_install INSTALL_MOD_PATH=DIR` would: the channel's
+//!   `virtio_mmio` comes from that tree (its `virtio_console` is built in), a test module
+//!   loads in the test phase, and 16 MiB come back over virtio byte-exact.
+//! - The KUnit kernel built by `cargo xtask test` (`ORCH_KUNIT_KERNELS`, see below): its
+//!   `virtio_console` is a module of its `modules_install` tree and carries 16 MiB back, and
+//!   its KUnit suite module, loaded as the test's `modules`, prints its KTAP during the test.
+//!
+//! They need QEMU and the provisioned images, which `cargo xtask test` installs before running
+//! them; plain `cargo test` skips them as ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use md5::Digest as _;
+use object::Object as _;
+use orchestrator_core::{
+    Arch, Orchestrator, Outcome, Requirements, RunConfig, TestCase, TestResult,
+};
+use qemu_runner::modules::ModuleIndex;
+use qemu_runner::{QemuConfig, QemuRunner};
+
+/// The test script's part that makes 16 MiB of random data and prints its MD5.
+const BIG_ARTIFACT: &str = "head -c 16777216 /dev/urandom > out.bin\nmd5sum out.bin\n";
+
+fn case(arch: Arch, id: &str, script: &str, kernel: &Path, modules_dir: &Path) -> TestCase {
+    let mut req = Requirements::default();
+    req.arch = Some(arch);
+    req.kernel = Some(kernel.to_owned());
+    req.modules_dir = Some(modules_dir.to_owned());
+    TestCase::script(id, script)
+        .with_requirements(req)
+        .with_timeout(Duration::from_secs(180))
+}
+
+/// Runs `cases` one at a time; the scratch directory lives as long as the returned guard.
+async fn run(cases: Vec<TestCase>) -> (Vec<TestResult>, tempfile::TempDir) {
+    let scratch = tempfile::tempdir().unwrap();
+    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
+        .with_runner(QemuRunner::new(QemuConfig::new()));
+    let report = orch.run(cases).await.expect("valid run");
+    for r in &report.results {
+        eprintln!(
+            "{}: {} [{:.1}s] {} {:?}",
+            r.test_id,
+            r.outcome,
+            r.duration().as_secs_f64(),
+            r.message.as_deref().unwrap_or(""),
+            r.environment
+        );
+    }
+    (report.results, scratch)
+}
+
+/// `out.bin` came back over the virtio port, with the MD5 the guest printed for it.
+fn assert_big_artifact(result: &TestResult) {
+    assert_eq!(
+        result
+            .environment
+            .get("artifact-channel")
+            .map(String::as_str),
+        Some("virtio-serial"),
+        "{result:#?}"
+    );
+    let file = result
+        .artifacts
+        .iter()
+        .find(|a| a.name == "files/out.bin")
+        .unwrap_or_else(|| panic!("out.bin did not come back: {result:#?}"));
+    let bytes = std::fs::read(&file.path).unwrap();
+    assert_eq!(bytes.len(), 16 << 20);
+    let md5: String = md5::Md5::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        result.stdout.text.contains(&format!("{md5}  out.bin")),
+        "the host's MD5 {md5} is not the guest's: {}",
+        result.stdout.text
+    );
+    eprintln!(
+        "16 MiB over virtio-serial: transfer {} s",
+        result
+            .environment
+            .get("transfer-seconds")
+            .map_or("?", String::as_str)
+    );
+}
+
+/// Lays out `modules` (a packaged kernel's `lib/modules/<version>`) as `make modules_install
+/// INSTALL_MOD_PATH=<returned dir>` would, with hard links (copies across file systems), next
+/// to the package so that links work.
+fn modules_install_like(modules: &Path, near: &Path) -> tempfile::TempDir {
+    fn link_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let (src, dst) = (entry.path(), to.join(entry.file_name()));
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                link_tree(&src, &dst);
+            } else if kind.is_file() && std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).unwrap();
+            }
+        }
+    }
+    let version = modules.file_name().unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("modules-install-")
+        .tempdir_in(near)
+        .unwrap();
+    let dir = out.path().join("lib/modules").join(version);
+    link_tree(modules, &dir);
+    // What `make modules_install` adds: the links to the build tree.
+    std::os::unix::fs::symlink("/nonexistent/linux-build", dir.join("build")).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_packaged_kernel_with_its_modules_as_a_modules_dir() {
+    let started = Instant::now();
+    let cache = qemu_runner::provision::default_cache_dir();
+    let manifest = qemu_runner::provision::load(&cache).expect("provisioned images");
+    let image = manifest
+        .image(Arch::Riscv64)
+        .expect("riscv64 is provisioned");
+    // In the runner's build cache: on the same file system as the package, for hard links.
+    let build = QemuConfig::new().build_cache;
+    std::fs::create_dir_all(&build).unwrap();
+    let tree = modules_install_like(&image.modules_dir, &build);
+    let index = ModuleIndex::scan(
+        &ModuleIndex::find_install_tree(tree.path())
+            .expect("the tree is found")
+            .0,
+    )
+    .unwrap();
+    // What this test relies on: compressed modules, virtio_mmio a module, virtio_console in.
+    assert!(
+        index
+            .relative_path("9p")
+            .is_some_and(|p| p.to_string_lossy().ends_with(".ko.xz")),
+        "9p is no .ko.xz module"
+    );
+    assert!(index.contains("virtio_mmio") && index.is_builtin("virtio_console"));
+
+    let case = case(
+        Arch::Riscv64,
+        "own-modules@riscv64",
+        &format!(
+            "grep -E '^(9p|virtio_mmio) ' /proc/modules | cut -d' ' -f1 | sort\n{BIG_ARTIFACT}"
+        ),
+        &image.kernel,
+        tree.path(),
+    )
+    .with_modules(["9p"])
+    .with_artifact("out.bin");
+    let (results, _scratch) = run(vec![case]).await;
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+    // The channel's module at boot and the test's at its start, both from the tree.
+    assert!(
+        r.stdout.text.starts_with("9p\nvirtio_mmio\n"),
+        "{}",
+        r.stdout.text
+    );
+    assert_big_artifact(r);
+    eprintln!(
+        "riscv64 modules-dir test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The KUnit kernels `cargo xtask test` builds (`kunit-6.1`, holding `a/bzImage` and its
+/// `a/modules`), from `ORCH_KUNIT_KERNELS`.
+fn kunit_kernels() -> PathBuf {
+    let Some(dir) = std::env::var_os("ORCH_KUNIT_KERNELS") else {
+        panic!(
+            "ORCH_KUNIT_KERNELS is not set: `cargo xtask test` builds the KUnit kernels (cached in \
+             ~/.cache/qemu-orchestrator/tools/kunit-6.1) and sets it; to run this test alone, set \
+             it to that directory"
+        );
+    };
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("a/bzImage").is_file() && dir.join("a/modules").is_dir(),
+        "ORCH_KUNIT_KERNELS={} holds no a/bzImage and a/modules: run `cargo xtask test` to build them",
+        dir.display()
+    );
+    dir
+}
+
+/// The kernel timestamp (seconds) of a `[   12.345678] ...` kernel log line.
+fn timestamp(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    rest[..rest.find(']')?].trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn a_kunit_kernel_with_its_modules_dir() {
+    let started = Instant::now();
+    let kernels = kunit_kernels();
+    let kernel = kernels.join("a/bzImage");
+    let modules = kernels.join("a/modules");
+    let (dir, _) = ModuleIndex::find_install_tree(&modules).unwrap();
+    let index = ModuleIndex::scan(&dir).unwrap();
+    assert!(
+        index.contains("virtio_console"),
+        "virtio_console is no module of {}",
+        dir.display()
+    );
+    // The KUnit suite built as a module: the one with a `.kunit_test_suites` section.
+    let suites: Vec<String> = index
+        .names()
+        .filter(|n| {
+            let path = index.dir().join(index.relative_path(n).unwrap());
+            let data = qemu_runner::modules::read_module(&path).unwrap();
+            object::File::parse(data.as_slice())
+                .is_ok_and(|elf| elf.section_by_name(".kunit_test_suites").is_some())
+        })
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        suites.len(),
+        1,
+        "KUnit suite modules in {}: {suites:?}",
+        dir.display()
+    );
+    let suite = &suites[0];
+
+    // The test's process started before its modules loaded: its start time (in clock ticks
+    // since boot, field 22 of its stat) bounds when the suite ran. The kernel log is read with
+    // timestamps whatever the kernel's default.
+    let script = format!(
+        "echo Y > /sys/module/printk/parameters/time\n\
+         read -r stat </proc/self/stat\n\
+         set -- ${{stat##*) }}\n\
+         echo \"test process started at tick ${{20}}\"\n\
+         grep -E '^(virtio_console|{suite}) ' /proc/modules | cut -d' ' -f1 | sort\n\
+         {BIG_ARTIFACT}"
+    );
+    let case = case(
+        Arch::X86_64,
+        "kunit-module@x86_64",
+        &script,
+        &kernel,
+        &modules,
+    )
+    .with_modules([suite.as_str()])
+    .with_artifact("out.bin");
+    let (results, _scratch) = run(vec![case]).await;
+    let r = &results[0];
+    assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+    assert_big_artifact(r);
+    // Both modules loaded from the tree: virtio_console is no built-in here.
+    let loaded: Vec<&str> = r
+        .stdout
+        .text
+        .lines()
+        .filter(|l| *l == "virtio_console" || *l == suite)
+        .collect();
+    assert_eq!(loaded.len(), 2, "{}", r.stdout.text);
+
+    let start_ticks: f64 = r
+        .stdout
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("test process started at tick "))
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no start time: {}", r.stdout.text));
+    let test_start = start_ticks / 100.0;
+    let dmesg = r
+        .artifacts
+        .iter()
+        .find(|a| a.name == "dmesg.txt")
+        .expect("dmesg.txt");
+    let log = std::fs::read_to_string(&dmesg.path).unwrap();
+    let subtest = log
+        .lines()
+        .find(|l| l.contains("# Subtest: "))
+        .unwrap_or_else(|| panic!("no KTAP suite in the test's kernel log:\n{log}"));
+    let ran_at = timestamp(subtest).unwrap_or_else(|| panic!("no timestamp: {subtest}"));
+    assert!(
+        ran_at + 0.01 >= test_start,
+        "the suite ran at {ran_at} s, before the test started at {test_start} s:\n{log}"
+    );
+    let ends = log.lines().filter(|l| {
+        let text = l.split_once("] ").map_or(*l, |(_, t)| t).trim_start();
+        text.starts_with("ok ") || text.starts_with("not ok ")
+    });
+    assert!(ends.count() >= 1, "no KTAP result lines:\n{log}");
+    eprintln!(
+        "KUnit module `{suite}`: its suite ran at {ran_at:.3} s (the test started at \
+         {test_start:.2} s); whole test {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
