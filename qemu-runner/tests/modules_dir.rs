@@ -35,20 +35,34 @@ fn case(arch: Arch, id: &str, script: &str, kernel: &Path, modules_dir: &Path) -
         .with_timeout(Duration::from_secs(180))
 }
 
-/// Runs `cases` one at a time; the scratch directory lives as long as the returned guard.
+/// Runs `cases`, two at a time; the scratch directory lives as long as the returned guard.
 async fn run(cases: Vec<TestCase>) -> (Vec<TestResult>, tempfile::TempDir) {
     let scratch = tempfile::tempdir().unwrap();
-    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
+    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(2))
         .with_runner(QemuRunner::new(QemuConfig::new()));
     let report = orch.run(cases).await.expect("valid run");
     for r in &report.results {
+        let phases: Vec<String> = r
+            .phases
+            .iter()
+            .map(|p| {
+                let took = (p.finished_at - p.started_at).num_milliseconds() as f64 / 1000.0;
+                format!("{} {took:.1}s", p.phase)
+            })
+            .collect();
         eprintln!(
-            "{}: {} [{:.1}s] {} {:?}",
+            "{}: {} [{:.1}s: {}] {} (channel {}, transfer {} s)",
             r.test_id,
             r.outcome,
             r.duration().as_secs_f64(),
+            phases.join(", "),
             r.message.as_deref().unwrap_or(""),
             r.environment
+                .get("artifact-channel")
+                .map_or("-", String::as_str),
+            r.environment
+                .get("transfer-seconds")
+                .map_or("-", String::as_str),
         );
     }
     (report.results, scratch)
@@ -137,6 +151,16 @@ async fn a_packaged_kernel_with_its_modules_as_a_modules_dir() {
             .0,
     )
     .unwrap();
+    let read = Instant::now();
+    assert_eq!(
+        qemu_runner::kernel::release(&image.kernel).as_deref(),
+        Some(image.kernel_version.as_str())
+    );
+    eprintln!(
+        "the kernel's release read from its {} MB image in {:?}",
+        std::fs::metadata(&image.kernel).unwrap().len() >> 20,
+        read.elapsed()
+    );
     // What this test relies on: compressed modules, virtio_mmio a module, virtio_console in.
     assert!(
         index
@@ -157,8 +181,48 @@ async fn a_packaged_kernel_with_its_modules_as_a_modules_dir() {
     )
     .with_modules(["9p"])
     .with_artifact("out.bin");
-    let (results, _scratch) = run(vec![case]).await;
-    let r = &results[0];
+    // The same tree without virtio_mmio: no virtio transport, so no port shows up in the guest
+    // (the host offers it all the same), and the artifacts take the serial console.
+    let no_transport = modules_install_like(&image.modules_dir, &build);
+    let (dir, _) = ModuleIndex::find_install_tree(no_transport.path()).unwrap();
+    std::fs::remove_file(dir.join(index.relative_path("virtio_mmio").unwrap())).unwrap();
+    let serial = self::case(
+        Arch::Riscv64,
+        "no-virtio-port@riscv64",
+        "echo 'a small note' > note.txt",
+        &image.kernel,
+        no_transport.path(),
+    )
+    .with_artifact("note.txt");
+    let (results, _scratch) = run(vec![case, serial]).await;
+    let serial = results
+        .iter()
+        .find(|r| r.test_id.as_str() == "no-virtio-port@riscv64")
+        .unwrap();
+    assert_eq!(serial.outcome, Outcome::Passed, "{serial:#?}");
+    assert_eq!(
+        serial
+            .environment
+            .get("artifact-channel")
+            .map(String::as_str),
+        Some("serial-console"),
+        "{serial:#?}"
+    );
+    let note = serial
+        .artifacts
+        .iter()
+        .find(|a| a.name == "files/note.txt")
+        .expect("note.txt came back");
+    assert_eq!(
+        std::fs::read_to_string(&note.path).unwrap(),
+        "a small note\n"
+    );
+    assert!(serial.environment["qemu-command"].contains("name=org.orch.artifacts"));
+
+    let r = results
+        .iter()
+        .find(|r| r.test_id.as_str() == "own-modules@riscv64")
+        .unwrap();
     assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
     // The channel's module at boot and the test's at its start, both from the tree.
     assert!(
