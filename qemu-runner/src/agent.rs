@@ -17,8 +17,8 @@ pub const ORCH_DIR: &str = "orch";
 /// channel's modules), reads `/orch/limit` (bytes of each stream to send), and runs the test:
 /// `/orch/modules` (the test's own module files to `insmod`, dependencies first, each with the
 /// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
-/// the test phase, on the test's clock; what loading them printed is kept in
-/// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
+/// the test phase, on the test's clock, after the kernel log line `qemu-runner: loading the
+/// test's modules`; what loading them printed is kept in `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
 /// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and, at
 /// each `TICK` the host sends meanwhile, keeps the guest's copy of its output bounded (head and
 /// tail, with the byte count).
@@ -251,6 +251,8 @@ run_one() {
         # load); what loading printed stays readable in /tmp/modules-kmsg.log and in its
         # kernel log.
         if [ -s /orch/modules ]; then
+            # A mark in the kernel log: what follows it was printed in the test phase.
+            echo "<6>qemu-runner: loading the test's modules" >/dev/kmsg 2>/dev/null
             load_modules /orch/modules >&2
             dmesg >>/tmp/modules-kmsg.log 2>&1
         fi
