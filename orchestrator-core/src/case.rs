@@ -263,6 +263,11 @@ pub struct Requirements {
     /// keeps the guest from exiting at the panic and dumps its memory).
     #[serde(default)]
     pub vmcore: bool,
+    /// The kernel's own module tree (`make modules_install INSTALL_MOD_PATH=DIR`: `DIR`,
+    /// `DIR/lib/modules` or `DIR/lib/modules/<version>`), where `modules` and the artifact
+    /// channel's modules come from instead of the kernel's package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules_dir: Option<PathBuf>,
 }
 
 impl Requirements {

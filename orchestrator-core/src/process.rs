@@ -264,6 +264,12 @@ fn unsupported(case: &TestCase) -> Result<(), String> {
             case.requirements.modules.join(", ")
         ));
     }
+    if let Some(dir) = &case.requirements.modules_dir {
+        return Err(format!(
+            "it needs the kernel modules of {} but the process runner runs on the host: remove `modules-dir` or use a VM runner",
+            dir.display()
+        ));
+    }
     if case.trace.is_some() {
         return Err(
             "it asks for kernel tracing, which the process runner cannot give: remove `trace` or use a VM runner"

@@ -17,8 +17,8 @@ pub const ORCH_DIR: &str = "orch";
 /// channel's modules), reads `/orch/limit` (bytes of each stream to send), and runs the test:
 /// `/orch/modules` (the test's own module files to `insmod`, dependencies first, each with the
 /// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
-/// the test phase, on the test's clock; what loading them printed is kept in
-/// `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
+/// the test phase, on the test's clock, after the kernel log line `qemu-runner: loading the
+/// test's modules`; what loading them printed is kept in `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
 /// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and, at
 /// each `TICK` the host sends meanwhile, keeps the guest's copy of its output bounded (head and
 /// tail, with the byte count).
@@ -251,6 +251,8 @@ run_one() {
         # load); what loading printed stays readable in /tmp/modules-kmsg.log and in its
         # kernel log.
         if [ -s /orch/modules ]; then
+            # A mark in the kernel log: what follows it was printed in the test phase.
+            echo "<6>qemu-runner: loading the test's modules" >/dev/kmsg 2>/dev/null
             load_modules /orch/modules >&2
             dmesg >>/tmp/modules-kmsg.log 2>&1
         fi
@@ -323,9 +325,19 @@ run_one() {
             # the archive, where the host refuses it by name.
             find $files -type f ! -path '*
 *' -exec md5sum {} + >/tmp/orch/manifest
+            # The channel is what this guest has: the host always offers the port, and it shows
+            # up when virtio_console is built in or loaded (the host announces the port once the
+            # driver is up, so a console device with no port yet is given a moment).
             port=
-            for p in /sys/class/virtio-ports/*; do
-                [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+            i=0
+            while :; do
+                for p in /sys/class/virtio-ports/*; do
+                    [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+                done
+                set -- /sys/bus/virtio/drivers/virtio_console/virtio*
+                [ -z "$port" ] && [ -e "$1" ] && [ "$i" -lt 20 ] || break
+                sleep 0.05
+                i=$((i + 1))
             done
             if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
                 channel=virtio-serial

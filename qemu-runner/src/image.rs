@@ -35,7 +35,7 @@ pub enum ImageError {
     },
     /// Modules were asked for, but the kernel comes without a module tree.
     #[error(
-        "kernel modules {} were asked for, but the {arch} kernel has no module tree: use the provisioned kernel, or drop `modules`",
+        "kernel modules {} were asked for, but the {arch} kernel has no module tree: give the kernel's `modules-dir` (what `make modules_install INSTALL_MOD_PATH=DIR` made), use the provisioned kernel, or drop `modules`",
         modules.join(", ")
     )]
     NoModuleTree {
@@ -126,6 +126,41 @@ pub fn base_image(
     boot: &[String],
     cache_dir: &Path,
 ) -> Result<BaseImage, ImageError> {
+    base_image_indexed(parts, None, modules, boot, cache_dir)
+}
+
+/// [`base_image`] with the module tree `parts.modules_dir` already indexed (`None`: it is
+/// scanned here when modules are asked for).
+///
+/// The cached archive is keyed by the module files' paths, sizes and modification times too,
+/// so a tree made again by `make modules_install` is not served from a stale archive.
+pub fn base_image_indexed(
+    parts: &GuestParts,
+    index: Option<&ModuleIndex>,
+    modules: &[String],
+    boot: &[String],
+    cache_dir: &Path,
+) -> Result<BaseImage, ImageError> {
+    let mut tree = None;
+    let scanned;
+    if !modules.is_empty() {
+        let (Some(dir), Some(version)) = (&parts.modules_dir, &parts.kernel_version) else {
+            return Err(ImageError::NoModuleTree {
+                modules: modules.to_vec(),
+                arch: parts.arch,
+            });
+        };
+        let index = match index {
+            Some(index) => index,
+            None => {
+                scanned = ModuleIndex::scan(dir).map_err(ImageError::from)?;
+                &scanned
+            }
+        };
+        let names: Vec<&str> = modules.iter().map(String::as_str).collect();
+        let resolved = index.resolve(&names).map_err(ImageError::from)?;
+        tree = Some((index, version, resolved));
+    }
     let busybox_digest = digest_file(&parts.busybox)?;
     let mut sorted: Vec<&String> = modules.iter().collect();
     sorted.sort();
@@ -146,6 +181,18 @@ pub fn base_image(
     for m in boot {
         hasher.update(b"\x01");
         hasher.update(m.as_bytes());
+    }
+    for m in tree.iter().flat_map(|(_, _, resolved)| resolved) {
+        let meta = std::fs::metadata(&m.path).map_err(io_err("cannot read", &m.path))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        hasher.update(b"\x02");
+        hasher.update(m.relative.to_string_lossy().as_bytes());
+        hasher.update(&meta.len().to_le_bytes());
+        hasher.update(&mtime.as_nanos().to_le_bytes());
     }
     let key = hasher.finalize().to_hex();
     let path = cache_dir.join(format!("base-{}-{}.cpio.gz", parts.arch, &key[..32]));
@@ -190,16 +237,7 @@ pub fn base_image(
 
     let mut load_order = Vec::new();
     let mut boot_order = Vec::new();
-    if !modules.is_empty() {
-        let (Some(dir), Some(version)) = (&parts.modules_dir, &parts.kernel_version) else {
-            return Err(ImageError::NoModuleTree {
-                modules: modules.to_vec(),
-                arch: parts.arch,
-            });
-        };
-        let index = ModuleIndex::scan(dir).map_err(ImageError::from)?;
-        let names: Vec<&str> = modules.iter().map(String::as_str).collect();
-        let resolved = index.resolve(&names).map_err(ImageError::from)?;
+    if let Some((index, version, resolved)) = &tree {
         let root = format!("lib/modules/{version}");
         b.dir(&root, 0o755);
         let mut dep_lines = String::new();
@@ -208,13 +246,13 @@ pub fn base_image(
                 .relative_path(name)
                 .map(|p| strip_compression(&p.to_string_lossy()))
         };
-        for m in &resolved {
+        for m in resolved {
             let rel = strip_compression(&m.relative.to_string_lossy());
             // busybox `insmod` hands the bytes to `init_module`, which takes only plain ELF.
             let data = crate::modules::read_module(&m.path).map_err(ImageError::from)?;
             b.file_from_bytes(&format!("{root}/{rel}"), 0o644, data);
             // modules.dep lists every dependency, nearest first; modprobe loads them in reverse.
-            let deps: Vec<String> = transitive_deps(&resolved, &m.name)
+            let deps: Vec<String> = transitive_deps(resolved, &m.name)
                 .into_iter()
                 .filter_map(|d| rel_of(&d))
                 .collect();
@@ -225,9 +263,9 @@ pub fn base_image(
         let mut needed_at_boot: Vec<String> = Vec::new();
         for name in boot {
             needed_at_boot.push(name.replace('-', "_"));
-            needed_at_boot.extend(transitive_deps(&resolved, name));
+            needed_at_boot.extend(transitive_deps(resolved, name));
         }
-        for m in &resolved {
+        for m in resolved {
             if needed_at_boot.contains(&m.name.replace('-', "_")) {
                 boot_order.push(strip_compression(&m.relative.to_string_lossy()));
             }

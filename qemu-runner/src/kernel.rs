@@ -178,6 +178,65 @@ pub fn check(path: &Path, arch: Arch) -> Result<KernelInfo, KernelError> {
     Ok(info)
 }
 
+/// Largest kernel image [`release`] reads (or decompresses) to look for its banner.
+const RELEASE_SCAN_LIMIT: u64 = 256 << 20;
+
+/// The release (`uname -r`) of the kernel image at `path`, where the image shows it: an x86
+/// `bzImage` names it in its header; an uncompressed or gzip-compressed arm64 or riscv64
+/// `Image`, or an ELF `vmlinux`, holds the banner `Linux version <release> (...`. `None` when
+/// the file cannot be read or hides it (an ARM `zImage` is compressed).
+pub fn release(path: &Path) -> Option<String> {
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(RELEASE_SCAN_LIMIT)
+        .read_to_end(&mut data)
+        .ok()?;
+    release_from_bytes(&data)
+}
+
+/// [`release`] of an image's bytes.
+pub fn release_from_bytes(data: &[u8]) -> Option<String> {
+    let at = |off: usize, magic: &[u8]| data.get(off..off + magic.len()) == Some(magic);
+    if at(0x202, b"HdrS") {
+        // Boot protocol 2.00+: `kernel_version` at 0x20e points (past the first 0x200 bytes)
+        // to a NUL-terminated "<release> (<builder>) #<n> ..." string.
+        let version = u16::from_le_bytes([*data.get(0x206)?, *data.get(0x207)?]);
+        let offset = usize::from(u16::from_le_bytes([*data.get(0x20e)?, *data.get(0x20f)?]));
+        if version >= 0x0200 && offset != 0 {
+            let text = data.get(offset + 0x200..)?;
+            let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+            let release = String::from_utf8_lossy(&text[..end.min(256)]);
+            return release.split_whitespace().next().map(str::to_owned);
+        }
+        return None;
+    }
+    if at(0, &[0x1f, 0x8b]) {
+        let mut inner = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .take(RELEASE_SCAN_LIMIT)
+            .read_to_end(&mut inner)
+            .ok()?;
+        return banner_release(&inner);
+    }
+    banner_release(data)
+}
+
+/// The release in the first `Linux version <release> (` banner of `data`.
+fn banner_release(data: &[u8]) -> Option<String> {
+    // (The search runs in the standard library's string code: fast even in a debug build.)
+    let text = String::from_utf8_lossy(data);
+    text.match_indices("Linux version ")
+        .find_map(|(at, banner)| {
+            let rest = &text[at + banner.len()..];
+            let end = rest
+                .char_indices()
+                .take(128)
+                .find_map(|(i, c)| (c == ' ' || c == '\0' || !c.is_ascii_graphic()).then_some(i))?;
+            (end > 0 && rest[end..].starts_with(" (")).then(|| rest[..end].to_owned())
+        })
+}
+
 /// What an ELF file header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ElfHeader {
@@ -261,6 +320,31 @@ mod tests {
                 arch: Arch::Aarch64
             })
         );
+    }
+
+    #[test]
+    fn releases_from_headers_and_banners() {
+        let mut bz = image(0x202, b"HdrS");
+        bz[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        bz[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        let text = b"6.1.0-57-amd64 (debian-kernel@example) #1 SMP\0";
+        bz[0x300..0x300 + text.len()].copy_from_slice(text);
+        assert_eq!(release_from_bytes(&bz).as_deref(), Some("6.1.0-57-amd64"));
+
+        let mut arm = image(0x38, b"ARM\x64");
+        // A format string first, then the banner.
+        arm.extend_from_slice(b"Linux version %s\0Linux version 6.1.0-rc1+ (me@host) #3\0");
+        assert_eq!(release_from_bytes(&arm).as_deref(), Some("6.1.0-rc1+"));
+
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&arm).unwrap();
+        assert_eq!(
+            release_from_bytes(&enc.finish().unwrap()).as_deref(),
+            Some("6.1.0-rc1+")
+        );
+        assert_eq!(release_from_bytes(&image(0x38, b"ARM\x64")), None);
+        assert_eq!(release(Path::new("/nonexistent/Image")), None);
     }
 
     #[test]

@@ -58,21 +58,6 @@ pub(crate) fn choose_format(offered: &[String]) -> &'static str {
         .unwrap_or("elf")
 }
 
-/// The modules of `names` that the module tree at `dir` has (as files or built in).
-pub(crate) fn present_modules(dir: &Path, names: &[String]) -> Vec<String> {
-    match crate::modules::ModuleIndex::scan(dir) {
-        Ok(index) => names
-            .iter()
-            .filter(|m| index.contains(m) || index.is_builtin(m))
-            .cloned()
-            .collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "no module tree for the vmcore drivers");
-            Vec::new()
-        }
-    }
-}
-
 /// Stops the guest behind `qmp_socket` and writes its memory (`memory_bytes` of RAM) to
 /// `file`, within `limit`. A failed or unfinished dump leaves no file; the error says why.
 pub(crate) async fn dump(

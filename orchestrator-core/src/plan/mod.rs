@@ -395,6 +395,7 @@ mod tests {
                 kernel: Some(PathBuf::from("./images/Image")),
                 modules: vec!["virtio_console".to_owned()],
                 vmcore: false,
+                modules_dir: None,
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -428,6 +429,7 @@ mod tests {
                 kernel: Some(PathBuf::from("/abs/bzImage")),
                 modules: vec!["virtio_console".to_owned(), "test_bpf".to_owned()],
                 vmcore: false,
+                modules_dir: None,
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);
@@ -635,6 +637,32 @@ mod tests {
             plan.cases[0].requirements.kernel.as_deref(),
             Some(dir.path().join("plans/bzImage").as_path())
         );
+    }
+
+    #[test]
+    fn modules_dir_is_inherited_and_resolved_against_the_plan_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[defaults]\nkernel = \"a/bzImage\"\nmodules-dir = \"a/modules\"\n\
+             [[test]]\nid = \"inherits\"\nscript = \"true\"\nmodules = [\"kunit-example-test\"]\n\
+             [[test]]\nid = \"own\"\nscript = \"true\"\nmodules-dir = \"/abs/lib/modules/6.1.0\"\n",
+        )
+        .unwrap();
+        let plan = load(&path).unwrap();
+        let req = &plan.cases[0].requirements;
+        assert_eq!(
+            req.modules_dir.as_deref(),
+            Some(dir.path().join("a/modules").as_path())
+        );
+        assert_eq!(req.modules, ["kunit_example_test"]);
+        assert_eq!(
+            plan.cases[1].requirements.modules_dir.as_deref(),
+            Some(Path::new("/abs/lib/modules/6.1.0"))
+        );
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nmodules-dir = 3\n");
+        assert!(err.contains("`modules-dir`"), "{err}");
     }
 
     #[test]

@@ -171,6 +171,15 @@ fn check_rejects_what_the_host_cannot_give() {
             .to_string()
             .contains("needs kernel bzImage")
     );
+    let mut req = Requirements::default();
+    req.modules_dir = Some("build/modules".into());
+    let case = TestCase::script("m", "true").with_requirements(req);
+    assert!(
+        r.check(&case)
+            .unwrap_err()
+            .to_string()
+            .contains("remove `modules-dir`")
+    );
 
     let foreign = Arch::ALL
         .into_iter()

@@ -17,7 +17,7 @@ mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orchestrator_core::{
@@ -28,6 +28,7 @@ use tracing::Instrument as _;
 use crate::accel::{self, AccelDecision, AccelError, AccelMode, KvmDevice};
 use crate::image::{self, GuestParts, TestPart};
 use crate::kernel;
+use crate::modules::ModuleIndex;
 use crate::profile::MachineProfile;
 use crate::provision;
 use crate::vm::VmSpec;
@@ -266,6 +267,10 @@ pub struct QemuRunner {
     boots: std::sync::atomic::AtomicU32,
     /// One permit per VM that may run at once ([`QemuConfig::pool`]).
     pool: tokio::sync::Semaphore,
+    /// Module trees indexed so far, by directory (`lib/modules/<version>`).
+    module_trees: Mutex<HashMap<PathBuf, Arc<ModuleIndex>>>,
+    /// Kernel releases read from kernel images so far ([`kernel::release`]), by image.
+    releases: Mutex<HashMap<PathBuf, Option<String>>>,
 }
 
 const NAME: &str = "qemu";
@@ -285,6 +290,8 @@ impl QemuRunner {
             sessions: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
             boots: std::sync::atomic::AtomicU32::new(0),
+            module_trees: Mutex::new(HashMap::new()),
+            releases: Mutex::new(HashMap::new()),
         }
     }
 
@@ -337,10 +344,16 @@ impl QemuRunner {
             }
         };
         if let Some(kernel) = &case.requirements.kernel {
-            // The test's own kernel: its modules are not known.
+            // The test's own kernel: its modules are not known, unless it names their tree.
             parts.kernel = kernel.clone();
             parts.modules_dir = None;
             parts.kernel_version = None;
+        }
+        if let Some(given) = &case.requirements.modules_dir {
+            let (dir, version) = ModuleIndex::find_install_tree(given)
+                .map_err(|e| RunnerError::config(format!("`modules-dir`: {e}")))?;
+            parts.modules_dir = Some(dir);
+            parts.kernel_version = Some(version);
         }
         Ok(parts)
     }
@@ -350,20 +363,94 @@ impl QemuRunner {
         self.config.vmcore || case.requirements.vmcore
     }
 
+    /// The index of module tree `dir`, scanned once per runner.
+    fn module_index(&self, dir: &Path) -> Result<Arc<ModuleIndex>, crate::modules::ModuleError> {
+        let mut trees = self.module_trees.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = trees.get(dir) {
+            return Ok(Arc::clone(index));
+        }
+        let index = Arc::new(ModuleIndex::scan(dir)?);
+        trees.insert(dir.to_owned(), Arc::clone(&index));
+        Ok(index)
+    }
+
+    /// The release of the kernel image at `kernel`, read once per runner.
+    fn kernel_release(&self, kernel: &Path) -> Option<String> {
+        let mut releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        releases
+            .entry(kernel.to_owned())
+            .or_insert_with(|| kernel::release(kernel))
+            .clone()
+    }
+
+    /// For a test with its own `modules-dir`: the tree's index, with every module the guest
+    /// will load (the test's, the runner's and the artifact channel's found in the tree)
+    /// resolved and built for the kernel that boots (its release as its image shows it, else
+    /// the tree's version). `None` for other tests. (Configuration errors: the tree is the
+    /// user's to fix.)
+    fn own_tree(
+        &self,
+        case: &TestCase,
+        parts: &GuestParts,
+        profile: &MachineProfile,
+    ) -> Result<Option<Arc<ModuleIndex>>, RunnerError> {
+        let (Some(_), Some(dir), Some(version)) = (
+            &case.requirements.modules_dir,
+            &parts.modules_dir,
+            &parts.kernel_version,
+        ) else {
+            return Ok(None);
+        };
+        let index = self.module_index(dir).map_err(|e| {
+            RunnerError::config(format!(
+                "`modules-dir`: {e}; run `make modules` and `make modules_install INSTALL_MOD_PATH=<dir>` for the kernel"
+            ))
+        })?;
+        let modules = self.modules_for(case, profile, Some(&index));
+        let names: Vec<&str> = modules.iter().map(String::as_str).collect();
+        let in_tree = |e: crate::modules::ModuleError| {
+            let fix = match e {
+                crate::modules::ModuleError::UnknownModule { .. } => {
+                    "; fix the name, or configure the kernel with it (`=m` or `=y`), rebuild it and run `make modules_install` again"
+                }
+                _ => "",
+            };
+            RunnerError::config(format!("`modules-dir` {}: {e}{fix}", dir.display()))
+        };
+        let resolved = index.resolve(&names).map_err(in_tree)?;
+        let release = self
+            .kernel_release(&parts.kernel)
+            .unwrap_or_else(|| version.clone());
+        index.check_vermagic(&resolved, &release).map_err(in_tree)?;
+        Ok(Some(index))
+    }
+
     fn wants_channel(&self, case: &TestCase) -> bool {
         self.config.virtio_artifacts
             && (self.config.core_dumps || !case.artifacts.is_empty() || case.trace.is_some())
     }
 
+    /// The modules a guest for `case` loads: with `channel` (its kernel's module tree), the
+    /// artifact channel's that are modules or built into the kernel there (one that is neither
+    /// is left out: the guest then finds no virtio port, unless the kernel has it anyway, and
+    /// uses the serial console); then the runner's and the test's own.
     fn modules_for(
         &self,
         case: &TestCase,
         profile: &MachineProfile,
-        has_tree: bool,
+        channel: Option<&ModuleIndex>,
     ) -> Vec<String> {
         let mut m = Vec::new();
-        if has_tree && self.wants_channel(case) {
-            m.extend(profile.channel_modules.iter().cloned());
+        if let Some(index) = channel
+            && self.wants_channel(case)
+        {
+            m.extend(
+                profile
+                    .channel_modules
+                    .iter()
+                    .filter(|c| index.contains(c) || index.is_builtin(c))
+                    .cloned(),
+            );
         }
         for x in &self.config.modules {
             if !m.contains(x) {
@@ -436,14 +523,21 @@ impl QemuRunner {
         );
 
         // The initramfs: cached base plus this test's part.
-        let mut modules = self.modules_for(case, &profile, parts.modules_dir.is_some() && !session);
+        let own_tree = self.own_tree(case, &parts, &profile)?;
         // A vmcore guest (never a session guest: such tests boot alone) pauses at a panic.
         let vmcore = self.vmcore_for(case) && !session;
-        let vmcore_modules = if vmcore {
-            profile.vmcore_modules.clone()
-        } else {
-            Vec::new()
+        let needs_modules = (self.wants_channel(case) && !session)
+            || vmcore
+            || !self.modules_for(case, &profile, None).is_empty();
+        let index = match (&own_tree, &parts.modules_dir) {
+            (Some(index), _) => Some(Arc::clone(index)),
+            (None, Some(dir)) if needs_modules => {
+                Some(self.module_index(dir).map_err(RunnerError::new)?)
+            }
+            _ => None,
         };
+        let channel = index.as_deref().filter(|_| !session);
+        let mut modules = self.modules_for(case, &profile, channel);
         // The channel's modules load at boot; the test's own in its phase, on its clock.
         let mut boot: Vec<String> = profile
             .channel_modules
@@ -451,19 +545,21 @@ impl QemuRunner {
             .filter(|m| modules.contains(m))
             .cloned()
             .collect();
+        // The vmcore devices' drivers load at boot, those the kernel's tree has.
+        if let (true, Some(index)) = (vmcore, index.as_deref()) {
+            for m in &profile.vmcore_modules {
+                if index.contains(m) || index.is_builtin(m) {
+                    if !modules.contains(m) {
+                        modules.push(m.clone());
+                    }
+                    boot.push(m.clone());
+                }
+            }
+        }
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
         let base = tokio::task::spawn_blocking(move || {
-            // The vmcore devices' drivers load at boot, those the kernel's tree has.
-            if let (false, Some(dir)) = (vmcore_modules.is_empty(), &parts2.modules_dir) {
-                for m in crate::vmcore::present_modules(dir, &vmcore_modules) {
-                    if !modules.contains(&m) {
-                        modules.push(m.clone());
-                    }
-                    boot.push(m);
-                }
-            }
-            image::base_image(&parts2, &modules, &boot, &cache)
+            image::base_image_indexed(&parts2, index.as_deref(), &modules, &boot, &cache)
         })
         .await
         .map_err(|e| RunnerError::with_source("building the base initramfs panicked", e))?
@@ -575,13 +671,14 @@ impl QemuRunner {
                 parts.busybox.display()
             )));
         }
-        let modules = self.modules_for(case, profile, false);
+        let modules = self.modules_for(case, profile, None);
         if !modules.is_empty() && parts.modules_dir.is_none() {
             return Err(RunnerError::config(format!(
-                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): drop `modules`, or use the provisioned kernel",
+                "kernel modules ({}) need a module tree, but this {arch} kernel comes without one (the test or the runner gives its own kernel): give its `modules-dir` (what `make modules_install INSTALL_MOD_PATH=DIR` made), drop `modules`, or use the provisioned kernel",
                 modules.join(", ")
             )));
         }
+        self.own_tree(case, &parts, profile)?;
         for key in case.env.keys() {
             if !crate::agent::valid_env_name(key) {
                 return Err(RunnerError::config(format!(
@@ -872,3 +969,6 @@ mod pool_tests {
         assert_eq!(result.outcome, Outcome::Cancelled);
     }
 }
+
+#[cfg(test)]
+mod modules_dir_tests;

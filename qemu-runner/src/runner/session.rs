@@ -94,10 +94,13 @@ impl QemuRunner {
         let arch = self.arch_of(case);
         let profile = self.profile(arch)?;
         let parts = self.parts(case, arch)?;
+        // (A session guest loads no artifact channel modules: its artifacts come over the
+        // console.)
         Ok(format!(
-            "{arch}|{}|{:?}|{}|{:?}|{:?}",
+            "{arch}|{}|{:?}|{:?}|{}|{:?}|{:?}",
             parts.kernel.display(),
-            self.modules_for(case, profile, parts.modules_dir.is_some()),
+            parts.modules_dir,
+            self.modules_for(case, profile, None),
             serde_json::to_string(profile).unwrap_or_default(),
             case.requirements.memory_mib,
             case.requirements.cpus

@@ -121,6 +121,7 @@ crate::plan_table! {
         "memory" memory: ByHand = "memory = \"512MiB\"",
         "cpus" cpus: Count<1, U32_MAX> = "cpus = 2",
         "kernel" kernel: Text = "kernel = \"images/bzImage\"",
+        "modules-dir" modules_dir: Text = "modules-dir = \"build/modules\"",
         "modules" modules: ByHand = "modules = [\"virtio_console\"]",
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "expect" expect: ByHand = "expect = \"fail\"",
@@ -145,6 +146,7 @@ crate::plan_table! {
         "memory" memory: ByHand = "memory = \"512MiB\"",
         "cpus" cpus: Count<1, U32_MAX> = "cpus = 2",
         "kernel" kernel: Text = "kernel = \"images/bzImage\"",
+        "modules-dir" modules_dir: Text = "modules-dir = \"build/modules\"",
         "modules" modules: ByHand = "modules = [\"virtio_console\"]",
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "tags" tags: ByHand = "tags = [\"smoke\"]",
@@ -248,6 +250,7 @@ impl Parser<'_> {
             self.base_dir,
         );
         common.vmcore = read.vmcore.map(|Flag(on)| on);
+        common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         Ok(common)
     }
 
@@ -344,6 +347,7 @@ impl Parser<'_> {
             self.base_dir,
         );
         common.vmcore = read.vmcore.map(|Flag(on)| on);
+        common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -516,6 +520,8 @@ struct Common {
     memory_mib: Option<u32>,
     cpus: Option<u32>,
     kernel: Option<PathBuf>,
+    /// `modules-dir`, resolved against the plan's directory.
+    modules_dir: Option<PathBuf>,
     modules: Vec<String>,
     artifacts: Vec<String>,
     expect: Option<Expectation>,
@@ -624,6 +630,7 @@ impl RawTest {
                 memory_mib: own.memory_mib.or(defaults.memory_mib),
                 cpus: own.cpus.or(defaults.cpus),
                 kernel: own.kernel.or_else(|| defaults.kernel.clone()),
+                modules_dir: own.modules_dir.or_else(|| defaults.modules_dir.clone()),
                 modules: appended(&defaults.modules, own.modules),
                 vmcore: own.vmcore.or(defaults.vmcore).unwrap_or(false),
             },
