@@ -394,6 +394,7 @@ mod tests {
                 cpus: Some(2),
                 kernel: Some(PathBuf::from("./images/Image")),
                 modules: vec!["virtio_console".to_owned()],
+                rootfs: None,
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -426,6 +427,7 @@ mod tests {
                 cpus: Some(1),
                 kernel: Some(PathBuf::from("/abs/bzImage")),
                 modules: vec!["virtio_console".to_owned(), "test_bpf".to_owned()],
+                rootfs: None,
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);

@@ -125,6 +125,7 @@ crate::plan_table! {
         "artifacts" artifacts: ByHand = "artifacts = [\"*.log\"]",
         "expect" expect: ByHand = "expect = \"fail\"",
         "trace" trace: ByHand,
+        "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
     }
 }
 
@@ -150,6 +151,7 @@ crate::plan_table! {
         "expect" expect: ByHand = "expect = \"fail\"",
         "runner" runner: Text = "runner = \"process\"",
         "trace" trace: ByHand,
+        "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
     }
 }
 
@@ -245,6 +247,7 @@ impl Parser<'_> {
             read.kernel,
             self.base_dir,
         );
+        common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         Ok(common)
     }
 
@@ -340,6 +343,7 @@ impl Parser<'_> {
             read.kernel,
             self.base_dir,
         );
+        common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -516,6 +520,7 @@ struct Common {
     artifacts: Vec<String>,
     expect: Option<Expectation>,
     trace: Option<String>,
+    rootfs: Option<PathBuf>,
 }
 
 impl Common {
@@ -620,6 +625,7 @@ impl RawTest {
                 cpus: own.cpus.or(defaults.cpus),
                 kernel: own.kernel.or_else(|| defaults.kernel.clone()),
                 modules: appended(&defaults.modules, own.modules),
+                rootfs: own.rootfs.or_else(|| defaults.rootfs.clone()),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
