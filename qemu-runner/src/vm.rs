@@ -46,6 +46,8 @@ pub struct VmSpec {
     /// Whether QEMU starts waiting for its state from a migration (`-incoming defer`; see
     /// [`load_state`]) instead of booting.
     pub incoming: bool,
+    /// The test's root file system, given to the guest read-only (a 9p share or a disk).
+    pub rootfs: Option<crate::rootfs::Rootfs>,
 }
 
 /// The name of the guest's artifact port.
@@ -103,6 +105,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             &format!("virtserialport,bus=vser.0,chardev=art,name={ARTIFACT_PORT}"),
         ]);
     }
+    if let Some(rootfs) = &spec.rootfs {
+        a.extend(rootfs.qemu_args(p));
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
     if let Some(fw) = &spec.firmware {
         push(&["-bios", &fw.to_string_lossy()]);
     }
@@ -563,6 +569,7 @@ mod tests {
             cpus: 2,
             artifact_socket: None,
             incoming: false,
+            rootfs: None,
             profile,
         };
         let args = qemu_args(&spec).join(" ");

@@ -413,6 +413,7 @@ impl QemuRunner {
         let firmware = profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        let rootfs = self.rootfs_of(case)?;
         // A forced KVM that does not work: the configuration's to change.
         let decision = self
             .accel_for(&profile, &qemu, firmware.as_deref(), &parts.kernel)
@@ -436,7 +437,23 @@ impl QemuRunner {
             .collect();
         let cache = self.config.build_cache.clone();
         let parts2 = parts.clone();
+        // The root file system's modules load at boot too, those the kernel has as files.
+        let rootfs_modules = match (&rootfs, &parts.modules_dir) {
+            (Some(r), Some(_)) => r.modules(&profile),
+            _ => Vec::new(),
+        };
         let base = tokio::task::spawn_blocking(move || {
+            let (mut modules, mut boot) = (modules, boot);
+            if let (false, Some(dir)) = (rootfs_modules.is_empty(), &parts2.modules_dir) {
+                let index = crate::modules::ModuleIndex::scan(dir)?;
+                for m in rootfs_modules.iter().filter(|m| index.contains(m)) {
+                    for list in [&mut modules, &mut boot] {
+                        if !list.contains(m) {
+                            list.push(m.clone());
+                        }
+                    }
+                }
+            }
             image::base_image(&parts2, &modules, &boot, &cache)
         })
         .await
@@ -509,6 +526,7 @@ impl QemuRunner {
                 .as_ref()
                 .map(|_| sockets.path().join("artifacts.sock")),
             incoming: false,
+            rootfs,
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),
@@ -539,6 +557,7 @@ impl QemuRunner {
         profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        self.rootfs_of(case)?;
         if !parts.busybox.is_file() {
             return Err(RunnerError::config(format!(
                 "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
@@ -560,6 +579,16 @@ impl QemuRunner {
             }
         }
         Ok(())
+    }
+
+    /// The test's root file system, checked (a configuration error names the path and the fix).
+    fn rootfs_of(&self, case: &TestCase) -> Result<Option<crate::rootfs::Rootfs>, RunnerError> {
+        case.requirements
+            .rootfs
+            .as_deref()
+            .map(crate::rootfs::Rootfs::check)
+            .transpose()
+            .map_err(RunnerError::config)
     }
 
     /// The accelerator for `kernel` on `profile`'s machine: decided once per architecture and

@@ -25,6 +25,16 @@ impl QemuRunner {
         ctx: &ExecutionContext,
         mode: ExecutionMode,
     ) -> Result<TestResult, RunnerError> {
+        // A root file system is a device of the guest: a guest of its own.
+        if case.requirements.rootfs.is_some() {
+            let mut r = self.execute_alone(case, ctx).await?;
+            let note = "booted alone: a test with a root file system gets a guest of its own";
+            r.message = Some(match r.message.take() {
+                Some(m) => format!("{note}; {m}"),
+                None => note.to_owned(),
+            });
+            return Ok(r);
+        }
         let run = Run::new(case, ctx);
         // The test goes over the console; what does not fit gets a guest of its own.
         let payload = match self.session_payload(case).await? {
