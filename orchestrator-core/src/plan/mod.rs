@@ -438,6 +438,24 @@ mod tests {
     }
 
     #[test]
+    fn rootfs_is_relative_to_the_plan_and_inherited() {
+        let text = "[defaults]\nrootfs = \"roots/bookworm\"\n\
+                    [[test]]\nid = \"a\"\nscript = \"true\"\n\
+                    [[test]]\nid = \"b\"\nscript = \"true\"\nrootfs = \"/abs/root.ext4\"\n";
+        let plan = parse(text, Path::new("plan.toml"), Path::new("base")).unwrap();
+        assert_eq!(
+            plan.cases[0].requirements.rootfs.as_deref(),
+            Some(Path::new("base/roots/bookworm"))
+        );
+        assert_eq!(
+            plan.cases[1].requirements.rootfs.as_deref(),
+            Some(Path::new("/abs/root.ext4"))
+        );
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nrootfs = \" \"\n");
+        assert!(err.contains("rootfs"), "{err}");
+    }
+
+    #[test]
     fn script_uses_default_shell() {
         let plan = parse_ok("[[test]]\nid = \"s\"\nscript = \"\"\"\necho one\necho two\n\"\"\"\n");
         assert_eq!(
