@@ -268,6 +268,10 @@ pub struct Requirements {
     /// channel's modules come from instead of the kernel's package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules_dir: Option<PathBuf>,
+    /// A root file system for the test (a directory or a file system image): the guest mounts
+    /// it read-only under a writable overlay and runs the test inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 impl Requirements {
@@ -423,6 +427,14 @@ impl TestCase {
         self.requirements
             .modules
             .extend(modules.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the test inside a root file system, a directory or an image (shorthand for
+    /// [`Requirements::rootfs`]).
+    #[must_use]
+    pub fn with_rootfs(mut self, rootfs: impl Into<PathBuf>) -> Self {
+        self.requirements.rootfs = Some(rootfs.into());
         self
     }
 

@@ -258,6 +258,12 @@ fn unsupported(case: &TestCase) -> Result<(), String> {
             kernel.display()
         ));
     }
+    if let Some(rootfs) = &case.requirements.rootfs {
+        return Err(format!(
+            "it needs root file system {} but the process runner runs on the host: remove `rootfs` or use a VM runner",
+            rootfs.display()
+        ));
+    }
     if !case.requirements.modules.is_empty() {
         return Err(format!(
             "it needs kernel modules ({}) but the process runner runs on the host: remove `modules` or use a VM runner",

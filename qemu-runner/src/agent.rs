@@ -205,6 +205,49 @@ watch_test() {
     done
 }
 
+# Mounts the test's root file system (/orch/rootfs: `9p`, or `blk <type> <options>`) read-only
+# under an overlay whose upper layer is in memory, at /rootfs/merged, with /proc, /sys, /dev,
+# /tmp (the agent's files and the core dumps), /work and /orch (the test, and busybox for
+# enter.sh) bound in. Its messages name the kernel options a failure points to.
+mount_root() {
+    read -r kind fstype opts </orch/rootfs
+    mkdir -p /rootfs/lower /rootfs/rw /rootfs/merged
+    case "$kind" in
+        9p)
+            mount -t 9p -o "ro,trans=virtio,version=9p2000.L,cache=loose,msize=262144" orchroot /rootfs/lower || {
+                echo "agent: cannot mount the root file system shared over 9p: the kernel needs CONFIG_NET_9P_VIRTIO and CONFIG_9P_FS (built in, or as modules of its module tree)"
+                return 1
+            }
+            ;;
+        blk)
+            dev=
+            for s in /sys/block/*; do
+                [ "$(cat "$s/serial" 2>/dev/null)" = orchroot ] && dev=/dev/${s##*/}
+            done
+            [ -n "$dev" ] || {
+                echo "agent: the root file system's disk did not appear: the kernel needs CONFIG_VIRTIO_BLK (built in, or as a module of its module tree)"
+                return 1
+            }
+            mount -t "$fstype" -o "$opts" "$dev" /rootfs/lower || {
+                echo "agent: cannot mount the root file system's disk $dev as $fstype: the kernel needs that file system (CONFIG_EXT4_FS, CONFIG_SQUASHFS)"
+                return 1
+            }
+            ;;
+    esac
+    mount -t tmpfs -o "mode=0755" tmpfs /rootfs/rw && mkdir -p /rootfs/rw/upper /rootfs/rw/work &&
+        mount -t overlay -o "lowerdir=/rootfs/lower,upperdir=/rootfs/rw/upper,workdir=/rootfs/rw/work" overlay /rootfs/merged || {
+        echo "agent: cannot mount the overlay over the root file system: the kernel needs CONFIG_OVERLAY_FS and CONFIG_TMPFS_XATTR"
+        return 1
+    }
+    for d in proc sys dev tmp work orch; do
+        mkdir -p "/rootfs/merged/$d" && mount -o bind "/$d" "/rootfs/merged/$d" || {
+            echo "agent: cannot bind /$d into the root file system"
+            return 1
+        }
+    done
+    ln /bin/busybox /orch/busybox 2>/dev/null || cp /bin/busybox /orch/busybox
+}
+
 # Reads the test's settings from /orch (a guest of its own, or a test sent as an archive; a
 # test sent as text sets them as it arrives). Under TCG each system call costs tens of
 # microseconds and each process milliseconds, so the per-test path keeps settings in variables.
@@ -256,15 +299,20 @@ run_one() {
             load_modules /orch/modules >&2
             dmesg >>/tmp/modules-kmsg.log 2>&1
         fi
+        # A root file system: mounted on the test's clock; a failure is the test's, with the
+        # reason on its stderr.
+        if [ -s /orch/rootfs ]; then
+            mount_root >&2 || exit 125
+        fi
         ORCH_TEST_ID=$test_id
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
         unset -f say send send_channel clean_work load_settings run_one load_modules bound \
-            watch_test stopped_all
+            watch_test stopped_all mount_root
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid cap c me busy line
+            wpid cap c me busy line kind fstype opts dev d
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
@@ -486,6 +534,66 @@ sync
 poweroff -f
 "#;
 
+/// `/orch/enter.sh`, the first program of a test in a root file system: busybox's `sh`, started
+/// by `chroot` in the merged root. It enters the working directory and `exec`s the test's
+/// program, looked up in the root's `PATH` by hand (Debian's busybox runs its own applets before
+/// anything in `PATH`: `ls` would be busybox's, not the root file system's).
+pub const ENTER_ROOT_SCRIPT: &str = r#"# Started by the agent in the test's root file system: the test's program replaces it.
+cd /work || exit 126
+p=$1
+shift
+case "$p" in
+    */*) ;;
+    *)
+        f=
+        IFS=:
+        for d in $PATH; do
+            [ -n "$d" ] || d=.
+            if [ -f "$d/$p" ] && [ -x "$d/$p" ]; then
+                f=$d/$p
+                break
+            fi
+        done
+        unset IFS
+        if [ -z "$f" ]; then
+            echo "agent: $p: not found in the root file system (PATH=$PATH)" >&2
+            exit 127
+        fi
+        p=$f
+        ;;
+esac
+exec "$p" "$@"
+"#;
+
+/// The `/orch/run.sh` of a test in a root file system: `chroot` into it, then
+/// [`ENTER_ROOT_SCRIPT`] with the program and its arguments (a script: its interpreter, `sh -e`
+/// by default, the root file system's).
+pub fn run_script_in_root(command: &Command) -> String {
+    let argv: Vec<String> = match command {
+        Command::Exec { program, args } => std::iter::once(program).chain(args).cloned().collect(),
+        Command::Script { shell, .. } => {
+            let mut argv = if shell.is_empty() {
+                Command::default_shell()
+            } else {
+                shell.clone()
+            };
+            argv.push("/orch/test.sh".to_owned());
+            argv
+        }
+        _ => return run_script(command),
+    };
+    let mut s = format!(
+        "exec /bin/busybox chroot {} /orch/busybox sh /orch/enter.sh",
+        crate::rootfs::GUEST_ROOT
+    );
+    for word in &argv {
+        s.push(' ');
+        s.push_str(&shell_quote(word));
+    }
+    s.push('\n');
+    s
+}
+
 /// Quotes a string for the shell (single quotes, with embedded single quotes escaped).
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -668,6 +776,44 @@ mod tests {
             body: "true".into(),
         });
         assert_eq!(bash, "exec bash -eu /orch/test.sh\n");
+    }
+
+    #[test]
+    fn the_root_entry_finds_programs_in_path_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let prog = bin.join("hello");
+        std::fs::write(&prog, "#!/bin/sh\necho \"from path: $1 $(pwd)\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = ENTER_ROOT_SCRIPT.replace("cd /work", &format!("cd {}", dir.path().display()));
+        let run = |argv: &[&str]| {
+            // (An absolute shell: the command's own PATH is the one under test.)
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&script)
+                .arg("enter")
+                .args(argv)
+                .env("PATH", format!("/nonexistent::{}", bin.display()))
+                .output()
+                .unwrap()
+        };
+        let out = run(&["hello", "a b"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("from path: a b {}\n", dir.path().display())
+        );
+        let out = run(&["no-such-program"]);
+        assert_eq!(out.status.code(), Some(127));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not found in the root file system"));
+
+        let c = Command::exec(["ls", "-l", "a b"]).unwrap();
+        assert_eq!(
+            run_script_in_root(&c),
+            "exec /bin/busybox chroot /rootfs/merged /orch/busybox sh /orch/enter.sh ls -l 'a b'\n"
+        );
+        assert!(run_script_in_root(&Command::script("true")).ends_with(" sh -e /orch/test.sh\n"));
     }
 
     #[test]

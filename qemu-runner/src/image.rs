@@ -47,6 +47,9 @@ pub enum ImageError {
     /// Resolving or reading the kernel modules failed.
     #[error(transparent)]
     Modules(#[from] crate::modules::ModuleError),
+    /// The test's root file system cannot be used.
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     /// Writing an archive failed.
     #[error("cannot build the {what}: {source}")]
     Build {
@@ -368,11 +371,17 @@ pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, ImageError> {
             });
         }
     }
-    let mut files = vec![(
-        "run.sh",
-        0o755,
-        agent::run_script(&case.command).into_bytes(),
-    )];
+    let rootfs = case
+        .requirements
+        .rootfs
+        .as_deref()
+        .map(crate::rootfs::Rootfs::check)
+        .transpose()?;
+    let run = match &rootfs {
+        Some(_) => agent::run_script_in_root(&case.command),
+        None => agent::run_script(&case.command),
+    };
+    let mut files = vec![("run.sh", 0o755, run.into_bytes())];
     if let orchestrator_core::Command::Script { body, .. } = &case.command {
         files.push(("test.sh", 0o755, body.clone().into_bytes()));
     }
@@ -380,6 +389,17 @@ pub fn test_files(part: &TestPart<'_>) -> Result<Vec<AgentFile>, ImageError> {
     files.push(("id", 0o644, format!("{}\n", case.id).into_bytes()));
     let mut env = case.env.clone();
     env.insert("ORCH_WORK_DIR".into(), "/work".into());
+    if let Some(rootfs) = &rootfs {
+        // The root file system's own programs, unless the test says otherwise.
+        env.entry("PATH".into())
+            .or_insert_with(|| crate::rootfs::ROOT_PATH.into());
+        files.push(("rootfs", 0o644, rootfs.agent_line().into_bytes()));
+        files.push((
+            "enter.sh",
+            0o644,
+            agent::ENTER_ROOT_SCRIPT.as_bytes().to_vec(),
+        ));
+    }
     files.push(("env", 0o644, agent::env_file(&env).into_bytes()));
     files.push((
         "limit",

@@ -56,6 +56,7 @@ pub mod profile;
 pub mod protocol;
 pub mod provision;
 pub mod qmp;
+pub mod rootfs;
 mod runner;
 pub mod vm;
 mod vmcore;

@@ -50,6 +50,8 @@ pub struct VmSpec {
     /// (`-action panic=pause`, with the profile's
     /// [`vmcore_devices`](MachineProfile::vmcore_devices)) instead of letting it exit.
     pub vmcore: bool,
+    /// The test's root file system, given to the guest read-only (a 9p share or a disk).
+    pub rootfs: Option<crate::rootfs::Rootfs>,
 }
 
 /// The name of the guest's artifact port.
@@ -113,6 +115,10 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
             push(&["-device", device]);
         }
     }
+    if let Some(rootfs) = &spec.rootfs {
+        a.extend(rootfs.qemu_args(p));
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
     if let Some(fw) = &spec.firmware {
         push(&["-bios", &fw.to_string_lossy()]);
     }
@@ -574,6 +580,7 @@ mod tests {
             artifact_socket: None,
             incoming: false,
             vmcore: false,
+            rootfs: None,
             profile,
         };
         let args = qemu_args(&spec).join(" ");
@@ -609,6 +616,7 @@ mod tests {
             artifact_socket: None,
             incoming: false,
             vmcore: true,
+            rootfs: None,
             profile: MachineProfile::builtin(Arch::X86_64),
         };
         let args = qemu_args(&spec).join(" ");

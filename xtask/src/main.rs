@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod rootfs;
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
@@ -18,6 +20,9 @@ tasks:
   test [--no-lints] [-- <nextest args>]
         install test prerequisites, check formatting, clippy and docs, then run every test
         (heavy tests included); fails if anything fails
+  test-rootfs
+        make (once; cached) the Debian arm64 root file system of the rootfs tests and print the
+        ORCH_TEST_ROOTFS and ORCH_TEST_ROOTFS_IMAGE settings that name it
   demo  install QEMU and the guest images if missing, then run the bundled four-architecture
         campaign (examples/plans/demo.toml): summary table, JUnit, JSON and HTML reports in
         target/demo, artifacts in target/demo/store (run it twice to see dedup)
@@ -38,6 +43,7 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root, &args[1..]),
+        Some("test-rootfs") => rootfs::print_test_rootfs(),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -100,6 +106,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_chromium()?;
     let garage = ensure_garage()?;
     provision_guests()?;
+    // The Debian arm64 root file system of the rootfs tests (a directory and an ext4 image).
+    let test_rootfs = rootfs::ensure_test_rootfs()?;
 
     if lints {
         let mut fmt = cargo();
@@ -147,7 +155,9 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     tests
         .args(&extra)
         .env("JUNITPARSER_PYTHON", &python)
-        .env("ORCH_GARAGE", &garage);
+        .env("ORCH_GARAGE", &garage)
+        .env("ORCH_TEST_ROOTFS", &test_rootfs.dir)
+        .env("ORCH_TEST_ROOTFS_IMAGE", &test_rootfs.image);
     step("tests (heavy tests included)", tests)?;
 
     let mut doctests = cargo();

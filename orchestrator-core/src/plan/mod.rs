@@ -396,6 +396,7 @@ mod tests {
                 modules: vec!["virtio_console".to_owned()],
                 vmcore: false,
                 modules_dir: None,
+                rootfs: None,
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -430,6 +431,7 @@ mod tests {
                 modules: vec!["virtio_console".to_owned(), "test_bpf".to_owned()],
                 vmcore: false,
                 modules_dir: None,
+                rootfs: None,
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);
@@ -449,6 +451,24 @@ mod tests {
         assert_eq!(vmcore, [true, false]);
         let plan = parse_ok("[[test]]\nid = \"a\"\nscript = \"true\"\n");
         assert!(!plan.cases[0].requirements.vmcore);
+    }
+
+    #[test]
+    fn rootfs_is_relative_to_the_plan_and_inherited() {
+        let text = "[defaults]\nrootfs = \"roots/bookworm\"\n\
+                    [[test]]\nid = \"a\"\nscript = \"true\"\n\
+                    [[test]]\nid = \"b\"\nscript = \"true\"\nrootfs = \"/abs/root.ext4\"\n";
+        let plan = parse(text, Path::new("plan.toml"), Path::new("base")).unwrap();
+        assert_eq!(
+            plan.cases[0].requirements.rootfs.as_deref(),
+            Some(Path::new("base/roots/bookworm"))
+        );
+        assert_eq!(
+            plan.cases[1].requirements.rootfs.as_deref(),
+            Some(Path::new("/abs/root.ext4"))
+        );
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nrootfs = \" \"\n");
+        assert!(err.contains("rootfs"), "{err}");
     }
 
     #[test]

@@ -393,6 +393,9 @@ pub(super) fn describe_guest(result: &mut TestResult, prepared: &Prepared) {
         },
     );
     env.insert("kernel".into(), spec.kernel.display().to_string());
+    if let Some(rootfs) = &spec.rootfs {
+        env.insert("rootfs".into(), rootfs.path.display().to_string());
+    }
     env.insert("channel".into(), "serial console".into());
     env.insert("qemu-command".into(), command_line(spec));
 }

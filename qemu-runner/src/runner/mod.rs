@@ -510,6 +510,7 @@ impl QemuRunner {
         let firmware = profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        let rootfs = self.rootfs_of(case)?;
         // A forced KVM that does not work: the configuration's to change.
         let decision = self
             .accel_for(&profile, &qemu, firmware.as_deref(), &parts.kernel)
@@ -528,6 +529,7 @@ impl QemuRunner {
         let vmcore = self.vmcore_for(case) && !session;
         let needs_modules = (self.wants_channel(case) && !session)
             || vmcore
+            || rootfs.is_some()
             || !self.modules_for(case, &profile, None).is_empty();
         let index = match (&own_tree, &parts.modules_dir) {
             (Some(index), _) => Some(Arc::clone(index)),
@@ -553,6 +555,16 @@ impl QemuRunner {
                         modules.push(m.clone());
                     }
                     boot.push(m.clone());
+                }
+            }
+        }
+        // The root file system's modules load at boot too, those the kernel has as files.
+        if let (Some(r), Some(index)) = (&rootfs, index.as_deref()) {
+            for m in r.modules(&profile).iter().filter(|m| index.contains(m)) {
+                for list in [&mut modules, &mut boot] {
+                    if !list.contains(m) {
+                        list.push(m.clone());
+                    }
                 }
             }
         }
@@ -635,6 +647,7 @@ impl QemuRunner {
                 .map(|_| sockets.path().join("artifacts.sock")),
             incoming: false,
             vmcore,
+            rootfs,
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),
@@ -665,6 +678,7 @@ impl QemuRunner {
         profile.find_firmware().map_err(RunnerError::config)?;
         let parts = self.parts(case, arch)?;
         kernel::check(&parts.kernel, arch).map_err(RunnerError::config)?;
+        self.rootfs_of(case)?;
         if !parts.busybox.is_file() {
             return Err(RunnerError::config(format!(
                 "busybox for {arch} not found at {}: run `cargo xtask test` to provision it",
@@ -687,6 +701,16 @@ impl QemuRunner {
             }
         }
         Ok(())
+    }
+
+    /// The test's root file system, checked (a configuration error names the path and the fix).
+    fn rootfs_of(&self, case: &TestCase) -> Result<Option<crate::rootfs::Rootfs>, RunnerError> {
+        case.requirements
+            .rootfs
+            .as_deref()
+            .map(crate::rootfs::Rootfs::check)
+            .transpose()
+            .map_err(RunnerError::config)
     }
 
     /// The accelerator for `kernel` on `profile`'s machine: decided once per architecture and

@@ -25,10 +25,17 @@ impl QemuRunner {
         ctx: &ExecutionContext,
         mode: ExecutionMode,
     ) -> Result<TestResult, RunnerError> {
-        if self.vmcore_for(case) {
-            // A panic must leave the guest for its dump: a guest of its own.
+        // A panic must leave the guest for its dump, and a root file system is a device of
+        // the guest: such tests get a guest of their own.
+        let alone = if self.vmcore_for(case) {
+            Some("booted alone: a test with `vmcore` gets a guest of its own")
+        } else if case.requirements.rootfs.is_some() {
+            Some("booted alone: a test with a root file system gets a guest of its own")
+        } else {
+            None
+        };
+        if let Some(note) = alone {
             let mut r = self.execute_alone(case, ctx).await?;
-            let note = "booted alone: a test with `vmcore` gets a guest of its own";
             r.message = Some(match r.message.take() {
                 Some(m) => format!("{note}; {m}"),
                 None => note.to_owned(),

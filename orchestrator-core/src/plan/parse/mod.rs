@@ -127,6 +127,7 @@ crate::plan_table! {
         "expect" expect: ByHand = "expect = \"fail\"",
         "trace" trace: ByHand,
         "vmcore" vmcore: Flag = "vmcore = true",
+        "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
     }
 }
 
@@ -154,6 +155,7 @@ crate::plan_table! {
         "runner" runner: Text = "runner = \"process\"",
         "trace" trace: ByHand,
         "vmcore" vmcore: Flag = "vmcore = true",
+        "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
     }
 }
 
@@ -251,6 +253,7 @@ impl Parser<'_> {
         );
         common.vmcore = read.vmcore.map(|Flag(on)| on);
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
+        common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         Ok(common)
     }
 
@@ -348,6 +351,7 @@ impl Parser<'_> {
         );
         common.vmcore = read.vmcore.map(|Flag(on)| on);
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
+        common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -527,6 +531,7 @@ struct Common {
     expect: Option<Expectation>,
     trace: Option<String>,
     vmcore: Option<bool>,
+    rootfs: Option<PathBuf>,
 }
 
 impl Common {
@@ -633,6 +638,7 @@ impl RawTest {
                 modules_dir: own.modules_dir.or_else(|| defaults.modules_dir.clone()),
                 modules: appended(&defaults.modules, own.modules),
                 vmcore: own.vmcore.or(defaults.vmcore).unwrap_or(false),
+                rootfs: own.rootfs.or_else(|| defaults.rootfs.clone()),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
