@@ -259,6 +259,16 @@ pub struct Requirements {
     /// resolved by the runner.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// The test is judged by the KTAP the kernel printed in its log (`kunit = true`): the KUnit
+    /// suites built into the kernel ran at boot, those of modules the test loads as they load;
+    /// each case is a subtest, and a kernel log without KTAP, or with KTAP cut short, fails the
+    /// test.
+    #[serde(default)]
+    pub kunit: bool,
+    /// Kernel command-line arguments added after the machine profile's (`kernel-args`), such
+    /// as `kunit.filter_glob=list*`.
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
 }
 
 impl Requirements {
