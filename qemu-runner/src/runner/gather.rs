@@ -64,14 +64,24 @@ impl QemuRunner {
                 .map(|s| s.data.clone())
                 .or_else(|| watch.slice.clone())
         };
-        let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
-            kernel_log
-                .as_ref()
-                .and_then(|d| crate::ktap::subtests_of(&String::from_utf8_lossy(d)))
-        });
-        if let Some((subtests, summary)) = ktap {
-            result.subtests = subtests;
-            notes.push(summary);
+        if case.requirements.kunit {
+            // The kernel's own tests: judged by the KTAP of the kernel log, since boot.
+            let cut = streams
+                .get("dmesg")
+                .filter(|s| s.total > s.sent)
+                .map(|s| (s.sent, s.total));
+            judge_kernel_log(kernel_log.as_deref(), cut, result, notes);
+        } else {
+            let ktap = crate::ktap::cases_of(&result.stdout.text).or_else(|| {
+                kernel_log
+                    .as_ref()
+                    .and_then(|d| crate::ktap::cases_of(&String::from_utf8_lossy(d)))
+            });
+            if let Some((subtests, suites, summary)) = ktap {
+                result.subtests = subtests;
+                result.suites = suites;
+                notes.push(summary);
+            }
         }
         let files = FileWork {
             artifacts: artifacts.to_owned(),
@@ -124,6 +134,51 @@ impl QemuRunner {
             (!watch.tail.is_empty())
                 .then(|| watch.tail.iter().cloned().collect::<Vec<_>>().join("\n"))
         };
+    }
+}
+
+/// Judges a test of the kernel's own tests (`kunit = true`) by the KTAP of `log`, the kernel
+/// log since boot (`None` when it could not be collected; `cut`: the bytes sent and the log's
+/// size, when the agent sent only its head and tail): every counted case a subtest (a failed one
+/// fails the test, see `TestResult::judge_subtests`), every suite with its own result, and the
+/// summary among the notes. A log without KTAP, or whose KTAP is cut short (a crash, a log cut
+/// by the output limit), fails a test that passed, with the reason.
+pub(super) fn judge_kernel_log(
+    log: Option<&[u8]>,
+    cut: Option<(u64, u64)>,
+    result: &mut TestResult,
+    notes: &mut Vec<String>,
+) {
+    let Some(log) = log else {
+        if result.outcome == Outcome::Passed {
+            result.outcome = Outcome::Failed {
+                exit_code: None,
+                signal: None,
+            };
+            notes.push("`kunit`: the kernel log could not be collected: no KTAP to judge".into());
+        }
+        return;
+    };
+    let report = crate::ktap::parse(&String::from_utf8_lossy(log));
+    if !report.tests.is_empty() {
+        result.subtests = crate::ktap::subtests(&report);
+        result.suites = crate::ktap::suites(&report);
+        notes.push(crate::ktap::summary(&report));
+    }
+    if let Some(problem) = crate::ktap::kernel_log_problem(&report) {
+        notes.push(problem);
+        if let Some((sent, total)) = cut {
+            notes.push(format!(
+                "the kernel log was cut to {sent} of {total} bytes: raise the output limit"
+            ));
+        }
+        // A failed case fails the test already (and says so).
+        if result.outcome == Outcome::Passed && result.failed_subtests().next().is_none() {
+            result.outcome = Outcome::Failed {
+                exit_code: None,
+                signal: None,
+            };
+        }
     }
 }
 
