@@ -491,3 +491,72 @@ fn some_names(names: &[String]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use orchestrator_core::{SubtestStatus, Verdict};
+
+    use super::*;
+
+    const LOG: &str = "[    0.1] Linux version 6.1\n[    0.3] KTAP version 1\n[    0.3] 1..1\n\
+                       [    0.3]     KTAP version 1\n[    0.3]     # Subtest: s\n\
+                       [    0.3]     1..2\n[    0.4]     ok 1 a\n";
+
+    /// A `kunit` test that ran to exit 0, judged by `log` as the runner and the orchestrator
+    /// do.
+    fn judged(log: Option<&str>, cut: Option<(u64, u64)>) -> (TestResult, Vec<String>) {
+        let case = TestCase::script("k", "");
+        let mut result = TestResult::new(&case, "qemu", Outcome::Passed);
+        let mut notes = Vec::new();
+        judge_kernel_log(log.map(str::as_bytes), cut, &mut result, &mut notes);
+        result.judge_subtests();
+        (result, notes)
+    }
+
+    #[test]
+    fn kunit_tests_are_judged_by_the_kernel_log() {
+        let whole = format!("{LOG}[    0.5]     ok 2 b # SKIP no\n[    0.5] ok 1 s\n");
+        let (r, notes) = judged(Some(&whole), None);
+        assert_eq!(r.outcome, Outcome::Passed, "{notes:?}");
+        assert_eq!(notes, ["KTAP: 1 passed, 0 failed, 1 skipped, 0 todo"]);
+        assert_eq!(r.subtests[1].suite, ["s"]);
+        assert_eq!(r.suites.len(), 1);
+
+        let failing = format!("{LOG}[    0.5]     not ok 2 b\n[    0.5] not ok 1 s\n");
+        let (r, _) = judged(Some(&failing), None);
+        assert_eq!(r.failed_subtests().count(), 1);
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert!(matches!(
+            r.outcome,
+            Outcome::SubtestsFailed {
+                failed: 1,
+                total: 2
+            }
+        ));
+
+        // Cut short (a crash, or a log cut by the output limit): the suite fails, cut short.
+        let (r, notes) = judged(Some(LOG), Some((100, 300_000)));
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert_eq!(r.subtests[0].status, SubtestStatus::Failed);
+        assert!(notes[1].contains("KTAP output is incomplete"), "{notes:?}");
+        assert!(
+            notes[2].contains("the kernel log was cut to 100 of 300000 bytes"),
+            "{notes:?}"
+        );
+
+        // No KTAP at all, or no kernel log: a failure that says why.
+        let (r, notes) = judged(Some("[    0.1] Linux version 6.1\n"), None);
+        assert_eq!(
+            r.outcome,
+            Outcome::Failed {
+                exit_code: None,
+                signal: None
+            }
+        );
+        assert!(r.subtests.is_empty());
+        assert!(notes[0].contains("no KTAP"), "{notes:?}");
+        let (r, notes) = judged(None, None);
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert!(notes[0].contains("could not be collected"), "{notes:?}");
+    }
+}
