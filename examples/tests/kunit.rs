@@ -209,6 +209,7 @@ parallelism = 2
 [defaults]
 arch = "x86_64"
 kunit = true
+runner = "qemu"
 timeout = "300s"
 
 [[test]]
