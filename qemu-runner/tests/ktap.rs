@@ -228,7 +228,11 @@ fn ktap_kunit_captured_structure() {
     // As subtests: suite paths, the failure's message, times from the timestamps.
     let subtests = ktap::subtests(&report);
     assert_eq!(subtests.len(), 81);
-    assert!(subtests.iter().all(|t| t.suite.len() == 1 && t.duration.is_some()));
+    assert!(
+        subtests
+            .iter()
+            .all(|t| t.suite.len() == 1 && t.duration.is_some())
+    );
     let failed: Vec<_> = subtests
         .iter()
         .filter(|t| t.status == orchestrator_core::SubtestStatus::Failed)
@@ -260,7 +264,10 @@ fn ktap_kunit_captured_structure() {
 
     // Kernel (a), the same without the edit: every case as kunit.py counted them.
     let a = sample("kunit-6.1-x86_64-dmesg.log");
-    assert_eq!(ktap::summary(&a), "KTAP: 79 passed, 0 failed, 2 skipped, 0 todo");
+    assert_eq!(
+        ktap::summary(&a),
+        "KTAP: 79 passed, 0 failed, 2 skipped, 0 todo"
+    );
     assert_eq!(paths(&a), paths(&report));
 }
 
