@@ -25,7 +25,8 @@
 //! - `Bail out!`;
 //! - console decoration: a `<6>` log level, a `[    1.234567]` timestamp and a `[    T1]`
 //!   caller id are stripped, and a constant prefix before the first version line (such as
-//!   `kunit: `) is stripped from every line (lines without it are not test output);
+//!   `kunit: `) is stripped from every line (lines without it are not test output); the
+//!   timestamps give each test its [`duration`](KtapTest::duration);
 //! - output that stops in the middle (a crash): open blocks become [`KtapResult::Incomplete`]
 //!   tests, and tests promised by a plan but never reported are counted as missing.
 //!
@@ -36,6 +37,12 @@
 //!
 //! [`subtests_of`] turns such output into a result's [`Subtest`]s: every runner can use it (the
 //! host-process runner reads its tests' stdout, the QEMU runner also the guest's kernel log).
+//! [`subtests`] and [`suites`] do it for a parsed report: each counted test with its suite path
+//! and time, and each test with subtests (a KUnit suite, a parameterised case) with its own
+//! result; [`kernel_log_problem`] says why a kernel log cannot judge a test of the kernel's own
+//! tests (no KTAP, `1..0`, output cut short). A suite of a module loaded after boot (printed
+//! without a new plan on 6.1, with its own version line and plan on later kernels) joins the
+//! boot's suites.
 //!
 //! # Examples
 //!
@@ -1787,6 +1794,24 @@ mod tests {
         assert_eq!(
             suites(&report)[3].duration,
             Some(Duration::from_micros(500_300))
+        );
+        // Later kernels print a module's suites as a run of their own (version line, plan).
+        let later = format!(
+            "{KERNEL_LOG}[   30.0] KTAP version 1\n[   30.0] 1..1\n[   30.0]     KTAP version 1\n\
+             [   30.0]     # Subtest: m\n[   30.0]     1..1\n[   30.2]     ok 1 c\n\
+             [   30.2] ok 1 m\n"
+        );
+        let report = parse(&later);
+        assert!(
+            report.complete && report.problems.is_empty(),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.plan, Some(3));
+        let last = super::subtests(&report).pop().unwrap();
+        assert_eq!(
+            (last.name.as_str(), last.status),
+            ("m.c", SubtestStatus::Passed)
         );
     }
 }
