@@ -61,7 +61,7 @@ impl QemuRunner {
         } else {
             streams
                 .get("dmesg")
-                .map(|s| s.data.clone())
+                .map(|s| kernel_log_text(&s.data))
                 .or_else(|| watch.slice.clone())
         };
         if case.requirements.kunit {
@@ -135,6 +135,25 @@ impl QemuRunner {
                 .then(|| watch.tail.iter().cloned().collect::<Vec<_>>().join("\n"))
         };
     }
+}
+
+/// The most bytes a compressed kernel log may expand to.
+const KERNEL_LOG_LIMIT: u64 = 64 << 20;
+
+/// The kernel log a guest of its own sent: gzip'd (the whole log since boot, a few times
+/// smaller over the console), or as it is. A compressed log cut short (the agent's output limit)
+/// gives what decompresses; at most [`KERNEL_LOG_LIMIT`] bytes.
+fn kernel_log_text(data: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return data.to_vec();
+    }
+    let mut out = Vec::new();
+    // An error (a cut or damaged stream) leaves what came before it.
+    let _ = flate2::read::GzDecoder::new(data)
+        .take(KERNEL_LOG_LIMIT)
+        .read_to_end(&mut out);
+    out
 }
 
 /// Judges a test of the kernel's own tests (`kunit = true`) by the KTAP of `log`, the kernel
@@ -511,6 +530,23 @@ mod tests {
         judge_kernel_log(log.map(str::as_bytes), cut, &mut result, &mut notes);
         result.judge_subtests();
         (result, notes)
+    }
+
+    #[test]
+    fn a_compressed_kernel_log_is_expanded() {
+        use std::io::Write as _;
+        let log = LOG.repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(log.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < log.len() / 10);
+        assert_eq!(kernel_log_text(&gz), log.as_bytes());
+        // Cut short: what decompresses.
+        let cut = kernel_log_text(&gz[..gz.len() / 2]);
+        assert!(!cut.is_empty() && log.as_bytes().starts_with(&cut));
+        // Plain text stays as it is.
+        assert_eq!(kernel_log_text(LOG.as_bytes()), LOG.as_bytes());
+        assert!(kernel_log_text(&[0x1f, 0x8b]).is_empty());
     }
 
     #[test]
