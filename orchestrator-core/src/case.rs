@@ -272,6 +272,16 @@ pub struct Requirements {
     /// it read-only under a writable overlay and runs the test inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PathBuf>,
+    /// The test is judged by the KTAP the kernel printed in its log (`kunit = true`): the KUnit
+    /// suites built into the kernel ran at boot, those of modules the test loads as they load;
+    /// each case is a subtest, and a kernel log without KTAP, or with KTAP cut short, fails the
+    /// test.
+    #[serde(default)]
+    pub kunit: bool,
+    /// Kernel command-line arguments added after the machine profile's (`kernel-args`), such
+    /// as `kunit.filter_glob=list*`.
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
 }
 
 impl Requirements {

@@ -25,7 +25,8 @@
 //! - `Bail out!`;
 //! - console decoration: a `<6>` log level, a `[    1.234567]` timestamp and a `[    T1]`
 //!   caller id are stripped, and a constant prefix before the first version line (such as
-//!   `kunit: `) is stripped from every line (lines without it are not test output);
+//!   `kunit: `) is stripped from every line (lines without it are not test output); the
+//!   timestamps give each test its [`duration`](KtapTest::duration);
 //! - output that stops in the middle (a crash): open blocks become [`KtapResult::Incomplete`]
 //!   tests, and tests promised by a plan but never reported are counted as missing.
 //!
@@ -36,6 +37,12 @@
 //!
 //! [`subtests_of`] turns such output into a result's [`Subtest`]s: every runner can use it (the
 //! host-process runner reads its tests' stdout, the QEMU runner also the guest's kernel log).
+//! [`subtests`] and [`suites`] do it for a parsed report: each counted test with its suite path
+//! and time, and each test with subtests (a KUnit suite, a parameterised case) with its own
+//! result; [`kernel_log_problem`] says why a kernel log cannot judge a test of the kernel's own
+//! tests (no KTAP, `1..0`, output cut short). A suite of a module loaded after boot (printed
+//! without a new plan on 6.1, with its own version line and plan on later kernels) joins the
+//! boot's suites.
 //!
 //! # Examples
 //!
@@ -61,10 +68,11 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::result::{Subtest, SubtestStatus};
+use crate::result::{Subtest, SubtestStatus, SubtestSuite};
 
 /// Nesting deeper than this is folded into the deepest level (keeps recursion bounded).
 const MAX_DEPTH: usize = 64;
@@ -167,6 +175,15 @@ pub struct KtapTest {
     pub subtests: Vec<KtapTest>,
     /// How many subtests its plan (`1..N`) announced, if it had one.
     pub expected_subtests: Option<u32>,
+    /// How long it ran, when the output has timestamps (a kernel log's `[    1.234567]`): from
+    /// the line that started it (its block's first line; for a test without subtests, the
+    /// previous result or plan at its level) to its result line.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_duration::option"
+    )]
+    pub duration: Option<Duration>,
 }
 
 impl KtapTest {
@@ -246,24 +263,51 @@ impl KtapReport {
     /// failing descendant explains (a suite whose exit failed, or one cut short by a crash), so
     /// that such failures are not lost.
     pub fn flatten(&self) -> Vec<(String, &KtapTest)> {
-        fn walk<'a>(prefix: &str, tests: &'a [KtapTest], out: &mut Vec<(String, &'a KtapTest)>) {
+        self.cases()
+            .into_iter()
+            .map(|(path, test)| (path.join("."), test))
+            .collect()
+    }
+
+    /// The counted tests ([`flatten`](Self::flatten)) with their paths as parts: the names of
+    /// the tests they are nested in, outermost first, then their own.
+    pub fn cases(&self) -> Vec<(Vec<String>, &KtapTest)> {
+        let mut out = Vec::new();
+        self.walk(&mut |path, test| {
+            if test.subtests.is_empty() || (test.result.is_failure() && !test.has_failure_below()) {
+                out.push((path.to_vec(), test));
+            }
+        });
+        out
+    }
+
+    /// The tests that have subtests (KUnit suites, parameterised cases), with their paths as
+    /// parts, parents before their subtests.
+    pub fn suites(&self) -> Vec<(Vec<String>, &KtapTest)> {
+        let mut out = Vec::new();
+        self.walk(&mut |path, test| {
+            if !test.subtests.is_empty() {
+                out.push((path.to_vec(), test));
+            }
+        });
+        out
+    }
+
+    /// Calls `f` with every test and its path, parents before their subtests.
+    fn walk<'a>(&'a self, f: &mut dyn FnMut(&[String], &'a KtapTest)) {
+        fn go<'a>(
+            path: &mut Vec<String>,
+            tests: &'a [KtapTest],
+            f: &mut dyn FnMut(&[String], &'a KtapTest),
+        ) {
             for test in tests {
-                let path = if prefix.is_empty() {
-                    test.display_name()
-                } else {
-                    format!("{prefix}.{}", test.display_name())
-                };
-                if test.subtests.is_empty()
-                    || (test.result.is_failure() && !test.has_failure_below())
-                {
-                    out.push((path.clone(), test));
-                }
-                walk(&path, &test.subtests, out);
+                path.push(test.display_name());
+                f(path, test);
+                go(path, &test.subtests, f);
+                path.pop();
             }
         }
-        let mut out = Vec::new();
-        walk("", &self.tests, &mut out);
-        out
+        go(&mut Vec::new(), &self.tests, f);
     }
 
     /// Counts of the counted tests ([`flatten`](Self::flatten)) by outcome, and of the missing
@@ -329,7 +373,15 @@ enum Line {
 }
 
 /// Strips a `<6>` log level, a `[    1.234567]` timestamp and a `[    T1]` caller id.
+#[cfg(test)]
 fn strip_console_decoration(line: &str) -> &str {
+    split_console_decoration(line).1
+}
+
+/// The timestamp of a kernel log line, if it has one, and the line without its decoration (see
+/// [`strip_console_decoration`]).
+fn split_console_decoration(line: &str) -> (Option<Duration>, &str) {
+    let mut time = None;
     let mut s = line.trim_end_matches(['\r', '\n']);
     if let Some(rest) = s.strip_prefix('<')
         && let Some(end) = rest.find('>')
@@ -338,20 +390,33 @@ fn strip_console_decoration(line: &str) -> &str {
     {
         s = &rest[end + 1..];
     }
-    if let Some(rest) = strip_bracketed(s, is_timestamp) {
+    if let Some((stamp, rest)) = strip_bracketed(s, is_timestamp) {
+        time = timestamp(stamp);
         s = rest;
-        if let Some(rest) = strip_bracketed(s, is_caller_id) {
+        if let Some((_, rest)) = strip_bracketed(s, is_caller_id) {
             s = rest;
         }
         s = s.strip_prefix(' ').unwrap_or(s);
     }
-    s
+    (time, s)
 }
 
-fn strip_bracketed(s: &str, accept: fn(&str) -> bool) -> Option<&str> {
+/// `1.234567` (checked by [`is_timestamp`]) as a duration since boot.
+fn timestamp(s: &str) -> Option<Duration> {
+    let (secs, frac) = s.split_once('.')?;
+    let secs: u64 = secs.parse().ok()?;
+    let digits = frac.len().min(9);
+    let nanos: u32 = frac[..digits].parse().ok()?;
+    let nanos = nanos.checked_mul(10u32.pow(u32::try_from(9 - digits).ok()?))?;
+    Some(Duration::new(secs, nanos))
+}
+
+/// A bracketed word that `accept` takes, trimmed, and what follows it.
+fn strip_bracketed(s: &str, accept: fn(&str) -> bool) -> Option<(&str, &str)> {
     let rest = s.strip_prefix('[')?;
     let end = rest.find(']')?;
-    accept(rest[..end].trim()).then(|| &rest[end + 1..])
+    let word = rest[..end].trim();
+    accept(word).then(|| (word, &rest[end + 1..]))
 }
 
 fn is_timestamp(s: &str) -> bool {
@@ -547,6 +612,8 @@ struct Block {
     tests: Vec<KtapTest>,
     plan: Option<u32>,
     diagnostics: Vec<String>,
+    /// When it started (see [`Frame::opened`]).
+    opened: Option<Duration>,
 }
 
 /// One level of nesting being parsed.
@@ -569,6 +636,12 @@ struct Frame {
     pending: Vec<String>,
     block: Option<Block>,
     last_was_result: bool,
+    /// When the block started: the time of its first line when that is a header (a version
+    /// line, a plan, `# Subtest:`), else when its parent's level last moved.
+    opened: Option<Duration>,
+    /// When this level last moved (a header or a result line at this level): where the next
+    /// test without subtests starts.
+    mark: Option<Duration>,
 }
 
 impl Frame {
@@ -617,6 +690,8 @@ struct Parser {
     reroots: usize,
     /// Indentation of the `---` of the YAML block being read.
     yaml: Option<usize>,
+    /// The timestamp of the latest line that had one.
+    now: Option<Duration>,
 }
 
 impl Parser {
@@ -633,6 +708,7 @@ impl Parser {
             crash_noted: false,
             reroots: 0,
             yaml: None,
+            now: None,
         }
     }
 
@@ -642,7 +718,10 @@ impl Parser {
 
     fn run(mut self, text: &str) -> KtapReport {
         for raw in text.lines() {
-            let s = strip_console_decoration(raw);
+            let (time, s) = split_console_decoration(raw);
+            if time.is_some() {
+                self.now = time;
+            }
             let s = if let Some(prefix) = &self.prefix {
                 match s.strip_prefix(prefix.as_str()) {
                     Some(rest) => rest,
@@ -759,10 +838,15 @@ impl Parser {
     }
 
     /// Moves to the level of a structural line at `indent`: closes deeper blocks, or opens a
-    /// new one. Returns whether a new block was opened.
-    fn enter(&mut self, indent: usize) -> bool {
+    /// new one (started now when the line is a `header`, else when its parent's level last
+    /// moved). Returns whether a new block was opened.
+    fn enter(&mut self, indent: usize, header: bool) -> bool {
+        let now = self.now;
         let Some(top) = self.stack.last() else {
-            self.stack.push(Frame::new(indent));
+            let mut frame = Frame::new(indent);
+            frame.opened = now;
+            frame.mark = now;
+            self.stack.push(frame);
             return true;
         };
         if self.stack.len() == 1 && indent < top.indent && self.reroots < MAX_REROOTS {
@@ -770,7 +854,10 @@ impl Parser {
             // indented lines): it becomes a block of a new, less indented top level.
             self.reroots += 1;
             let nested = self.stack.pop();
-            self.stack.push(Frame::new(indent));
+            let mut frame = Frame::new(indent);
+            frame.opened = nested.as_ref().and_then(|f| f.opened);
+            frame.mark = now;
+            self.stack.push(frame);
             self.stack.extend(nested);
             self.close_top(false);
             return false;
@@ -801,6 +888,8 @@ impl Parser {
             top.last_was_result = false;
             let mut frame = Frame::new(indent);
             frame.name = name;
+            frame.opened = if header { now } else { top.mark.or(now) };
+            frame.mark = frame.opened;
             self.stack.push(frame);
             return true;
         }
@@ -847,6 +936,7 @@ impl Parser {
             tests: frame.tests,
             plan,
             diagnostics,
+            opened: frame.opened,
         });
         parent.last_was_result = false;
         if at_end && let Some(block) = parent.block.take() {
@@ -884,6 +974,7 @@ impl Parser {
             diagnostics: block.diagnostics,
             subtests: block.tests,
             expected_subtests: block.plan,
+            duration: None,
         });
     }
 
@@ -926,7 +1017,8 @@ impl Parser {
     }
 
     fn on_version(&mut self, indent: usize, version: KtapVersion) {
-        let opened = self.enter(indent);
+        let opened = self.enter(indent, true);
+        self.moved();
         if self.stack.len() == 1 && self.version.is_none() {
             self.version = Some(version);
         }
@@ -941,7 +1033,8 @@ impl Parser {
     }
 
     fn on_plan(&mut self, indent: usize, n: u32, skip: Option<String>) {
-        self.enter(indent);
+        self.enter(indent, true);
+        self.moved();
         if self.stack.last().is_some_and(|f| f.plan.is_some()) {
             self.new_segment();
         }
@@ -963,7 +1056,8 @@ impl Parser {
     }
 
     fn on_subtest(&mut self, indent: usize, name: String) {
-        let opened = self.enter(indent);
+        let opened = self.enter(indent, true);
+        self.moved();
         let depth = self.stack.len();
         let Some(frame) = self.stack.last_mut() else {
             return;
@@ -976,13 +1070,32 @@ impl Parser {
         }
     }
 
+    /// Notes that the innermost level moved now (a header line).
+    fn moved(&mut self) {
+        let now = self.now;
+        if let Some(frame) = self.stack.last_mut()
+            && now.is_some()
+        {
+            frame.mark = now;
+        }
+    }
+
     fn on_result(&mut self, indent: usize, line: ResultLine) {
-        self.enter(indent);
+        self.enter(indent, false);
+        let now = self.now;
         let Some(frame) = self.stack.last_mut() else {
             return;
         };
         frame.announced = None;
         let block = frame.block.take();
+        let started = block.as_ref().map_or(frame.mark, |b| b.opened);
+        let duration = match (started, now) {
+            (Some(started), Some(now)) => now.checked_sub(started),
+            _ => None,
+        };
+        if now.is_some() {
+            frame.mark = now;
+        }
         let mut diagnostics = std::mem::take(&mut frame.pending);
         let expected_number = u32::try_from(frame.segment_len() + 1).unwrap_or(u32::MAX);
         let label = frame.label();
@@ -1003,6 +1116,7 @@ impl Parser {
             diagnostics: Vec::new(),
             subtests: Vec::new(),
             expected_subtests: None,
+            duration,
         };
         if let Some(block) = block {
             test.subtests = block.tests;
@@ -1110,39 +1224,122 @@ impl Parser {
 /// KTAP or TAP output (a version line is required, so that ordinary output is never read as
 /// results).
 pub fn subtests_of(text: &str) -> Option<(Vec<Subtest>, String)> {
-    if !text.contains("KTAP version") && !text.contains("TAP version") {
+    if !has_version_line(text) {
         return None;
     }
     let report = parse(text);
     if report.tests.is_empty() {
         return None;
     }
-    let subtests = report
-        .flatten()
+    Some((subtests(&report), summary(&report)))
+}
+
+/// [`subtests_of`], with the suites the subtests are nested in ([`suites`]).
+pub fn cases_of(text: &str) -> Option<(Vec<Subtest>, Vec<SubtestSuite>, String)> {
+    if !has_version_line(text) {
+        return None;
+    }
+    let report = parse(text);
+    if report.tests.is_empty() {
+        return None;
+    }
+    Some((subtests(&report), suites(&report), summary(&report)))
+}
+
+/// Whether `text` may hold (K)TAP output: it has a version line somewhere.
+pub fn has_version_line(text: &str) -> bool {
+    text.contains("KTAP version") || text.contains("TAP version")
+}
+
+/// What a counted test's outcome is as a subtest's status.
+fn status_of(result: KtapResult) -> SubtestStatus {
+    match result {
+        KtapResult::Pass => SubtestStatus::Passed,
+        KtapResult::Fail | KtapResult::Incomplete => SubtestStatus::Failed,
+        KtapResult::Skip => SubtestStatus::Skipped,
+        KtapResult::Todo => SubtestStatus::Todo,
+    }
+}
+
+/// The message of a test: its directive's reason; for a failure, the first diagnostic that
+/// says what failed (KUnit's `EXPECTATION FAILED at ...` and the line after it), else its first
+/// diagnostic; for a test cut short, that it was.
+fn message_of(t: &KtapTest) -> Option<String> {
+    if let Some(reason) = t.directive.as_ref().and_then(Directive::reason) {
+        return Some(reason.to_owned());
+    }
+    match t.result {
+        KtapResult::Incomplete => Some(
+            "cut short: no result line (the output stopped, or moved on, while it ran)".to_owned(),
+        ),
+        KtapResult::Fail => {
+            let failed = t.diagnostics.iter().position(|d| d.contains("FAILED"));
+            match failed {
+                Some(i) => {
+                    let mut m = t.diagnostics[i].trim().to_owned();
+                    if let Some(next) = t.diagnostics.get(i + 1) {
+                        m.push_str(": ");
+                        m.push_str(next.trim());
+                    }
+                    Some(m)
+                }
+                None => t.diagnostics.first().cloned(),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The counted tests of `report` ([`KtapReport::cases`]) as the domain's subtests: each with
+/// its suite path, status, message and duration.
+pub fn subtests(report: &KtapReport) -> Vec<Subtest> {
+    report
+        .cases()
         .into_iter()
-        .map(|(name, t)| {
-            let status = match t.result {
-                KtapResult::Pass => SubtestStatus::Passed,
-                KtapResult::Fail | KtapResult::Incomplete => SubtestStatus::Failed,
-                KtapResult::Skip => SubtestStatus::Skipped,
-                KtapResult::Todo => SubtestStatus::Todo,
-            };
-            let message = t
-                .directive
-                .as_ref()
-                .and_then(|d| d.reason().map(str::to_owned))
-                .or_else(|| {
-                    (status == SubtestStatus::Failed)
-                        .then(|| t.diagnostics.first().cloned())
-                        .flatten()
-                });
+        .map(|(mut path, t)| {
+            let name = path.join(".");
+            path.pop();
             Subtest {
                 name,
-                status,
-                message,
+                status: status_of(t.result),
+                message: message_of(t),
+                suite: path,
+                duration: t.duration,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The tests of `report` that have subtests ([`KtapReport::suites`]: KUnit suites,
+/// parameterised cases) as the domain's suites, with their own results.
+pub fn suites(report: &KtapReport) -> Vec<SubtestSuite> {
+    fn leaves(t: &KtapTest) -> u32 {
+        t.subtests
+            .iter()
+            .map(|s| {
+                let own = u32::from(
+                    s.subtests.is_empty() || (s.result.is_failure() && !s.has_failure_below()),
+                );
+                own + leaves(s)
+            })
+            .sum()
+    }
+    report
+        .suites()
+        .into_iter()
+        .map(|(path, t)| SubtestSuite {
+            name: path.join("."),
+            status: status_of(t.result),
+            message: message_of(t),
+            cases: leaves(t),
+            duration: t.duration,
+        })
+        .collect()
+}
+
+/// A one-line summary of `report`'s counts: `KTAP: 79 passed, 0 failed, 2 skipped, 0 todo`,
+/// with the missing tests and `(incomplete)` when the output was cut short.
+pub fn summary(report: &KtapReport) -> String {
     let c = report.counts();
     let mut summary = format!(
         "KTAP: {} passed, {} failed, {} skipped, {} todo",
@@ -1154,7 +1351,52 @@ pub fn subtests_of(text: &str) -> Option<(Vec<Subtest>, String)> {
     if !report.complete {
         summary.push_str(" (incomplete)");
     }
-    Some((subtests, summary))
+    summary
+}
+
+/// What keeps `report`, the KTAP of a kernel log, from judging a test that runs the kernel's
+/// own tests (`kunit = true`) by its cases alone, if anything: no KTAP at all, no case at all,
+/// or output cut short (a crash, a truncated log), with the problems found. A test with such a
+/// problem fails, whatever its cases say.
+pub fn kernel_log_problem(report: &KtapReport) -> Option<String> {
+    if report.tests.is_empty() && report.plan.is_none() {
+        return Some(
+            "the kernel log holds no KTAP: the kernel ran no KUnit suite (is it built with \
+             CONFIG_KUNIT and the suites' options, and did `kunit.enable`, \
+             `kunit.filter_glob` or `kunit.action` keep them from running?)"
+                .to_owned(),
+        );
+    }
+    if report.tests.is_empty() && report.complete {
+        return Some(
+            "the kernel's KTAP announces no suite (`1..0`): no KUnit case ran (does \
+             `kunit.filter_glob` match any suite?)"
+                .to_owned(),
+        );
+    }
+    if report.complete {
+        return None;
+    }
+    const SHOWN: usize = 3;
+    let mut problems: Vec<&str> = report
+        .problems
+        .iter()
+        .map(String::as_str)
+        .take(SHOWN)
+        .collect();
+    let more = report.problems.len().saturating_sub(SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    if problems.is_empty() {
+        problems.push("cut short");
+    }
+    Some(format!(
+        "the kernel's KTAP output is incomplete: {}{more}",
+        problems.join("; ")
+    ))
 }
 
 #[cfg(test)]
@@ -1336,5 +1578,240 @@ mod tests {
         assert_eq!(summary, "KTAP: 1 passed, 2 failed, 2 skipped, 3 todo");
         // Without a version line, output is never read as results.
         assert!(subtests_of("1..1\nnot ok 1 x\n").is_none());
+    }
+
+    /// A kernel log as busybox `dmesg` prints it: KUnit's suites, a parameterised case, skips,
+    /// an expected failure, timestamps, and other kernel messages between them.
+    const KERNEL_LOG: &str = "\
+[    0.000000] Linux version 6.1.0 (builder@host) #1 SMP
+[    0.310000] KTAP version 1
+[    0.310100] 1..2
+[    0.310200]     KTAP version 1
+[    0.310300]     # Subtest: example
+[    0.310400]     1..4
+[    0.312400]     ok 1 example_simple_test
+[    0.312500] random: crng init done
+[    0.313000]     # example_skip_test: You should not see a line below.
+[    0.313400]     ok 2 example_skip_test # SKIP this test should be skipped
+[    0.313500]         KTAP version 1
+[    0.313600]         # Subtest: example_params_test
+[    0.314600]         ok 1 example value 3 # SKIP unsupported param value 3
+[    0.315600]         ok 2 example value 2
+[    0.315700]     # example_params_test: pass:1 fail:0 skip:1 total:2
+[    0.315800]     ok 3 example_params_test
+[    0.316800]     not ok 4 example_known_bug # XFAIL known
+[    0.316900] # example: pass:2 fail:0 skip:2 total:4
+[    0.317000] ok 1 example
+[    0.317100]     KTAP version 1
+[    0.317200]     # Subtest: list-kunit-test
+[    0.317300]     1..1
+[    0.319300]     ok 1 list_test_list_init
+[    0.319400] ok 2 list-kunit-test
+[    0.400000] Run /init as init process
+";
+
+    #[test]
+    fn ktap_kernel_log_keeps_nesting_and_times() {
+        let report = parse(KERNEL_LOG);
+        assert!(report.complete, "{:?}", report.problems);
+        let ms = |n: u64| Some(Duration::from_micros(n * 100));
+        let cases: Vec<(Vec<String>, KtapResult, Option<Duration>)> = report
+            .cases()
+            .into_iter()
+            .map(|(path, t)| (path, t.result, t.duration))
+            .collect();
+        let p = |parts: &[&str]| parts.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        use KtapResult::*;
+        assert_eq!(
+            cases,
+            [
+                // From the suite's plan to the result line.
+                (p(&["example", "example_simple_test"]), Pass, ms(20)),
+                // From the previous result line: diagnostics do not move the start.
+                (p(&["example", "example_skip_test"]), Skip, ms(10)),
+                // A parameterised case's parameters, timed from the block's header.
+                (
+                    p(&["example", "example_params_test", "example value 3"]),
+                    Skip,
+                    ms(10)
+                ),
+                (
+                    p(&["example", "example_params_test", "example value 2"]),
+                    Pass,
+                    ms(10)
+                ),
+                (p(&["example", "example_known_bug"]), Todo, ms(10)),
+                (p(&["list-kunit-test", "list_test_list_init"]), Pass, ms(20)),
+            ]
+        );
+        let suites: Vec<(String, KtapResult, Option<Duration>)> = report
+            .suites()
+            .into_iter()
+            .map(|(path, t)| (path.join("."), t.result, t.duration))
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                ("example".to_owned(), Pass, ms(68)),
+                ("example.example_params_test".to_owned(), Pass, ms(23)),
+                ("list-kunit-test".to_owned(), Pass, ms(23)),
+            ]
+        );
+
+        // As the domain's subtests and suites.
+        let subtests = super::subtests(&report);
+        assert_eq!(subtests.len(), 6);
+        let param = &subtests[2];
+        assert_eq!(param.name, "example.example_params_test.example value 3");
+        assert_eq!(param.suite, ["example", "example_params_test"]);
+        assert_eq!(param.case(), "example value 3");
+        assert_eq!(param.status, SubtestStatus::Skipped);
+        assert_eq!(param.message.as_deref(), Some("unsupported param value 3"));
+        assert_eq!(subtests[4].status, SubtestStatus::Todo);
+        assert_eq!(subtests[4].message.as_deref(), Some("known"));
+        assert_eq!(subtests[5].suite, ["list-kunit-test"]);
+        let suites = super::suites(&report);
+        assert_eq!(
+            suites
+                .iter()
+                .map(|s| (s.name.as_str(), s.status, s.cases))
+                .collect::<Vec<_>>(),
+            [
+                ("example", SubtestStatus::Passed, 5),
+                ("example.example_params_test", SubtestStatus::Passed, 2),
+                ("list-kunit-test", SubtestStatus::Passed, 1),
+            ]
+        );
+        assert_eq!(
+            summary(&report),
+            "KTAP: 3 passed, 0 failed, 2 skipped, 1 todo"
+        );
+        assert_eq!(kernel_log_problem(&report), None);
+    }
+
+    #[test]
+    fn ktap_log_levels_and_timestamps_are_stripped_and_read() {
+        assert_eq!(
+            split_console_decoration("<6>[   12.000345][    T1]     ok 1 x"),
+            (Some(Duration::new(12, 345_000)), "    ok 1 x")
+        );
+        assert_eq!(
+            split_console_decoration("[1.5] x"),
+            (Some(Duration::from_millis(1500)), "x")
+        );
+        assert_eq!(split_console_decoration("ok 1 x"), (None, "ok 1 x"));
+        assert_eq!(timestamp("99999999999999999999.1"), None);
+        assert_eq!(
+            timestamp("1.1234567891234"),
+            Some(Duration::new(1, 123_456_789))
+        );
+        // Without timestamps, no times.
+        let report = parse("KTAP version 1\n1..1\nok 1 a\n");
+        assert_eq!(report.tests[0].duration, None);
+        // With a `kunit: ` prefix and log levels, as some consoles show them.
+        let text: String = KERNEL_LOG
+            .lines()
+            .map(|l| match l.split_once("] ") {
+                Some((ts, rest)) => format!("<6>{ts}] kunit: {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let prefixed = parse(&text);
+        assert_eq!(prefixed.cases().len(), 6);
+        assert_eq!(prefixed.counts(), parse(KERNEL_LOG).counts());
+    }
+
+    #[test]
+    fn ktap_kernel_log_problems() {
+        // No KTAP at all.
+        let none =
+            parse("[    0.000000] Linux version 6.1.0\n[    0.4] Run /init as init process\n");
+        let problem = kernel_log_problem(&none).unwrap();
+        assert!(problem.contains("no KTAP"), "{problem}");
+        // A filter that matched nothing.
+        let empty = parse("[    0.3] KTAP version 1\n[    0.3] 1..0\n");
+        assert!(kernel_log_problem(&empty).unwrap().contains("1..0"));
+        // Cut short in the middle of a suite (a crash): the suite fails, cut short, before
+        // its cases; the missing cases are counted.
+        let cut: String = KERNEL_LOG
+            .lines()
+            .take(9)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let report = parse(&cut);
+        assert!(!report.complete);
+        let problem = kernel_log_problem(&report).unwrap();
+        assert!(
+            problem.starts_with("the kernel's KTAP output is incomplete: "),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("no result line for 'example'"),
+            "{problem}"
+        );
+        let subtests = super::subtests(&report);
+        assert_eq!(subtests[0].name, "example");
+        assert_eq!(subtests[0].status, SubtestStatus::Failed);
+        assert!(
+            subtests[0]
+                .message
+                .as_deref()
+                .unwrap()
+                .starts_with("cut short")
+        );
+        let c = report.counts();
+        assert_eq!((c.passed, c.failed, c.missing), (1, 1, 3 + 1));
+        // Every suite reported, but the plan announced more: incomplete, nothing failed.
+        let missing = parse(
+            "[ 0.1] KTAP version 1\n[ 0.1] 1..3\n[ 0.2]     KTAP version 1\n\
+             [ 0.2]     # Subtest: s\n[ 0.2]     1..1\n[ 0.3]     ok 1 a\n[ 0.3] ok 1 s\n",
+        );
+        assert!(
+            super::subtests(&missing)
+                .iter()
+                .all(|t| t.status == SubtestStatus::Passed)
+        );
+        assert!(
+            kernel_log_problem(&missing)
+                .unwrap()
+                .contains("plan says 3 tests, 1 reported")
+        );
+        // A suite of a module loaded later joins the boot's, numbered on.
+        let later = format!(
+            "{KERNEL_LOG}[   30.000000]     KTAP version 1\n[   30.000100]     # Subtest: m\n\
+             [   30.000200]     1..1\n[   30.500200]     not ok 1 c\n[   30.500300] not ok 3 m\n"
+        );
+        let report = parse(&later);
+        assert!(report.complete, "{:?}", report.problems);
+        assert_eq!(kernel_log_problem(&report), None);
+        let subtests = super::subtests(&report);
+        let last = subtests.last().unwrap();
+        assert_eq!(
+            (last.name.as_str(), last.status),
+            ("m.c", SubtestStatus::Failed)
+        );
+        assert_eq!(last.duration, Some(Duration::from_millis(500)));
+        assert_eq!(
+            suites(&report)[3].duration,
+            Some(Duration::from_micros(500_300))
+        );
+        // Later kernels print a module's suites as a run of their own (version line, plan).
+        let later = format!(
+            "{KERNEL_LOG}[   30.0] KTAP version 1\n[   30.0] 1..1\n[   30.0]     KTAP version 1\n\
+             [   30.0]     # Subtest: m\n[   30.0]     1..1\n[   30.2]     ok 1 c\n\
+             [   30.2] ok 1 m\n"
+        );
+        let report = parse(&later);
+        assert!(
+            report.complete && report.problems.is_empty(),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.plan, Some(3));
+        let last = super::subtests(&report).pop().unwrap();
+        assert_eq!(
+            (last.name.as_str(), last.status),
+            ("m.c", SubtestStatus::Passed)
+        );
     }
 }

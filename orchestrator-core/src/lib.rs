@@ -109,7 +109,8 @@ pub use process::{ProcessRunner, ProcessRunnerConfig};
 pub use report::{RunReport, RunStatus};
 pub use result::{
     ArtifactFile, AttemptRecord, CapturedOutput, CrashKind, Outcome, Phase, PhaseTiming,
-    ResourceUsage, StoredArtifact, Subtest, SubtestStatus, TestResult, UsagePoint, Verdict,
+    ResourceUsage, StoredArtifact, Subtest, SubtestStatus, SubtestSuite, TestResult, UsagePoint,
+    Verdict,
 };
 pub use runner::{
     DEFAULT_OUTPUT_LIMIT, ErrorKind, ExecutionContext, HostProcess, ProcessObserver, RunnerError,

@@ -231,8 +231,9 @@ impl TestRunner for ProcessRunner {
             ));
         }
         // A test that prints KTAP or TAP (with its version line) reports its own cases.
-        if let Some((subtests, summary)) = crate::ktap::subtests_of(&result.stdout.text) {
+        if let Some((subtests, suites, summary)) = crate::ktap::cases_of(&result.stdout.text) {
             result.subtests = subtests;
+            result.suites = suites;
             notes.push(summary);
         }
         let work2 = work.clone();

@@ -455,15 +455,58 @@ pub enum SubtestStatus {
 /// One case inside a test, as the test reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subtest {
-    /// Its path, parts joined with `.` (`suite.case`).
+    /// Its path, parts joined with `.` (`suite.case`, `suite.case.param`).
     pub name: String,
     /// What happened.
     pub status: SubtestStatus,
     /// The reason of a skip or todo, or the first diagnostic of a failure.
     pub message: Option<String>,
+    /// The names of the tests it is nested in, outermost first (a KUnit case: its suite; a
+    /// parameterised case's parameter: the suite and the case); empty at the top level. The
+    /// case's own name is the rest of [`name`](Self::name) ([`Subtest::case`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suite: Vec<String>,
+    /// How long it ran, when the output's timestamps tell (a kernel log's `[    1.234567]`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_duration::option"
+    )]
+    pub duration: Option<Duration>,
 }
 
 impl Subtest {
+    /// A case at the top level (no suite), without a message or a duration.
+    pub fn new(name: impl Into<String>, status: SubtestStatus) -> Self {
+        Subtest {
+            name: name.into(),
+            status,
+            message: None,
+            suite: Vec::new(),
+            duration: None,
+        }
+    }
+
+    /// The case's own name: [`name`](Self::name) without its suite path.
+    pub fn case(&self) -> &str {
+        let mut rest = self.name.as_str();
+        for part in &self.suite {
+            match rest
+                .strip_prefix(part.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+            {
+                Some(r) => rest = r,
+                None => return &self.name,
+            }
+        }
+        rest
+    }
+
+    /// The suite path joined with `.` (empty at the top level).
+    pub fn suite_path(&self) -> String {
+        self.suite.join(".")
+    }
+
     /// The case judged inside a test that expects `expect`: a failed case fails (and fails its
     /// test), unless the test is expected to fail; a `TODO`/`XFAIL` case is an expected
     /// failure; a skipped case is skipped. Every report shows a case with this verdict.
@@ -477,6 +520,28 @@ impl Subtest {
             (SubtestStatus::Skipped, _) => Verdict::Skipped,
         }
     }
+}
+
+/// A test that has subtests of its own, as the test reported it: a KUnit suite, or a
+/// parameterised case; its own result line's verdict, beside those of its cases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtestSuite {
+    /// Its path, parts joined with `.` (`suite`, `suite.case`).
+    pub name: String,
+    /// Its own result: passed, failed (its result line said `not ok`, or it never printed one:
+    /// the output was cut short), skipped or todo.
+    pub status: SubtestStatus,
+    /// The reason of a skip, or why it failed.
+    pub message: Option<String>,
+    /// How many cases below it were counted (its [`Subtest`]s, parameters included).
+    pub cases: u32,
+    /// How long it ran, when the output's timestamps tell.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::serde_duration::option"
+    )]
+    pub duration: Option<Duration>,
 }
 
 /// At most this many failed subtests are named in a result's message.
@@ -540,6 +605,10 @@ pub struct TestResult {
     /// Cases the test reported itself (KTAP/TAP output), in order.
     #[serde(default)]
     pub subtests: Vec<Subtest>,
+    /// The suites (and parameterised cases) the [`subtests`](Self::subtests) are nested in,
+    /// with their own results, in order (since schema 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suites: Vec<SubtestSuite>,
 }
 
 impl TestResult {
@@ -568,6 +637,7 @@ impl TestResult {
             metrics: BTreeMap::new(),
             resources: None,
             subtests: Vec::new(),
+            suites: Vec::new(),
         }
     }
 
@@ -725,6 +795,8 @@ mod tests {
                 name: format!("suite.case{i}"),
                 status,
                 message: None,
+                suite: Vec::new(),
+                duration: None,
             })
             .collect();
         r
@@ -793,6 +865,8 @@ mod tests {
             name: "c".into(),
             status,
             message: None,
+            suite: Vec::new(),
+            duration: None,
         };
         use SubtestStatus::*;
         let pass: Vec<Verdict> = [Passed, Failed, Skipped, Todo]
@@ -821,5 +895,37 @@ mod tests {
             ),
             Verdict::ExpectedFailure
         );
+    }
+
+    #[test]
+    fn subtests_keep_their_suite_path_and_read_without_it() {
+        let mut t = Subtest::new(
+            "example.example_params_test.value 1.5",
+            SubtestStatus::Passed,
+        );
+        assert_eq!(t.case(), t.name);
+        t.suite = vec!["example".into(), "example_params_test".into()];
+        t.duration = Some(Duration::from_micros(1500));
+        assert_eq!(t.case(), "value 1.5");
+        assert_eq!(t.suite_path(), "example.example_params_test");
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            json["suite"],
+            serde_json::json!(["example", "example_params_test"])
+        );
+        assert_eq!(json["duration"], 0.0015);
+        assert_eq!(serde_json::from_value::<Subtest>(json).unwrap(), t);
+        // A subtest as schema 3 wrote it: no suite, no duration (and none written back).
+        let old = serde_json::json!({"name": "suite.case", "status": "failed", "message": null});
+        let read: Subtest = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(read, Subtest::new("suite.case", SubtestStatus::Failed));
+        assert_eq!(read.case(), "suite.case");
+        assert_eq!(serde_json::to_value(&read).unwrap(), old);
+        // A suite path that is not the name's start leaves the whole name as the case.
+        let odd = Subtest {
+            suite: vec!["other".into()],
+            ..read
+        };
+        assert_eq!(odd.case(), "suite.case");
     }
 }

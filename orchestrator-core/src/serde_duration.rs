@@ -24,3 +24,28 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
         Repr::Text(t) => humantime::parse_duration(&t).map_err(D::Error::custom),
     }
 }
+
+/// The same for an `Option<Duration>` (`None` as `null`).
+pub(crate) mod option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes a duration as fractional seconds, `None` as `null`.
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "super::deserialize")] Duration);
+
+    /// Reads a duration from seconds or a human-readable string, or `null`.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(d)| d))
+    }
+}

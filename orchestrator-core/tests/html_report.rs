@@ -84,11 +84,15 @@ async fn run_campaign(dir: &Path) -> RunReport {
             name: "example.case".into(),
             status: SubtestStatus::Passed,
             message: None,
+            suite: Vec::new(),
+            duration: None,
         },
         Subtest {
             name: "example.skipped".into(),
             status: SubtestStatus::Skipped,
             message: Some("no hardware".into()),
+            suite: Vec::new(),
+            duration: None,
         },
     ];
     report

@@ -53,16 +53,18 @@ load_modules() {
 }
 # The boot's modules (the artifact channel's; a session's are all here): before READY, on the
 # boot clock. A test's own modules load in the test phase, on its clock (see run_one).
+# The kernel log is never cleared: the boot's messages (KUnit's results among them) stay in
+# the test's `dmesg`, and a guest of its own sends the whole log since boot.
 kmsg=/dev/null
 if [ -s /orch/boot-modules ]; then
     load_modules /orch/boot-modules
     # What loading them printed (a test module's results) stays readable for the test.
     kmsg=/tmp/modules-kmsg.log
+    dmesg >$kmsg 2>&1
 fi
 # A crashing user-space program leaves a core named after it and its signal.
 echo '/tmp/orch/cores/core.%e.%s.%p' >/proc/sys/kernel/core_pattern 2>/dev/null
 t=/sys/kernel/tracing
-dmesg -c >$kmsg 2>&1
 
 send() {
     f=/tmp/orch/$1
@@ -291,13 +293,13 @@ run_one() {
     cd /work
     (
         # The test's own modules load on its clock (test modules run their cases as they
-        # load); what loading printed stays readable in /tmp/modules-kmsg.log and in its
-        # kernel log.
+        # load); what loading printed stays readable in /tmp/modules-kmsg.log (with the rest
+        # of the kernel log since boot) and in its kernel log.
         if [ -s /orch/modules ]; then
             # A mark in the kernel log: what follows it was printed in the test phase.
             echo "<6>qemu-runner: loading the test's modules" >/dev/kmsg 2>/dev/null
             load_modules /orch/modules >&2
-            dmesg >>/tmp/modules-kmsg.log 2>&1
+            dmesg >/tmp/modules-kmsg.log 2>&1
         fi
         # A root file system: mounted on the test's clock; a failure is the test's, with the
         # reason on its stderr.
@@ -341,8 +343,9 @@ run_one() {
         mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && extra="$extra .orch-cores"
     fi
     say EXIT "$code"
-    # A session test's kernel log came on the console; a guest of its own sends dmesg.
-    [ -n "$session" ] || { dmesg -c >/tmp/orch/dmesg 2>/dev/null; leftover=1; }
+    # A session test's kernel log came on the console; a guest of its own sends dmesg: the
+    # whole log since boot, gzip'd (a few times fewer bytes over the console for one process).
+    [ -n "$session" ] || { dmesg 2>/dev/null | gzip >/tmp/orch/dmesg; leftover=1; }
     channel=none
     # Streams that can only have content when the test collects artifacts.
     maybe="manifest missing"

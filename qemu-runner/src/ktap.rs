@@ -30,7 +30,8 @@
 //! ```
 
 pub use orchestrator_core::ktap::{
-    Counts, Directive, KtapReport, KtapResult, KtapTest, KtapVersion, subtests_of,
+    Counts, Directive, KtapReport, KtapResult, KtapTest, KtapVersion, cases_of, has_version_line,
+    kernel_log_problem, subtests, subtests_of, suites, summary,
 };
 
 use crate::crash::{self, Signal};

@@ -223,6 +223,9 @@ async fn boot_suite(arch: Arch) {
     assert_eq!(uname.stdout.text, expected_machine);
     let names: Vec<&str> = uname.artifacts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["console.log", "dmesg.txt"]);
+    // The kernel log since boot: the agent never clears it (`quiet` kept it off the console).
+    let log = std::fs::read_to_string(&uname.artifacts[1].path).unwrap();
+    assert!(log.contains("Linux version"), "{log}");
     let reason = &uname.environment["accelerator-reason"];
     if arch != Arch::host().unwrap() {
         assert_eq!(uname.environment["accelerator"], "tcg");

@@ -54,10 +54,17 @@ struct Expected {
 
 const TABLE: &[Expected] = &[
     Expected {
-        file: "kunit-6x-console.log",
+        file: "kunit-6.1-x86_64-dmesg.log",
         version: Some(KtapVersion::Ktap(1)),
-        counts: (6, 1, 4, 0, 0),
-        top_level: 2,
+        counts: (79, 0, 2, 0, 0),
+        top_level: 9,
+        complete: true,
+    },
+    Expected {
+        file: "kunit-6.1-x86_64-failing-dmesg.log",
+        version: Some(KtapVersion::Ktap(1)),
+        counts: (78, 1, 2, 0, 0),
+        top_level: 9,
         complete: true,
     },
     Expected {
@@ -131,6 +138,8 @@ fn ktap_sample_table() {
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        // The samples' README says where they come from.
+        .filter(|name| name != "README.md")
         .collect();
     on_disk.sort();
     let mut in_table: Vec<String> = TABLE.iter().map(|e| e.file.to_owned()).collect();
@@ -160,84 +169,106 @@ fn ktap_sample_table() {
     }
 }
 
+/// The kernel log the runner stored for KUnit kernel (b) (see README.md): 6.1's nine suites,
+/// one case edited to fail, busybox `dmesg` timestamps, and the rest of the boot log around
+/// them.
 #[test]
-fn ktap_kunit_console_structure() {
-    let report = sample("kunit-6x-console.log");
-    assert_eq!(report.plan, Some(2));
+fn ktap_kunit_captured_structure() {
+    let report = sample("kunit-6.1-x86_64-failing-dmesg.log");
+    assert_eq!(report.plan, Some(9));
+    let suites: Vec<&str> = report.tests.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
-        paths(&report),
+        suites,
         [
-            "example.example_simple_test",
-            "example.example_skip_test",
-            "example.example_failing_test",
-            "example.example_params_test.example value 3",
-            "example.example_params_test.example value 2",
-            "example.example_params_test.example value 1",
-            "example.example_params_test.example value 0",
-            "example.example_mark_skipped_test",
-            "list-kunit-test.list_test_list_init",
-            "list-kunit-test.list_test_list_add",
-            "list-kunit-test.list_test_list_add_tail",
+            "kunit_executor_test",
+            "kunit-try-catch-test",
+            "kunit-resource-test",
+            "kunit-log-test",
+            "kunit_status",
+            "string-stream-test",
+            "example",
+            "list-kunit-test",
+            "hlist",
         ]
     );
+    let numbers: Vec<u32> = report.tests.iter().map(|t| t.number).collect();
+    assert_eq!(numbers, (1..=9).collect::<Vec<_>>());
 
-    let suite = &report.tests[0];
-    assert_eq!((suite.number, suite.name.as_str()), (1, "example"));
+    let suite = find(&report, "example");
     assert_eq!(suite.result, KtapResult::Fail);
     assert!(!suite.ok);
-    assert_eq!(suite.expected_subtests, Some(5));
-    assert_eq!(suite.subtests.len(), 5);
+    assert_eq!(suite.expected_subtests, Some(4));
     assert_eq!(
         suite.diagnostics,
         [
-            "module: kunit_example_test",
-            "example: pass:2 fail:1 skip:2 total:5",
-            "Totals: pass:3 fail:1 skip:4 total:8",
+            "example: initializing suite",
+            "example: pass:1 fail:1 skip:2 total:4",
+            "Totals: pass:1 fail:1 skip:2 total:4",
         ]
     );
-
+    let failing = find(&report, "example.example_simple_test");
+    assert_eq!((failing.number, failing.result), (1, KtapResult::Fail));
+    assert_eq!(
+        failing.diagnostics,
+        [
+            "example_simple_test: initializing",
+            "example_simple_test: EXPECTATION FAILED at lib/kunit/kunit-example-test.c:29",
+            "Expected 1 + 1 == 3, but",
+            "    1 + 1 == 2",
+        ]
+    );
     let skip = find(&report, "example.example_skip_test");
     assert_eq!(skip.result, KtapResult::Skip);
-    assert!(skip.ok);
     assert_eq!(
         skip.directive,
         Some(Directive::Skip(Some("this test should be skipped".into())))
     );
+    assert_eq!(find(&report, "list-kunit-test").subtests.len(), 39);
 
-    let failing = find(&report, "example.example_failing_test");
-    assert_eq!(failing.result, KtapResult::Fail);
-    assert_eq!(failing.number, 3);
+    // As subtests: suite paths, the failure's message, times from the timestamps.
+    let subtests = ktap::subtests(&report);
+    assert_eq!(subtests.len(), 81);
+    assert!(
+        subtests
+            .iter()
+            .all(|t| t.suite.len() == 1 && t.duration.is_some())
+    );
+    let failed: Vec<_> = subtests
+        .iter()
+        .filter(|t| t.status == orchestrator_core::SubtestStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].name, "example.example_simple_test");
+    assert_eq!(failed[0].case(), "example_simple_test");
     assert_eq!(
-        failing.diagnostics,
-        [
-            "example_failing_test: initializing",
-            "example_failing_test: EXPECTATION FAILED at lib/kunit/kunit-example-test.c:40",
-            "Expected 1 + 1 == 3, but",
-            "    1 + 1 == 2 (0x2)",
-            "    3 == 3 (0x3)",
-        ]
+        failed[0].message.as_deref(),
+        Some(
+            "example_simple_test: EXPECTATION FAILED at lib/kunit/kunit-example-test.c:29: \
+             Expected 1 + 1 == 3, but"
+        )
+    );
+    // From the plan line (0.650474) to the result line (0.654070).
+    assert_eq!(
+        failed[0].duration,
+        Some(std::time::Duration::from_micros(3596))
+    );
+    let suites = ktap::suites(&report);
+    assert_eq!(suites.len(), 9);
+    assert_eq!(suites.iter().map(|s| s.cases).sum::<u32>(), 81);
+    assert_eq!(
+        ktap::kernel_log_problem(&report),
+        None,
+        "{:?}",
+        report.problems
     );
 
-    let params = find(&report, "example.example_params_test");
-    assert_eq!(params.result, KtapResult::Pass);
-    assert_eq!(params.expected_subtests, None);
-    assert_eq!(params.subtests.len(), 4);
+    // Kernel (a), the same without the edit: every case as kunit.py counted them.
+    let a = sample("kunit-6.1-x86_64-dmesg.log");
     assert_eq!(
-        params.diagnostics,
-        ["example_params_test: pass:2 fail:0 skip:2 total:4"]
+        ktap::summary(&a),
+        "KTAP: 79 passed, 0 failed, 2 skipped, 0 todo"
     );
-    assert_eq!(
-        params.subtests[3]
-            .directive
-            .as_ref()
-            .and_then(Directive::reason),
-        Some("unsupported param value 0")
-    );
-
-    let list = &report.tests[1];
-    assert_eq!(list.result, KtapResult::Pass);
-    assert_eq!(list.number, 2);
-    assert_eq!(report.diagnostics, Vec::<String>::new());
+    assert_eq!(paths(&a), paths(&report));
 }
 
 #[test]

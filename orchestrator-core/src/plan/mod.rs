@@ -397,6 +397,8 @@ mod tests {
                 vmcore: false,
                 modules_dir: None,
                 rootfs: None,
+                kunit: false,
+                kernel_args: Vec::new(),
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -432,6 +434,8 @@ mod tests {
                 vmcore: false,
                 modules_dir: None,
                 rootfs: None,
+                kunit: false,
+                kernel_args: Vec::new(),
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);
@@ -469,6 +473,73 @@ mod tests {
         );
         let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nrootfs = \" \"\n");
         assert!(err.contains("rootfs"), "{err}");
+    }
+
+    #[test]
+    fn kunit_tests_need_no_command_and_take_kernel_args() {
+        let plan = parse_ok(
+            r#"
+            [[test]]
+            id = "kunit"
+            kernel = "kunit/bzImage"
+            kunit = true
+            kernel-args = ["kunit.filter_glob=list*"]
+
+            [[test]]
+            id = "module"
+            kunit = true
+            modules = ["list_test"]
+            script = "cat /proc/modules"
+
+            [[test]]
+            id = "plain"
+            script = "true"
+            "#,
+        );
+        let [kunit, module, plain] = &plan.cases[..] else {
+            panic!("expected three tests");
+        };
+        assert!(kunit.requirements.kunit && module.requirements.kunit);
+        assert!(!plain.requirements.kunit && plain.requirements.is_empty());
+        // Nothing to run but the kernel's own tests.
+        assert_eq!(kunit.command, Command::script(""));
+        assert_eq!(kunit.requirements.kernel_args, ["kunit.filter_glob=list*"]);
+        assert_eq!(module.command, Command::script("cat /proc/modules"));
+        assert!(module.requirements.kernel_args.is_empty());
+
+        // From [defaults], wherever it is in the file; a test's own arguments come after.
+        let plan = parse_ok(
+            r#"
+            [[test]]
+            id = "a"
+            kernel-args = ["kunit.filter_glob=example*"]
+
+            [defaults]
+            kunit = true
+            kernel-args = ["kunit.enable=1"]
+            "#,
+        );
+        let a = &plan.cases[0];
+        assert!(a.requirements.kunit);
+        assert_eq!(
+            a.requirements.kernel_args,
+            ["kunit.enable=1", "kunit.filter_glob=example*"]
+        );
+
+        // Without `kunit`, a test still needs something to run.
+        for text in [
+            "[[test]]\nid = \"a\"\n",
+            "[[test]]\nid = \"a\"\nkunit = false\n",
+            "[defaults]\nkunit = false\n[[test]]\nid = \"a\"\n",
+        ] {
+            let err = parse_err(text);
+            assert!(err.contains("has neither `command` nor `script`"), "{err}");
+        }
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nkunit = \"yes\"\n");
+        assert!(err.contains("`kunit`"), "{err}");
+        let err = parse_err("[[test]]\nid = \"a\"\nscript = \"true\"\nkernel-args = [\" \"]\n");
+        assert!(err.contains("an entry of `kernel-args`"), "{err}");
+        assert!(err.contains("is blank"), "{err}");
     }
 
     #[test]

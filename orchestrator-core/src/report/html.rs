@@ -641,31 +641,84 @@ fn resources(h: &mut Html, r: &TestResult, u: &ResourceUsage) {
     h.s("</div>\n");
 }
 
+/// The subtests of a test, counted by verdict as the summary counts them, each with its status,
+/// time (when known) and message; then the suites they are nested in, with their own results.
 fn subtests(h: &mut Html, r: &TestResult) {
-    let count = |s: SubtestStatus| r.subtests.iter().filter(|t| t.status == s).count();
+    let count = |v: Verdict| {
+        r.subtests
+            .iter()
+            .filter(|t| t.verdict(r.expect) == v)
+            .count()
+    };
+    let timed = r.subtests.iter().any(|t| t.duration.is_some());
     h.w(format_args!(
         "<h4>Subtests <small>({} passed, {} failed, {} skipped, {} todo)</small></h4>\n\
-         <table class=\"list\">\n<tr><th>case</th><th>status</th><th>message</th></tr>\n",
-        count(SubtestStatus::Passed),
-        count(SubtestStatus::Failed),
-        count(SubtestStatus::Skipped),
-        count(SubtestStatus::Todo),
+         <table class=\"list\">\n<tr><th>case</th><th>status</th>{}<th>message</th></tr>\n",
+        count(Verdict::Passed),
+        count(Verdict::Failed),
+        count(Verdict::Skipped),
+        count(Verdict::ExpectedFailure),
+        if timed { "<th>time</th>" } else { "" },
     ));
     for t in &r.subtests {
-        let (label, class) = match (t.status, t.verdict(r.expect)) {
-            (SubtestStatus::Passed, _) => ("ok", "s-passed"),
-            (SubtestStatus::Failed, Verdict::ExpectedFailure) => ("not ok (expected)", "s-todo"),
-            (SubtestStatus::Failed, _) => ("not ok", "s-failed"),
-            (SubtestStatus::Skipped, _) => ("skip", "s-skipped"),
-            (SubtestStatus::Todo, _) => ("todo", "s-todo"),
-        };
+        let (label, class) = status_label(t.status, t.verdict(r.expect));
         h.w(format_args!(
-            "<tr><td class=\"mono\">{}</td><td class=\"{class}\"><b>{label}</b></td><td>{}</td></tr>\n",
+            "<tr><td class=\"mono\">{}</td><td class=\"{class}\"><b>{label}</b></td>{}<td>{}</td></tr>\n",
             Esc(&t.name),
+            if timed {
+                format!("<td>{}</td>", t.duration.map(case_time).unwrap_or_default())
+            } else {
+                String::new()
+            },
             Esc(t.message.as_deref().unwrap_or("")),
         ));
     }
     h.s("</table>\n");
+    if r.suites.is_empty() {
+        return;
+    }
+    h.w(format_args!(
+        "<h4>Suites <small>({})</small></h4>\n<table class=\"list\">\n\
+         <tr><th>suite</th><th>status</th><th>cases</th><th>time</th><th>message</th></tr>\n",
+        r.suites.len()
+    ));
+    for s in &r.suites {
+        let verdict = match (s.status, r.expect) {
+            (SubtestStatus::Failed, crate::Expectation::Fail) => Verdict::ExpectedFailure,
+            (SubtestStatus::Failed, _) => Verdict::Failed,
+            _ => Verdict::Passed,
+        };
+        let (label, class) = status_label(s.status, verdict);
+        h.w(format_args!(
+            "<tr><td class=\"mono\">{}</td><td class=\"{class}\"><b>{label}</b></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            Esc(&s.name),
+            s.cases,
+            s.duration.map(case_time).unwrap_or_default(),
+            Esc(s.message.as_deref().unwrap_or("")),
+        ));
+    }
+    h.s("</table>\n");
+}
+
+/// The label and CSS class of a subtest's (or suite's) status.
+fn status_label(status: SubtestStatus, verdict: Verdict) -> (&'static str, &'static str) {
+    match (status, verdict) {
+        (SubtestStatus::Passed, _) => ("ok", "s-passed"),
+        (SubtestStatus::Failed, Verdict::ExpectedFailure) => ("not ok (expected)", "s-todo"),
+        (SubtestStatus::Failed, _) => ("not ok", "s-failed"),
+        (SubtestStatus::Skipped, _) => ("skip", "s-skipped"),
+        (SubtestStatus::Todo, _) => ("todo", "s-todo"),
+    }
+}
+
+/// A case's time: `0.004 s`, or as [`duration`] from a minute on.
+fn case_time(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.3} s")
+    } else {
+        duration(secs)
+    }
 }
 
 /// A console or output excerpt: its last [`EXCERPT_BYTES`], cleaned of terminal sequences.
@@ -1093,12 +1146,16 @@ mod tests {
                 name: "kunit.ok_case".into(),
                 status: SubtestStatus::Passed,
                 message: None,
+                suite: Vec::new(),
+                duration: None,
             },
             // A failed case would fail the test: this one is a known failure (`# TODO`).
             Subtest {
                 name: "kunit.bad_case".into(),
                 status: SubtestStatus::Todo,
                 message: Some("expected 1 == 2".into()),
+                suite: Vec::new(),
+                duration: None,
             },
         ];
         let mut artifact = ArtifactFile::new("console.log", "/tmp/run/console.log", 2048);
@@ -1291,6 +1348,8 @@ mod tests {
             name: "<sub>".into(),
             status: SubtestStatus::Failed,
             message: Some("</td><script>".into()),
+            suite: Vec::new(),
+            duration: None,
         });
         r.artifacts
             .push(ArtifactFile::new("\"><script>x</script>", "/tmp/\"><x>", 1));

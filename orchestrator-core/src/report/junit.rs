@@ -8,7 +8,9 @@ use super::RunReport;
 use crate::result::{TestResult, Verdict};
 
 /// Builds the JUnit document of a run: one `<testsuite>` per runner, one `<testcase>` per test
-/// (classname = runner, name = test id). Expected failures are successes with an `expect`
+/// (classname = runner, name = test id), then one per case the test reported (see
+/// `junit_subtest`), with a `suite` property on the test's own `<testcase>` for each suite the
+/// cases are nested in (`example: ok, 7 cases, 0.123 s`). Expected failures are successes with an `expect`
 /// property; unexpected passes are failures; infrastructure errors are `<error>`; skipped and
 /// cancelled tests are `<skipped>`. Retried infrastructure errors appear as flaky or rerun
 /// elements.
@@ -50,10 +52,11 @@ pub fn junit_report(report: &RunReport) -> Report {
     junit
 }
 
-/// A case the test reported itself, as `<test id>/<case path>`, with its
-/// [verdict](crate::Subtest::verdict): a failed case is a `<failure>` (and its test one too),
-/// unless the test is expected to fail; `TODO`/`XFAIL` cases are successes with a `todo`
-/// property; skipped cases are `<skipped>`.
+/// A case the test reported itself, as `<test id>/<case path>` with the classname
+/// `<runner>.<test id>`, followed by its suite path when it has one (`qemu.kunit.example`), its
+/// time when the output's timestamps gave one, and its [verdict](crate::Subtest::verdict): a
+/// failed case is a `<failure>` (and its test one too), unless the test is expected to fail;
+/// `TODO`/`XFAIL` cases are successes with a `todo` property; skipped cases are `<skipped>`.
 fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
     use crate::result::SubtestStatus;
     let verdict = sub.verdict(r.expect);
@@ -74,7 +77,15 @@ fn junit_subtest(r: &TestResult, sub: &crate::result::Subtest) -> JunitCase {
         _ => TestCaseStatus::success(),
     };
     let mut case = JunitCase::new(format!("{}/{}", r.test_id, sub.name), status);
-    case.set_classname(format!("{}.{}", r.runner, r.test_id));
+    let mut classname = format!("{}.{}", r.runner, r.test_id);
+    for part in &sub.suite {
+        classname.push('.');
+        classname.push_str(part);
+    }
+    case.set_classname(classname);
+    if let Some(time) = sub.duration {
+        case.set_time(time);
+    }
     case.add_property(Property::new("verdict", verdict.label()));
     if sub.status == SubtestStatus::Todo {
         case.add_property(Property::new(
@@ -164,6 +175,29 @@ fn junit_case(r: &TestResult) -> JunitCase {
     }
     for tag in &r.tags {
         case.add_property(Property::new("tag", tag.as_str()));
+    }
+    for s in &r.suites {
+        use crate::result::SubtestStatus;
+        let mut value = format!(
+            "{}: {}, {} case{}",
+            s.name,
+            match s.status {
+                SubtestStatus::Passed => "ok",
+                SubtestStatus::Failed => "not ok",
+                SubtestStatus::Skipped => "skip",
+                SubtestStatus::Todo => "todo",
+            },
+            s.cases,
+            if s.cases == 1 { "" } else { "s" }
+        );
+        if let Some(d) = s.duration {
+            value.push_str(&format!(", {:.3} s", d.as_secs_f64()));
+        }
+        if let Some(m) = &s.message {
+            value.push_str(": ");
+            value.push_str(m);
+        }
+        case.add_property(Property::new("suite", value));
     }
     for a in &r.artifacts {
         case.add_property(Property::new("artifact", a.path.to_string_lossy()));

@@ -25,7 +25,9 @@ pub use table::summary_table;
 /// 3: a failed subtest fails its test: outcome kind `subtests-failed` (exit code 0, failed
 /// subtests), and the summary's `subtests` counts. Reports of versions 1 and 2 still read; the
 /// verdicts of their results follow the same rule ([`TestResult::verdict`]).
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: subtests gain `suite` (the path of the suites they are nested in) and `duration`;
+/// results gain `suites` (KUnit suites and parameterised cases with their own results).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Everything about one run, in the order the tests were given. Serialised as the JSON report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -387,8 +389,9 @@ mod tests {
     fn result(id: &str, expect: Expectation, ktap: &str) -> TestResult {
         let case = TestCase::script(id, "true").with_expect(expect);
         let mut r = TestResult::new(&case, "process", Outcome::Passed);
-        let (subtests, summary) = crate::ktap::subtests_of(ktap).expect("KTAP");
+        let (subtests, suites, summary) = crate::ktap::cases_of(ktap).expect("KTAP");
         r.subtests = subtests;
+        r.suites = suites;
         r.message = Some(summary);
         r.judge_subtests();
         r
@@ -515,7 +518,7 @@ mod tests {
 
         // JSON: summary and result, and back.
         let json = serde_json::to_value(&rep).unwrap();
-        assert_eq!(json["schema_version"], 3);
+        assert_eq!(json["schema_version"], 4);
         assert_eq!(json["summary"]["failed"], 1);
         assert_eq!(json["summary"]["passed"], 1);
         assert_eq!(
@@ -632,5 +635,205 @@ mod tests {
         assert_eq!(back.results[0].outcome, Outcome::Passed);
         assert_eq!(back.results[0].verdict(), Verdict::Failed);
         assert_eq!(Summary::of(&back.results).failed, 1);
+    }
+
+    /// A kernel log's KTAP: two suites (one with a failed case and a parameterised case), an
+    /// expected failure, skips, and a third suite cut short by a crash.
+    const NESTED: &str = "\
+[    0.310000] KTAP version 1
+[    0.310100] 1..3
+[    0.310200]     KTAP version 1
+[    0.310300]     # Subtest: example
+[    0.310400]     1..4
+[    0.312400]     ok 1 example_simple_test
+[    0.313000]     # example_failing_test: EXPECTATION FAILED at lib/kunit/kunit-example-test.c:40
+[    0.313001]     Expected 1 + 1 == 3, but
+[    0.313400]     not ok 2 example_failing_test
+[    0.313500]         KTAP version 1
+[    0.313600]         # Subtest: example_params_test
+[    0.314600]         ok 1 example value 1 # SKIP unsupported
+[    0.315600]         ok 2 example value 2
+[    0.315800]     ok 3 example_params_test
+[    0.316800]     not ok 4 example_known_bug # XFAIL known
+[    0.317000] not ok 1 example
+[    0.317100]     KTAP version 1
+[    0.317200]     # Subtest: list-kunit-test
+[    0.317300]     1..1
+[    0.319300]     ok 1 list_test_list_init
+[    0.319400] ok 2 list-kunit-test
+[    0.319500]     KTAP version 1
+[    0.319600]     # Subtest: crashing
+[    0.319700]     1..2
+[    0.319800]     ok 1 first
+[    0.320000] BUG: kernel NULL pointer dereference, address: 0000000000000000
+";
+
+    /// `name="value"` of the first element `tag` in `xml`, as a number.
+    fn attr(xml: &str, tag: &str, name: &str) -> usize {
+        let start = xml.find(&format!("<{tag} ")).unwrap();
+        let element = &xml[start..start + xml[start..].find('>').unwrap()];
+        let at = element.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        element[at..at + element[at..].find('"').unwrap()]
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn nested_ktap_counts_agree_in_every_report() {
+        let kunit = result("kunit", Expectation::Pass, NESTED);
+        let known = result("known", Expectation::Fail, NESTED);
+        let clean = result(
+            "clean",
+            Expectation::Pass,
+            "KTAP version 1\n1..2\nok 1 a\nok 2 b # SKIP no disk\n",
+        );
+        let rep = report(vec![kunit, known, clean]);
+
+        // The cases, with their suite paths.
+        let kunit = &rep.results[0];
+        let names: Vec<(&str, &[String], SubtestStatus)> = kunit
+            .subtests
+            .iter()
+            .map(|t| (t.case(), t.suite.as_slice(), t.status))
+            .collect();
+        let s = |parts: &[&str]| parts.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        use SubtestStatus::*;
+        assert_eq!(
+            names,
+            [
+                ("example_simple_test", &s(&["example"])[..], Passed),
+                ("example_failing_test", &s(&["example"])[..], Failed),
+                (
+                    "example value 1",
+                    &s(&["example", "example_params_test"])[..],
+                    Skipped
+                ),
+                (
+                    "example value 2",
+                    &s(&["example", "example_params_test"])[..],
+                    Passed
+                ),
+                ("example_known_bug", &s(&["example"])[..], Todo),
+                ("list_test_list_init", &s(&["list-kunit-test"])[..], Passed),
+                // The suite the crash cut short: a failure, before its case.
+                ("crashing", &s(&[])[..], Failed),
+                ("first", &s(&["crashing"])[..], Passed),
+            ]
+        );
+        assert_eq!(
+            kunit.subtests[1].message.as_deref(),
+            Some(
+                "example_failing_test: EXPECTATION FAILED at lib/kunit/kunit-example-test.c:40: \
+                 Expected 1 + 1 == 3, but"
+            )
+        );
+        assert_eq!(
+            kunit.subtests[0].duration,
+            Some(std::time::Duration::from_millis(2))
+        );
+        let suites: Vec<(&str, SubtestStatus, u32)> = kunit
+            .suites
+            .iter()
+            .map(|s| (s.name.as_str(), s.status, s.cases))
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                ("example", Failed, 5),
+                ("example.example_params_test", Passed, 2),
+                ("list-kunit-test", Passed, 1),
+                ("crashing", Failed, 1),
+            ]
+        );
+        assert_eq!(
+            kunit.outcome,
+            Outcome::SubtestsFailed {
+                failed: 2,
+                total: 8
+            }
+        );
+        assert_eq!(rep.results[1].verdict(), Verdict::ExpectedFailure);
+        assert_eq!(rep.results[2].verdict(), Verdict::Passed);
+
+        // JSON.
+        let s = &rep.summary;
+        assert_eq!(
+            (s.total, s.passed, s.failed, s.expected_failures),
+            (3, 1, 1, 1)
+        );
+        let sub = &s.subtests;
+        assert_eq!(
+            (
+                sub.total,
+                sub.passed,
+                sub.failed,
+                sub.expected_failures,
+                sub.skipped
+            ),
+            (18, 9, 2, 4, 3)
+        );
+        assert!(!rep.is_success());
+        let json = serde_json::to_value(&rep).unwrap();
+        assert_eq!(
+            json["results"][0]["subtests"][2]["suite"],
+            serde_json::json!(["example", "example_params_test"])
+        );
+        assert_eq!(json["results"][0]["subtests"][0]["duration"], 0.002);
+        assert_eq!(json["results"][0]["suites"][0]["status"], "failed");
+        let back: RunReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, rep);
+
+        // JUnit: every test and every case once, with the same verdicts.
+        let xml = rep.junit_xml().unwrap();
+        assert_eq!(attr(&xml, "testsuites", "tests"), s.total + sub.total);
+        assert_eq!(
+            attr(&xml, "testsuites", "failures"),
+            s.failed + s.unexpected_passes + sub.failed
+        );
+        assert_eq!(
+            attr(&xml, "testsuites", "skipped"),
+            s.skipped + s.cancelled + sub.skipped
+        );
+        assert_eq!(attr(&xml, "testsuites", "errors"), s.errors);
+        assert_eq!(xml.matches("<testcase ").count(), s.total + sub.total);
+        let param = junit_case(&xml, "kunit/example.example_params_test.example value 1");
+        assert!(
+            param.contains(r#"classname="process.kunit.example.example_params_test""#)
+                && param.contains("<skipped"),
+            "{param}"
+        );
+        let failing = junit_case(&xml, "kunit/example.example_failing_test");
+        assert!(
+            failing.contains(r#"classname="process.kunit.example""#)
+                && failing.contains(r#"time="0.001""#)
+                && failing.contains("<failure"),
+            "{failing}"
+        );
+        assert!(
+            junit_case(&xml, "kunit").contains(r#"name="suite" value="example: not ok, 5 cases"#),
+            "{xml}"
+        );
+
+        // HTML: the run's counts, and each test's by verdict.
+        let html = html_report(&rep);
+        assert!(html.contains(&sub.describe().unwrap()), "{html}");
+        assert!(html.contains("1 passed, 1 failed"));
+        assert!(
+            html_row(&html, 0).contains("Subtests <small>(4 passed, 2 failed, 1 skipped, 1 todo)"),
+            "{}",
+            html_row(&html, 0)
+        );
+        assert!(html_row(&html, 0).contains("Suites <small>(4)"));
+        // The test expected to fail: its failed cases are expected failures, as in JSON.
+        assert!(
+            html_row(&html, 1).contains("Subtests <small>(4 passed, 0 failed, 1 skipped, 3 todo)"),
+            "{}",
+            html_row(&html, 1)
+        );
+
+        // The summary table.
+        let table = summary_table(&rep, false);
+        assert!(table.contains(&sub.describe().unwrap()), "{table}");
+        assert!(table.contains("3 tests in"), "{table}");
     }
 }

@@ -39,7 +39,7 @@ async fn json_report_round_trips_and_refuses_future_versions() {
 
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(value["schema_version"], 3);
+    assert_eq!(value["schema_version"], 4);
     assert_eq!(value["summary"]["failed"], 2);
     assert_eq!(value["results"][3]["outcome"]["kind"], "timed-out");
     value["schema_version"] = 99.into();
@@ -83,11 +83,15 @@ async fn subtests_become_their_own_junit_cases() {
             name: "suite.ok_case".into(),
             status: SubtestStatus::Passed,
             message: None,
+            suite: Vec::new(),
+            duration: None,
         },
         Subtest {
             name: "suite.bad_case".into(),
             status: SubtestStatus::Failed,
             message: Some("Expected 1 + 1 == 3".into()),
+            suite: Vec::new(),
+            duration: None,
         },
     ];
     let xml = report.junit_xml().unwrap();

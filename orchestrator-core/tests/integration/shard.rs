@@ -110,11 +110,15 @@ async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
             name: "suite.good".into(),
             status: SubtestStatus::Passed,
             message: None,
+            suite: Vec::new(),
+            duration: None,
         },
         Subtest {
             name: "suite.bad".into(),
             status: SubtestStatus::Failed,
             message: Some("Expected 1 == 2".into()),
+            suite: Vec::new(),
+            duration: None,
         },
     ])
     .unwrap();
@@ -128,7 +132,7 @@ async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
     let merged = merge(reports).unwrap();
     assert!(merged.is_complete(), "{merged:#?}");
     let report = &merged.report;
-    assert_eq!(report.schema_version, 3);
+    assert_eq!(report.schema_version, 4);
     let r = report
         .results
         .iter()

@@ -61,17 +61,27 @@ impl QemuRunner {
         } else {
             streams
                 .get("dmesg")
-                .map(|s| s.data.clone())
+                .map(|s| kernel_log_text(&s.data))
                 .or_else(|| watch.slice.clone())
         };
-        let ktap = crate::ktap::subtests_of(&result.stdout.text).or_else(|| {
-            kernel_log
-                .as_ref()
-                .and_then(|d| crate::ktap::subtests_of(&String::from_utf8_lossy(d)))
-        });
-        if let Some((subtests, summary)) = ktap {
-            result.subtests = subtests;
-            notes.push(summary);
+        if case.requirements.kunit {
+            // The kernel's own tests: judged by the KTAP of the kernel log, since boot.
+            let cut = streams
+                .get("dmesg")
+                .filter(|s| s.total > s.sent)
+                .map(|s| (s.sent, s.total));
+            judge_kernel_log(kernel_log.as_deref(), cut, result, notes);
+        } else {
+            let ktap = crate::ktap::cases_of(&result.stdout.text).or_else(|| {
+                kernel_log
+                    .as_ref()
+                    .and_then(|d| crate::ktap::cases_of(&String::from_utf8_lossy(d)))
+            });
+            if let Some((subtests, suites, summary)) = ktap {
+                result.subtests = subtests;
+                result.suites = suites;
+                notes.push(summary);
+            }
         }
         let files = FileWork {
             artifacts: artifacts.to_owned(),
@@ -124,6 +134,70 @@ impl QemuRunner {
             (!watch.tail.is_empty())
                 .then(|| watch.tail.iter().cloned().collect::<Vec<_>>().join("\n"))
         };
+    }
+}
+
+/// The most bytes a compressed kernel log may expand to.
+const KERNEL_LOG_LIMIT: u64 = 64 << 20;
+
+/// The kernel log a guest of its own sent: gzip'd (the whole log since boot, a few times
+/// smaller over the console), or as it is. A compressed log cut short (the agent's output limit)
+/// gives what decompresses; at most [`KERNEL_LOG_LIMIT`] bytes.
+fn kernel_log_text(data: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return data.to_vec();
+    }
+    let mut out = Vec::new();
+    // An error (a cut or damaged stream) leaves what came before it.
+    let _ = flate2::read::GzDecoder::new(data)
+        .take(KERNEL_LOG_LIMIT)
+        .read_to_end(&mut out);
+    out
+}
+
+/// Judges a test of the kernel's own tests (`kunit = true`) by the KTAP of `log`, the kernel
+/// log since boot (`None` when it could not be collected; `cut`: the bytes sent and the log's
+/// size, when the agent sent only its head and tail): every counted case a subtest (a failed one
+/// fails the test, see `TestResult::judge_subtests`), every suite with its own result, and the
+/// summary among the notes. A log without KTAP, or whose KTAP is cut short (a crash, a log cut
+/// by the output limit), fails a test that passed, with the reason.
+pub(super) fn judge_kernel_log(
+    log: Option<&[u8]>,
+    cut: Option<(u64, u64)>,
+    result: &mut TestResult,
+    notes: &mut Vec<String>,
+) {
+    let Some(log) = log else {
+        if result.outcome == Outcome::Passed {
+            result.outcome = Outcome::Failed {
+                exit_code: None,
+                signal: None,
+            };
+            notes.push("`kunit`: the kernel log could not be collected: no KTAP to judge".into());
+        }
+        return;
+    };
+    let report = crate::ktap::parse(&String::from_utf8_lossy(log));
+    if !report.tests.is_empty() {
+        result.subtests = crate::ktap::subtests(&report);
+        result.suites = crate::ktap::suites(&report);
+        notes.push(crate::ktap::summary(&report));
+    }
+    if let Some(problem) = crate::ktap::kernel_log_problem(&report) {
+        notes.push(problem);
+        if let Some((sent, total)) = cut {
+            notes.push(format!(
+                "the kernel log was cut to {sent} of {total} bytes: raise the output limit"
+            ));
+        }
+        // A failed case fails the test already (and says so).
+        if result.outcome == Outcome::Passed && result.failed_subtests().next().is_none() {
+            result.outcome = Outcome::Failed {
+                exit_code: None,
+                signal: None,
+            };
+        }
     }
 }
 
@@ -435,4 +509,90 @@ fn some_names(names: &[String]) -> String {
         s.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use orchestrator_core::{SubtestStatus, Verdict};
+
+    use super::*;
+
+    const LOG: &str = "[    0.1] Linux version 6.1\n[    0.3] KTAP version 1\n[    0.3] 1..1\n\
+                       [    0.3]     KTAP version 1\n[    0.3]     # Subtest: s\n\
+                       [    0.3]     1..2\n[    0.4]     ok 1 a\n";
+
+    /// A `kunit` test that ran to exit 0, judged by `log` as the runner and the orchestrator
+    /// do.
+    fn judged(log: Option<&str>, cut: Option<(u64, u64)>) -> (TestResult, Vec<String>) {
+        let case = TestCase::script("k", "");
+        let mut result = TestResult::new(&case, "qemu", Outcome::Passed);
+        let mut notes = Vec::new();
+        judge_kernel_log(log.map(str::as_bytes), cut, &mut result, &mut notes);
+        result.judge_subtests();
+        (result, notes)
+    }
+
+    #[test]
+    fn a_compressed_kernel_log_is_expanded() {
+        use std::io::Write as _;
+        let log = LOG.repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(log.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < log.len() / 10);
+        assert_eq!(kernel_log_text(&gz), log.as_bytes());
+        // Cut short: what decompresses.
+        let cut = kernel_log_text(&gz[..gz.len() / 2]);
+        assert!(!cut.is_empty() && log.as_bytes().starts_with(&cut));
+        // Plain text stays as it is.
+        assert_eq!(kernel_log_text(LOG.as_bytes()), LOG.as_bytes());
+        assert!(kernel_log_text(&[0x1f, 0x8b]).is_empty());
+    }
+
+    #[test]
+    fn kunit_tests_are_judged_by_the_kernel_log() {
+        let whole = format!("{LOG}[    0.5]     ok 2 b # SKIP no\n[    0.5] ok 1 s\n");
+        let (r, notes) = judged(Some(&whole), None);
+        assert_eq!(r.outcome, Outcome::Passed, "{notes:?}");
+        assert_eq!(notes, ["KTAP: 1 passed, 0 failed, 1 skipped, 0 todo"]);
+        assert_eq!(r.subtests[1].suite, ["s"]);
+        assert_eq!(r.suites.len(), 1);
+
+        let failing = format!("{LOG}[    0.5]     not ok 2 b\n[    0.5] not ok 1 s\n");
+        let (r, _) = judged(Some(&failing), None);
+        assert_eq!(r.failed_subtests().count(), 1);
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert!(matches!(
+            r.outcome,
+            Outcome::SubtestsFailed {
+                failed: 1,
+                total: 2
+            }
+        ));
+
+        // Cut short (a crash, or a log cut by the output limit): the suite fails, cut short.
+        let (r, notes) = judged(Some(LOG), Some((100, 300_000)));
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert_eq!(r.subtests[0].status, SubtestStatus::Failed);
+        assert!(notes[1].contains("KTAP output is incomplete"), "{notes:?}");
+        assert!(
+            notes[2].contains("the kernel log was cut to 100 of 300000 bytes"),
+            "{notes:?}"
+        );
+
+        // No KTAP at all, or no kernel log: a failure that says why.
+        let (r, notes) = judged(Some("[    0.1] Linux version 6.1\n"), None);
+        assert_eq!(
+            r.outcome,
+            Outcome::Failed {
+                exit_code: None,
+                signal: None
+            }
+        );
+        assert!(r.subtests.is_empty());
+        assert!(notes[0].contains("no KTAP"), "{notes:?}");
+        let (r, notes) = judged(None, None);
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert!(notes[0].contains("could not be collected"), "{notes:?}");
+    }
 }

@@ -621,6 +621,11 @@ impl QemuRunner {
             append.push(' ');
             append.push_str(a);
         }
+        // The test's own (`kernel-args`), after the profile's: the kernel takes the last.
+        for a in &case.requirements.kernel_args {
+            append.push(' ');
+            append.push_str(a);
+        }
         // Sockets live in a short private directory: Unix socket paths are limited to 107 bytes.
         let sockets = tempfile::Builder::new()
             .prefix("orch-vm-")
@@ -845,6 +850,9 @@ impl QemuRunner {
         );
         let result = match self.config.mode {
             ExecutionMode::Alone => self.execute_alone(case, ctx).await,
+            // The kernel's own tests run at boot, and kernel arguments are the boot's: a guest
+            // of its own.
+            _ if needs_own_boot(case) => self.execute_alone(case, ctx).await,
             mode => self.execute_in_guest(case, ctx, mode).await,
         };
         match &result {
@@ -884,6 +892,12 @@ impl QemuRunner {
             .collect();
         blocking(move || drop(saved)).await;
     }
+}
+
+/// Whether `case` needs a boot of its own whatever the execution mode: it judges what the
+/// kernel printed at boot (`kunit`), or gives the kernel arguments (`kernel-args`).
+fn needs_own_boot(case: &TestCase) -> bool {
+    case.requirements.kunit || !case.requirements.kernel_args.is_empty()
 }
 
 /// A guest ready to start: see [`QemuRunner::prepare`].

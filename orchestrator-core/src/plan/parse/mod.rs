@@ -60,10 +60,23 @@ pub(super) struct Parsed {
 pub(super) fn document(text: &str, base_dir: &Path, sections: &[Registered]) -> Res<Parsed> {
     let root = DeTable::parse(text).map_err(|e| syntax::syntax_error(text, &e))?;
     let scope = Scope::top(Arc::from(sections));
+    fn find<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<&'a DeValue<'i>> {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v.get_ref())
+    }
+    let defaults_kunit = match find(root.get_ref(), "defaults") {
+        Some(DeValue::Table(defaults)) => {
+            matches!(find(defaults, "kunit"), Some(DeValue::Boolean(true)))
+        }
+        _ => false,
+    };
     let parser = Parser {
         text,
         base_dir,
         top: &scope,
+        defaults_kunit,
     };
     let mut name = None;
     let mut settings = PlanSettings::default();
@@ -128,6 +141,8 @@ crate::plan_table! {
         "trace" trace: ByHand,
         "vmcore" vmcore: Flag = "vmcore = true",
         "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
+        "kunit" kunit: Flag = "kunit = true",
+        "kernel-args" kernel_args: ByHand = "kernel-args = [\"kunit.filter_glob=list*\"]",
     }
 }
 
@@ -156,6 +171,8 @@ crate::plan_table! {
         "trace" trace: ByHand,
         "vmcore" vmcore: Flag = "vmcore = true",
         "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
+        "kunit" kunit: Flag = "kunit = true",
+        "kernel-args" kernel_args: ByHand = "kernel-args = [\"kunit.filter_glob=list*\"]",
     }
 }
 
@@ -225,6 +242,8 @@ struct Parser<'t> {
     base_dir: &'t Path,
     /// The top level, whose tables' scopes are made from it.
     top: &'t Scope,
+    /// Whether `[defaults]` says `kunit = true` (wherever it is in the file).
+    defaults_kunit: bool,
 }
 
 impl Parser<'_> {
@@ -254,6 +273,7 @@ impl Parser<'_> {
         common.vmcore = read.vmcore.map(|Flag(on)| on);
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
+        common.kunit = read.kunit.map(|Flag(on)| on);
         Ok(common)
     }
 
@@ -352,6 +372,7 @@ impl Parser<'_> {
         common.vmcore = read.vmcore.map(|Flag(on)| on);
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
+        common.kunit = read.kunit.map(|Flag(on)| on);
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -379,7 +400,7 @@ impl Parser<'_> {
                 ));
             }
             (None, None) => {
-                return Err(Diag::new(
+                let missing = Diag::new(
                     header,
                     "test.command",
                     format!("{} has neither `command` nor `script`", scope.name),
@@ -387,7 +408,13 @@ impl Parser<'_> {
                 .help(
                     "add `command = [\"program\", \"argument\"]` to run a program, \
                      or `script = \"...\"` to run shell code",
-                ));
+                );
+                // A test of the kernel's own tests needs none (`kunit`, its own or from
+                // [defaults], which may come later in the file).
+                if !common.kunit.unwrap_or(self.defaults_kunit) {
+                    return Err(missing);
+                }
+                Body::Nothing
             }
             (Some((command, _)), None) => {
                 if let Some(span) = shell_span {
@@ -532,6 +559,8 @@ struct Common {
     trace: Option<String>,
     vmcore: Option<bool>,
     rootfs: Option<PathBuf>,
+    kunit: Option<bool>,
+    kernel_args: Vec<String>,
 }
 
 impl Common {
@@ -559,6 +588,7 @@ impl Common {
             "arch" => self.arch = Some(f.archs()?),
             "memory" => self.memory_mib = Some(f.memory_mib()?),
             "modules" => self.modules = f.modules()?,
+            "kernel-args" => self.kernel_args = f.args()?,
             "artifacts" => self.artifacts = f.artifacts()?,
             "expect" => self.expect = Some(f.expect()?),
             "trace" => {
@@ -582,6 +612,9 @@ impl Common {
 enum Body {
     Exec(Command),
     Script(String),
+    /// Neither `command` nor `script`: a test of the kernel's own tests (`kunit = true`) runs
+    /// nothing but its modules.
+    Nothing,
 }
 
 /// The `arch` of a test or of `[defaults]`.
@@ -610,7 +643,10 @@ impl RawTest {
     /// an array, each with the architecture it was made for.
     fn build(self, defaults: &Common) -> Res<Vec<(TestCase, Option<Arch>)>> {
         let own = self.common;
+        let kunit = own.kunit.or(defaults.kunit).unwrap_or(false);
         let command = match self.body {
+            // Nothing to run: the modules load, the kernel log is judged.
+            Body::Nothing => Command::script(""),
             Body::Exec(command) => command,
             Body::Script(body) => Command::Script {
                 shell: own
@@ -639,6 +675,8 @@ impl RawTest {
                 modules: appended(&defaults.modules, own.modules),
                 vmcore: own.vmcore.or(defaults.vmcore).unwrap_or(false),
                 rootfs: own.rootfs.or_else(|| defaults.rootfs.clone()),
+                kunit,
+                kernel_args: [defaults.kernel_args.clone(), own.kernel_args].concat(),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
