@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask`), then
-//!   runs formatting and lint checks and the whole test suite, heavy tests included.
+//! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask` and
+//!   the tools cache: Garage, the KUnit kernels of [`kunit`]), then runs formatting and lint
+//!   checks and the whole test suite, heavy tests included.
 //! - `cargo xtask demo`: provisions QEMU and the guest images if missing, runs the bundled
 //!   four-architecture campaign and writes its reports under `target/demo`.
 
@@ -10,6 +11,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+mod kunit;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -89,8 +92,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     }
 
     // Prerequisites, installed once: Python's junitparser (under target/xtask), GNU cpio,
-    // Chromium (the HTML report's browser test), QEMU, and the Debian guest images (in the
-    // image cache).
+    // Chromium (the HTML report's browser test), QEMU, the Debian guest images (in the image
+    // cache), and the KUnit kernels (in the tools cache).
     let python = ensure_junitparser(root)?;
     ensure_apt_tool("cpio", "cpio")?;
     // qemu-runner's hostile-guest test watches the runner's file accesses with it.
@@ -98,6 +101,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_chromium()?;
     let garage = ensure_garage()?;
     provision_guests()?;
+    // QEMU first: kunit.py runs each KUnit kernel once.
+    let kunit_kernels = kunit::ensure_kunit_kernels(&tools_cache()?)?;
 
     if lints {
         let mut fmt = cargo();
@@ -145,7 +150,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     tests
         .args(&extra)
         .env("JUNITPARSER_PYTHON", &python)
-        .env("ORCH_GARAGE", &garage);
+        .env("ORCH_GARAGE", &garage)
+        .env("ORCH_KUNIT_KERNELS", &kunit_kernels);
     step("tests (heavy tests included)", tests)?;
 
     let mut doctests = cargo();
@@ -207,13 +213,7 @@ const GARAGE_VERSION: &str = "2.5.0";
 /// (`$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`), then reused. Returns the
 /// binary, which the tests find through `ORCH_GARAGE`.
 fn ensure_garage() -> Result<PathBuf> {
-    let root = match std::env::var_os("ORCH_TOOLS_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
-            PathBuf::from(home).join(".cache/qemu-orchestrator/tools")
-        }
-    };
+    let root = tools_cache()?;
     let bin = root.join("bin/garage");
     let version = Command::new(&bin).arg("--version").output();
     if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(GARAGE_VERSION)) {
@@ -226,6 +226,17 @@ fn ensure_garage() -> Result<PathBuf> {
         .arg("garage");
     step("cargo install garage (once; cached)", install)?;
     Ok(bin)
+}
+
+/// The tools cache: `$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`.
+fn tools_cache() -> Result<PathBuf> {
+    Ok(match std::env::var_os("ORCH_TOOLS_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
+            PathBuf::from(home).join(".cache/qemu-orchestrator/tools")
+        }
+    })
 }
 
 /// QEMU for the four architectures and the stock Debian kernels and busybox the boot tests use.
