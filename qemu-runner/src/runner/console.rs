@@ -47,6 +47,8 @@ pub(super) struct Watch {
     pub(super) excerpt: Excerpt,
     pub(super) tail: VecDeque<String>,
     pub(super) ready: Option<Record>,
+    /// What the console showed missing from the kernel's configuration before `READY`.
+    pub(super) missing: Option<crash::Missing>,
     pub(super) serious: Option<CrashKind>,
     pub(super) warnings: usize,
     /// A guest poweroff or reboot the console announced.
@@ -72,6 +74,7 @@ impl Watch {
             excerpt: Excerpt::default(),
             tail: VecDeque::new(),
             ready: None,
+            missing: None,
             serious: None,
             warnings: 0,
             shutdown: None,
@@ -117,6 +120,9 @@ impl Watch {
         {
             slice.extend_from_slice(line.as_bytes());
             slice.push(b'\n');
+        }
+        if self.ready.is_none() && self.missing.is_none() {
+            self.missing = crash::Missing::recognise(line);
         }
         let signal = crash::classify(line);
         self.excerpt.line(
@@ -198,13 +204,25 @@ pub(super) async fn wait(
     }
 }
 
-/// The outcome of a boot that did not reach `READY` (`None` when it did).
+/// The outcome of a boot that did not reach `READY` (`None` when it did). `console` is the
+/// kernel's name for the console device: a console that showed nothing names its driver's
+/// options. What the console showed missing from the kernel's configuration is named in the
+/// note.
 pub(super) async fn boot_outcome(
     vm: &mut Vm,
     watch: &mut Watch,
     booted: Wait,
     boot_limit: std::time::Duration,
+    console: &str,
 ) -> Option<(Outcome, String)> {
+    // Appended to a note: what the kernel lacks, as the console showed it.
+    let missing = |watch: &Watch| {
+        watch
+            .missing
+            .as_ref()
+            .map(|m| format!(": {}", m.explain()))
+            .unwrap_or_default()
+    };
     Some(match booted {
         Wait::Ready => return None,
         Wait::Fatal(kind) => {
@@ -213,7 +231,10 @@ pub(super) async fn boot_outcome(
                 Outcome::Crashed {
                     crash: CrashKind::BootFailure,
                 },
-                format!("the kernel crashed before the guest was ready ({kind})"),
+                format!(
+                    "the kernel crashed before the guest was ready ({kind}){}",
+                    missing(watch)
+                ),
             )
         }
         Wait::Exited => {
@@ -227,20 +248,33 @@ pub(super) async fn boot_outcome(
                     Outcome::Crashed {
                         crash: CrashKind::BootFailure,
                     },
-                    note,
+                    format!("{note}{}", missing(watch)),
                 )
             }
         }
-        Wait::Deadline => (
-            Outcome::TimedOut {
-                phase: Phase::Boot,
-                limit: boot_limit,
-            },
-            format!(
+        Wait::Deadline => {
+            let mut note = format!(
                 "boot failure: the guest did not become ready within {}",
                 humantime_secs(boot_limit)
-            ),
-        ),
+            );
+            if watch.missing.is_some() {
+                note.push_str(&missing(watch));
+            } else if watch.lines_seen == 0 {
+                note.push_str(&format!(
+                    "; the console showed nothing: the kernel may lack the driver of its console {console}"
+                ));
+                if let Some(options) = crash::console_options(console) {
+                    note.push_str(&format!(" ({options})"));
+                }
+            }
+            (
+                Outcome::TimedOut {
+                    phase: Phase::Boot,
+                    limit: boot_limit,
+                },
+                note,
+            )
+        }
         Wait::Cancelled => (
             Outcome::Cancelled,
             "the run was cancelled during boot".into(),
