@@ -21,6 +21,9 @@ tasks:
   test [--no-lints] [-- <nextest args>]
         install test prerequisites, check formatting, clippy and docs, then run every test
         (heavy tests included); fails if anything fails
+  kunit-kernels
+        build the KUnit kernels the tests use if they are not cached (as `test` does), then
+        print their directory
   demo  install QEMU and the guest images if missing, then run the bundled four-architecture
         campaign (examples/plans/demo.toml): summary table, JUnit, JSON and HTML reports in
         target/demo, artifacts in target/demo/store (run it twice to see dedup)
@@ -41,6 +44,14 @@ fn run() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root, &args[1..]),
+        Some("kunit-kernels") => {
+            if let Some(a) = args.get(1) {
+                bail!("unknown option `{a}` for `kunit-kernels`\n\n{USAGE}");
+            }
+            let dir = kunit::ensure_kunit_kernels(&tools_cache()?)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
