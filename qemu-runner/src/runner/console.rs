@@ -399,3 +399,37 @@ pub(super) async fn drain_after_crash(vm: &mut Vm, watch: &mut Watch) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel (a) of the KUnit kernels booted with 4 KiB of random bytes as its initramfs
+    /// (see crash.rs): the first thing the console shows missing is kept, the panic after it
+    /// ends the boot.
+    #[test]
+    fn the_first_missing_piece_is_kept_and_the_panic_ends_the_boot() {
+        let mut watch = Watch::new(1 << 20, 1 << 20);
+        let lines = [
+            "[    0.794448] Initramfs unpacking failed: invalid magic at start of compressed archive",
+            "[    1.765316] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+        ];
+        assert_eq!(watch.line(lines[0]), None);
+        assert_eq!(
+            watch.line(lines[1]),
+            Some(Wait::Fatal(CrashKind::KernelPanic))
+        );
+        assert_eq!(
+            watch.missing,
+            Some(crash::Missing::InitramfsUnpacking(
+                "invalid magic at start of compressed archive".into()
+            ))
+        );
+        // After READY, a test's own output names nothing.
+        let mut ready = Watch::new(1 << 20, 1 << 20);
+        ready.line(&format!("ORCH1 {} READY 6.1.172 x86_64", "ab".repeat(16)));
+        assert!(ready.ready.is_some());
+        ready.line("Failed to execute /init (error -8)");
+        assert_eq!(ready.missing, None);
+    }
+}
