@@ -29,13 +29,30 @@ $B mkdir -p /proc /sys /dev /tmp /run /bin /sbin /usr/bin /usr/sbin /work
 $B mount -t devtmpfs devtmpfs /dev 2>/dev/null
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
-$B mount -t tmpfs tmpfs /tmp
-$B mount -t tmpfs tmpfs /run
+# Without tmpfs (CONFIG_TMPFS) /tmp and /run stay on the initramfs root, writable too.
+$B mount -t tmpfs tmpfs /tmp 2>/dev/null
+$B mount -t tmpfs tmpfs /run 2>/dev/null
 $B --install -s 2>/dev/null || $B --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# Makes /dev/<name> for each sysfs device directory given, from its `major:minor`, unless it
+# exists: without devtmpfs (CONFIG_DEVTMPFS) /dev holds only the initramfs' console and null.
+mknodes() {
+    for d in "$@"; do
+        [ -e "/dev/${d##*/}" ] || [ ! -r "$d/dev" ] && continue
+        IFS=: read -r ma mi <"$d/dev"
+        mknod "/dev/${d##*/}" c "$ma" "$mi"
+    done
+}
+if [ ! -c /dev/urandom ]; then
+    mknodes /sys/class/mem/null /sys/class/mem/zero /sys/class/mem/full /sys/class/mem/random \
+        /sys/class/mem/urandom /sys/class/mem/kmsg /sys/class/tty/console /sys/class/tty/tty
+    for d in $(cat /sys/class/tty/console/active); do mknodes "/sys/class/tty/$d"; done
+fi
 exec 0</dev/console 1>/dev/console 2>&1
 stty -echo 2>/dev/null
 nonce=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+# Never empty (the host ignores a READY without it): the kernel's random UUID otherwise.
+[ -n "$nonce" ] || nonce=$(tr -d '-' </proc/sys/kernel/random/uuid)
 say() { echo "ORCH1 $nonce $*"; }
 # Loads the modules listed in file $1 (dependencies first), each with the
 # `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does.
@@ -310,11 +327,11 @@ run_one() {
         export ORCH_TEST_ID
         # The test sees none of the agent's functions and variables.
         unset -f say send send_channel clean_work load_settings run_one load_modules bound \
-            watch_test stopped_all mount_root
+            watch_test stopped_all mount_root mknodes
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid cap c me busy line kind fstype opts dev d
+            wpid cap c me busy line kind fstype opts dev d ma mi
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
@@ -383,7 +400,7 @@ run_one() {
             i=0
             while :; do
                 for p in /sys/class/virtio-ports/*; do
-                    [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/}
+                    [ "$(cat "$p/name" 2>/dev/null)" = org.orch.artifacts ] && port=/dev/${p##*/} && mknodes "$p"
                 done
                 set -- /sys/bus/virtio/drivers/virtio_console/virtio*
                 [ -z "$port" ] && [ -e "$1" ] && [ "$i" -lt 20 ] || break

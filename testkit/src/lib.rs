@@ -9,7 +9,8 @@
 //! to reach one node: an `object_store` handle, or the `AWS_*` environment of a worker process.
 //!
 //! `cargo xtask test` builds Garage once and passes its path as `ORCH_GARAGE`; without it the
-//! fixtures use the tools cache xtask fills (see [`garage_binary`]).
+//! fixtures use the tools cache xtask fills (see [`garage_binary`]). Likewise the KUnit kernels
+//! ([`kunit_kernels`], `ORCH_KUNIT_KERNELS`).
 //!
 //! ```no_run
 //! use object_store::ObjectStoreExt;
@@ -23,6 +24,8 @@
 #![deny(missing_docs)]
 
 mod garage;
+mod kunit;
 pub mod plan;
 
 pub use garage::{GarageCluster, GarageNode, REGION, S3Access, garage_binary, list_keys};
+pub use kunit::kunit_kernels;

@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
 //!
-//! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask`), then
-//!   runs formatting and lint checks and the whole test suite, heavy tests included.
+//! - `cargo xtask test`: installs what the tests need (once; cached under `target/xtask` and
+//!   the tools cache: Garage, the KUnit kernels of [`kunit`]), then runs formatting and lint
+//!   checks and the whole test suite, heavy tests included.
 //! - `cargo xtask demo`: provisions QEMU and the guest images if missing, runs the bundled
 //!   four-architecture campaign and writes its reports under `target/demo`.
 
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod kunit;
 mod rootfs;
 
 const USAGE: &str = "\
@@ -20,6 +22,9 @@ tasks:
   test [--no-lints] [-- <nextest args>]
         install test prerequisites, check formatting, clippy and docs, then run every test
         (heavy tests included); fails if anything fails
+  kunit-kernels
+        build the KUnit kernels the tests use if they are not cached (as `test` does), then
+        print their directory
   test-rootfs
         make (once; cached) the Debian arm64 root file system of the rootfs tests and print the
         ORCH_TEST_ROOTFS and ORCH_TEST_ROOTFS_IMAGE settings that name it
@@ -44,6 +49,14 @@ fn run() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root, &args[1..]),
         Some("test-rootfs") => rootfs::print_test_rootfs(),
+        Some("kunit-kernels") => {
+            if let Some(a) = args.get(1) {
+                bail!("unknown option `{a}` for `kunit-kernels`\n\n{USAGE}");
+            }
+            let dir = kunit::ensure_kunit_kernels(&tools_cache()?)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
@@ -95,8 +108,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     }
 
     // Prerequisites, installed once: Python's junitparser (under target/xtask), GNU cpio,
-    // Chromium (the HTML report's browser test), QEMU, and the Debian guest images (in the
-    // image cache).
+    // Chromium (the HTML report's browser test), QEMU, the Debian guest images (in the image
+    // cache), and the KUnit kernels (in the tools cache).
     let python = ensure_junitparser(root)?;
     ensure_apt_tool("cpio", "cpio")?;
     // qemu-runner's hostile-guest test watches the runner's file accesses with it.
@@ -106,6 +119,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     ensure_chromium()?;
     let garage = ensure_garage()?;
     provision_guests()?;
+    // QEMU first: kunit.py runs each KUnit kernel once.
+    let kunit_kernels = kunit::ensure_kunit_kernels(&tools_cache()?)?;
     // The Debian arm64 root file system of the rootfs tests (a directory and an ext4 image).
     let test_rootfs = rootfs::ensure_test_rootfs()?;
 
@@ -157,7 +172,8 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         .env("JUNITPARSER_PYTHON", &python)
         .env("ORCH_GARAGE", &garage)
         .env("ORCH_TEST_ROOTFS", &test_rootfs.dir)
-        .env("ORCH_TEST_ROOTFS_IMAGE", &test_rootfs.image);
+        .env("ORCH_TEST_ROOTFS_IMAGE", &test_rootfs.image)
+        .env("ORCH_KUNIT_KERNELS", &kunit_kernels);
     step("tests (heavy tests included)", tests)?;
 
     let mut doctests = cargo();
@@ -219,13 +235,7 @@ const GARAGE_VERSION: &str = "2.5.0";
 /// (`$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`), then reused. Returns the
 /// binary, which the tests find through `ORCH_GARAGE`.
 fn ensure_garage() -> Result<PathBuf> {
-    let root = match std::env::var_os("ORCH_TOOLS_CACHE") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
-            PathBuf::from(home).join(".cache/qemu-orchestrator/tools")
-        }
-    };
+    let root = tools_cache()?;
     let bin = root.join("bin/garage");
     let version = Command::new(&bin).arg("--version").output();
     if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(GARAGE_VERSION)) {
@@ -238,6 +248,17 @@ fn ensure_garage() -> Result<PathBuf> {
         .arg("garage");
     step("cargo install garage (once; cached)", install)?;
     Ok(bin)
+}
+
+/// The tools cache: `$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`.
+fn tools_cache() -> Result<PathBuf> {
+    Ok(match std::env::var_os("ORCH_TOOLS_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
+            PathBuf::from(home).join(".cache/qemu-orchestrator/tools")
+        }
+    })
 }
 
 /// QEMU for the four architectures and the stock Debian kernels and busybox the boot tests use.

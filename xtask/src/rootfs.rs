@@ -23,20 +23,9 @@ pub(crate) struct TestRootfs {
     pub(crate) image: PathBuf,
 }
 
-/// The tools cache (`$ORCH_TOOLS_CACHE`, default `~/.cache/qemu-orchestrator/tools`).
-fn tools_cache() -> Result<PathBuf> {
-    match std::env::var_os("ORCH_TOOLS_CACHE") {
-        Some(dir) => Ok(PathBuf::from(dir)),
-        None => {
-            let home = std::env::var_os("HOME").context("HOME is not set: set ORCH_TOOLS_CACHE")?;
-            Ok(PathBuf::from(home).join(".cache/qemu-orchestrator/tools"))
-        }
-    }
-}
-
 /// The test root file system, made if it is not in the cache yet.
 pub(crate) fn ensure_test_rootfs() -> Result<TestRootfs> {
-    let cache = tools_cache()?.join(format!("rootfs-{ARCH}-{SUITE}"));
+    let cache = super::tools_cache()?.join(format!("rootfs-{ARCH}-{SUITE}"));
     let done = TestRootfs {
         dir: cache.join("root"),
         image: cache.join("root.ext4"),

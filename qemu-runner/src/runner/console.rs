@@ -47,6 +47,8 @@ pub(super) struct Watch {
     pub(super) excerpt: Excerpt,
     pub(super) tail: VecDeque<String>,
     pub(super) ready: Option<Record>,
+    /// What the console showed missing from the kernel's configuration before `READY`.
+    pub(super) missing: Option<crash::Missing>,
     pub(super) serious: Option<CrashKind>,
     pub(super) warnings: usize,
     /// A guest poweroff or reboot the console announced.
@@ -74,6 +76,7 @@ impl Watch {
             excerpt: Excerpt::default(),
             tail: VecDeque::new(),
             ready: None,
+            missing: None,
             serious: None,
             warnings: 0,
             shutdown: None,
@@ -120,6 +123,9 @@ impl Watch {
         {
             slice.extend_from_slice(line.as_bytes());
             slice.push(b'\n');
+        }
+        if self.ready.is_none() && self.missing.is_none() {
+            self.missing = crash::Missing::recognise(line);
         }
         let signal = crash::classify(line);
         self.excerpt.line(
@@ -204,13 +210,25 @@ pub(super) async fn wait(
     }
 }
 
-/// The outcome of a boot that did not reach `READY` (`None` when it did).
+/// The outcome of a boot that did not reach `READY` (`None` when it did). `console` is the
+/// kernel's name for the console device: a console that showed nothing names its driver's
+/// options. What the console showed missing from the kernel's configuration is named in the
+/// note.
 pub(super) async fn boot_outcome(
     vm: &mut Vm,
     watch: &mut Watch,
     booted: Wait,
     boot_limit: std::time::Duration,
+    console: &str,
 ) -> Option<(Outcome, String)> {
+    // Appended to a note: what the kernel lacks, as the console showed it.
+    let missing = |watch: &Watch| {
+        watch
+            .missing
+            .as_ref()
+            .map(|m| format!(": {}", m.explain()))
+            .unwrap_or_default()
+    };
     Some(match booted {
         Wait::Ready => return None,
         Wait::Fatal(kind) => {
@@ -219,7 +237,10 @@ pub(super) async fn boot_outcome(
                 Outcome::Crashed {
                     crash: CrashKind::BootFailure,
                 },
-                format!("the kernel crashed before the guest was ready ({kind})"),
+                format!(
+                    "the kernel crashed before the guest was ready ({kind}){}",
+                    missing(watch)
+                ),
             )
         }
         Wait::Exited => {
@@ -233,20 +254,33 @@ pub(super) async fn boot_outcome(
                     Outcome::Crashed {
                         crash: CrashKind::BootFailure,
                     },
-                    note,
+                    format!("{note}{}", missing(watch)),
                 )
             }
         }
-        Wait::Deadline => (
-            Outcome::TimedOut {
-                phase: Phase::Boot,
-                limit: boot_limit,
-            },
-            format!(
+        Wait::Deadline => {
+            let mut note = format!(
                 "boot failure: the guest did not become ready within {}",
                 humantime_secs(boot_limit)
-            ),
-        ),
+            );
+            if watch.missing.is_some() {
+                note.push_str(&missing(watch));
+            } else if watch.lines_seen == 0 {
+                note.push_str(&format!(
+                    "; the console showed nothing: the kernel may lack the driver of its console {console}"
+                ));
+                if let Some(options) = crash::console_options(console) {
+                    note.push_str(&format!(" ({options})"));
+                }
+            }
+            (
+                Outcome::TimedOut {
+                    phase: Phase::Boot,
+                    limit: boot_limit,
+                },
+                note,
+            )
+        }
         Wait::Cancelled => (
             Outcome::Cancelled,
             "the run was cancelled during boot".into(),
@@ -369,5 +403,39 @@ pub(super) async fn drain_after_crash(vm: &mut Vm, watch: &mut Watch) {
         if wait(vm, watch, until, &never).await == Wait::Deadline {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel (a) of the KUnit kernels booted with 4 KiB of random bytes as its initramfs
+    /// (see crash.rs): the first thing the console shows missing is kept, the panic after it
+    /// ends the boot.
+    #[test]
+    fn the_first_missing_piece_is_kept_and_the_panic_ends_the_boot() {
+        let mut watch = Watch::new(1 << 20, 1 << 20);
+        let lines = [
+            "[    0.794448] Initramfs unpacking failed: invalid magic at start of compressed archive",
+            "[    1.765316] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+        ];
+        assert_eq!(watch.line(lines[0]), None);
+        assert_eq!(
+            watch.line(lines[1]),
+            Some(Wait::Fatal(CrashKind::KernelPanic))
+        );
+        assert_eq!(
+            watch.missing,
+            Some(crash::Missing::InitramfsUnpacking(
+                "invalid magic at start of compressed archive".into()
+            ))
+        );
+        // After READY, a test's own output names nothing.
+        let mut ready = Watch::new(1 << 20, 1 << 20);
+        ready.line(&format!("ORCH1 {} READY 6.1.172 x86_64", "ab".repeat(16)));
+        assert!(ready.ready.is_some());
+        ready.line("Failed to execute /init (error -8)");
+        assert_eq!(ready.missing, None);
     }
 }

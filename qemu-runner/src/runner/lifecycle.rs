@@ -175,7 +175,14 @@ impl QemuRunner {
             started_at: boot_start,
             finished_at: Utc::now(),
         });
-        let failed = boot_outcome(vm, &mut watch, booted, boot_limit).await;
+        let failed = boot_outcome(
+            vm,
+            &mut watch,
+            booted,
+            boot_limit,
+            &prepared.profile.console,
+        )
+        .await;
         match &failed {
             None => tracing::debug!(accel = %prepared.decision.accel, "guest agent ready"),
             Some((outcome, note)) => {
