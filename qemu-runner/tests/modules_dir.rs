@@ -307,10 +307,31 @@ async fn a_kunit_kernel_with_its_modules_dir() {
     )
     .with_modules([suite.as_str()])
     .with_artifact("out.bin");
+    // Judged by the kernel's KTAP: the suites built in (at boot) and the module's (in the test).
+    let mut req = case.requirements.clone();
+    req.kunit = true;
+    let case = case.with_requirements(req);
     let (results, _scratch) = run(vec![case]).await;
     let r = &results[0];
     assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
     assert_big_artifact(r);
+    // The module's suite (`bitfields`, two cases) became subtests beside the boot's 81.
+    let of_module: Vec<&str> = r
+        .subtests
+        .iter()
+        .filter(|t| t.suite.first().map(String::as_str) == Some("bitfields"))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        of_module,
+        [
+            "bitfields.test_bitfields_constants",
+            "bitfields.test_bitfields_variables"
+        ],
+        "{:#?}",
+        r.subtests
+    );
+    assert_eq!(r.subtests.len(), 81 + 2, "{:#?}", r.subtests);
     // Both modules loaded from the tree: virtio_console is no built-in here.
     let loaded: Vec<&str> = r
         .stdout
