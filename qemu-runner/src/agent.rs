@@ -18,7 +18,8 @@ pub const ORCH_DIR: &str = "orch";
 /// `/orch/modules` (the test's own module files to `insmod`, dependencies first, each with the
 /// `<module>.<param>=<value>` parameters of the kernel command line, as modprobe does; loaded in
 /// the test phase, on the test's clock, after the kernel log line `qemu-runner: loading the
-/// test's modules`; what loading them printed is kept in `/tmp/modules-kmsg.log` for the test), `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
+/// test's modules`; what loading them printed is kept in `/tmp/modules-kmsg.log` for the test),
+/// `/orch/env` (sourced), then `/orch/run.sh` in `/work`.
 /// While the test runs, a watcher stops it when the host sends `STOP` (its deadline) and, at
 /// each `TICK` the host sends meanwhile, keeps the guest's copy of its output bounded (head and
 /// tail, with the byte count).

@@ -138,7 +138,7 @@ pub(crate) fn ensure_kunit_kernels(tools: &Path) -> Result<PathBuf> {
         return Ok(dir);
     }
     eprintln!(
-        "xtask: == KUnit kernels: building in {} (once; about 30 minutes on 2 cores)",
+        "xtask: == KUnit kernels: building in {} (once; about 8 minutes on 2 idle cores)",
         dir.display()
     );
     let _ = std::fs::remove_file(dir.join("READY"));
