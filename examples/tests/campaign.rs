@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use testkit::junit_case;
+
 fn campaign_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -663,19 +665,6 @@ fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
         !dir.path().join("bad/junit.xml").exists(),
         "nothing runs half-configured"
     );
-}
-
-/// The `<testcase>` element named `name` in a JUnit document.
-fn junit_case<'a>(xml: &'a str, name: &str) -> &'a str {
-    let start = xml
-        .find(&format!("<testcase name=\"{name}\""))
-        .unwrap_or_else(|| panic!("no test case {name} in\n{xml}"));
-    let rest = &xml[start..];
-    let head_end = rest.find('>').unwrap();
-    if rest[..head_end].ends_with('/') {
-        return &rest[..=head_end];
-    }
-    &rest[..rest.find("</testcase>").unwrap()]
 }
 
 /// A test that exits 0 but prints KTAP with a `not ok` case fails the campaign, and says so in

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use testkit::junit_case;
+
 /// The directory of the KUnit kernels: `ORCH_KUNIT_KERNELS`, which must be set (a heavy test
 /// that cannot find its kernels fails; it never passes without having run).
 fn kernels() -> PathBuf {
@@ -141,19 +143,6 @@ fn kunit_py_parse(src: &Path, log: &Path, scratch: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&run.stderr)
     );
     json(&out)
-}
-
-/// The `<testcase>` element named `name` in `xml`.
-fn junit_case<'a>(xml: &'a str, name: &str) -> &'a str {
-    let start = xml
-        .find(&format!("<testcase name=\"{name}\""))
-        .unwrap_or_else(|| panic!("no test case {name} in\n{xml}"));
-    let rest = &xml[start..];
-    let head_end = rest.find('>').unwrap();
-    if rest[..head_end].ends_with('/') {
-        return &rest[..=head_end];
-    }
-    &rest[..rest.find("</testcase>").unwrap()]
 }
 
 /// `name="value"` of the `<testsuites>` element, as a number.

@@ -27,7 +27,7 @@ pub fn kunit_kernels() -> PathBuf {
     assert!(
         dir.join("READY").is_file(),
         "the KUnit kernels are not built in {}: run `cargo xtask test` (it builds them once, \
-         about 30 minutes on 2 cores), or set ORCH_KUNIT_KERNELS",
+         about 8 minutes on 2 idle cores), or set ORCH_KUNIT_KERNELS",
         dir.display()
     );
     dir

@@ -1,7 +1,7 @@
 //! Fixtures shared by the workspace's tests.
 //!
 //! [`plan`]: the checks of plan-file tests (located errors, the reference plan's commented
-//! tables).
+//! tables). [`junit_case`]: one test case of a JUnit document.
 //!
 //! Real S3 servers on loopback: [`GarageNode`], one Garage node, and [`GarageCluster`], several
 //! Garage nodes replicating one bucket, each with a bucket and a key ready when `start`
@@ -24,8 +24,10 @@
 #![deny(missing_docs)]
 
 mod garage;
+mod junit;
 mod kunit;
 pub mod plan;
 
 pub use garage::{GarageCluster, GarageNode, REGION, S3Access, garage_binary, list_keys};
+pub use junit::junit_case;
 pub use kunit::kunit_kernels;

@@ -89,7 +89,7 @@ CONFIG_LIST_KUNIT_TEST=y
 CONFIG_BLK_DEV_INITRD=y
 ";
 
-/// The suite (a) builds as a module (`lib/bitfield_kunit.ko`, suite `bitfield`).
+/// The suite (a) builds as a module (`lib/bitfield_kunit.ko`, suite `bitfields`).
 pub(crate) const SUITE_MODULE: &str = "bitfield_kunit";
 
 /// The case (b) makes fail.

@@ -378,6 +378,7 @@ mod tests {
     use super::*;
     use crate::case::{Expectation, TestCase};
     use crate::result::{Outcome, SubtestStatus};
+    use testkit::junit_case;
 
     /// KTAP with one failed case, and one case for each directive that does not fail a test
     /// (in the mixed case KTAP and TAP allow).
@@ -412,19 +413,6 @@ mod tests {
             storage: None,
             shard: None,
         }
-    }
-
-    /// The `<testcase>` element named `name` in `xml`.
-    fn junit_case<'a>(xml: &'a str, name: &str) -> &'a str {
-        let start = xml
-            .find(&format!("<testcase name=\"{name}\""))
-            .unwrap_or_else(|| panic!("no test case {name} in\n{xml}"));
-        let rest = &xml[start..];
-        let head_end = rest.find('>').unwrap();
-        if rest[..head_end].ends_with('/') {
-            return &rest[..=head_end];
-        }
-        &rest[..rest.find("</testcase>").unwrap()]
     }
 
     /// The HTML row of the test at `index` (its `<tbody>`).
