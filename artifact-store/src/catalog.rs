@@ -147,6 +147,42 @@ impl Catalog {
         })
     }
 
+    /// Opens an existing catalog for reading only: no schema change, no journal-mode change,
+    /// nothing written (SQLite still maps the WAL index shared with writers).
+    pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
+        let err = |ctx: &str, e| Error::catalog(path, ctx, e);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err("open read-only", e))?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(|e| err("set busy timeout", e))?;
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| err("read format version", e))?;
+        if version > CATALOG_VERSION {
+            return Err(Error::NewerFormat {
+                path: path.to_owned(),
+                found: version,
+                supported: CATALOG_VERSION,
+            });
+        }
+        if version < CATALOG_VERSION {
+            return Err(Error::Invalid {
+                what: "catalog",
+                detail: format!(
+                    "{} has format version {version}, older than {CATALOG_VERSION}: open it once for writing (any write command, `verify --repair` say) to upgrade it",
+                    path.display()
+                ),
+            });
+        }
+        Ok(Catalog {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
     pub(crate) fn err(&self, ctx: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
         let ctx = ctx.into();
         move |e| Error::catalog(&self.path, ctx, e)
