@@ -19,6 +19,9 @@ use crate::model::{ArtifactRecord, Eviction, Query};
 /// `inline_blobs` and `remote_pulled`; a version 1 catalog is upgraded when opened.
 pub const CATALOG_VERSION: u32 = 2;
 
+/// The oldest catalog format read without an upgrade ([`Catalog::open_read_only`]).
+const READ_ONLY_MIN_VERSION: u32 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts(
   seq INTEGER PRIMARY KEY,
@@ -168,11 +171,13 @@ impl Catalog {
                 supported: CATALOG_VERSION,
             });
         }
-        if version < CATALOG_VERSION {
+        // Versions from 2 on differ by indexes only: a reader needs no upgrade (merely a
+        // slower plan). Version 1 lacks the tables of inline blobs.
+        if version < READ_ONLY_MIN_VERSION {
             return Err(Error::Invalid {
                 what: "catalog",
                 detail: format!(
-                    "{} has format version {version}, older than {CATALOG_VERSION}: open it once for writing (any write command, `verify --repair` say) to upgrade it",
+                    "{} has format version {version}, older than {READ_ONLY_MIN_VERSION}: open it once for writing (any write command, `verify --repair` say) to upgrade it",
                     path.display()
                 ),
             });
