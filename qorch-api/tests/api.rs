@@ -500,3 +500,82 @@ async fn the_openapi_description_parses_and_matches_the_router() {
     }
     s.stop().await;
 }
+
+/// Parses `text` with the `prometheus-client` Python package's `parser` (`prometheus`) or
+/// `openmetrics.parser`, as JSON families.
+fn parse_with_python(python: &std::ffi::OsStr, parser: &str, text: &str) -> serde_json::Value {
+    use std::io::Write;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parse_metrics.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .arg(parser)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {parser} parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Python's prometheus-client: run `cargo xtask test`, which installs it and sets JUNITPARSER_PYTHON"]
+async fn metrics_parse_with_the_prometheus_projects_parsers() {
+    let python = std::env::var_os("JUNITPARSER_PYTHON")
+        .expect("JUNITPARSER_PYTHON is not set: run this test through `cargo xtask test`");
+    let s = serve_campaign(|c| c).await;
+    let text = s.get("/metrics").await.text().await.unwrap();
+    let stats = s.json("/api/v1/store/stats").await;
+    for parser in ["prometheus", "openmetrics"] {
+        let families = parse_with_python(&python, parser, &text);
+        let value = |family: &str, labels: serde_json::Value| -> f64 {
+            let f = &families[family];
+            assert!(
+                f.is_object(),
+                "{parser}: no family {family} in {families:#}"
+            );
+            f["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| {
+                    labels
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .all(|(k, v)| s[1][k] == *v)
+                })
+                .unwrap_or_else(|| panic!("{parser}: {family} {labels} missing: {f:#}"))[2]
+                .as_f64()
+                .unwrap()
+        };
+        assert_eq!(families["qorch_store_records"]["type"], "gauge");
+        assert_eq!(
+            value("qorch_store_records", serde_json::json!({"state": "live"})),
+            stats["live_records"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value("qorch_store_stored_bytes", serde_json::json!({})),
+            stats["stored_bytes"].as_f64().unwrap()
+        );
+        assert!(
+            (value("qorch_store_dedup_ratio", serde_json::json!({}))
+                - stats["dedup_ratio"].as_f64().unwrap())
+            .abs()
+                < 1e-9
+        );
+        assert!(value("qorch_store_kind_bytes", serde_json::json!({"kind": "log"})) > 6e6);
+    }
+    s.stop().await;
+}

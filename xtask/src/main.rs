@@ -291,14 +291,15 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use.
+/// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use,
+/// and `prometheus-client`, whose parser reads qorch-api's metrics.
 /// Lives in a virtual environment under `target/xtask/venv`, created once.
 fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target/xtask/venv");
     let python = venv.join("bin/python");
     let ready = |py: &Path| {
         Command::new(py)
-            .args(["-c", "import junitparser"])
+            .args(["-c", "import junitparser, prometheus_client"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -329,6 +330,8 @@ fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
         "--quiet",
         "--disable-pip-version-check",
         "junitparser==3.2.0",
+        // The Prometheus project's parser of the metrics text format (qorch-api's /metrics).
+        "prometheus-client==0.26.0",
     ]);
     step("pip install junitparser", pip)?;
     if !ready(&python) {
