@@ -63,6 +63,8 @@ pub(crate) struct ListParams {
     limit: Option<u64>,
     #[serde(default)]
     include_evicted: bool,
+    #[serde(default)]
+    newest_first: bool,
 }
 
 pub(crate) fn query_rejection(e: QueryRejection) -> ApiError {
@@ -81,7 +83,9 @@ fn time(param: &str, v: &str) -> Result<DateTime<Utc>, ApiError> {
 
 impl ListParams {
     fn query(&self) -> Result<Query, ApiError> {
-        let mut q = Query::new().include_evicted(self.include_evicted);
+        let mut q = Query::new()
+            .include_evicted(self.include_evicted)
+            .newest_first(self.newest_first);
         if let Some(t) = &self.test {
             validate::test_id(t)?;
             q = q.test(t);
@@ -127,7 +131,8 @@ impl ListParams {
     }
 }
 
-/// `GET /api/v1/artifacts`: records matching the filters, oldest first (the store's order).
+/// `GET /api/v1/artifacts`: records matching the filters, oldest first (the store's order) or
+/// newest first.
 pub(crate) async fn list(
     State(state): State<ApiState>,
     params: Result<axum::extract::Query<ListParams>, QueryRejection>,
