@@ -379,6 +379,49 @@ impl QemuRunner {
     }
 }
 
+impl QemuRunner {
+    /// Records how the guest was set up in the result's environment ([`describe_guest`]), and
+    /// which kernel it booted: a provisioned (stock) kernel's Debian package
+    /// (`kernel-package`, `kernel-package-version`, `kernel-distribution`), else the kernel
+    /// image's BLAKE3 (`kernel-blake3`); the release (`kernel-release`) when known.
+    pub(super) fn describe(&self, result: &mut TestResult, prepared: &Prepared) {
+        describe_guest(result, prepared);
+        let kernel = &prepared.spec.kernel;
+        let env = &mut result.environment;
+        let stock = {
+            let guard = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().and_then(|m| {
+                m.images
+                    .get(&prepared.profile.arch)
+                    .filter(|image| &image.kernel == kernel)
+                    .cloned()
+            })
+        };
+        match stock {
+            Some(image) => {
+                env.insert("kernel-package".into(), image.kernel_package);
+                env.insert(
+                    "kernel-package-version".into(),
+                    image.kernel_package_version,
+                );
+                env.insert(
+                    "kernel-distribution".into(),
+                    format!("debian {}", image.debian_suite),
+                );
+                env.insert("kernel-release".into(), image.kernel_version);
+            }
+            None => {
+                if let Some(digest) = self.kernel_digest(kernel) {
+                    env.insert("kernel-blake3".into(), digest);
+                }
+                if let Some(release) = self.kernel_release(kernel) {
+                    env.insert("kernel-release".into(), release);
+                }
+            }
+        }
+    }
+}
+
 /// Records how the guest was set up in the result's environment.
 pub(super) fn describe_guest(result: &mut TestResult, prepared: &Prepared) {
     let Prepared {

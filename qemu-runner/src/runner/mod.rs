@@ -271,6 +271,8 @@ pub struct QemuRunner {
     module_trees: Mutex<HashMap<PathBuf, Arc<ModuleIndex>>>,
     /// Kernel releases read from kernel images so far ([`kernel::release`]), by image.
     releases: Mutex<HashMap<PathBuf, Option<String>>>,
+    /// BLAKE3 digests of the tests' own kernel images so far, by image.
+    digests: Mutex<HashMap<PathBuf, Option<String>>>,
 }
 
 const NAME: &str = "qemu";
@@ -292,6 +294,7 @@ impl QemuRunner {
             boots: std::sync::atomic::AtomicU32::new(0),
             module_trees: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -380,6 +383,20 @@ impl QemuRunner {
         releases
             .entry(kernel.to_owned())
             .or_insert_with(|| kernel::release(kernel))
+            .clone()
+    }
+
+    /// The BLAKE3 digest (hex) of the kernel image at `kernel`, read once per runner.
+    fn kernel_digest(&self, kernel: &Path) -> Option<String> {
+        let mut digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        digests
+            .entry(kernel.to_owned())
+            .or_insert_with(|| {
+                let mut hasher = blake3::Hasher::new();
+                let mut file = std::fs::File::open(kernel).ok()?;
+                std::io::copy(&mut file, &mut hasher).ok()?;
+                Some(hasher.finalize().to_hex().to_string())
+            })
             .clone()
     }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use orchestrator_core::{ExecutionContext, Outcome, Phase, RunnerError, TestCase, TestResult};
 
 use super::gather::{Delivery, list_artifacts};
-use super::lifecycle::{Guest, Run, describe_guest, stop};
+use super::lifecycle::{Guest, Run, stop};
 use super::{ExecutionMode, QemuRunner, phase};
 use crate::image::{self, TestPart};
 
@@ -136,7 +136,7 @@ impl QemuRunner {
         .await?;
         if let Some((outcome, note)) = failed {
             let result = &mut run.result;
-            describe_guest(result, &prepared);
+            self.describe(result, &prepared);
             result.outcome = outcome;
             phase(
                 tracing::debug_span!("stop"),
@@ -170,7 +170,7 @@ impl QemuRunner {
         run: &mut Run<'_>,
     ) -> bool {
         let artifacts = run.ctx.artifact_dir();
-        describe_guest(&mut run.result, &guest.prepared);
+        self.describe(&mut run.result, &guest.prepared);
         tracing::debug!(
             guest = guest.id,
             tests_before = guest.tests,
