@@ -166,7 +166,10 @@ impl QemuRunner {
         boot_start: DateTime<Utc>,
         run: &mut Run<'_>,
     ) -> (Watch, Option<(Outcome, String)>) {
-        let mut watch = Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
+        let mut watch = Watch::new(
+            self.output_limit(run.ctx),
+            self.config.serial_artifact_limit,
+        );
         let boot_limit = prepared.profile.boot_timeout_for(prepared.decision.accel);
         let (deadline, _) = run.ctx.deadline_after(boot_limit);
         let booted = wait(vm, &mut watch, deadline, run.ctx.cancel_token()).await;

@@ -44,7 +44,7 @@ impl QemuRunner {
         }
         let run = Run::new(case, ctx);
         // The test goes over the console; what does not fit gets a guest of its own.
-        let payload = match self.session_payload(case).await? {
+        let payload = match self.session_payload(case, self.output_limit(ctx)).await? {
             Ok(payload) => payload,
             Err(bytes) => {
                 tracing::debug!(
@@ -69,9 +69,9 @@ impl QemuRunner {
     async fn session_payload(
         &self,
         case: &TestCase,
+        output_limit: u64,
     ) -> Result<Result<Payload, usize>, RunnerError> {
         let case = case.clone();
-        let output_limit = self.config.output_limit;
         let serial_artifact_limit = self.config.serial_artifact_limit;
         tokio::task::spawn_blocking(move || payload_for(&case, output_limit, serial_artifact_limit))
             .await
@@ -121,7 +121,8 @@ impl QemuRunner {
         run: &mut Run<'_>,
         dir: &Path,
     ) -> Result<Option<Guest>, RunnerError> {
-        let prepared = self.prepare_inner(run.case, dir, true, true).await?;
+        let limit = self.output_limit(run.ctx);
+        let prepared = self.prepare_inner(run.case, dir, true, true, limit).await?;
         run.result.end_phase(Phase::Setup, run.setup_start);
         let id = self
             .boots
@@ -217,6 +218,7 @@ impl QemuRunner {
             guest.stop_report = Some(stopped);
         }
         let delivery = Delivery {
+            output_limit: self.output_limit(run.ctx),
             watch: &guest.watch,
             case: run.case,
             artifacts: &artifacts,
