@@ -394,6 +394,7 @@ async fn floods_are_bounded() {
     let arch = Arch::Aarch64;
     let mut config = QemuConfig::new();
     config.console_log_limit = 256 * 1024;
+    config.output_limit = Some(256 * 1024);
     let cases = vec![
         // 50 MB takes about 17 s alone here and several times that beside other guests in
         // the full run: the point is the bound, so the timeout leaves room for a loaded host.
