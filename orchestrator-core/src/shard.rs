@@ -367,7 +367,7 @@ pub fn merge(reports: Vec<RunReport>) -> Result<Merged, MergeError> {
             });
         }
     }
-    let (campaign, total, _, tests) = expected;
+    let (campaign, total, by, tests) = expected;
     let mut found: BTreeMap<&str, &TestResult> = BTreeMap::new();
     let mut duplicated = BTreeSet::new();
     let mut extra: Vec<&TestResult> = Vec::new();
@@ -402,7 +402,7 @@ pub fn merge(reports: Vec<RunReport>) -> Result<Merged, MergeError> {
             }
             None => {
                 missing.push(id.clone());
-                results.push(missing_result(id, total));
+                results.push(missing_result(id, total, by));
             }
         }
     }
@@ -438,16 +438,20 @@ pub fn merge(reports: Vec<RunReport>) -> Result<Merged, MergeError> {
 }
 
 /// The stand-in result of a test no shard reported.
-fn missing_result(id: &str, total: usize) -> TestResult {
+fn missing_result(id: &str, total: usize, by: ShardBy) -> TestResult {
     let case = TestCase::script(id, "");
     let mut r = TestResult::new(
         &case,
         "none",
         Outcome::Skipped {
-            reason: format!(
-                "no shard reported it (shard {} of {total} by hash)",
-                shard_of(id, total)
-            ),
+            reason: match by {
+                ShardBy::Hash => format!(
+                    "no shard reported it (shard {} of {total} by hash)",
+                    shard_of(id, total)
+                ),
+                // Which shard depends on the whole plan (and the durations): not said here.
+                other => format!("no shard reported it ({total} shards by {})", other.label()),
+            },
         },
     );
     r.message = Some("missing from every shard report".to_owned());
