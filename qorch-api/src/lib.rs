@@ -38,6 +38,7 @@ use axum::routing::get;
 mod artifacts;
 mod error;
 mod metrics;
+mod runs;
 mod validate;
 
 pub use error::{ApiError, Error, REPAIR_COMMAND};
@@ -56,6 +57,11 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// is built from this list, and a test holds it equal to [`OPENAPI`]'s paths.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/runs"),
+    ("GET", "/api/v1/runs/{run_id}"),
+    ("GET", "/api/v1/runs/{run_id}/report.html"),
+    ("GET", "/api/v1/tests/{test_id}/history"),
+    ("GET", "/api/v1/tests/{test_id}/results"),
     ("GET", "/api/v1/store/stats"),
     ("GET", "/api/v1/artifacts"),
     ("GET", "/api/v1/artifacts/{id}"),
@@ -189,7 +195,6 @@ impl ApiState {
         self.inner.store.clone()
     }
 
-    #[allow(dead_code)]
     pub(crate) fn reports(&self) -> Option<&PathBuf> {
         self.inner.reports.as_ref()
     }
@@ -238,6 +243,11 @@ type Handler = axum::routing::MethodRouter<ApiState>;
 fn handler_of(path: &str) -> Handler {
     match path {
         "/api/v1/openapi.json" => get(openapi),
+        "/api/v1/runs" => get(runs::list),
+        "/api/v1/runs/{run_id}" => get(runs::report),
+        "/api/v1/runs/{run_id}/report.html" => get(runs::report_html),
+        "/api/v1/tests/{test_id}/history" => get(runs::test_history),
+        "/api/v1/tests/{test_id}/results" => get(runs::test_results),
         "/api/v1/store/stats" => get(artifacts::stats),
         "/api/v1/artifacts" => get(artifacts::list),
         "/api/v1/artifacts/{id}" => get(artifacts::record),

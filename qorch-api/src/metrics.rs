@@ -1,7 +1,13 @@
 //! `/metrics`: the Prometheus text exposition, written by the `prometheus-client` crate from a
 //! registry filled at each scrape from the store.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+
+use artifact_store::ArtifactStore;
+use orchestrator_core::history;
+use orchestrator_core::{ResourceUsage, TestResult, Verdict};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -96,12 +102,178 @@ fn store_metrics(reg: &mut Registry, stats: &artifact_store::Stats) {
     );
 }
 
+/// A family of gauges with one label, set from `values`.
+fn per_label(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    label: &str,
+    values: impl IntoIterator<Item = (String, f64)>,
+) {
+    let family = Family::<Labels, FloatGauge>::default();
+    for (l, v) in values {
+        family.get_or_create(&vec![(label.to_owned(), l)]).set(v);
+    }
+    match unit {
+        Some(u) => reg.register_with_unit(name, help, u, family),
+        None => reg.register(name, help, family),
+    }
+}
+
+/// The runs: their count and durations, the last run's tests by verdict and by outcome and
+/// each of its tests' figures.
+fn run_metrics(reg: &mut Registry, store: &ArtifactStore) -> Result<(), ApiError> {
+    let runs = history::runs(store)?;
+    gauge(
+        reg,
+        "qorch_runs",
+        "Runs in the store",
+        None,
+        runs.len() as f64,
+    );
+    let durations = Histogram::new(exponential_buckets(1.0, 2.0, 16));
+    for r in &runs {
+        if let Some(f) = r.finished_at {
+            durations.observe((f - r.started_at).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+    reg.register_with_unit(
+        "qorch_run_duration",
+        "Wall time of the stored runs that finished with a report",
+        Unit::Seconds,
+        durations,
+    );
+    let Some(last) = runs.first() else {
+        return Ok(());
+    };
+    let info = Family::<Labels, FloatGauge>::default();
+    info.get_or_create(&vec![
+        ("run_id".into(), last.run_id.clone()),
+        ("name".into(), last.name.clone().unwrap_or_default()),
+        (
+            "status".into(),
+            last.status.clone().unwrap_or_else(|| "unfinished".into()),
+        ),
+    ])
+    .set(1.0);
+    reg.register(
+        "qorch_last_run_info",
+        "The newest run in the store (value 1; its id, plan name and status as labels)",
+        info,
+    );
+    gauge(
+        reg,
+        "qorch_last_run_start_timestamp",
+        "When the newest run started (Unix time)",
+        Some(Unit::Seconds),
+        last.started_at.timestamp_millis() as f64 / 1000.0,
+    );
+    if let Some(f) = last.finished_at {
+        gauge(
+            reg,
+            "qorch_last_run_duration",
+            "Wall time of the newest run",
+            Some(Unit::Seconds),
+            (f - last.started_at).num_milliseconds().max(0) as f64 / 1000.0,
+        );
+    }
+    per_label(
+        reg,
+        "qorch_last_run_tests",
+        "Tests of the newest run by verdict (against each test's expectation)",
+        None,
+        "verdict",
+        Verdict::ALL.into_iter().map(|v| {
+            let n = last.counts.get(v.name()).copied().unwrap_or(0);
+            (v.name().to_owned(), n as f64)
+        }),
+    );
+    let report = history::load_run(store, &last.run_id)?;
+    let mut outcomes: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &report.results {
+        *outcomes.entry(r.outcome.label().to_owned()).or_default() += 1.0;
+    }
+    per_label(
+        reg,
+        "qorch_last_run_outcomes",
+        "Tests of the newest run by outcome",
+        None,
+        "outcome",
+        outcomes,
+    );
+    let test = |r: &TestResult| r.test_id.as_str().to_owned();
+    let res = &report.results;
+    per_label(
+        reg,
+        "qorch_last_run_test_duration",
+        "Wall time of each test of the newest run",
+        Some(Unit::Seconds),
+        "test",
+        res.iter().map(|r| (test(r), r.duration().as_secs_f64())),
+    );
+    let monitored: Vec<(&TestResult, &ResourceUsage)> = res
+        .iter()
+        .filter_map(|r| r.resources.as_ref().map(|u| (r, u)))
+        .collect();
+    per_label(
+        reg,
+        "qorch_last_run_test_cpu",
+        "CPU time of each monitored test's processes in the newest run",
+        Some(Unit::Seconds),
+        "test",
+        monitored.iter().map(|(r, u)| (test(r), u.cpu_seconds)),
+    );
+    per_label(
+        reg,
+        "qorch_last_run_test_peak_rss",
+        "Peak memory (RSS) of each monitored test's processes in the newest run",
+        Some(Unit::Bytes),
+        "test",
+        monitored
+            .iter()
+            .map(|(r, u)| (test(r), u.peak_rss_bytes as f64)),
+    );
+    per_label(
+        reg,
+        "qorch_last_run_test_read",
+        "Bytes each monitored test's processes read in the newest run",
+        Some(Unit::Bytes),
+        "test",
+        monitored
+            .iter()
+            .filter_map(|(r, u)| Some((test(r), u.read_bytes? as f64))),
+    );
+    per_label(
+        reg,
+        "qorch_last_run_test_written",
+        "Bytes each monitored test's processes wrote in the newest run",
+        Some(Unit::Bytes),
+        "test",
+        monitored
+            .iter()
+            .filter_map(|(r, u)| Some((test(r), u.write_bytes? as f64))),
+    );
+    per_label(
+        reg,
+        "qorch_last_run_test_peak_processes",
+        "Most processes each monitored test had at once in the newest run",
+        None,
+        "test",
+        monitored
+            .iter()
+            .map(|(r, u)| (test(r), f64::from(u.peak_processes))),
+    );
+    Ok(())
+}
+
 /// Fills a registry from the store.
 fn collect(state: &ApiState) -> Result<Registry, ApiError> {
     let mut reg = Registry::default();
     let store = state.store();
     let stats = store.stats()?;
     store_metrics(&mut reg, &stats);
+    run_metrics(&mut reg, &store)?;
     Ok(reg)
 }
 

@@ -491,7 +491,7 @@ async fn the_openapi_description_parses_and_matches_the_router() {
         let concrete = path
             .replace("{id}", &any.id)
             .replace("{run_id}", &s.report.run_id)
-            .replace("{test_id}", any.test_id.as_str());
+            .replace("{test_id}", "logs@x86_64");
         let r = s.get(&concrete).await;
         let status = r.status();
         let body = r.text().await.unwrap();
@@ -576,6 +576,222 @@ async fn metrics_parse_with_the_prometheus_projects_parsers() {
                 < 1e-9
         );
         assert!(value("qorch_store_kind_bytes", serde_json::json!({"kind": "log"})) > 6e6);
+        assert_eq!(value("qorch_runs", serde_json::json!({})), 1.0);
+        assert_eq!(
+            value(
+                "qorch_last_run_tests",
+                serde_json::json!({"verdict": "failed"})
+            ),
+            1.0
+        );
+        let cpu = value(
+            "qorch_last_run_test_cpu_seconds",
+            serde_json::json!({"test": "bulk@aarch64"}),
+        );
+        let expected = s.report.results[1].resources.as_ref().unwrap().cpu_seconds;
+        assert!((cpu - expected).abs() < 1e-6, "{cpu} vs {expected}");
+        assert_eq!(families["qorch_run_duration_seconds"]["type"], "histogram");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_reports_history_and_results() {
+    // Two runs into one store, and a reports directory holding a page of the second and a
+    // report the store never saw (written without a store, or before reports were recorded).
+    let dir = tempfile::tempdir().unwrap();
+    let first = support::campaign(dir.path()).await;
+    let second = support::campaign(dir.path()).await;
+    let reports = dir.path().join("out");
+    let page_dir = reports.join("runs").join(&second.run_id);
+    std::fs::create_dir_all(&page_dir).unwrap();
+    std::fs::write(
+        page_dir.join("report.html"),
+        "<html><body>the page as written</body></html>",
+    )
+    .unwrap();
+    let mut old = first.clone();
+    old.run_id = "20200101T000000Z-0ld0ld00".into();
+    old.started_at = first.started_at - chrono::Duration::days(365);
+    old.finished_at = first.finished_at - chrono::Duration::days(365);
+    let old_dir = reports.join("runs").join(&old.run_id);
+    std::fs::create_dir_all(&old_dir).unwrap();
+    old.write_json(&old_dir.join("report.json")).unwrap();
+    let s = support::serve_dir(dir, second.clone(), |c| c.with_reports(&reports)).await;
+    let before = tree_state(&s.store());
+
+    let runs = s.json("/api/v1/runs").await;
+    let ids: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            second.run_id.as_str(),
+            first.run_id.as_str(),
+            old.run_id.as_str()
+        ]
+    );
+    assert_eq!(runs[0]["status"], "failed");
+    assert_eq!(runs[0]["tests"], 3);
+    assert_eq!(runs[0]["counts"]["passed"], 2);
+    assert_eq!(runs[0]["counts"]["failed"], 1);
+    assert_eq!(runs[0]["in_store"], true);
+    assert_eq!(runs[2]["in_store"], false);
+    assert_eq!(runs[2]["counts"], runs[1]["counts"]);
+    assert_eq!(
+        s.json("/api/v1/runs?limit=1")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A run's report, from the store and from the reports directory.
+    for r in [&first, &second, &old] {
+        let got = s.json(&format!("/api/v1/runs/{}", r.run_id)).await;
+        assert_eq!(got["run_id"], r.run_id.as_str());
+        let tests: Vec<&str> = got["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["test_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(tests, ["logs@x86_64", "bulk@aarch64", "fails@x86_64"]);
+        let back: orchestrator_core::RunReport = serde_json::from_value(got).unwrap();
+        assert_eq!(back.summary, r.summary);
+    }
+    // Its page: the one written, else rendered from the stored report.
+    let r = s
+        .get(&format!("/api/v1/runs/{}/report.html", second.run_id))
+        .await;
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "<html><body>the page as written</body></html>"
+    );
+    for run in [&first.run_id, &old.run_id] {
+        let r = s.get(&format!("/api/v1/runs/{run}/report.html")).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+        let page = r.text().await.unwrap();
+        assert!(
+            page.contains(run.as_str()) && page.contains("fails@x86_64"),
+            "{page}"
+        );
+    }
+    // Unknown and malformed runs.
+    let ghost = "20260101T000000Z-9h0s7000";
+    for path in [
+        format!("/api/v1/runs/{ghost}"),
+        format!("/api/v1/runs/{ghost}/report.html"),
+    ] {
+        let r = s.get(&path).await;
+        assert_eq!(r.status(), 404, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(ghost),
+            "{v}"
+        );
+    }
+    for bad in [
+        "/api/v1/runs/bad%21id",
+        "/api/v1/runs/-x/report.html",
+        "/api/v1/runs?limit=0",
+    ] {
+        assert_eq!(s.get(bad).await.status(), 400, "{bad}");
+    }
+
+    // A test's history: both stored runs, newest first, with the monitor's figures.
+    let h = s.json("/api/v1/tests/bulk@aarch64/history").await;
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 2, "{h:#?}");
+    assert_eq!(h[0]["run_id"], second.run_id.as_str());
+    assert_eq!(h[1]["run_id"], first.run_id.as_str());
+    assert_eq!(h[0]["verdict"], "passed");
+    assert!(h[0]["cpu_seconds"].as_f64().is_some(), "{h:#?}");
+    assert!(h[0]["peak_rss_bytes"].as_u64().unwrap() > 0, "{h:#?}");
+    let f = s.json("/api/v1/tests/fails@x86_64/history?limit=1").await;
+    assert_eq!(f.as_array().unwrap().len(), 1);
+    assert_eq!(f[0]["verdict"], "failed");
+    // Its whole results.
+    let res = s.json("/api/v1/tests/logs@x86_64/results").await;
+    assert_eq!(res.as_array().unwrap().len(), 2);
+    assert_eq!(res[0]["result"]["test_id"], "logs@x86_64");
+    assert_eq!(res[0]["run_id"], second.run_id.as_str());
+    let one = s
+        .json(&format!(
+            "/api/v1/tests/logs@x86_64/results?run={}",
+            first.run_id
+        ))
+        .await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["run_id"], first.run_id.as_str());
+    assert_eq!(
+        one[0]["result"]["stdout"],
+        serde_json::to_value(&first.results[0].stdout).unwrap()
+    );
+    for path in [
+        "/api/v1/tests/logs@x86_64x/history",
+        "/api/v1/tests/nothing/results",
+    ] {
+        let r = s.get(path).await;
+        assert_eq!(r.status(), 404, "{path}");
+        let msg = r.text().await.unwrap();
+        assert!(msg.contains("no result of test"), "{msg}");
+    }
+    let r = s.get("/api/v1/tests/logs@x86_64x/history").await;
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("did you mean `logs@x86_64`")
+    );
+    for bad in [
+        "/api/v1/tests/%2Fetc/history",
+        "/api/v1/tests/-x/results",
+        "/api/v1/tests/a%20b/history",
+    ] {
+        assert_eq!(s.get(bad).await.status(), 400, "{bad}");
+    }
+
+    // The metrics of the runs.
+    let text = s.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "qorch_runs 2".to_owned(),
+        "qorch_last_run_tests{verdict=\"failed\"} 1".to_owned(),
+        "qorch_last_run_tests{verdict=\"passed\"} 2".to_owned(),
+        "qorch_last_run_outcomes{outcome=\"failed\"} 1".to_owned(),
+        format!(
+            "qorch_last_run_info{{run_id=\"{}\",name=\"\",status=\"failed\"}} 1",
+            second.run_id
+        ),
+        "qorch_run_duration_seconds_count 2".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "{line} missing:\n{text}"
+        );
+    }
+    for test in ["logs@x86_64", "bulk@aarch64", "fails@x86_64"] {
+        for family in ["duration_seconds", "cpu_seconds", "peak_rss_bytes"] {
+            let prefix = format!("qorch_last_run_test_{family}{{test=\"{test}\"}} ");
+            assert!(text.contains(&prefix), "{prefix} missing:\n{text}");
+        }
+    }
+    assert_eq!(
+        before,
+        tree_state(&s.store()),
+        "a request wrote to the store"
+    );
     s.stop().await;
 }
