@@ -1,12 +1,13 @@
 //! Artifact endpoints: listing, one record, verified content with `Range`, store statistics.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use artifact_store::{ArtifactKind, ArtifactRecord, ArtifactStore, Query, TestOutcome};
+use artifact_store::{ArtifactKind, ArtifactRecord, ArtifactStore, Digest, Query, TestOutcome};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -29,23 +30,86 @@ const CHUNK: usize = 1 << 20;
 /// Semaphore units are KiB (permits are counted in `u32`).
 const UNIT: u64 = 1024;
 
-/// How downloads are verified before they are sent: memory for what fits, else temp files.
+/// How downloads are verified before they are sent: memory for what fits, else temp files; and
+/// the content verified last, kept for the next requests.
 #[derive(Debug)]
 pub(crate) struct Downloads {
+    /// Verifications in flight: half the budget.
     memory: Arc<Semaphore>,
     /// The largest blob held in memory (a quarter of the budget).
     in_memory_max: u64,
     temp_dir: PathBuf,
+    cache: Mutex<Cache>,
 }
 
 impl Downloads {
-    pub(crate) fn new(budget: u64, temp_dir: PathBuf) -> Self {
-        let units = (budget / UNIT).clamp(1, u64::from(u32::MAX)) as usize;
+    pub(crate) fn new(budget: u64, cache: bool, temp_dir: PathBuf) -> Self {
+        let units = (budget / 2 / UNIT).clamp(1, u64::from(u32::MAX)) as usize;
         Downloads {
             memory: Arc::new(Semaphore::new(units)),
             in_memory_max: budget / 4,
             temp_dir,
+            cache: Mutex::new(Cache {
+                capacity: if cache { budget / 2 } else { 0 },
+                ..Cache::default()
+            }),
         }
+    }
+
+    fn cached(&self, d: &Digest) -> Option<Bytes> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(d)
+    }
+
+    fn keep(&self, d: Digest, b: Bytes) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(d, b)
+    }
+}
+
+/// Content verified earlier, by digest, least recently used out first. What it holds are the
+/// very bytes that were verified (never re-read from disk), so serving them is serving
+/// verified content; a digest names one content forever.
+#[derive(Debug, Default)]
+struct Cache {
+    capacity: u64,
+    held: u64,
+    tick: u64,
+    entries: HashMap<Digest, (Bytes, u64)>,
+}
+
+impl Cache {
+    fn get(&mut self, d: &Digest) -> Option<Bytes> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(d).map(|(b, t)| {
+            *t = tick;
+            b.clone()
+        })
+    }
+
+    fn put(&mut self, d: Digest, b: Bytes) {
+        let len = b.len() as u64;
+        if len > self.capacity || self.entries.contains_key(&d) {
+            return;
+        }
+        while self.held + len > self.capacity {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some((gone, _)) = self.entries.remove(&oldest) {
+                self.held -= gone.len() as u64;
+            }
+        }
+        self.tick += 1;
+        self.held += len;
+        self.entries.insert(d, (b, self.tick));
     }
 }
 
@@ -433,6 +497,12 @@ pub(crate) async fn content(
 
     let downloads = &state.inner.downloads;
     let in_memory = len <= downloads.in_memory_max;
+    if in_memory && let Some(bytes) = downloads.cached(&record.digest) {
+        return build(
+            builder,
+            memory_body(bytes.slice(start as usize..end as usize), None),
+        );
+    }
     let permit = if in_memory {
         let units = len.div_ceil(UNIT).max(1) as u32;
         Some(
@@ -453,7 +523,10 @@ pub(crate) async fn content(
     })
     .await?;
     let body = match verified {
-        Verified::Memory(bytes) => memory_body(bytes.slice(start as usize..end as usize), permit),
+        Verified::Memory(bytes) => {
+            downloads.keep(record.digest, bytes.clone());
+            memory_body(bytes.slice(start as usize..end as usize), permit)
+        }
         Verified::File(file) => file_body(file, start, end),
     };
     build(builder, body)

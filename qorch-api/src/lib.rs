@@ -85,11 +85,15 @@ pub struct ApiConfig {
     /// The bearer token every request must carry; `None` reads [`TOKEN_ENV`], and with neither
     /// only a loopback address is accepted.
     pub token: Option<String>,
-    /// Bytes of verified content held in memory at once for downloads (default
+    /// Bytes of verified content held in memory for downloads (default
     /// [`DEFAULT_MEMORY_BUDGET`]). A blob is verified whole before any of it is sent: one that
     /// fits (at most a quarter of the budget) is decoded into memory, a larger one into an
-    /// unnamed temporary file (in `temp_dir`), then sent from there.
+    /// unnamed temporary file (in `temp_dir`), then sent from there. Half the budget is for
+    /// verifications in flight, half for a cache of the content verified last (the verified
+    /// bytes themselves, by digest), from which repeated downloads are served.
     pub memory_budget: u64,
+    /// Whether to keep recently verified content for repeated downloads (default: yes).
+    pub cache: bool,
     /// Where larger downloads are verified into (default: the system's temporary directory).
     pub temp_dir: Option<PathBuf>,
 }
@@ -102,6 +106,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("memory_budget", &self.memory_budget)
+            .field("cache", &self.cache)
             .field("temp_dir", &self.temp_dir)
             .finish()
     }
@@ -116,6 +121,7 @@ impl ApiConfig {
             bind: DEFAULT_BIND,
             token: None,
             memory_budget: DEFAULT_MEMORY_BUDGET,
+            cache: true,
             temp_dir: None,
         }
     }
@@ -185,6 +191,7 @@ impl ApiState {
                 token: token.map(|t| blake3::hash(t.as_bytes())),
                 downloads: artifacts::Downloads::new(
                     config.memory_budget,
+                    config.cache,
                     config.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
                 ),
             }),

@@ -273,6 +273,13 @@ async fn traversal_bad_ids_and_unknown_things_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_blob_is_refused_whole_and_ranges_too() {
     let s = serve_campaign(|c| c).await;
+    // Downloaded (so verified) before the damage: served again from the verified copy kept in
+    // memory, never from the damaged file.
+    let early = by_name(&s, "seq.log");
+    let first = s
+        .get(&format!("/api/v1/artifacts/{}/content", early.id))
+        .await;
+    assert_eq!(Digest::of(&first.bytes().await.unwrap()), early.digest);
     // Blobs in files of their own: in memory (raw, zstd) and in temp files (raw, zstd).
     for name in ["medium.dat", "seq.log", "big.bin", "big.log"] {
         let rec = by_name(&s, name);
@@ -285,6 +292,10 @@ async fn a_corrupt_blob_is_refused_whole_and_ranges_too() {
         let at = bytes.len() - 100;
         bytes[at] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
+        if name == "seq.log" {
+            // Verified and kept before the damage: see below.
+            continue;
+        }
         for range in [None, Some("bytes=0-99")] {
             let mut rq =
                 reqwest::Client::new().get(s.url(&format!("/api/v1/artifacts/{}/content", rec.id)));
@@ -301,6 +312,36 @@ async fn a_corrupt_blob_is_refused_whole_and_ranges_too() {
             assert!(msg.contains("corrupt"), "{msg}");
         }
     }
+    let again = s
+        .get(&format!("/api/v1/artifacts/{}/content", early.id))
+        .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(Digest::of(&again.bytes().await.unwrap()), early.digest);
+    // Without the cache, the same blob is refused.
+    let dir = s.dir.path().to_owned();
+    let uncached = support::serve_dir(tempfile::tempdir().unwrap(), s.report.clone(), |c| {
+        let mut c = c;
+        c.store = dir.join("store");
+        c.cache = false;
+        c
+    })
+    .await;
+    for range in [None, Some("bytes=0-99")] {
+        let mut rq = reqwest::Client::new()
+            .get(uncached.url(&format!("/api/v1/artifacts/{}/content", early.id)));
+        if let Some(r) = range {
+            rq = rq.header("Range", r);
+        }
+        let r = rq.send().await.unwrap();
+        assert_eq!(r.status(), 500, "{range:?}");
+        let msg = r.text().await.unwrap();
+        assert!(
+            msg.contains(&early.id) && msg.contains("qorch store verify --repair"),
+            "{msg}"
+        );
+    }
+    uncached.stop().await;
+
     // A missing blob, likewise.
     let rec = by_name(&s, "shot.png");
     let store = ArtifactStore::open_read_only(s.store()).unwrap();
