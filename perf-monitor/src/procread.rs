@@ -96,6 +96,9 @@ pub(crate) struct Stat {
     pub(crate) rss_pages: u64,
     pub(crate) guest_time: u64,
     pub(crate) cguest_time: u64,
+    /// Changes when the process runs `exec`: the code and argument addresses (`startcode`,
+    /// `arg_start`) of the new image, which address-space randomisation moves on every exec.
+    pub(crate) exec_key: u64,
 }
 
 /// Parses the contents of `/proc/<pid>/stat`.
@@ -133,6 +136,7 @@ pub(crate) fn parse_stat(buf: &[u8]) -> Option<Stat> {
         rss_pages: fields[24],
         guest_time: fields[43],
         cguest_time: fields[44],
+        exec_key: fields[26] ^ fields[48].rotate_left(32),
     })
 }
 

@@ -52,6 +52,11 @@ struct Tracked {
 #[derive(Debug, Default)]
 struct Own {
     name: String,
+    /// [`procread::Stat::exec_key`] when `name` and `command` were read.
+    exec_key: u64,
+    /// Reads of an empty command line so far: one read in the middle of an `exec` is empty,
+    /// so it is tried again on the next samples (a few times: a kernel thread's stays empty).
+    empty_reads: u8,
     command: String,
     /// utime + stime, ticks.
     cpu: u64,
@@ -661,14 +666,20 @@ impl Sampler {
                 continue;
             };
             // The name from the stat just read (before another read reuses the buffer), only
-            // when it is new or changed (an exec): then the command line is read again too.
+            // for a new process or after an exec (a forked child starts with its parent's name
+            // and command line): then the command line is read again too.
             let name = (self.top_n > 0)
                 .then(|| procread::comm_of(&self.buf))
                 .flatten()
                 .filter(|c| {
-                    self.procs
-                        .get(&pid)
-                        .is_none_or(|t| t.start != stat.starttime || t.own.name.as_bytes() != *c)
+                    self.procs.get(&pid).is_none_or(|t| {
+                        t.start != stat.starttime
+                            || t.own.exec_key != stat.exec_key
+                            || t.own.name.as_bytes() != *c
+                            || (t.own.command.is_empty()
+                                && t.own.empty_reads < 3
+                                && stat.state != b'Z')
+                    })
                 })
                 .map(|c| String::from_utf8_lossy(c).into_owned());
             let root = self.roots.iter().find(|r| r.0 == pid).copied();
@@ -765,8 +776,10 @@ impl Sampler {
                 own.last_ms = t_ms;
                 if let Some(n) = name {
                     own.name = n;
+                    own.exec_key = stat.exec_key;
                 }
                 if let Some(c) = command {
+                    own.empty_reads = own.empty_reads.saturating_add(u8::from(c.is_empty()));
                     own.command = c;
                 }
             };
