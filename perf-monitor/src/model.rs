@@ -184,7 +184,8 @@ pub struct ProcessFigures {
     /// listed on their own, so this overlaps them.
     pub children_cpu_s: f64,
     /// Highest resident memory of the process: the larger of its sampled RSS and the kernel's
-    /// VmHWM, bytes.
+    /// VmHWM, bytes, since its last `exec` (a forked child shares its parent's pages until it
+    /// runs its own program, as its name and command line describe).
     pub peak_rss_bytes: u64,
     /// Milliseconds since the watch started at the first sample that saw it.
     pub first_seen_ms: u64,

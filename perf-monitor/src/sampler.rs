@@ -674,7 +674,7 @@ impl Sampler {
                 .filter(|c| {
                     self.procs.get(&pid).is_none_or(|t| {
                         t.start != stat.starttime
-                            || t.own.exec_key != stat.exec_key
+                            || (stat.exec_key != 0 && t.own.exec_key != stat.exec_key)
                             || t.own.name.as_bytes() != *c
                             || (t.own.command.is_empty()
                                 && t.own.empty_reads < 3
@@ -713,7 +713,15 @@ impl Sampler {
             let prev = self.procs.get(&pid).filter(|t| t.start == stat.starttime);
             // Also when RSS grew past the last VmHWM: the peak is moving, read it now.
             let rss_now = stat.rss_pages * self.page;
+            // An exec replaced the image: the process's own peak starts again (a fork shares its
+            // parent's pages until it execs; VmHWM starts again too), so read the status now.
+            // A key of 0 is no image at all: an exiting process (its memory already gone,
+            // not yet a zombie) or a kernel thread.
+            let execed = self.top_n > 0
+                && stat.exec_key != 0
+                && prev.is_some_and(|t| t.own.exec_key != stat.exec_key);
             let status_due = prev.is_none_or(|t| t.status.hwm_bytes.is_some_and(|h| rss_now > h))
+                || execed
                 || self.final_tick
                 || tick.is_multiple_of(self.status_every);
             let status = if !status_due {
@@ -765,18 +773,25 @@ impl Sampler {
             g.threads += stat.num_threads;
             g.nprocs += 1;
             let command = match &name {
-                Some(_) if stat.state != b'Z' => Some(self.command_of(pid)),
+                Some(_) if stat.state != b'Z' => Some(self.command_of(pid))
+                    // Read while exiting: keep what was read before.
+                    .filter(|c| !c.is_empty() || stat.exec_key != 0),
                 _ => None,
             };
             let peak_rss = rss_now.max(status.hwm_bytes.unwrap_or(0));
             let update_own = |own: &mut Own| {
                 own.cpu = stat.utime + stat.stime;
                 own.children_cpu = stat.cutime + stat.cstime;
+                if execed {
+                    own.peak_rss = 0;
+                }
                 own.peak_rss = own.peak_rss.max(peak_rss);
                 own.last_ms = t_ms;
                 if let Some(n) = name {
                     own.name = n;
-                    own.exec_key = stat.exec_key;
+                    if stat.exec_key != 0 {
+                        own.exec_key = stat.exec_key;
+                    }
                 }
                 if let Some(c) = command {
                     own.empty_reads = own.empty_reads.saturating_add(u8::from(c.is_empty()));
@@ -1355,5 +1370,37 @@ mod tests {
         assert!(top.exited);
         assert!((top.cpu_s - 900.0 / clk_tck()).abs() < 1e-9);
         assert_eq!(rec.summary.top_memory.len(), 2);
+    }
+
+    #[test]
+    fn an_exec_restarts_the_own_peak_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, 600, 1, 1, 0, "601 ");
+        put(r, 601, 600, 1, 0, "");
+        // The forked child, before its exec: its parent's name and 1000 resident pages.
+        let forked = stat_line(601, 600, 1, 0).replace(" 4096 10 0 0 ", " 4096 1000 0 7 ");
+        fs::write(r.join("601/stat"), &forked).unwrap();
+        let mut s = Sampler::new(&[600], &opts(r)).unwrap();
+        s.tick();
+        assert_eq!(s.procs[&601].own.peak_rss, 1000 * s.page);
+        // After the exec: another image (code address), another name, 20 pages.
+        let execed = forked
+            .replace(" 4096 1000 0 7 ", " 4096 20 0 9 ")
+            .replace("(p)", "(small)");
+        fs::write(r.join("601/stat"), execed).unwrap();
+        s.tick();
+        let own = &s.procs[&601].own;
+        assert_eq!((own.name.as_str(), own.peak_rss), ("small", 20 * s.page));
+        s.tick();
+        assert_eq!(s.procs[&601].own.peak_rss, 20 * s.page, "no second reset");
+        // Exiting: its memory is gone (no image, no pages) before it is a zombie.
+        let exiting = forked
+            .replace(" 4096 1000 0 7 ", " 4096 0 0 0 ")
+            .replace("(p)", "(small)");
+        fs::write(r.join("601/stat"), exiting).unwrap();
+        s.tick();
+        let own = &s.procs[&601].own;
+        assert_eq!((own.name.as_str(), own.peak_rss), ("small", 20 * s.page));
     }
 }

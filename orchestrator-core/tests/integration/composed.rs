@@ -156,12 +156,13 @@ fn retention_without_a_store_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitored_result_carries_every_figure_and_its_processes_by_pid() {
     // The test's shell prints its pid, burns CPU in a child shell (a fixed amount of work, so it
-    // leads however loaded the host), then holds 32 MiB in awk (grown by doubling: little CPU).
+    // leads however loaded the host), then holds 32 MiB in awk (grown by doubling: little CPU)
+    // for as long as a `sleep` it runs lasts (that child shares awk's pages until it execs).
     let burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
     let script = format!(
         "echo \"pid $$\"; sh -c '{burn}'; \
          awk 'BEGIN {{ s = \"xxxxxxxxxxxxxxxx\"; for (i = 0; i < 21; i++) s = s s; \
-         system(\"sleep 0.3\"); print length(s) }}'"
+         system(\"sleep 0.6\"); print length(s) }}'"
     );
     let dir = tempfile::tempdir().unwrap();
     let report = Orchestrator::new(RunConfig::new(dir.path().join("scratch")))
