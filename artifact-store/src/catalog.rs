@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, Eviction, Query};
 
 /// The catalog format this crate writes (`PRAGMA user_version`). Version 2 added
-/// `inline_blobs` and `remote_pulled`; a version 1 catalog is upgraded when opened.
-pub const CATALOG_VERSION: u32 = 2;
+/// `inline_blobs` and `remote_pulled`; version 3 the index `artifacts_kind` (a test's results
+/// or the runs' reports, newest first, in one index range). Older catalogs are upgraded when
+/// opened.
+pub const CATALOG_VERSION: u32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts(
@@ -40,6 +42,7 @@ CREATE INDEX IF NOT EXISTS artifacts_test ON artifacts(test_id, created_at);
 CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run_id);
 CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
 CREATE INDEX IF NOT EXISTS artifacts_created ON artifacts(created_at);
+CREATE INDEX IF NOT EXISTS artifacts_kind ON artifacts(kind, test_id, created_at);
 CREATE TABLE IF NOT EXISTS metadata(
   artifact INTEGER NOT NULL,
   key TEXT NOT NULL,
@@ -315,47 +318,13 @@ impl Catalog {
     }
 
     pub(crate) fn query(&self, q: &Query) -> Result<Vec<ArtifactRecord>> {
-        let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE 1=1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut add = |cond: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
-        };
-        use rusqlite::types::Value as V;
-        if let Some(t) = &q.test_id {
-            add(" AND test_id = ?", V::Text(t.clone()));
-        }
-        if let Some(t) = &q.run_id {
-            add(" AND run_id = ?", V::Text(t.clone()));
-        }
-        if let Some(k) = q.kind {
-            add(" AND kind = ?", V::Text(k.as_str().into()));
-        }
-        if let Some(o) = q.outcome {
-            add(" AND outcome = ?", V::Text(o.as_str().into()));
-        }
-        if let Some(a) = &q.arch {
-            add(" AND arch = ?", V::Text(a.clone()));
-        }
-        if let Some(t) = q.since {
-            add(" AND created_at >= ?", V::Integer(to_micros(t)));
-        }
-        if let Some(t) = q.until {
-            add(" AND created_at < ?", V::Integer(to_micros(t)));
-        }
-        for (k, v) in &q.metadata {
-            args.push(V::Text(k.clone()));
-            args.push(V::Text(v.clone()));
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM metadata m WHERE m.artifact = a.seq AND m.key = ?{} AND m.value = ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        if !q.include_evicted {
-            sql.push_str(" AND evicted_at IS NULL");
-        }
-        sql.push_str(" ORDER BY created_at, seq");
+        let (filter, args) = where_clause(q);
+        let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE {filter}");
+        sql.push_str(if q.newest_first {
+            " ORDER BY created_at DESC, seq DESC"
+        } else {
+            " ORDER BY created_at, seq"
+        });
         if let Some(n) = q.limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
@@ -397,6 +366,35 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// The runs of the records `q` matches (its limit counts runs), newest first: per run its
+    /// first and last record's time and how many records match. One statement.
+    pub(crate) fn runs(&self, q: &Query) -> Result<Vec<crate::model::RunRecords>> {
+        let (filter, args) = where_clause(q);
+        let mut sql = format!(
+            "SELECT run_id, MIN(created_at), MAX(created_at), COUNT(*) FROM artifacts a WHERE {filter} GROUP BY run_id ORDER BY MIN(created_at) DESC, run_id"
+        );
+        if let Some(n) = q.limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&sql)
+            .map_err(self.err("prepare query"))?;
+        let rows = st
+            .query_map(params_from_iter(args), |r| {
+                Ok(crate::model::RunRecords {
+                    run_id: r.get(0)?,
+                    first: from_micros(r.get(1)?),
+                    last: from_micros(r.get(2)?),
+                    records: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(self.err("run query"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("read query results"))?;
+        Ok(rows)
     }
 
     /// Marks records evicted (only those not already evicted). Returns how many changed.
@@ -609,6 +607,51 @@ impl Catalog {
         tx.commit().map_err(self.err("commit collection"))?;
         Ok(out)
     }
+}
+
+/// The `WHERE` condition of a query (on table alias `a`) and its arguments.
+fn where_clause(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+    };
+    use rusqlite::types::Value as V;
+    if let Some(t) = &q.test_id {
+        add(" AND test_id = ?", V::Text(t.clone()));
+    }
+    if let Some(t) = &q.run_id {
+        add(" AND run_id = ?", V::Text(t.clone()));
+    }
+    if let Some(k) = q.kind {
+        add(" AND kind = ?", V::Text(k.as_str().into()));
+    }
+    if let Some(o) = q.outcome {
+        add(" AND outcome = ?", V::Text(o.as_str().into()));
+    }
+    if let Some(a) = &q.arch {
+        add(" AND arch = ?", V::Text(a.clone()));
+    }
+    if let Some(t) = q.since {
+        add(" AND created_at >= ?", V::Integer(to_micros(t)));
+    }
+    if let Some(t) = q.until {
+        add(" AND created_at < ?", V::Integer(to_micros(t)));
+    }
+    for (k, v) in &q.metadata {
+        args.push(V::Text(k.clone()));
+        args.push(V::Text(v.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM metadata m WHERE m.artifact = a.seq AND m.key = ?{} AND m.value = ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    if !q.include_evicted {
+        sql.push_str(" AND evicted_at IS NULL");
+    }
+    (sql, args)
 }
 
 fn lookup_blob(conn: &Connection, id: &str) -> rusqlite::Result<Option<BlobOf>> {

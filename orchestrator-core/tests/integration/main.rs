@@ -1,6 +1,8 @@
 //! Integration tests of orchestrator-core: real host processes, real timeouts.
 
 mod composed;
+mod history;
+mod kcidb;
 mod minimal_runner;
 mod orchestrator;
 mod process_runner;
