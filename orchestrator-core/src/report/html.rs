@@ -94,7 +94,8 @@ footer{color:#5c6573;font-size:12px;text-align:center}
 /// test: test id, runner, architecture (`environment["arch"]`), verdict, outcome, duration, peak
 /// CPU and memory, and the number of artifacts. Below each row, a `<details>` element expands to
 /// the message, the environment, the resource usage with a plot of CPU and memory over time
-/// (inline SVG drawn with `plotters`), the KTAP subtests, the last 4 KiB of the console, stdout
+/// (inline SVG drawn with `plotters`; every figure the monitor measured, the network's labelled
+/// as its namespace's), the top processes by CPU and by peak memory, the KTAP subtests, the last 4 KiB of the console, stdout
 /// and stderr, and the artifacts with their sizes, kinds, store ids and digests. The details of
 /// failing tests are open from the start when no more than ten tests failed.
 ///
