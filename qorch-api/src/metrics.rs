@@ -254,6 +254,92 @@ fn run_metrics(reg: &mut Registry, store: &ArtifactStore) -> Result<(), ApiError
             .iter()
             .filter_map(|(r, u)| Some((test(r), u.write_bytes? as f64))),
     );
+    // The later figures, each where the monitor could read it.
+    type Figure = (
+        &'static str,
+        &'static str,
+        Option<Unit>,
+        fn(&ResourceUsage) -> Option<f64>,
+    );
+    let figures: [Figure; 10] = [
+        (
+            "qorch_last_run_test_cpu_user",
+            "User CPU time of each monitored test's processes",
+            Some(Unit::Seconds),
+            |u| u.cpu_user_seconds,
+        ),
+        (
+            "qorch_last_run_test_cpu_system",
+            "System CPU time of each monitored test's processes",
+            Some(Unit::Seconds),
+            |u| u.cpu_system_seconds,
+        ),
+        (
+            "qorch_last_run_test_peak_threads",
+            "Most threads each monitored test had at once",
+            None,
+            |u| u.processes.as_ref().map(|p| p.peak_threads as f64),
+        ),
+        (
+            "qorch_last_run_test_peak_open_files",
+            "Most open file descriptors each monitored test had at once",
+            None,
+            |u| {
+                u.processes
+                    .as_ref()
+                    .and_then(|p| p.peak_open_files)
+                    .map(|n| n as f64)
+            },
+        ),
+        (
+            "qorch_last_run_test_namespace_received",
+            "Bytes received in the network namespace each monitored test ran in (the namespace's traffic, not the test's alone)",
+            Some(Unit::Bytes),
+            |u| u.network.as_ref().map(|n| n.rx_bytes as f64),
+        ),
+        (
+            "qorch_last_run_test_namespace_sent",
+            "Bytes sent in the network namespace each monitored test ran in (the namespace's traffic, not the test's alone)",
+            Some(Unit::Bytes),
+            |u| u.network.as_ref().map(|n| n.tx_bytes as f64),
+        ),
+        (
+            "qorch_last_run_test_host_load1_peak",
+            "Highest 1-minute load average of the host while each monitored test ran",
+            None,
+            |u| u.host.as_ref().and_then(|h| h.load1_peak),
+        ),
+        (
+            "qorch_last_run_test_host_cpu_pressure_percent",
+            "Share of each monitored test's time some task of the host stalled on CPU",
+            None,
+            |u| u.host.as_ref().and_then(|h| h.cpu_pressure),
+        ),
+        (
+            "qorch_last_run_test_host_memory_pressure_percent",
+            "Share of each monitored test's time all tasks of the host stalled on memory",
+            None,
+            |u| u.host.as_ref().and_then(|h| h.memory_pressure),
+        ),
+        (
+            "qorch_last_run_test_host_io_pressure_percent",
+            "Share of each monitored test's time all tasks of the host stalled on I/O",
+            None,
+            |u| u.host.as_ref().and_then(|h| h.io_pressure),
+        ),
+    ];
+    for (name, help, unit, get) in figures {
+        per_label(
+            reg,
+            name,
+            help,
+            unit,
+            "test",
+            monitored
+                .iter()
+                .filter_map(|(r, u)| Some((test(r), get(u)?))),
+        );
+    }
     per_label(
         reg,
         "qorch_last_run_test_peak_processes",

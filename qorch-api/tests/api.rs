@@ -824,7 +824,12 @@ async fn runs_reports_history_and_results() {
         );
     }
     for test in ["logs@x86_64", "bulk@aarch64", "fails@x86_64"] {
-        for family in ["duration_seconds", "cpu_seconds", "peak_rss_bytes"] {
+        for family in [
+            "duration_seconds",
+            "cpu_seconds",
+            "peak_rss_bytes",
+            "peak_threads",
+        ] {
             let prefix = format!("qorch_last_run_test_{family}{{test=\"{test}\"}} ");
             assert!(text.contains(&prefix), "{prefix} missing:\n{text}");
         }
