@@ -657,7 +657,18 @@ async fn runs_reports_history_and_results() {
     old.finished_at = first.finished_at - chrono::Duration::days(365);
     let old_dir = reports.join("runs").join(&old.run_id);
     std::fs::create_dir_all(&old_dir).unwrap();
-    old.write_json(&old_dir.join("report.json")).unwrap();
+    // In the format of version 2 (before subtest suites and subtest counts).
+    let mut v2 = serde_json::to_value(&old).unwrap();
+    v2["schema_version"] = 2.into();
+    v2["summary"].as_object_mut().unwrap().remove("subtests");
+    for r in v2["results"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("suites");
+    }
+    std::fs::write(
+        old_dir.join("report.json"),
+        serde_json::to_vec_pretty(&v2).unwrap(),
+    )
+    .unwrap();
     let s = support::serve_dir(dir, second.clone(), |c| c.with_reports(&reports)).await;
     let before = tree_state(&s.store());
 
