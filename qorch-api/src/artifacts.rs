@@ -40,6 +40,68 @@ pub(crate) struct Downloads {
     in_memory_max: u64,
     temp_dir: PathBuf,
     cache: Mutex<Cache>,
+    buffers: Arc<Buffers>,
+}
+
+/// Buffers content was verified into, kept for the next verification (up to a quarter of the
+/// budget): a fresh buffer costs the kernel a zeroed page per 4 KiB written, as much as the
+/// decoding itself.
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    idle: Mutex<Vec<Vec<u8>>>,
+    max: usize,
+}
+
+impl Buffers {
+    /// An empty buffer of at least `len` bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let best = idle
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut b = idle.swap_remove(i);
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = idle.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() <= self.max {
+            idle.push(buf);
+        } else if let Some(i) = (0..idle.len()).min_by_key(|&i| idle[i].capacity())
+            && idle[i].capacity() < buf.capacity()
+            && held - idle[i].capacity() + buf.capacity() <= self.max
+        {
+            idle[i] = buf;
+        }
+    }
+}
+
+/// A buffer of verified content that goes back to its pool when the last `Bytes` of it drops.
+struct Pooled {
+    buf: Vec<u8>,
+    home: Arc<Buffers>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.home.give(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Downloads {
@@ -52,6 +114,10 @@ impl Downloads {
             cache: Mutex::new(Cache {
                 capacity: if cache { budget / 2 } else { 0 },
                 ..Cache::default()
+            }),
+            buffers: Arc::new(Buffers {
+                idle: Mutex::new(Vec::new()),
+                max: (budget / 4) as usize,
             }),
         }
     }
@@ -381,7 +447,7 @@ impl<W: Write> Write for Bounded<W> {
 fn verify(
     store: &ArtifactStore,
     record: &ArtifactRecord,
-    in_memory: bool,
+    in_memory: Option<&Arc<Buffers>>,
     temp_dir: &std::path::Path,
 ) -> Result<Verified, ApiError> {
     let check_len = |n: u64| {
@@ -396,15 +462,19 @@ fn verify(
             )))
         }
     };
-    if in_memory {
+    if let Some(buffers) = in_memory {
         let mut out = Bounded {
-            inner: Vec::with_capacity(record.raw_size as usize),
+            inner: buffers.take(record.raw_size as usize),
             written: 0,
             max: record.raw_size,
         };
-        let n = store.read_to(&record.id, &mut out)?;
-        check_len(n)?;
-        return Ok(Verified::Memory(Bytes::from(out.inner)));
+        let read = store.read_to(&record.id, &mut out);
+        let buf = Pooled {
+            buf: out.inner,
+            home: buffers.clone(),
+        };
+        check_len(read?)?;
+        return Ok(Verified::Memory(Bytes::from_owner(buf)));
     }
     let file = tempfile::tempfile_in(temp_dir).map_err(|e| {
         ApiError::internal(format!(
@@ -517,9 +587,10 @@ pub(crate) async fn content(
         None
     };
     let temp_dir = downloads.temp_dir.clone();
+    let buffers = in_memory.then(|| downloads.buffers.clone());
     let verified = blocking({
         let record = record.clone();
-        move || verify(&store, &record, in_memory, &temp_dir)
+        move || verify(&store, &record, buffers.as_ref(), &temp_dir)
     })
     .await?;
     let body = match verified {
