@@ -852,3 +852,42 @@ async fn runs_reports_history_and_results() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_artifact_keeps_its_record_and_its_content_is_gone() {
+    let s = serve_campaign(|c| c).await;
+    let rec = by_name(&s, "note.txt");
+    // Retention, run by a writer while the server runs.
+    ArtifactStore::open(s.store())
+        .unwrap()
+        .evict(&[(rec.id.clone(), "older than 30 days".into())])
+        .unwrap();
+    let r = s
+        .get(&format!("/api/v1/artifacts/{}/content", rec.id))
+        .await;
+    assert_eq!(r.status(), 410);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains(&rec.id) && msg.contains("older than 30 days"),
+        "{msg}"
+    );
+    let got = s.json(&format!("/api/v1/artifacts/{}", rec.id)).await;
+    assert_eq!(got["evicted"]["reason"], "older than 30 days");
+    let live = s.json("/api/v1/artifacts?test=logs@x86_64").await;
+    assert!(
+        live.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["id"] != rec.id.as_str())
+    );
+    let all = s
+        .json("/api/v1/artifacts?test=logs@x86_64&include_evicted=true")
+        .await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == rec.id.as_str())
+    );
+    s.stop().await;
+}
