@@ -209,3 +209,81 @@ async fn history_lists_runs_loads_them_and_keeps_figures_of_evicted_results() {
         "the evicted report record still lists the run"
     );
 }
+
+/// A test that holds `mib` MiB and burns until its process has used `cpu_s` seconds of CPU,
+/// user and system (measured by the process itself, so the amount does not depend on the
+/// host's speed or load; the allocation's page faults count towards it), then idles 0.15 s so
+/// that the monitor's last sample sees it all.
+fn work(mib: u32, cpu_s: f64) -> Vec<TestCase> {
+    vec![
+        TestCase::script(
+            "work",
+            &format!(
+                "perl -e 'sub cpu {{ my @t = times; $t[0] + $t[1] }} \
+                 $m = \"x\" x ($ARGV[0] << 20); \
+                 while (cpu() < $ARGV[1]) {{ my $x = 0; $x += $_ for 1 .. 20000 }} \
+                 select(undef, undef, undef, 0.15); exit(length($m) == 0)' {mib} {cpu_s}"
+            ),
+        )
+        .with_timeout(Duration::from_secs(300)),
+    ]
+}
+
+/// The issue's "done when": a test made to burn twice the CPU time and memory, 3 runs per
+/// side, is a regression; 3 + 3 runs of the same work are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_flags_twice_the_cpu_and_memory_and_not_the_same_work() {
+    use orchestrator_core::history;
+    use orchestrator_core::perf_monitor::NoiseBand;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let scratch = dir.path().join("scratch");
+    let mut ids = [Vec::new(), Vec::new(), Vec::new()];
+    for (side, (mib, cpu)) in [(40, 0.2), (80, 0.4), (40, 0.2)].into_iter().enumerate() {
+        for _ in 0..3 {
+            let r = run(&scratch, &store_dir, work(mib, cpu)).await;
+            assert!(r.is_success(), "{r:#?}");
+            ids[side].push(r.run_id);
+        }
+    }
+    let store = ArtifactStore::open(&store_dir).unwrap();
+    let load = |ids: &[String]| -> Vec<RunReport> {
+        ids.iter()
+            .map(|id| history::load_run(&store, id).unwrap())
+            .collect()
+    };
+    let (base, double, again) = (load(&ids[0]), load(&ids[1]), load(&ids[2]));
+    // Wall time on a shared 2-core host moves by more than the default 0.1 s floor whatever
+    // the test does; CPU time and memory are what this test judges.
+    let band = NoiseBand {
+        duration_s: 30.0,
+        ..NoiseBand::default()
+    };
+
+    let c = history::compare(&base, &double, &band);
+    let text = history::render_comparison(&c);
+    assert!(c.is_regression(), "{text}");
+    let regressed: Vec<&str> = c
+        .resource_regressions()
+        .map(|(_, m)| m.metric.as_str())
+        .collect();
+    assert_eq!(regressed, ["cpu_total_s", "peak_rss_bytes"], "{text}");
+    assert!(c.outcome_changes.is_empty(), "{text}");
+    assert!(
+        text.contains(
+            "Noise band: a change counts beyond 10% and at least 0.05 s CPU, 4.0 MiB memory"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("work cpu: ") && text.contains("Result: REGRESSION"),
+        "{text}"
+    );
+    eprintln!("{text}");
+
+    let c = history::compare(&base, &again, &band);
+    let text = history::render_comparison(&c);
+    assert!(!c.is_regression(), "{text}");
+    assert!(text.contains("Result: no regression"), "{text}");
+    eprintln!("{text}");
+}
