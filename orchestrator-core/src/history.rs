@@ -39,6 +39,15 @@ pub enum HistoryError {
         /// Stored run ids that look like it.
         close: Vec<String>,
     },
+    /// The run has artifacts in the store but no result or report records: an earlier version
+    /// of the program wrote it.
+    #[error(
+        "run `{run_id}` has artifacts in the store but no recorded results: an earlier version wrote it; import its report.json (`history::import_report`) to see it in history"
+    )]
+    NoResults {
+        /// The run id.
+        run_id: String,
+    },
     /// No result of this test is stored.
     #[error("no result of test `{test_id}` in the store{}", hint(close, "tests"))]
     UnknownTest {
@@ -300,6 +309,12 @@ pub fn load_run(store: &ArtifactStore, run_id: &str) -> Result<RunReport, Histor
     }
     let records = result_records(store, run_id)?;
     if records.is_empty() {
+        let any = Query::new().run(run_id).include_evicted(true).limit(1);
+        if !store.query(&any)?.is_empty() {
+            return Err(HistoryError::NoResults {
+                run_id: run_id.to_owned(),
+            });
+        }
         let known = runs(store)?;
         return Err(HistoryError::UnknownRun {
             run_id: run_id.to_owned(),
