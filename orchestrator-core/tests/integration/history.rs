@@ -287,3 +287,84 @@ async fn compare_flags_twice_the_cpu_and_memory_and_not_the_same_work() {
     assert!(text.contains("Result: no regression"), "{text}");
     eprintln!("{text}");
 }
+
+/// A report and a store written by the previous version of the program (commit 0d87bc4, before
+/// results were recorded; see tests/fixtures/previous-version/README.md): the store opens (its
+/// catalog upgraded), its run is named as one to import, and once its report is imported,
+/// history, compare and load_run work on it; importing again adds nothing.
+#[test]
+fn a_report_and_store_of_the_previous_version_open_in_history_once_imported() {
+    use orchestrator_core::history::{self, HistoryError};
+    use orchestrator_core::perf_monitor::NoiseBand;
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-version");
+    let old = RunReport::read_json(&fixture.join("report.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(fixture.join("store"))
+        .arg(&store_dir)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let store = ArtifactStore::open(&store_dir).unwrap();
+
+    // Before the import: the run's artifacts are there, its results are not.
+    assert!(history::runs(&store).unwrap().is_empty());
+    let e = history::load_run(&store, &old.run_id).unwrap_err();
+    assert!(matches!(e, HistoryError::NoResults { .. }), "{e}");
+    assert!(e.to_string().contains("import_report"), "{e}");
+    let console = store
+        .query(&Query::new().run(&old.run_id).test("passes"))
+        .unwrap();
+    assert!(!console.is_empty());
+
+    let imported = history::import_report(&store, &old).unwrap();
+    assert_eq!(imported.results_added, 3, "{imported:?}");
+    assert!(imported.report_added, "{imported:?}");
+    let again = history::import_report(&store, &old).unwrap();
+    assert_eq!(again.results_added, 0, "{again:?}");
+    assert!(!again.report_added, "{again:?}");
+    assert_eq!(
+        store
+            .query(&Query::new().run(&old.run_id).kind(ArtifactKind::Result))
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let runs = history::runs(&store).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].run_id, old.run_id);
+    assert_eq!(runs[0].name.as_deref(), Some("previous-version"));
+    assert_eq!(runs[0].started_at, old.started_at);
+    assert_eq!(runs[0].status.as_deref(), Some("failed"));
+    assert_eq!(history::load_run(&store, &old.run_id).unwrap(), old);
+
+    let ktap = history::test_history(&store, "ktap", 10).unwrap();
+    assert_eq!(ktap.len(), 1);
+    assert_eq!(ktap[0].run_id, old.run_id);
+    assert_eq!(ktap[0].outcome.as_deref(), Some("subtests-failed"));
+    assert_eq!(ktap[0].verdict, Some(orchestrator_core::Verdict::Failed));
+    let passes = history::test_history(&store, "passes", 10).unwrap();
+    assert_eq!(passes[0].verdict, Some(orchestrator_core::Verdict::Passed));
+    assert_eq!(
+        passes[0].peak_rss_bytes,
+        Some(old.results[0].resources.as_ref().unwrap().peak_rss_bytes)
+    );
+    assert_eq!(passes[0].at, old.results[0].started_at);
+
+    // A run of today compared with the old one: the same verdicts, and the old figures read.
+    let c = history::compare(
+        std::slice::from_ref(&old),
+        std::slice::from_ref(&old),
+        &NoiseBand::default(),
+    );
+    assert!(!c.is_regression(), "{c}");
+    assert_eq!(
+        c.resources.len(),
+        1,
+        "only `passes` passed on both sides: {c}"
+    );
+}
