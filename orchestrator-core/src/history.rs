@@ -3,7 +3,7 @@
 //!
 //! Every execution the orchestrator stores is also recorded as its result (`result.json`, kind
 //! `result`, the figures in the record's metadata: `duration-ms`, `cpu-ms`, `peak-rss-bytes`,
-//! `verdict`, `outcome`, `runner`, `kernel`, `mode`, `attempt`, `started-at`), and every run
+//! `verdict`, `outcome`, `runner`, `kernel`, `mode`, `attempt`, `started-at`, `position`), and every run
 //! as its report (`report.json`, kind `report`, test id [`@run`](crate::RUN_RECORD_TEST_ID),
 //! metadata `name`, `status`, `started-at`, `finished-at`, `counts`). History reads the
 //! metadata, not the blobs, so a record whose blob retention evicted still has its figures, and
@@ -250,7 +250,8 @@ fn result_records(
     )?)
 }
 
-/// The last attempt's record of each test, in the order the tests' first attempts started.
+/// The last attempt's record of each test, in the run's order of the tests (their recorded
+/// `position`, else the time they started).
 fn latest_attempts(records: &[ArtifactRecord]) -> Vec<&ArtifactRecord> {
     let mut by_test: HashMap<&str, Vec<&ArtifactRecord>> = HashMap::new();
     for r in records {
@@ -260,8 +261,11 @@ fn latest_attempts(records: &[ArtifactRecord]) -> Vec<&ArtifactRecord> {
     for t in &mut tests {
         t.sort_by_key(|r| attempt_of(r));
     }
+    // The test's place in the run when recorded, else the time it started.
     tests.sort_by_key(|t| {
+        let position: Option<usize> = t[0].metadata.get("position").and_then(|p| p.parse().ok());
         (
+            position.unwrap_or(usize::MAX),
             time_meta(t[0], "started-at").unwrap_or(t[0].created_at),
             t[0].test_id.clone(),
         )
@@ -295,7 +299,7 @@ fn parse_report(id: &str, bytes: &[u8]) -> Result<RunReport, HistoryError> {
 
 /// A run's report: its report record, else (a run that stopped before its end, or whose report
 /// blob was evicted) put together from its result records, the last attempt of each test in
-/// the order the tests started, linked to the run's other records. A result whose blob was
+/// the run's order of the tests, linked to the run's other records. A result whose blob was
 /// evicted is rebuilt from its record's metadata (outcome, verdict, duration, resources).
 pub fn load_run(store: &ArtifactStore, run_id: &str) -> Result<RunReport, HistoryError> {
     let reports = store.query(
@@ -1112,7 +1116,7 @@ pub fn import_report(
         .map(|r| r.test_id)
         .collect();
     let mut items: Vec<(NewArtifact, Vec<u8>)> = Vec::new();
-    for r in &report.results {
+    for (position, r) in report.results.iter().enumerate() {
         if have.contains(r.test_id.as_str()) {
             continue;
         }
@@ -1129,7 +1133,8 @@ pub fn import_report(
         )
         .outcome(crate::compose::store_outcome(&r.outcome))
         .created_at(r.finished_at)
-        .meta("imported", "true");
+        .meta("imported", "true")
+        .meta("position", position.to_string());
         for (k, v) in result_metadata(r) {
             a = a.meta(k, v);
         }

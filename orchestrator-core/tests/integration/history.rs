@@ -49,7 +49,7 @@ async fn every_result_and_the_report_are_records_with_their_figures() {
         .query(&Query::new().run(&report.run_id).kind(ArtifactKind::Result))
         .unwrap();
     assert_eq!(results.len(), 3, "one result record per test: {results:#?}");
-    for r in &report.results {
+    for (position, r) in report.results.iter().enumerate() {
         let rec = results
             .iter()
             .find(|x| x.test_id == r.test_id.as_str())
@@ -59,6 +59,7 @@ async fn every_result_and_the_report_are_records_with_their_figures() {
         assert_eq!(m["runner"], r.runner);
         assert_eq!(m["verdict"], r.verdict().name());
         assert_eq!(m["attempt"], "1");
+        assert_eq!(m["position"], position.to_string());
         assert_eq!(m["duration-ms"], r.duration().as_millis().to_string());
         let usage = r.resources.as_ref().unwrap();
         assert_eq!(
