@@ -23,9 +23,9 @@ impl From<HistoryError> for ApiError {
     fn from(e: HistoryError) -> Self {
         match e {
             HistoryError::Store(e) => e.into(),
-            e @ (HistoryError::UnknownRun { .. } | HistoryError::UnknownTest { .. }) => {
-                ApiError::not_found(e.to_string())
-            }
+            e @ (HistoryError::UnknownRun { .. }
+            | HistoryError::UnknownTest { .. }
+            | HistoryError::NoResults { .. }) => ApiError::not_found(e.to_string()),
             e @ HistoryError::Corrupt { .. } => {
                 ApiError::internal(format!("{e}; check the store with `{REPAIR_COMMAND}`"))
             }
@@ -69,11 +69,12 @@ fn load(
 ) -> Result<RunReport, ApiError> {
     match history::load_run(store, run_id) {
         Ok(r) => Ok(r),
-        Err(HistoryError::UnknownRun { run_id, close }) => {
-            match report_file(reports, &run_id, "report.json") {
+        // Not in the store, or stored by an earlier version that recorded no results.
+        Err(e @ (HistoryError::UnknownRun { .. } | HistoryError::NoResults { .. })) => {
+            match report_file(reports, run_id, "report.json") {
                 Some(p) => RunReport::read_json(&p)
                     .map_err(|e| ApiError::internal(format!("run {run_id}: {e}"))),
-                None => Err(HistoryError::UnknownRun { run_id, close }.into()),
+                None => Err(e.into()),
             }
         }
         Err(e) => Err(e.into()),

@@ -891,3 +891,86 @@ async fn an_evicted_artifact_keeps_its_record_and_its_content_is_gone() {
     );
     s.stop().await;
 }
+
+/// Copies a directory tree.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_and_report_of_the_previous_version_are_served() {
+    // Written by the program at commit 0d87bc4 (orchestrator-core's fixture): a version 2
+    // catalog with the run's artifacts and no result or report records, and its report.json.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../orchestrator-core/tests/fixtures/previous-version");
+    let report = orchestrator_core::RunReport::read_json(&fixture.join("report.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture.join("store"), &dir.path().join("store"));
+    let out = dir.path().join("out");
+    let run_dir = out.join("runs").join(&report.run_id);
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::copy(fixture.join("report.json"), run_dir.join("report.json")).unwrap();
+    let before = tree_state(&dir.path().join("store"));
+    let s = support::serve_dir(dir, report.clone(), |c| c.with_reports(&out)).await;
+
+    let runs = s.json("/api/v1/runs").await;
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs:#}");
+    assert_eq!(runs[0]["run_id"], report.run_id.as_str());
+    assert_eq!(runs[0]["in_store"], false);
+    assert_eq!(runs[0]["status"], "failed");
+    let got = s.json(&format!("/api/v1/runs/{}", report.run_id)).await;
+    assert_eq!(got["results"].as_array().unwrap().len(), 3);
+    let page = s
+        .get(&format!("/api/v1/runs/{}/report.html", report.run_id))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("ktap") && page.contains(&report.run_id),
+        "{page}"
+    );
+    // The old store's artifacts, verified.
+    let arts = s
+        .json(&format!("/api/v1/artifacts?run={}", report.run_id))
+        .await;
+    assert!(!arts.as_array().unwrap().is_empty());
+    for a in arts.as_array().unwrap() {
+        let r = s
+            .get(&format!(
+                "/api/v1/artifacts/{}/content",
+                a["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            Digest::of(&r.bytes().await.unwrap()).to_hex(),
+            a["digest"].as_str().unwrap()
+        );
+    }
+    // Without the reports directory, the store alone says how to import the report.
+    let r = s.get("/metrics").await;
+    assert_eq!(r.status(), 200);
+    let alone = support::serve_dir(tempfile::tempdir().unwrap(), report.clone(), |mut c| {
+        c.store = s.store();
+        c
+    })
+    .await;
+    let r = alone.get(&format!("/api/v1/runs/{}", report.run_id)).await;
+    assert_eq!(r.status(), 404);
+    let msg = r.text().await.unwrap();
+    assert!(msg.contains("import"), "{msg}");
+    alone.stop().await;
+    // Read-only: the version 2 catalog was not upgraded.
+    assert_eq!(before, tree_state(&s.store()));
+    s.stop().await;
+}
