@@ -1,0 +1,87 @@
+//! The command line: subcommands, logging, the async runtime and exit codes.
+//!
+//! Exit codes: `run` and `merge` end with the run's status (0 every test succeeded, 1 a test
+//! failed, 125 a test could not be judged, 130 interrupted); every command ends with 2 when it
+//! could not do its work (a bad plan, bad arguments, a directory that is not a store, an
+//! unknown id) and 1 when a check it made failed (`store verify` finding damage).
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run kernel test plans in QEMU guests and host processes, and keep their artifacts.
+#[derive(Debug, Parser)]
+#[command(name = "qorch", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a test plan (or one shard of it): progress, a summary table, and JUnit XML, JSON
+    /// and HTML reports in `<out>/runs/<run id>/` (`<out>/latest` points to the newest).
+    Run(crate::run::RunArgs),
+    /// Merge the reports of a sharded campaign's workers into one report.
+    Merge(crate::run::MergeArgs),
+}
+
+/// The `qorch` binary: parses the process's arguments and runs the command.
+pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// Runs `qorch` with `args` (the first is the program name), as the binary would.
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => crate::run::run(args).await,
+            Command::Merge(args) => crate::run::merge(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (warnings only when it is unset or
+/// names nothing valid), coloured on a terminal only. Does nothing when a subscriber is set.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::LevelFilter;
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::WARN.into())
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
