@@ -28,6 +28,12 @@ pub enum Command {
     Run(crate::run::RunArgs),
     /// Merge the reports of a sharded campaign's workers into one report.
     Merge(crate::run::MergeArgs),
+    /// Install QEMU and the stock Debian guest images (kernels and busybox) the QEMU runner
+    /// boots: says what it will install and where, shows progress; does nothing when they are
+    /// there and verify.
+    Provision(crate::provision::ProvisionArgs),
+    /// Inspect and maintain the artifact store: list, read, verify, collect, bundle, share.
+    Store(crate::store::StoreArgs),
 }
 
 /// The `qorch` binary: parses the process's arguments and runs the command.
@@ -60,15 +66,29 @@ where
         match cli.command {
             Command::Run(args) => crate::run::run(args).await,
             Command::Merge(args) => crate::run::merge(args),
+            Command::Provision(args) => crate::provision::provision(args),
+            Command::Store(args) => crate::store::store(args),
         }
     });
     match result {
         Ok(code) => code,
+        // A reader that went away (`qorch store ls | head`) is no error.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(BrokenPipe))
+    })
 }
 
 /// Sends `tracing` events to stderr, filtered by `RUST_LOG` (warnings only when it is unset or

@@ -5,5 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod provision;
 pub mod run;
+pub mod store;
 mod util;

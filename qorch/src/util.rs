@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use orchestrator_core::artifact_store::{
-    BlobBackend, DirBackend, ObjectStoreBackend, RemoteOptions,
+    ArtifactStore, BlobBackend, DirBackend, ObjectStoreBackend, RemoteOptions,
 };
 
 /// The default output directory of `run` and `merge` (reports, scratch, the store).
@@ -27,6 +27,32 @@ pub(crate) fn connect_remote(url: &str) -> anyhow::Result<Arc<dyn BlobBackend>> 
     let backend = ObjectStoreBackend::connect(url, &RemoteOptions::default())
         .with_context(|| format!("cannot use the remote store {url}"))?;
     Ok(Arc::new(backend))
+}
+
+/// Whether `dir` holds an artifact store (its `LAYOUT` file).
+pub(crate) fn is_store(dir: &Path) -> bool {
+    dir.join("LAYOUT").is_file()
+}
+
+/// Opens the existing store in `dir`; a directory that is not a store is an error (nothing is
+/// created).
+pub(crate) fn open_existing_store(dir: &Path) -> anyhow::Result<ArtifactStore> {
+    if !dir.exists() {
+        anyhow::bail!(
+            "there is no artifact store at {}: the directory does not exist (a run creates its \
+             store in <out>/store; name another with --store DIR)",
+            dir.display()
+        );
+    }
+    if !is_store(dir) {
+        anyhow::bail!(
+            "{} is not an artifact store (it has no LAYOUT file): name a store's directory with \
+             --store DIR",
+            dir.display()
+        );
+    }
+    ArtifactStore::open(dir)
+        .with_context(|| format!("cannot open the artifact store {}", dir.display()))
 }
 
 /// `dir`, without the `..` of a plan-relative path, when it exists.
