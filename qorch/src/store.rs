@@ -37,6 +37,11 @@ pub struct StoreArgs {
     /// A plan whose `[store]` (path, remote, retention) applies.
     #[arg(long, global = true)]
     pub plan: Option<PathBuf>,
+    /// The remote of `push` and `pull`, and where `cat` and `get` fetch (and verify) blobs
+    /// this store does not hold: `s3://bucket/prefix` or `file:///dir` (default: the plan's
+    /// `[store] remote`).
+    #[arg(long, global = true)]
+    pub remote: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: StoreCommand,
@@ -64,8 +69,8 @@ pub enum StoreCommand {
     },
     /// Check every blob against its digest and every record's blob; exits 1 on damage.
     Verify {
-        /// Move corrupt blobs to `quarantine/` and drop orphaned and stray files (records stay:
-        /// a blob pulled again from a remote heals them).
+        /// Move corrupt blobs and stray files to `quarantine/`, collect orphans, and mark the
+        /// records of damaged artifacts evicted (`blob corrupt`, `blob missing`).
         #[arg(long)]
         repair: bool,
     },
@@ -91,24 +96,15 @@ pub enum StoreCommand {
         /// The bundle file.
         bundle: PathBuf,
     },
-    /// Send runs' records and blobs to a remote (all runs by default).
+    /// Send runs' records and blobs to the remote (all runs by default).
     Push {
-        /// The remote: `s3://bucket/prefix` or `file:///dir` (default: the plan's `[store]
-        /// remote`).
-        #[arg(long)]
-        remote: Option<String>,
         /// Only these runs.
         #[arg(long = "run", value_name = "RUN")]
         runs: Vec<String>,
     },
-    /// Bring every record published to a remote into this store (blobs are fetched, and
-    /// verified, when read).
-    Pull {
-        /// The remote: `s3://bucket/prefix` or `file:///dir` (default: the plan's `[store]
-        /// remote`).
-        #[arg(long)]
-        remote: Option<String>,
-    },
+    /// Bring every record published to the remote into this store (blobs are fetched, and
+    /// verified, when read: `cat` and `get` with --remote).
+    Pull,
 }
 
 /// Filters shared by `ls` and `export`.
@@ -229,9 +225,12 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| settings.as_ref().map(|s| s.path.clone()))
         .unwrap_or_else(|| args.out.join("store"));
-    let plan_remote = settings.as_ref().and_then(|s| s.remote.clone());
-    let remote_url = |given: &Option<String>| -> anyhow::Result<String> {
-        given.clone().or_else(|| plan_remote.clone()).ok_or_else(|| {
+    let remote = args
+        .remote
+        .clone()
+        .or_else(|| settings.as_ref().and_then(|s| s.remote.clone()));
+    let remote_url = || -> anyhow::Result<String> {
+        remote.clone().ok_or_else(|| {
             anyhow!(
                 "no remote: give --remote s3://bucket/prefix (or file:///dir), or a --plan whose \
                  [store] has `remote`"
@@ -240,8 +239,12 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
     };
     match args.command {
         StoreCommand::Ls(ls) => list(&open_existing_store(&dir)?, ls),
-        StoreCommand::Cat { id } => cat(&open_existing_store(&dir)?, &id),
-        StoreCommand::Get { id, output } => get(&open_existing_store(&dir)?, &id, output),
+        StoreCommand::Cat { id } => cat(&with_remote(open_existing_store(&dir)?, &remote)?, &id),
+        StoreCommand::Get { id, output } => get(
+            &with_remote(open_existing_store(&dir)?, &remote)?,
+            &id,
+            output,
+        ),
         StoreCommand::Verify { repair } => verify(&open_existing_store(&dir)?, repair),
         StoreCommand::Gc { dry_run } => gc(&open_existing_store(&dir)?, dry_run),
         StoreCommand::Retention(r) => {
@@ -266,8 +269,8 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Push { remote, runs } => {
-            let url = remote_url(&remote)?;
+        StoreCommand::Push { runs } => {
+            let url = remote_url()?;
             let store = open_existing_store(&dir)?.with_remote(connect_remote(&url)?);
             let runs: Vec<String> = if runs.is_empty() {
                 let all = store.query(&Query::new().include_evicted(true))?;
@@ -301,8 +304,8 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Pull { remote } => {
-            let url = remote_url(&remote)?;
+        StoreCommand::Pull => {
+            let url = remote_url()?;
             let store = open_or_create(&dir)?.with_remote(connect_remote(&url)?);
             let p = store
                 .pull_records()
@@ -318,6 +321,14 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `store` reading through `remote`, when there is one.
+fn with_remote(store: ArtifactStore, remote: &Option<String>) -> anyhow::Result<ArtifactStore> {
+    Ok(match remote {
+        Some(url) => store.with_remote(connect_remote(url)?),
+        None => store,
+    })
 }
 
 /// A store to write into: an existing one, or a new one in a missing or empty directory.
@@ -339,9 +350,14 @@ fn explain(e: artifact_store::Error, id: Option<&str>) -> anyhow::Error {
     use artifact_store::Error as E;
     let about = id.map(|i| format!("artifact {i}: ")).unwrap_or_default();
     match &e {
-        E::Corrupt { .. } | E::MissingBlob { .. } => anyhow!(
+        E::MissingBlob { .. } => anyhow!(
+            "{about}{e}\n  help: a store that pulled its records reads blobs through its remote: \
+             give --remote URL; otherwise run `qorch store verify --repair` (the record stays, \
+             marked evicted)"
+        ),
+        E::Corrupt { .. } => anyhow!(
             "{about}{e}\n  help: run `qorch store verify --repair` to move damaged blobs aside \
-             (records stay), then `qorch store pull --remote URL` if a remote holds them"
+             (their records stay, marked evicted)"
         ),
         E::NotFound { .. } => anyhow!("{e}\n  help: list artifact ids with `qorch store ls`"),
         E::Evicted { .. } => anyhow!(
@@ -621,8 +637,8 @@ fn verify(store: &ArtifactStore, repair: bool) -> anyhow::Result<ExitCode> {
     }
     if repair {
         println!(
-            "repaired: corrupt blobs moved to {}, orphans and stray files removed; the records \
-             of damaged artifacts stay (pull them again from a remote that has them)",
+            "repaired: corrupt blobs and stray files moved to {}, orphans collected; the records \
+             of damaged artifacts stay, marked evicted (`blob corrupt`, `blob missing`)",
             store.root().join("quarantine").display()
         );
     } else {
