@@ -227,6 +227,8 @@ kernel = "{b}"
         .arg(&plan)
         .arg("--out")
         .arg(&out)
+        // The kernel logs are read from the scratch directories the report names.
+        .arg("--keep-scratch")
         .args(["--progress", "lines"])
         .output()
         .unwrap();

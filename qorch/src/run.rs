@@ -15,9 +15,10 @@
 //! <out>/store/                                             the artifact store (by default)
 //! ```
 //!
-//! Scratch: at the end of a run the scratch directories of the tests that succeeded are
-//! removed (their artifacts are in the store and their output in the reports); those of tests
-//! that did not succeed stay for inspection, and the summary names them. Kept scratch of the
+//! Scratch: at the end of a run the scratch directories of the tests that succeeded and whose
+//! collected files are all in the store are removed (their output is in the reports); the
+//! others stay for inspection (tests that did not succeed; with `--no-store`, tests that
+//! collected files), and the summary names them. Kept scratch of the
 //! [`KEPT_RUNS`] newest runs stays; older runs' kept scratch is removed at the end of a later
 //! run into the same `--out`. `--keep-scratch` keeps this run's whole scratch directory, which no
 //! later run removes.
@@ -102,7 +103,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "no_store")]
     pub remote: Option<String>,
     /// Keep this run's whole scratch directory (`<out>/scratch/<run id>`); by default only the
-    /// scratch of tests that did not succeed is kept.
+    /// scratch of tests that did not succeed, or whose files are in no store, is kept (that of
+    /// the five newest runs that kept some).
     #[arg(long)]
     pub keep_scratch: bool,
     /// Run only the plan's tests that did not succeed in an earlier run: failed, errored,
@@ -261,7 +263,9 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(Scratch::Removed) => {}
         Ok(Scratch::KeptAll(dir)) => println!("scratch kept (--keep-scratch): {}", dir.display()),
         Ok(Scratch::KeptFailed(dirs)) => {
-            println!("scratch of tests that did not succeed, kept for inspection:");
+            println!(
+                "scratch kept for inspection (tests that did not succeed, files not in a store):"
+            );
             for d in dirs {
                 println!("  {}", d.display());
             }
@@ -397,7 +401,8 @@ fn tidy_scratch(root: &Path, report: &RunReport, keep_all: bool) -> anyhow::Resu
             if !dir.exists() {
                 continue;
             }
-            if r.verdict().is_success() {
+            // Files only the scratch holds (no store, or a failed put) stay.
+            if r.verdict().is_success() && r.artifacts.iter().all(|a| a.stored.is_some()) {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("cannot remove {}", dir.display()))?;
             } else {
@@ -417,19 +422,25 @@ fn tidy_scratch(root: &Path, report: &RunReport, keep_all: bool) -> anyhow::Resu
             Scratch::KeptFailed(kept)
         }
     };
-    // Older runs' kept scratch: run ids begin with their start time, so names sort by age.
-    let mut kept_runs: Vec<PathBuf> = std::fs::read_dir(root)
+    // Older runs' kept scratch, oldest first: by when the marker was written (the end of
+    // their run), then by name (run ids begin with their start time).
+    let mut kept_runs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(root)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.join(KEPT_MARKER).is_file())
+                .filter_map(|p| {
+                    let written = std::fs::metadata(p.join(KEPT_MARKER))
+                        .and_then(|m| m.modified())
+                        .ok()?;
+                    Some((written, p))
+                })
                 .collect()
         })
         .unwrap_or_default();
     kept_runs.sort();
     let excess = kept_runs.len().saturating_sub(KEPT_RUNS);
-    for old in &kept_runs[..excess] {
+    for (_, old) in &kept_runs[..excess] {
         std::fs::remove_dir_all(old)
             .with_context(|| format!("cannot remove old scratch {}", old.display()))?;
     }

@@ -1169,7 +1169,7 @@ fn runs_get_their_own_directories_scratch_is_tidied_and_failures_rerun() {
         let output = run_cmd(&plan)
             .arg("--out")
             .arg(&out)
-            .args(["--progress", "quiet", "--no-store"])
+            .args(["--progress", "quiet"])
             .args(extra)
             .output()
             .unwrap();
@@ -1265,4 +1265,43 @@ fn runs_get_their_own_directories_scratch_is_tidied_and_failures_rerun() {
         "{stderr}"
     );
     assert_eq!(std::fs::read_dir(out.join("runs")).unwrap().count(), 4);
+}
+
+/// The scratch kept for failed tests stays for the five newest runs that kept some; older
+/// runs' kept scratch goes, but never a run's scratch kept with `--keep-scratch`.
+#[test]
+fn kept_scratch_is_bounded_to_the_newest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        "[[test]]\nid = \"fails\"\nscript = \"exit 1\"\n",
+    );
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let status = run_cmd(&plan)
+            .arg("--out")
+            .arg(&out)
+            .args(["--progress", "quiet", "--no-store"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1));
+        json(&out.join("latest/report.json"))["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let pinned = run(&["--keep-scratch"]);
+    let ids: Vec<String> = (0..7).map(|_| run(&[])).collect();
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    let mut want = vec![pinned];
+    want.extend(ids[2..].iter().cloned());
+    want.sort();
+    assert_eq!(kept, want);
+    assert_eq!(std::fs::read_dir(out.join("runs")).unwrap().count(), 8);
 }
