@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, Eviction, Query};
 
 /// The catalog format this crate writes (`PRAGMA user_version`). Version 2 added
-/// `inline_blobs` and `remote_pulled`; a version 1 catalog is upgraded when opened.
-pub const CATALOG_VERSION: u32 = 2;
+/// `inline_blobs` and `remote_pulled`; version 3 the index `artifacts_kind` (a test's results
+/// or the runs' reports, newest first, in one index range). Older catalogs are upgraded when
+/// opened.
+pub const CATALOG_VERSION: u32 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts(
@@ -40,6 +42,7 @@ CREATE INDEX IF NOT EXISTS artifacts_test ON artifacts(test_id, created_at);
 CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run_id);
 CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
 CREATE INDEX IF NOT EXISTS artifacts_created ON artifacts(created_at);
+CREATE INDEX IF NOT EXISTS artifacts_kind ON artifacts(kind, test_id, created_at);
 CREATE TABLE IF NOT EXISTS metadata(
   artifact INTEGER NOT NULL,
   key TEXT NOT NULL,
@@ -355,7 +358,11 @@ impl Catalog {
         if !q.include_evicted {
             sql.push_str(" AND evicted_at IS NULL");
         }
-        sql.push_str(" ORDER BY created_at, seq");
+        sql.push_str(if q.newest_first {
+            " ORDER BY created_at DESC, seq DESC"
+        } else {
+            " ORDER BY created_at, seq"
+        });
         if let Some(n) = q.limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }

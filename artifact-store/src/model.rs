@@ -28,11 +28,17 @@ pub enum ArtifactKind {
     Metrics,
     /// Anything else.
     Other,
+    /// A test's result (`result.json`: the orchestrator's `TestResult` as JSON), one per
+    /// execution; its metadata holds the figures history needs without reading the blob.
+    Result,
+    /// A whole run's report (`report.json`: the orchestrator's `RunReport` as JSON), test id
+    /// `@run`.
+    Report,
 }
 
 impl ArtifactKind {
     /// Every kind.
-    pub const ALL: [ArtifactKind; 7] = [
+    pub const ALL: [ArtifactKind; 9] = [
         ArtifactKind::Log,
         ArtifactKind::Console,
         ArtifactKind::CoreDump,
@@ -40,6 +46,8 @@ impl ArtifactKind {
         ArtifactKind::Screenshot,
         ArtifactKind::Metrics,
         ArtifactKind::Other,
+        ArtifactKind::Result,
+        ArtifactKind::Report,
     ];
 
     /// The name stored in the catalog (`log`, `console`, `core-dump`, ...).
@@ -52,6 +60,8 @@ impl ArtifactKind {
             ArtifactKind::Screenshot => "screenshot",
             ArtifactKind::Metrics => "metrics",
             ArtifactKind::Other => "other",
+            ArtifactKind::Result => "result",
+            ArtifactKind::Report => "report",
         }
     }
 }
@@ -279,7 +289,8 @@ pub struct ArtifactRecord {
     pub evicted: Option<Eviction>,
 }
 
-/// A catalog query; every criterion set must match. Results are ordered oldest first.
+/// A catalog query; every criterion set must match. Results are ordered oldest first (or newest
+/// first, [`Query::newest_first`]).
 ///
 /// ```
 /// use artifact_store::{ArtifactKind, Query, TestOutcome};
@@ -298,6 +309,7 @@ pub struct Query {
     pub(crate) metadata: Vec<(String, String)>,
     pub(crate) include_evicted: bool,
     pub(crate) limit: Option<u64>,
+    pub(crate) newest_first: bool,
 }
 
 impl Query {
@@ -363,6 +375,12 @@ impl Query {
     /// At most `n` records.
     pub fn limit(mut self, n: u64) -> Self {
         self.limit = Some(n);
+        self
+    }
+
+    /// Newest first instead of oldest first (with [`limit`](Self::limit): the newest `n`).
+    pub fn newest_first(mut self, yes: bool) -> Self {
+        self.newest_first = yes;
         self
     }
 }

@@ -8,9 +8,20 @@
 pub(crate) use watch::{ExecutionWatch, add_metrics_file, usage_of};
 
 #[cfg(feature = "store")]
+pub(crate) use stored::report_artifact;
+#[cfg(feature = "store")]
 pub(crate) use stored::store_execution;
 #[cfg(feature = "store")]
 pub use stored::{artifact_kind, store_outcome};
+
+/// The name of a test's result among its stored artifacts (kind `result`): the
+/// [`TestResult`](crate::TestResult) as JSON.
+pub const RESULT_NAME: &str = "result.json";
+/// The name of a run's report in the store (kind `report`): the
+/// [`RunReport`](crate::RunReport) as JSON.
+pub const REPORT_NAME: &str = "report.json";
+/// The test id of the records that belong to a whole run (its report), not to one test.
+pub const RUN_RECORD_TEST_ID: &str = "@run";
 
 /// The name of the metrics recording among a test's artifacts (perf-monitor JSON lines).
 pub const METRICS_NAME: &str = "metrics.jsonl";
@@ -145,10 +156,13 @@ mod watch {
 
 #[cfg(feature = "store")]
 mod stored {
+    use std::io::Read;
+
     use artifact_store::{ArtifactKind, ArtifactStore, NewArtifact, TestOutcome};
 
-    use super::METRICS_NAME;
+    use super::{METRICS_NAME, REPORT_NAME, RESULT_NAME, RUN_RECORD_TEST_ID};
     use crate::case::TestCase;
+    use crate::report::RunReport;
     use crate::result::{Outcome, StoredArtifact, TestResult};
 
     /// The catalog's outcome for an orchestrator outcome, by label. Labels the store does not know
@@ -181,29 +195,91 @@ mod stored {
         }
     }
 
-    /// Puts an execution's files (with its metrics recording, already among them) into the store in
-    /// one catalog transaction, and links each [`ArtifactFile`] of `result` to its record. Blocking.
+    /// The metadata of a result record: the figures history and compare read without the blob.
+    pub(crate) fn result_metadata(result: &TestResult) -> Vec<(&'static str, String)> {
+        let mut m = vec![
+            ("attempt", result.attempt.to_string()),
+            ("runner", result.runner.clone()),
+            ("verdict", result.verdict().name().to_owned()),
+            ("duration-ms", result.duration().as_millis().to_string()),
+            ("started-at", result.started_at.to_rfc3339()),
+        ];
+        if let Some(u) = &result.resources {
+            m.push((
+                "cpu-ms",
+                ((u.cpu_seconds * 1000.0).round() as u64).to_string(),
+            ));
+            m.push(("peak-rss-bytes", u.peak_rss_bytes.to_string()));
+        }
+        if let Some(k) = kernel_of(result) {
+            m.push(("kernel", k));
+        }
+        if let Some(mode) = mode_of(result) {
+            m.push(("mode", mode.to_owned()));
+        }
+        m
+    }
+
+    /// The kernel a result ran: the release the guest reported, else the kernel image.
+    fn kernel_of(result: &TestResult) -> Option<String> {
+        let env = &result.environment;
+        env.get("kernel-release")
+            .or_else(|| env.get("kernel"))
+            .cloned()
+    }
+
+    /// How a VM runner ran the test (`alone`, `session`, `snapshot-reset`), from its environment
+    /// record; `None` for runners without modes.
+    fn mode_of(result: &TestResult) -> Option<&str> {
+        let env = &result.environment;
+        if let Some(m) = env.get("mode") {
+            Some(m.as_str())
+        } else if env.contains_key("session") {
+            Some("session")
+        } else if env.contains_key("snapshot-restore") {
+            Some("snapshot-reset")
+        } else if env.contains_key("accelerator") {
+            Some("alone")
+        } else {
+            None
+        }
+    }
+
+    /// The record of a run's report: `report.json`, kind `report`, test id `@run`.
+    pub(crate) fn report_artifact(report: &RunReport) -> NewArtifact {
+        let mut a = NewArtifact::new(
+            RUN_RECORD_TEST_ID,
+            report.run_id.as_str(),
+            ArtifactKind::Report,
+            REPORT_NAME,
+        )
+        .meta("status", report.status().label())
+        .meta("started-at", report.started_at.to_rfc3339())
+        .meta("finished-at", report.finished_at.to_rfc3339())
+        .meta("schema-version", report.schema_version.to_string())
+        .meta("tests", report.summary.total.to_string());
+        if let Some(name) = &report.name {
+            a = a.meta("name", name.clone());
+        }
+        a
+    }
+
+    /// Puts an execution's files (with its metrics recording, already among them) and its result
+    /// (`result.json`, kind `result`) into the store in one catalog transaction, and links each
+    /// [`ArtifactFile`] of `result` to its record. Blocking.
     pub(crate) fn store_execution(
         store: &ArtifactStore,
         run_id: &str,
         case: &TestCase,
         result: &mut TestResult,
     ) -> Result<(), String> {
-        if result.artifacts.is_empty() {
-            return Ok(());
-        }
         let outcome = store_outcome(&result.outcome);
         let arch = case
             .requirements
             .arch
             .map(|a| a.as_str().to_owned())
             .or_else(|| result.environment.get("arch").cloned());
-        let mut items = Vec::with_capacity(result.artifacts.len());
-        for f in &result.artifacts {
-            let mut a = NewArtifact::new(case.id.as_str(), run_id, artifact_kind(&f.name), &f.name)
-                .outcome(outcome)
-                .meta("attempt", result.attempt.to_string())
-                .meta("runner", result.runner.clone());
+        let tagged = |mut a: NewArtifact| {
             if let Some(arch) = &arch {
                 a = a.arch(arch.clone());
             }
@@ -213,6 +289,15 @@ mod stored {
                     .meta(artifact_store::TAG_KEY, tag.clone())
                     .meta("tags", case.tags.join(","));
             }
+            a
+        };
+        let mut items: Vec<(NewArtifact, Box<dyn Read>)> =
+            Vec::with_capacity(result.artifacts.len() + 1);
+        for f in &result.artifacts {
+            let a = NewArtifact::new(case.id.as_str(), run_id, artifact_kind(&f.name), &f.name)
+                .outcome(outcome)
+                .meta("attempt", result.attempt.to_string())
+                .meta("runner", result.runner.clone());
             let file = std::fs::File::open(&f.path).map_err(|e| {
                 format!(
                     "cannot read artifact `{}` of test `{}` at {}: {e}",
@@ -221,8 +306,16 @@ mod stored {
                     f.path.display()
                 )
             })?;
-            items.push((a, file));
+            items.push((tagged(a), Box::new(file)));
         }
+        let json = serde_json::to_vec_pretty(&*result)
+            .map_err(|e| format!("cannot serialise the result of test `{}`: {e}", case.id))?;
+        let mut a = NewArtifact::new(case.id.as_str(), run_id, ArtifactKind::Result, RESULT_NAME)
+            .outcome(outcome);
+        for (k, v) in result_metadata(result) {
+            a = a.meta(k, v);
+        }
+        items.push((tagged(a), Box::new(std::io::Cursor::new(json))));
         let records = store.add_many(items).map_err(|e| e.to_string())?;
         for (f, r) in result.artifacts.iter_mut().zip(&records) {
             f.stored = Some(StoredArtifact {

@@ -99,6 +99,7 @@ pub use case::{
     Requirements, TestCase, TestId, UnknownArch,
 };
 pub use compose::METRICS_NAME;
+pub use compose::{REPORT_NAME, RESULT_NAME, RUN_RECORD_TEST_ID};
 #[cfg(feature = "store")]
 pub use compose::{artifact_kind, store_outcome};
 pub use orchestrator::{

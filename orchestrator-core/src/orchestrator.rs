@@ -667,7 +667,8 @@ impl Orchestrator {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "run finished"
         );
-        Ok(RunReport {
+        #[allow(unused_mut)]
+        let mut report = RunReport {
             schema_version: SCHEMA_VERSION,
             run_id,
             name: self.config.name.clone(),
@@ -679,7 +680,12 @@ impl Orchestrator {
             host: HostInfo::current(),
             storage,
             shard: self.config.shard.clone(),
-        })
+        };
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            store_report(Arc::clone(store), &mut report).await;
+        }
+        Ok(report)
     }
 
     /// After a run: retention, then the store's statistics.
@@ -775,6 +781,37 @@ async fn store_result(
     *result = back;
     if let Err(e) = outcome {
         result.environment.insert(STORE_ERROR_KEY.into(), e);
+    }
+}
+
+/// Puts the run's report into the store (`report.json`, kind `report`, test id `@run`), after
+/// retention so that it holds the storage summary; a failure is recorded in the returned
+/// report's storage errors.
+#[cfg(feature = "store")]
+async fn store_report(store: Arc<ArtifactStore>, report: &mut RunReport) {
+    let json = match serde_json::to_vec_pretty(&*report) {
+        Ok(json) => json,
+        Err(e) => {
+            let msg = format!("cannot serialise the run's report: {e}");
+            report
+                .storage
+                .get_or_insert_with(Default::default)
+                .errors
+                .push(msg);
+            return;
+        }
+    };
+    let artifact = crate::compose::report_artifact(report);
+    let stored = tokio::task::spawn_blocking(move || store.add_bytes(artifact, &json))
+        .await
+        .expect("the storing task does not panic");
+    if let Err(e) = stored {
+        let msg = format!("cannot store the run's report: {e}");
+        report
+            .storage
+            .get_or_insert_with(Default::default)
+            .errors
+            .push(msg);
     }
 }
 

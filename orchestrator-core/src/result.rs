@@ -293,6 +293,36 @@ impl Verdict {
         matches!(self, Verdict::Passed | Verdict::ExpectedFailure)
     }
 
+    /// Every verdict.
+    pub const ALL: [Verdict; 7] = [
+        Verdict::Passed,
+        Verdict::ExpectedFailure,
+        Verdict::Failed,
+        Verdict::UnexpectedPass,
+        Verdict::Error,
+        Verdict::Skipped,
+        Verdict::Cancelled,
+    ];
+
+    /// The serialised name (`passed`, `expected-failure`, `failed`, `unexpected-pass`, `error`,
+    /// `skipped`, `cancelled`), as in JSON reports and the store's result records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::ExpectedFailure => "expected-failure",
+            Verdict::Failed => "failed",
+            Verdict::UnexpectedPass => "unexpected-pass",
+            Verdict::Error => "error",
+            Verdict::Skipped => "skipped",
+            Verdict::Cancelled => "cancelled",
+        }
+    }
+
+    /// The verdict named `name` ([`Verdict::name`]).
+    pub fn from_name(name: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.name() == name)
+    }
+
     /// A short upper-case label for terminals: `PASS`, `XFAIL`, `FAIL`, `XPASS`, `ERROR`,
     /// `SKIP`, `CANCEL`.
     pub fn label(self) -> &'static str {

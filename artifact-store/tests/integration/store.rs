@@ -123,6 +123,59 @@ fn a_version_1_catalog_is_upgraded_and_keeps_its_records() {
 }
 
 #[test]
+fn a_version_2_catalog_gains_the_kind_index_and_results_come_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let t0 = Utc::now() - Duration::hours(3);
+    {
+        let s = ArtifactStore::open(&root).unwrap();
+        s.add_bytes(art("t", "r0"), b"log").unwrap();
+    }
+    // What version 2 wrote: no index by kind.
+    let db = rusqlite::Connection::open(root.join("catalog-v1.sqlite")).unwrap();
+    db.execute_batch("DROP INDEX artifacts_kind; PRAGMA user_version = 2;")
+        .unwrap();
+    drop(db);
+    let s = ArtifactStore::open(&root).unwrap();
+    for (i, run) in ["r1", "r2", "r3"].iter().enumerate() {
+        let a = NewArtifact::new("t", *run, ArtifactKind::Result, "result.json")
+            .created_at(t0 + Duration::minutes(i as i64))
+            .meta("duration-ms", format!("{}", 100 + i));
+        s.add_bytes(a, b"{}").unwrap();
+    }
+    let report = NewArtifact::new("@run", "r3", ArtifactKind::Report, "report.json");
+    s.add_bytes(report, b"{}").unwrap();
+    let newest = s
+        .query(
+            &Query::new()
+                .test("t")
+                .kind(ArtifactKind::Result)
+                .newest_first(true)
+                .limit(2),
+        )
+        .unwrap();
+    let runs: Vec<&str> = newest.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(runs, ["r3", "r2"]);
+    assert_eq!(newest[0].metadata["duration-ms"], "102");
+    let reports = s.query(&Query::new().kind(ArtifactKind::Report)).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].kind.as_str(), "report");
+    let db = rusqlite::Connection::open(root.join("catalog-v1.sqlite")).unwrap();
+    let version: u32 = db
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, artifact_store::CATALOG_VERSION);
+    let plan: String = db
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT seq FROM artifacts WHERE kind = 'result' AND test_id = 't' ORDER BY created_at DESC LIMIT 5",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("artifacts_kind"), "{plan}");
+}
+
+#[test]
 fn compression_is_skipped_for_incompressible_data() {
     let (_d, s) = store();
     let text: Vec<u8> = b"kernel: line of log output\n"

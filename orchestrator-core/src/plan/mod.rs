@@ -1006,7 +1006,7 @@ mod tests {
             ),
             (
                 "[store]\npath = \"s\"\n[store.retention]\nkind-max-age = { blob = \"1d\" }\n",
-                "test.toml:4:18: unknown kind of artifact `blob` in `kind-max-age` of [store.retention]\n  help: the kinds are `log`, `console`, `core-dump`, `trace`, `screenshot`, `metrics` and `other`",
+                "test.toml:4:18: unknown kind of artifact `blob` in `kind-max-age` of [store.retention]\n  help: the kinds are `log`, `console`, `core-dump`, `trace`, `screenshot`, `metrics`, `other`, `result` and `report`",
             ),
             (
                 "[store]\npath = \"s\"\n[store.retention]\nkind-budgets = { core_dump = 10 }\n",

@@ -231,6 +231,16 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The status's name: `interrupted`, `failed`, `untestable` or `succeeded`.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Failed => "failed",
+            RunStatus::Untestable => "untestable",
+            RunStatus::Succeeded => "succeeded",
+        }
+    }
+
     /// The exit code a program running a plan ends with: 0, 1, 125 or 130.
     pub fn exit_code(self) -> u8 {
         match self {

@@ -76,7 +76,11 @@ async fn results_link_stored_artifacts_and_metrics_and_retention_keeps_the_last_
     let failed = store
         .query(&Query::new().test("fails").outcome(TestOutcome::Failed))
         .unwrap();
-    assert_eq!(failed.len(), 2, "why.txt and the metrics: {failed:#?}");
+    assert_eq!(
+        failed.len(),
+        3,
+        "why.txt, the metrics and the result: {failed:#?}"
+    );
     let metrics = store
         .query(&Query::new().run(&first.run_id).kind(ArtifactKind::Metrics))
         .unwrap();

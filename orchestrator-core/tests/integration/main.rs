@@ -1,6 +1,7 @@
 //! Integration tests of orchestrator-core: real host processes, real timeouts.
 
 mod composed;
+mod history;
 mod minimal_runner;
 mod orchestrator;
 mod process_runner;

@@ -213,6 +213,8 @@ const KIND_NAMES: &[&str] = &[
     "screenshot",
     "metrics",
     "other",
+    "result",
+    "report",
 ];
 
 const MIB: u64 = 1 << 20;
