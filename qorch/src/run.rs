@@ -46,7 +46,7 @@ use orchestrator_core::{
 };
 use qemu_runner::{QemuConfig, QemuPlan, QemuRunner};
 
-use crate::util::{DEFAULT_OUT, connect_remote, tidy};
+use crate::util::{DEFAULT_OUT, connect_remote, is_store, tidy};
 
 /// How many runs' kept scratch (of tests that did not succeed) stays in `<out>/scratch`.
 pub const KEPT_RUNS: usize = 5;
@@ -110,7 +110,8 @@ pub struct RunArgs {
     /// Run only the plan's tests that did not succeed in an earlier run: failed, errored,
     /// timed out, crashed, unexpectedly passed, cancelled, or missing from it (tests skipped
     /// in a run that was not interrupted stay skipped). RUN is a report.json, a run directory,
-    /// or the id of a run in `<out>/runs` (`latest` too).
+    /// the id of a run in `<out>/runs` (`latest` too), or of a run whose report is in the
+    /// store.
     #[arg(long, value_name = "RUN")]
     pub rerun_failed: Option<String>,
 }
@@ -146,7 +147,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan_path = &args.plan;
     let mut plan = plan::Loader::new().section::<QemuPlan>().load(plan_path)?;
     let previous = match &args.rerun_failed {
-        Some(run) => Some(load_previous(run, &args.out)?),
+        Some(run) => {
+            let store = args
+                .store
+                .clone()
+                .or_else(|| plan.settings.store.as_ref().map(|s| s.path.clone()))
+                .unwrap_or_else(|| args.out.join("store"));
+            Some(load_previous(run, &args.out, &store)?)
+        }
         None => None,
     };
     let mut config = RunConfig::new(args.out.join("scratch"))
@@ -275,9 +283,9 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(report.status().exit_code()))
 }
 
-/// Reads the report `--rerun-failed` names: a report.json, a run directory, or a run of
-/// `<out>/runs` (or `<out>/latest`).
-fn load_previous(run: &str, out: &Path) -> anyhow::Result<(PathBuf, RunReport)> {
+/// Reads the report `--rerun-failed` names: a report.json, a run directory, a run of
+/// `<out>/runs` (or `<out>/latest`), or a run whose report the store recorded.
+fn load_previous(run: &str, out: &Path, store: &Path) -> anyhow::Result<(PathBuf, RunReport)> {
     let given = Path::new(run);
     let candidates = [
         given.to_owned(),
@@ -285,17 +293,43 @@ fn load_previous(run: &str, out: &Path) -> anyhow::Result<(PathBuf, RunReport)> 
         out.join("runs").join(run).join("report.json"),
         out.join(run).join("report.json"),
     ];
-    let Some(path) = candidates.into_iter().find(|p| p.is_file()) else {
-        anyhow::bail!(
-            "--rerun-failed {run}: no such run: it is not a report.json, not a run directory \
-             holding one, and not a run in {} (list them with `ls {}`)",
-            out.join("runs").display(),
-            out.join("runs").display()
-        );
-    };
-    let report = RunReport::read_json(&path)
-        .with_context(|| format!("--rerun-failed {run}: cannot read {}", path.display()))?;
-    Ok((path, report))
+    if let Some(path) = candidates.into_iter().find(|p| p.is_file()) {
+        let report = RunReport::read_json(&path)
+            .with_context(|| format!("--rerun-failed {run}: cannot read {}", path.display()))?;
+        return Ok((path, report));
+    }
+    if is_store(store) {
+        let opened = ArtifactStore::open(store)
+            .with_context(|| format!("cannot open the artifact store {}", store.display()))?;
+        let q = Query::new()
+            .run(run)
+            .test(orchestrator_core::RUN_RECORD_TEST_ID)
+            .kind(ArtifactKind::Report)
+            .newest_first(true)
+            .limit(1);
+        if let Some(record) = opened.query(&q)?.into_iter().next() {
+            let bytes = opened.get(&record.id).with_context(|| {
+                format!(
+                    "--rerun-failed {run}: cannot read the run's report (artifact {}) in {}",
+                    record.id,
+                    store.display()
+                )
+            })?;
+            let report: RunReport = serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "--rerun-failed {run}: the stored report (artifact {}) is not a run report",
+                    record.id
+                )
+            })?;
+            return Ok((store.join(format!("(artifact {})", record.id)), report));
+        }
+    }
+    anyhow::bail!(
+        "--rerun-failed {run}: no such run: it is not a report.json, not a run directory \
+         holding one, not a run in {}, and the store {} has no report of it",
+        out.join("runs").display(),
+        store.display()
+    );
 }
 
 /// Which of a plan's test ids `--rerun-failed` runs again after `report`.

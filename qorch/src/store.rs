@@ -50,7 +50,7 @@ pub struct StoreArgs {
 /// The `store` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
-    /// List artifact records matching filters (oldest first), as a table or JSON.
+    /// List artifact records matching filters (oldest first, or --newest), as a table or JSON.
     #[command(visible_alias = "query")]
     Ls(LsArgs),
     /// Write an artifact's content to stdout, verified against its digest first.
@@ -155,6 +155,9 @@ pub struct LsArgs {
     /// JSON (an array of records) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Newest first (with --limit: the newest N) instead of oldest first.
+    #[arg(long)]
+    newest: bool,
 }
 
 /// `store export`.
@@ -453,7 +456,7 @@ fn parse_time(text: &str, what: &str) -> anyhow::Result<DateTime<Utc>> {
 }
 
 fn list(store: &ArtifactStore, args: LsArgs) -> anyhow::Result<ExitCode> {
-    let mut q = args.filters.query()?;
+    let mut q = args.filters.query()?.newest_first(args.newest);
     if !args.all {
         // One more than asked: to say that there are more.
         q = q.limit(args.limit.saturating_add(1));
@@ -496,8 +499,9 @@ fn list(store: &ArtifactStore, args: LsArgs) -> anyhow::Result<ExitCode> {
     if more {
         writeln!(
             out,
-            "(first {} records, oldest first; --limit N or --all for more)",
-            args.limit
+            "(first {} records, {} first; --limit N or --all for more)",
+            args.limit,
+            if args.newest { "newest" } else { "oldest" }
         )?;
     } else if records.is_empty() {
         writeln!(out, "no matching records")?;

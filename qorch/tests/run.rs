@@ -1250,6 +1250,19 @@ fn runs_get_their_own_directories_scratch_is_tidied_and_failures_rerun() {
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.contains("nothing to rerun"), "{stdout}");
 
+    // A run id the store knows (its report record), from another output directory.
+    let output = run_cmd(&plan)
+        .arg("--out")
+        .arg(dir.path().join("elsewhere"))
+        .arg("--store")
+        .arg(out.join("store"))
+        .args(["--progress", "quiet", "--rerun-failed", &first_id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("rerunning 1 of 2 tests"), "{stdout}");
+
     // An unknown run is a clear error, before anything runs.
     let (code, _) = run(&["--rerun-failed", "no-such-run"]);
     assert_eq!(code, Some(2));

@@ -121,8 +121,9 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     // Read commands change nothing: every file of the store digests the same afterwards.
     let before = digests(&store);
     let all = ok(&store, &["ls", "--json"]);
-    // out.log and metrics of each test, and pass's blob.bin, in each of two runs.
-    assert_eq!(ids(&all).len(), 10, "{all}");
+    // out.log, metrics and result of each test, pass's blob.bin and the run's report, in each
+    // of two runs.
+    assert_eq!(ids(&all).len(), 16, "{all}");
     let table = ok(&store, &["ls"]);
     for want in [
         "id", "test", "run", "kind", &first, &second, "out.log", "blob.bin",
@@ -136,7 +137,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     );
     assert_eq!(ids(&logs).len(), 2, "{logs}");
     let of_first = json(&ok(&store, &["ls", "--run", &first, "--json"]));
-    assert_eq!(of_first.as_array().unwrap().len(), 5);
+    assert_eq!(of_first.as_array().unwrap().len(), 8);
     assert!(
         of_first
             .as_array()
@@ -145,7 +146,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
             .all(|r| r["run_id"] == *first)
     );
     let failed = json(&ok(&store, &["ls", "--outcome", "failed", "--json"]));
-    assert_eq!(failed.as_array().unwrap().len(), 4, "{failed:#}");
+    assert_eq!(failed.as_array().unwrap().len(), 6, "{failed:#}");
     assert!(
         failed
             .as_array()
@@ -155,7 +156,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     );
     assert_eq!(
         ids(&ok(&store, &["ls", "--since", "1h", "--json"])).len(),
-        10
+        16
     );
     assert_eq!(
         ids(&ok(&store, &["ls", "--until", "1h", "--json"])).len(),
@@ -164,16 +165,19 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     assert_eq!(
         ids(&ok(&store, &["ls", "--until", &future, "--json"])).len(),
-        10
+        16
     );
+    // Every test's records say their runner; the run's report does not.
     assert_eq!(
         ids(&ok(&store, &["ls", "--meta", "runner=process", "--json"])).len(),
-        10
+        14
     );
     assert_eq!(
         ids(&ok(&store, &["ls", "--meta", "runner=qemu", "--json"])).len(),
         0
     );
+    let newest = json(&ok(&store, &["ls", "--newest", "--limit", "1", "--json"]));
+    assert_eq!(newest[0]["run_id"], *second, "{newest:#}");
     let limited = ok(&store, &["ls", "--limit", "3"]);
     assert_eq!(limited.lines().count(), 5, "{limited}");
     assert!(limited.contains("first 3 records"), "{limited}");
@@ -221,10 +225,10 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     let gc = ok(&store, &["gc", "--dry-run"]);
     assert!(gc.contains("would remove 0 blobs"), "{gc}");
     let stats = json(&ok(&store, &["stats", "--json"]));
-    assert_eq!(stats["live_records"], 10, "{stats:#}");
+    assert_eq!(stats["live_records"], 16, "{stats:#}");
     let stats = ok(&store, &["stats"]);
     for want in [
-        "records: 10 live",
+        "records: 16 live",
         "dedup",
         "by kind:",
         "by test:",
@@ -239,7 +243,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
         .lines()
         .filter(|l| l.starts_with("keep") || l.starts_with("remove"))
         .collect();
-    assert_eq!(rows.len(), 10, "{dry}");
+    assert_eq!(rows.len(), 16, "{dry}");
     for row in &rows {
         if row.contains(&first) {
             assert!(row.starts_with("remove"), "{row}");
@@ -249,7 +253,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
             assert!(row.contains("among the last 1 runs"), "{row}");
         }
     }
-    assert!(dry.contains("5 would be removed"), "{dry}");
+    assert!(dry.contains("8 would be removed"), "{dry}");
     // ...or from the plan's [store.retention].
     let retention_plan = dir.path().join("retention.toml");
     std::fs::write(
@@ -269,7 +273,7 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     assert!(pinned.status.success(), "{}", text(&pinned.stderr));
     let pinned = json(&text(&pinned.stdout));
     let decisions = pinned["decisions"].as_array().unwrap();
-    assert_eq!(decisions.len(), 10);
+    assert_eq!(decisions.len(), 16);
     assert!(decisions.iter().all(|d| d["keep"] == true), "{pinned:#}");
     assert!(
         decisions
@@ -315,8 +319,8 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     assert!(said.contains("pushed 2 runs"), "{said}");
     let pulled = dir.path().join("pulled");
     let said = ok(&pulled, &["pull", "--remote", &remote]);
-    assert!(said.contains("10 records added"), "{said}");
-    assert_eq!(ids(&ok(&pulled, &["ls", "--json"])).len(), 10);
+    assert!(said.contains("16 records added"), "{said}");
+    assert_eq!(ids(&ok(&pulled, &["ls", "--json"])).len(), 16);
     let e = fails(&pulled, &["cat", log_id], 2);
     assert!(e.contains("give --remote URL"), "{e}");
     assert_eq!(
@@ -378,8 +382,8 @@ fn every_store_subcommand_on_the_store_of_a_host_campaign() {
     // Applying retention evicts the first run's blobs; their records stay. (The repaired
     // blob.bin of the second run is evicted already.)
     let applied = ok(&store, &["retention", "--keep-last-runs", "1"]);
-    assert!(applied.contains("5 records evicted"), "{applied}");
-    assert_eq!(ids(&ok(&store, &["ls", "--json"])).len(), 4);
+    assert!(applied.contains("8 records evicted"), "{applied}");
+    assert_eq!(ids(&ok(&store, &["ls", "--json"])).len(), 7);
     let evicted = ok(&store, &["ls", "--evicted", "--run", &first]);
     assert!(evicted.contains("(evicted)"), "{evicted}");
     assert!(ok(&store, &["gc"]).contains("removed"));
