@@ -318,46 +318,8 @@ impl Catalog {
     }
 
     pub(crate) fn query(&self, q: &Query) -> Result<Vec<ArtifactRecord>> {
-        let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE 1=1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut add = |cond: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
-        };
-        use rusqlite::types::Value as V;
-        if let Some(t) = &q.test_id {
-            add(" AND test_id = ?", V::Text(t.clone()));
-        }
-        if let Some(t) = &q.run_id {
-            add(" AND run_id = ?", V::Text(t.clone()));
-        }
-        if let Some(k) = q.kind {
-            add(" AND kind = ?", V::Text(k.as_str().into()));
-        }
-        if let Some(o) = q.outcome {
-            add(" AND outcome = ?", V::Text(o.as_str().into()));
-        }
-        if let Some(a) = &q.arch {
-            add(" AND arch = ?", V::Text(a.clone()));
-        }
-        if let Some(t) = q.since {
-            add(" AND created_at >= ?", V::Integer(to_micros(t)));
-        }
-        if let Some(t) = q.until {
-            add(" AND created_at < ?", V::Integer(to_micros(t)));
-        }
-        for (k, v) in &q.metadata {
-            args.push(V::Text(k.clone()));
-            args.push(V::Text(v.clone()));
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM metadata m WHERE m.artifact = a.seq AND m.key = ?{} AND m.value = ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        if !q.include_evicted {
-            sql.push_str(" AND evicted_at IS NULL");
-        }
+        let (filter, args) = where_clause(q);
+        let mut sql = format!("SELECT {COLUMNS} FROM artifacts a WHERE {filter}");
         sql.push_str(if q.newest_first {
             " ORDER BY created_at DESC, seq DESC"
         } else {
@@ -404,6 +366,35 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// The runs of the records `q` matches (its limit counts runs), newest first: per run its
+    /// first and last record's time and how many records match. One statement.
+    pub(crate) fn runs(&self, q: &Query) -> Result<Vec<crate::model::RunRecords>> {
+        let (filter, args) = where_clause(q);
+        let mut sql = format!(
+            "SELECT run_id, MIN(created_at), MAX(created_at), COUNT(*) FROM artifacts a WHERE {filter} GROUP BY run_id ORDER BY MIN(created_at) DESC, run_id"
+        );
+        if let Some(n) = q.limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(&sql)
+            .map_err(self.err("prepare query"))?;
+        let rows = st
+            .query_map(params_from_iter(args), |r| {
+                Ok(crate::model::RunRecords {
+                    run_id: r.get(0)?,
+                    first: from_micros(r.get(1)?),
+                    last: from_micros(r.get(2)?),
+                    records: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(self.err("run query"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err("read query results"))?;
+        Ok(rows)
     }
 
     /// Marks records evicted (only those not already evicted). Returns how many changed.
@@ -616,6 +607,51 @@ impl Catalog {
         tx.commit().map_err(self.err("commit collection"))?;
         Ok(out)
     }
+}
+
+/// The `WHERE` condition of a query (on table alias `a`) and its arguments.
+fn where_clause(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut add = |cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+    };
+    use rusqlite::types::Value as V;
+    if let Some(t) = &q.test_id {
+        add(" AND test_id = ?", V::Text(t.clone()));
+    }
+    if let Some(t) = &q.run_id {
+        add(" AND run_id = ?", V::Text(t.clone()));
+    }
+    if let Some(k) = q.kind {
+        add(" AND kind = ?", V::Text(k.as_str().into()));
+    }
+    if let Some(o) = q.outcome {
+        add(" AND outcome = ?", V::Text(o.as_str().into()));
+    }
+    if let Some(a) = &q.arch {
+        add(" AND arch = ?", V::Text(a.clone()));
+    }
+    if let Some(t) = q.since {
+        add(" AND created_at >= ?", V::Integer(to_micros(t)));
+    }
+    if let Some(t) = q.until {
+        add(" AND created_at < ?", V::Integer(to_micros(t)));
+    }
+    for (k, v) in &q.metadata {
+        args.push(V::Text(k.clone()));
+        args.push(V::Text(v.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM metadata m WHERE m.artifact = a.seq AND m.key = ?{} AND m.value = ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    if !q.include_evicted {
+        sql.push_str(" AND evicted_at IS NULL");
+    }
+    (sql, args)
 }
 
 fn lookup_blob(conn: &Connection, id: &str) -> rusqlite::Result<Option<BlobOf>> {

@@ -75,7 +75,9 @@ pub use bundle::{BUNDLE_VERSION, ExportSummary, ImportSummary, Manifest, Manifes
 pub use catalog::CATALOG_VERSION;
 pub use digest::Digest;
 pub use error::{CorruptBlob, Error, Result};
-pub use model::{ArtifactKind, ArtifactRecord, Eviction, NewArtifact, Query, TAG_KEY, TestOutcome};
+pub use model::{
+    ArtifactKind, ArtifactRecord, Eviction, NewArtifact, Query, RunRecords, TAG_KEY, TestOutcome,
+};
 pub use remote::{BlobBackend, DirBackend, ObjectFacts, ObjectStoreBackend, RemoteOptions};
 pub use retention::{Policy, RetentionPolicy};
 pub use shared::{LEASE_DROP_WAIT, Lease, PullReport, PushReport, RemoteGcOptions, RemoteGcReport};

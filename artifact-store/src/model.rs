@@ -384,3 +384,16 @@ impl Query {
         self
     }
 }
+
+/// The records of one run that a query matched ([`ArtifactStore::runs`](crate::ArtifactStore::runs)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecords {
+    /// The run id.
+    pub run_id: String,
+    /// When its first matching record was created.
+    pub first: DateTime<Utc>,
+    /// When its last matching record was created.
+    pub last: DateTime<Utc>,
+    /// How many records matched.
+    pub records: u64,
+}

@@ -656,6 +656,14 @@ impl ArtifactStore {
         res
     }
 
+    /// The runs of the records `query` matches, newest first (by their first matching record),
+    /// with how many records each has; `query`'s limit counts runs. One catalog statement, no
+    /// metadata read: `Query::new().kind(ArtifactKind::Result).include_evicted(true)` lists
+    /// every run that recorded a result.
+    pub fn runs(&self, query: &Query) -> Result<Vec<crate::RunRecords>> {
+        self.catalog.runs(query)
+    }
+
     /// Records matching `query`, oldest first.
     pub fn query(&self, query: &Query) -> Result<Vec<ArtifactRecord>> {
         self.catalog.query(query)

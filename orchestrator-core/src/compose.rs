@@ -8,11 +8,11 @@
 pub(crate) use watch::{ExecutionWatch, add_metrics_file, usage_of};
 
 #[cfg(feature = "store")]
-pub(crate) use stored::report_artifact;
-#[cfg(feature = "store")]
 pub(crate) use stored::store_execution;
 #[cfg(feature = "store")]
 pub use stored::{artifact_kind, store_outcome};
+#[cfg(feature = "store")]
+pub(crate) use stored::{report_artifact, result_metadata};
 
 /// The name of a test's result among its stored artifacts (kind `result`): the
 /// [`TestResult`](crate::TestResult) as JSON.
@@ -201,6 +201,7 @@ mod stored {
             ("attempt", result.attempt.to_string()),
             ("runner", result.runner.clone()),
             ("verdict", result.verdict().name().to_owned()),
+            ("outcome", result.outcome.label().to_owned()),
             ("duration-ms", result.duration().as_millis().to_string()),
             ("started-at", result.started_at.to_rfc3339()),
         ];
@@ -257,7 +258,8 @@ mod stored {
         .meta("started-at", report.started_at.to_rfc3339())
         .meta("finished-at", report.finished_at.to_rfc3339())
         .meta("schema-version", report.schema_version.to_string())
-        .meta("tests", report.summary.total.to_string());
+        .meta("tests", report.summary.total.to_string())
+        .meta("counts", crate::history::counts_meta(&report.summary));
         if let Some(name) = &report.name {
             a = a.meta("name", name.clone());
         }

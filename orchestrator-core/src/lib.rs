@@ -81,6 +81,8 @@
 
 mod case;
 mod compose;
+#[cfg(feature = "store")]
+pub mod history;
 pub mod ktap;
 mod orchestrator;
 mod output;

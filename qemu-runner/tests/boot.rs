@@ -394,6 +394,7 @@ async fn floods_are_bounded() {
     let arch = Arch::Aarch64;
     let mut config = QemuConfig::new();
     config.console_log_limit = 256 * 1024;
+    config.output_limit = Some(256 * 1024);
     let cases = vec![
         // 50 MB takes about 17 s alone here and several times that beside other guests in
         // the full run: the point is the bound, so the timeout leaves room for a loaded host.
@@ -700,7 +701,7 @@ fn qemu_showing(root: &std::path::Path, marker: &str) -> Option<u32> {
 async fn a_timed_out_test_returns_its_first_and_last_lines() {
     let arch = Arch::Aarch64;
     let mut config = QemuConfig::new();
-    config.output_limit = 64 * 1024;
+    config.output_limit = Some(64 * 1024);
     let cases = vec![
         case(arch, "numbered", "seq 1 1000000000").with_timeout(Duration::from_secs(8)),
         case(
@@ -777,6 +778,71 @@ async fn a_timed_out_test_returns_its_first_and_last_lines() {
     let message = stubborn.message.as_deref().unwrap();
     assert!(message.contains("exited with 137"), "{message}");
     assert!(stubborn.artifacts.iter().any(|a| a.name == "dmesg.txt"));
+    assert_no_qemu_left(&report);
+}
+
+/// The plan's `[run] output-limit` bounds a QEMU test's output like a host test's: a test
+/// printing far more than the limit gets head and tail at exactly the plan's limit, with the
+/// exact count of what was cut, on stdout and stderr.
+#[tokio::test]
+#[ignore = "needs QEMU and provisioned guest images: run `cargo xtask test`"]
+async fn the_plans_output_limit_bounds_a_guest_tests_output() {
+    let plan = orchestrator_core::plan::Loader::new()
+        .section::<qemu_runner::QemuPlan>()
+        .parse(
+            "[run]\noutput-limit = \"8KiB\"\n[[test]]\nid = \"chatty\"\narch = \"aarch64\"\n\
+             script = \"seq 1 30000; seq 1 5000 >&2\"\n",
+            std::path::Path::new("limit.toml"),
+            std::path::Path::new("."),
+        )
+        .unwrap();
+    let limit = 8 * 1024;
+    assert_eq!(plan.settings.output_limit, Some(limit));
+    let scratch = tempfile::tempdir().unwrap();
+    let config = RunConfig::new(scratch.path())
+        .with_parallelism(1)
+        .with_plan_settings(&plan.settings);
+    let report = Orchestrator::new(config)
+        .with_runner(QemuRunner::new(QemuConfig::new()))
+        .run(plan.cases.clone())
+        .await
+        .expect("valid run");
+    let r = &report.results[0];
+    assert_eq!(r.outcome, Outcome::Passed, "{r:#?}");
+    let printed = |n: u64| -> u64 { (1..=n).map(|i| i.to_string().len() as u64 + 1).sum() };
+    for (out, last) in [(&r.stdout, 30000u64), (&r.stderr, 5000)] {
+        let total = printed(last);
+        assert_eq!(out.total_bytes, total);
+        assert_eq!(
+            out.truncated_bytes,
+            total - limit as u64,
+            "{}",
+            out.text.len()
+        );
+        let marker = format!("[... {} bytes truncated ...]\n", total - limit as u64);
+        let (head, tail) = out.text.split_once(&marker).expect("the truncation marker");
+        assert!(head.starts_with("1\n2\n3\n"), "{head:.40}");
+        assert!(tail.ends_with(&format!("{}\n{last}\n", last - 1)), "{tail}");
+        // Head and tail are the limit's bytes (a newline may be added before the marker).
+        let extra = out.text.len() - marker.len() - limit;
+        assert!(
+            extra <= 1,
+            "{} bytes kept for a limit of {limit}",
+            out.text.len()
+        );
+    }
+    // The stock kernel is recorded as its Debian package, what the KCIDB export names its
+    // build by.
+    let package = &r.environment["kernel-package"];
+    let version = &r.environment["kernel-package-version"];
+    assert!(package.starts_with("linux-image-"), "{:?}", r.environment);
+    let kcidb = report.kcidb(&Default::default()).unwrap();
+    assert_eq!(
+        kcidb["builds"][0]["id"],
+        format!("qorch:{package}_{version}").as_str()
+    );
+    assert_eq!(kcidb["builds"][0]["architecture"], "aarch64");
+    assert_eq!(kcidb["tests"][0]["path"], "chatty");
     assert_no_qemu_left(&report);
 }
 

@@ -109,7 +109,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         }
     }
 
-    // Prerequisites, installed once: Python's junitparser (under target/xtask), GNU cpio,
+    // Prerequisites, installed once: Python's junitparser and kcidb-io (under target/xtask), GNU cpio,
     // Chromium (the HTML report's browser test), QEMU, the Debian guest images (in the image
     // cache), and the KUnit kernels (in the tools cache).
     let python = ensure_junitparser(root)?;
@@ -172,6 +172,7 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     tests
         .args(&extra)
         .env("JUNITPARSER_PYTHON", &python)
+        .env("KCIDB_PYTHON", &python)
         .env("ORCH_GARAGE", &garage)
         .env("ORCH_TEST_ROOTFS", &test_rootfs.dir)
         .env("ORCH_TEST_ROOTFS_IMAGE", &test_rootfs.image)
@@ -293,14 +294,15 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use.
+/// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use,
+/// and `kcidb-io`, the KernelCI schema's validator the KCIDB export's test uses.
 /// Lives in a virtual environment under `target/xtask/venv`, created once.
 fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target/xtask/venv");
     let python = venv.join("bin/python");
     let ready = |py: &Path| {
         Command::new(py)
-            .args(["-c", "import junitparser"])
+            .args(["-c", "import junitparser, kcidb_io"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -331,11 +333,13 @@ fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
         "--quiet",
         "--disable-pip-version-check",
         "junitparser==3.2.0",
+        // The KernelCI schema's own validator, for the KCIDB export's test.
+        "kcidb-io==141",
     ]);
-    step("pip install junitparser", pip)?;
+    step("pip install junitparser kcidb-io", pip)?;
     if !ready(&python) {
         bail!(
-            "junitparser is still not importable from {}",
+            "junitparser or kcidb-io is still not importable from {}",
             python.display()
         );
     }

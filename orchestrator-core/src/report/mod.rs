@@ -12,11 +12,13 @@ use crate::result::{TestResult, Verdict};
 #[cfg(feature = "reports")]
 mod html;
 mod junit;
+pub mod kcidb;
 mod table;
 
 #[cfg(feature = "reports")]
 pub use html::html_report;
 pub use junit::junit_report;
+pub use kcidb::KcidbOptions;
 pub use table::summary_table;
 
 /// Version of the JSON report format; bumped whenever a field is added or changed.
@@ -360,6 +362,9 @@ pub enum ReportError {
     /// JUnit serialisation failed.
     #[error("failed to render JUnit XML")]
     Junit(#[source] quick_junit::SerializeError),
+    /// The KCIDB export's options are invalid (the message names the option and the fix).
+    #[error("{0}")]
+    Kcidb(String),
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {

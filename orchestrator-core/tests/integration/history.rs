@@ -101,3 +101,111 @@ async fn every_result_and_the_report_are_records_with_their_figures() {
     assert_eq!(stored, report);
     assert!(stored.storage.as_ref().unwrap().stats.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_runs_loads_them_and_keeps_figures_of_evicted_results() {
+    use orchestrator_core::history::{self, HistoryError};
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let first = run(&dir.path().join("scratch"), &store_dir, cases()).await;
+    let second = run(&dir.path().join("scratch"), &store_dir, cases()).await;
+    let store = ArtifactStore::open(&store_dir).unwrap();
+
+    let runs = history::runs(&store).unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [second.run_id.as_str(), first.run_id.as_str()],
+        "newest first"
+    );
+    let r = &runs[0];
+    assert_eq!(r.name.as_deref(), Some("history"));
+    assert_eq!(r.status.as_deref(), Some("failed"));
+    assert_eq!(r.tests, 3);
+    assert_eq!(r.counts["passed"], 1);
+    assert_eq!(r.counts["failed"], 1);
+    assert_eq!(r.counts["expected-failure"], 1);
+    assert_eq!(r.started_at, second.started_at);
+    assert_eq!(r.finished_at, Some(second.finished_at));
+
+    assert_eq!(history::load_run(&store, &first.run_id).unwrap(), first);
+
+    let h = history::test_history(&store, "busy", 10).unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].run_id, second.run_id);
+    assert_eq!(h[1].run_id, first.run_id);
+    let busy = &first.results[0];
+    assert_eq!(h[1].verdict, Some(orchestrator_core::Verdict::Passed));
+    assert_eq!(h[1].outcome.as_deref(), Some("passed"));
+    assert_eq!(
+        h[1].duration,
+        Some(Duration::from_millis(busy.duration().as_millis() as u64))
+    );
+    assert_eq!(
+        h[1].peak_rss_bytes,
+        Some(busy.resources.as_ref().unwrap().peak_rss_bytes)
+    );
+    assert!(h[1].cpu_seconds.unwrap() > 0.0);
+    assert_eq!(history::test_history(&store, "busy", 1).unwrap().len(), 1);
+    let text = history::render_history("busy", &h);
+    assert!(
+        text.contains(&first.run_id) && text.contains("PASS"),
+        "{text}"
+    );
+
+    // Unknown ids name themselves and what is close.
+    let e = history::test_history(&store, "bussy", 10).unwrap_err();
+    assert!(matches!(e, HistoryError::UnknownTest { .. }), "{e}");
+    assert!(
+        e.to_string().contains("`bussy`") && e.to_string().contains("`busy`"),
+        "{e}"
+    );
+    let e = history::load_run(&store, &first.run_id[..8])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&first.run_id), "{e}");
+    let e = history::load_run(&store, "nothing-like-it")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`nothing-like-it`") && e.contains("runs"), "{e}");
+
+    // Evict the second run's report and the stored results of its `busy`: the run is put
+    // together from its result records, `busy` from its record's metadata.
+    let evict: Vec<(String, String)> = store
+        .query(&Query::new().run(&second.run_id))
+        .unwrap()
+        .into_iter()
+        .filter(|r| {
+            r.kind == ArtifactKind::Report
+                || (r.kind == ArtifactKind::Result && r.test_id == "busy")
+        })
+        .map(|r| (r.id, "test eviction".to_owned()))
+        .collect();
+    assert_eq!(evict.len(), 2);
+    store.evict(&evict).unwrap();
+    let h = history::test_history(&store, "busy", 0).unwrap();
+    assert!(h[0].evicted && h[0].peak_rss_bytes.is_some(), "{h:#?}");
+    let loaded = history::load_run(&store, &second.run_id).unwrap();
+    let ids: Vec<&str> = loaded.results.iter().map(|r| r.test_id.as_str()).collect();
+    assert_eq!(ids, ["busy", "fails", "xfail"]);
+    assert_eq!(loaded.summary, second.summary);
+    let busy = &loaded.results[0];
+    assert_eq!(busy.verdict(), orchestrator_core::Verdict::Passed);
+    assert_eq!(
+        busy.resources.as_ref().unwrap().peak_rss_bytes,
+        second.results[0].resources.as_ref().unwrap().peak_rss_bytes
+    );
+    // The results read from their blobs link their artifacts to the records stored with them.
+    let fails = &loaded.results[1];
+    assert_eq!(fails.outcome, second.results[1].outcome);
+    for (a, b) in fails.artifacts.iter().zip(&second.results[1].artifacts) {
+        assert_eq!(a.stored, b.stored);
+    }
+    let runs = history::runs(&store).unwrap();
+    assert_eq!(runs.len(), 2);
+    let r = runs.iter().find(|r| r.run_id == second.run_id).unwrap();
+    assert!(
+        r.has_report,
+        "the evicted report record still lists the run"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod composed;
 mod history;
+mod kcidb;
 mod minimal_runner;
 mod orchestrator;
 mod process_runner;

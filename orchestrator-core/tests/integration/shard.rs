@@ -155,3 +155,78 @@ async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
     assert_eq!(report.summary.subtests.failed, 1);
     assert!(!report.is_success());
 }
+
+/// Balanced by the durations of an earlier run: every worker computes the same split from the
+/// same report, the long tests land on different shards, and the shards merge.
+#[tokio::test]
+async fn balanced_shards_split_by_an_earlier_runs_durations() {
+    use orchestrator_core::shard::{ShardBy, durations_of};
+    let dir = tempfile::tempdir().unwrap();
+    // Two long tests and four short ones.
+    let all: Vec<TestCase> = [("long1", "0.6"), ("long2", "0.6")]
+        .into_iter()
+        .chain((0..4).map(|_| ("", "0")))
+        .enumerate()
+        .map(|(i, (name, secs))| {
+            let id = if name.is_empty() {
+                format!("short{i}")
+            } else {
+                name.to_owned()
+            };
+            TestCase::script(&id, &format!("sleep {secs}"))
+        })
+        .collect();
+    let earlier = Orchestrator::new(RunConfig::new(dir.path()))
+        .with_runner(ProcessRunner::default())
+        .run(all.clone())
+        .await
+        .unwrap();
+    let durations = durations_of(&earlier);
+    assert!(durations["long1"] > durations["short2"]);
+    let mut reports = Vec::new();
+    for k in 1..=2 {
+        let p: Partition = format!("{k}/2:balanced").parse().unwrap();
+        let share = p.select_balanced(all.clone(), &durations);
+        // The same again, as another worker computes it.
+        assert_eq!(share, p.select_balanced(all.clone(), &durations));
+        let ids: Vec<String> = share.iter().map(|c| c.id.to_string()).collect();
+        assert_eq!(
+            ids.iter().filter(|id| id.starts_with("long")).count(),
+            1,
+            "one long test per shard: {ids:?}"
+        );
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        let info = p
+            .info("ci-7", &all)
+            .with_balanced_from(earlier.run_id.clone());
+        let config = RunConfig::new(dir.path()).with_shard(info);
+        let report = Orchestrator::new(config)
+            .with_runner(ProcessRunner::default())
+            .run(share)
+            .await
+            .unwrap();
+        let shard = report.shard.as_ref().unwrap();
+        assert_eq!(shard.partition.by, ShardBy::Balanced);
+        assert_eq!(
+            shard.balanced_from.as_deref(),
+            Some(earlier.run_id.as_str())
+        );
+        reports.push(report);
+    }
+    let merged = merge(reports.clone()).unwrap();
+    assert!(merged.is_complete(), "{merged:#?}");
+    assert_eq!(merged.report.summary.passed, 6);
+    // A missing balanced shard says how the campaign was split.
+    let partial = merge(reports[..1].to_vec()).unwrap();
+    let skipped = partial
+        .report
+        .results
+        .iter()
+        .find(|r| partial.missing.contains(&r.test_id.to_string()))
+        .unwrap();
+    assert!(
+        skipped.outcome.to_string().contains("2 shards by balanced"),
+        "{}",
+        skipped.outcome
+    );
+}

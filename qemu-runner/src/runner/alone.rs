@@ -8,7 +8,7 @@ use orchestrator_core::{ExecutionContext, Phase, RunnerError, TestCase, TestResu
 use tracing::Instrument as _;
 
 use super::gather::Delivery;
-use super::lifecycle::{Run, describe_guest, stop};
+use super::lifecycle::{Run, stop};
 use super::{QemuRunner, phase};
 use crate::artifacts::{ArtifactLimits, Extracted};
 use crate::protocol::Record;
@@ -21,8 +21,10 @@ impl QemuRunner {
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
         let mut run = Run::new(case, ctx);
-        let mut prepared = self.prepare(case, ctx.scratch_dir(), true).await?;
-        describe_guest(&mut run.result, &prepared);
+        let mut prepared = self
+            .prepare_inner(case, ctx.scratch_dir(), true, false, self.output_limit(ctx))
+            .await?;
+        self.describe(&mut run.result, &prepared);
         let artifacts = run.artifact_dir()?;
         run.result.end_phase(Phase::Setup, run.setup_start);
 
@@ -165,6 +167,7 @@ impl QemuRunner {
                     .flatten();
             }
             let delivery = Delivery {
+                output_limit: self.output_limit(ctx),
                 watch: &watch,
                 case,
                 artifacts: &artifacts,

@@ -14,6 +14,8 @@ use crate::protocol::{Rejections, Stream};
 
 /// What a test's guest sent, for [`QemuRunner::gather`].
 pub(super) struct Delivery<'a> {
+    /// The bytes of each stream the result keeps (the guest sent at most as many).
+    pub(super) output_limit: u64,
     /// What the console carried.
     pub(super) watch: &'a Watch,
     pub(super) case: &'a TestCase,
@@ -37,6 +39,7 @@ impl QemuRunner {
         notes: &mut Vec<String>,
     ) {
         let Delivery {
+            output_limit,
             watch,
             case,
             artifacts,
@@ -45,10 +48,10 @@ impl QemuRunner {
         } = delivery;
         let streams = watch.parser.streams().clone();
         if let Some(s) = streams.get("stdout") {
-            result.stdout = captured(s, self.config.output_limit);
+            result.stdout = captured(s, output_limit);
         }
         if let Some(s) = streams.get("stderr") {
-            result.stderr = captured(s, self.config.output_limit);
+            result.stderr = captured(s, output_limit);
         }
         // Tests that report their own cases (kselftest TAP on stdout, KUnit KTAP in the kernel
         // log) get them as subtests.

@@ -166,7 +166,10 @@ impl QemuRunner {
         boot_start: DateTime<Utc>,
         run: &mut Run<'_>,
     ) -> (Watch, Option<(Outcome, String)>) {
-        let mut watch = Watch::new(self.config.output_limit, self.config.serial_artifact_limit);
+        let mut watch = Watch::new(
+            self.output_limit(run.ctx),
+            self.config.serial_artifact_limit,
+        );
         let boot_limit = prepared.profile.boot_timeout_for(prepared.decision.accel);
         let (deadline, _) = run.ctx.deadline_after(boot_limit);
         let booted = wait(vm, &mut watch, deadline, run.ctx.cancel_token()).await;
@@ -375,6 +378,49 @@ impl QemuRunner {
             test_start: started,
             test_end,
             transfer_started,
+        }
+    }
+}
+
+impl QemuRunner {
+    /// Records how the guest was set up in the result's environment ([`describe_guest`]), and
+    /// which kernel it booted: a provisioned (stock) kernel's Debian package
+    /// (`kernel-package`, `kernel-package-version`, `kernel-distribution`), else the kernel
+    /// image's BLAKE3 (`kernel-blake3`); the release (`kernel-release`) when known.
+    pub(super) fn describe(&self, result: &mut TestResult, prepared: &Prepared) {
+        describe_guest(result, prepared);
+        let kernel = &prepared.spec.kernel;
+        let env = &mut result.environment;
+        let stock = {
+            let guard = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().and_then(|m| {
+                m.images
+                    .get(&prepared.profile.arch)
+                    .filter(|image| &image.kernel == kernel)
+                    .cloned()
+            })
+        };
+        match stock {
+            Some(image) => {
+                env.insert("kernel-package".into(), image.kernel_package);
+                env.insert(
+                    "kernel-package-version".into(),
+                    image.kernel_package_version,
+                );
+                env.insert(
+                    "kernel-distribution".into(),
+                    format!("debian {}", image.debian_suite),
+                );
+                env.insert("kernel-release".into(), image.kernel_version);
+            }
+            None => {
+                if let Some(digest) = self.kernel_digest(kernel) {
+                    env.insert("kernel-blake3".into(), digest);
+                }
+                if let Some(release) = self.kernel_release(kernel) {
+                    env.insert("kernel-release".into(), release);
+                }
+            }
         }
     }
 }

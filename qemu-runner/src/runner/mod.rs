@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use orchestrator_core::{
-    Arch, ExecutionContext, Outcome, RunnerError, TestCase, TestResult, TestRunner,
+    Arch, DEFAULT_OUTPUT_LIMIT, ExecutionContext, Outcome, RunnerError, TestCase, TestResult,
+    TestRunner,
 };
 use tracing::Instrument as _;
 
@@ -91,9 +92,11 @@ pub struct QemuConfig {
     pub temp_dir: PathBuf,
     /// The architecture of tests that do not name one.
     pub default_arch: Arch,
-    /// Bytes of each of stdout, stderr and the kernel log the guest sends back (head and tail
-    /// are kept when a stream is longer).
-    pub output_limit: u64,
+    /// Bytes of each of stdout, stderr and the kernel log the guest sends back and the result
+    /// keeps (head and tail are kept when a stream is longer). `None` (the default): the run's
+    /// limit ([`ExecutionContext::output_limit`], the plan's `[run] output-limit`, 1 MiB unless
+    /// set), as for every runner; `Some` overrides it for this runner's tests.
+    pub output_limit: Option<u64>,
     /// Bytes of console output kept in `console.log`.
     pub console_log_limit: u64,
     /// Kernel modules loaded in every guest.
@@ -142,7 +145,7 @@ impl QemuConfig {
             temp_dir: std::env::temp_dir(),
             images: ImageSource::Provisioned(cache),
             default_arch: Arch::host().unwrap_or(Arch::X86_64),
-            output_limit: 256 * 1024,
+            output_limit: None,
             console_log_limit: 16 << 20,
             modules: Vec::new(),
             max_resends: 3,
@@ -271,6 +274,8 @@ pub struct QemuRunner {
     module_trees: Mutex<HashMap<PathBuf, Arc<ModuleIndex>>>,
     /// Kernel releases read from kernel images so far ([`kernel::release`]), by image.
     releases: Mutex<HashMap<PathBuf, Option<String>>>,
+    /// BLAKE3 digests of the tests' own kernel images so far, by image.
+    digests: Mutex<HashMap<PathBuf, Option<String>>>,
 }
 
 const NAME: &str = "qemu";
@@ -292,6 +297,7 @@ impl QemuRunner {
             boots: std::sync::atomic::AtomicU32::new(0),
             module_trees: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -380,6 +386,20 @@ impl QemuRunner {
         releases
             .entry(kernel.to_owned())
             .or_insert_with(|| kernel::release(kernel))
+            .clone()
+    }
+
+    /// The BLAKE3 digest (hex) of the kernel image at `kernel`, read once per runner.
+    fn kernel_digest(&self, kernel: &Path) -> Option<String> {
+        let mut digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        digests
+            .entry(kernel.to_owned())
+            .or_insert_with(|| {
+                let mut hasher = blake3::Hasher::new();
+                let mut file = std::fs::File::open(kernel).ok()?;
+                std::io::copy(&mut file, &mut hasher).ok()?;
+                Some(hasher.finalize().to_hex().to_string())
+            })
             .clone()
     }
 
@@ -476,7 +496,22 @@ impl QemuRunner {
         dir: &Path,
         wait_for_ack: bool,
     ) -> Result<Prepared, RunnerError> {
-        self.prepare_inner(case, dir, wait_for_ack, false).await
+        let limit = self.output_limit_of(DEFAULT_OUTPUT_LIMIT);
+        self.prepare_inner(case, dir, wait_for_ack, false, limit)
+            .await
+    }
+
+    /// The bytes of each stream kept for a test: [`QemuConfig::output_limit`] when set, else
+    /// the run's `limit` ([`ExecutionContext::output_limit`]).
+    pub(super) fn output_limit_of(&self, limit: usize) -> u64 {
+        self.config
+            .output_limit
+            .unwrap_or(u64::try_from(limit).unwrap_or(u64::MAX))
+    }
+
+    /// [`output_limit_of`](Self::output_limit_of) the test's context.
+    pub(super) fn output_limit(&self, ctx: &ExecutionContext) -> u64 {
+        self.output_limit_of(ctx.output_limit())
     }
 
     async fn prepare_inner(
@@ -485,10 +520,11 @@ impl QemuRunner {
         dir: &Path,
         wait_for_ack: bool,
         session: bool,
+        output_limit: u64,
     ) -> Result<Prepared, RunnerError> {
         phase(
             tracing::debug_span!("prepare"),
-            self.prepare_steps(case, dir, wait_for_ack, session),
+            self.prepare_steps(case, dir, wait_for_ack, session, output_limit),
         )
         .await
     }
@@ -500,6 +536,7 @@ impl QemuRunner {
         dir: &Path,
         wait_for_ack: bool,
         session: bool,
+        output_limit: u64,
     ) -> Result<Prepared, RunnerError> {
         let arch = self.arch_of(case);
         // What is missing or wrong here is the setup's fault: another attempt cannot help.
@@ -579,7 +616,6 @@ impl QemuRunner {
         // This test's part, and the initramfs written: on a blocking thread.
         let test_case = case.clone();
         let dir = dir.to_owned();
-        let output_limit = self.config.output_limit;
         let serial_artifact_limit = self.config.serial_artifact_limit;
         let kernel_version = parts.kernel_version.clone();
         let initrd = tokio::task::spawn_blocking(move || {
@@ -969,6 +1005,34 @@ mod pool_tests {
             profile.qemu = "/nonexistent/qemu-system".into();
         }
         QemuRunner::new(config)
+    }
+
+    #[test]
+    fn the_runs_output_limit_reaches_the_guest_unless_the_runner_sets_its_own() {
+        let case = TestCase::script("t", "yes");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = ExecutionContext::new(&case, dir.path());
+        let ctx = ExecutionContext::new(&case, dir.path()).with_output_limit(8192);
+        let r = runner(None);
+        assert_eq!(r.output_limit(&plain), DEFAULT_OUTPUT_LIMIT as u64);
+        assert_eq!(r.output_limit(&ctx), 8192);
+        // What the guest's agent bounds the test's output by: the `limit` file of its files.
+        let files = crate::image::test_files(&crate::image::TestPart {
+            case: &case,
+            output_limit: r.output_limit(&ctx),
+            load_order: &[],
+            boot_order: &[],
+            kernel_version: None,
+            serial_artifact_limit: 1 << 20,
+            wait_for_ack: true,
+        })
+        .unwrap();
+        let limit = files.iter().find(|(name, _, _)| *name == "limit").unwrap();
+        assert_eq!(limit.2, b"8192\n");
+        // A runner's own limit wins over the run's.
+        let mut config = QemuConfig::new().with_images(ImageSource::Custom(BTreeMap::new()));
+        config.output_limit = Some(4096);
+        assert_eq!(QemuRunner::new(config).output_limit(&ctx), 4096);
     }
 
     #[test]

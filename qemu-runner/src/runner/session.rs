@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use orchestrator_core::{ExecutionContext, Outcome, Phase, RunnerError, TestCase, TestResult};
 
 use super::gather::{Delivery, list_artifacts};
-use super::lifecycle::{Guest, Run, describe_guest, stop};
+use super::lifecycle::{Guest, Run, stop};
 use super::{ExecutionMode, QemuRunner, phase};
 use crate::image::{self, TestPart};
 
@@ -44,7 +44,7 @@ impl QemuRunner {
         }
         let run = Run::new(case, ctx);
         // The test goes over the console; what does not fit gets a guest of its own.
-        let payload = match self.session_payload(case).await? {
+        let payload = match self.session_payload(case, self.output_limit(ctx)).await? {
             Ok(payload) => payload,
             Err(bytes) => {
                 tracing::debug!(
@@ -69,9 +69,9 @@ impl QemuRunner {
     async fn session_payload(
         &self,
         case: &TestCase,
+        output_limit: u64,
     ) -> Result<Result<Payload, usize>, RunnerError> {
         let case = case.clone();
-        let output_limit = self.config.output_limit;
         let serial_artifact_limit = self.config.serial_artifact_limit;
         tokio::task::spawn_blocking(move || payload_for(&case, output_limit, serial_artifact_limit))
             .await
@@ -121,7 +121,8 @@ impl QemuRunner {
         run: &mut Run<'_>,
         dir: &Path,
     ) -> Result<Option<Guest>, RunnerError> {
-        let prepared = self.prepare_inner(run.case, dir, true, true).await?;
+        let limit = self.output_limit(run.ctx);
+        let prepared = self.prepare_inner(run.case, dir, true, true, limit).await?;
         run.result.end_phase(Phase::Setup, run.setup_start);
         let id = self
             .boots
@@ -136,7 +137,7 @@ impl QemuRunner {
         .await?;
         if let Some((outcome, note)) = failed {
             let result = &mut run.result;
-            describe_guest(result, &prepared);
+            self.describe(result, &prepared);
             result.outcome = outcome;
             phase(
                 tracing::debug_span!("stop"),
@@ -170,7 +171,7 @@ impl QemuRunner {
         run: &mut Run<'_>,
     ) -> bool {
         let artifacts = run.ctx.artifact_dir();
-        describe_guest(&mut run.result, &guest.prepared);
+        self.describe(&mut run.result, &guest.prepared);
         tracing::debug!(
             guest = guest.id,
             tests_before = guest.tests,
@@ -217,6 +218,7 @@ impl QemuRunner {
             guest.stop_report = Some(stopped);
         }
         let delivery = Delivery {
+            output_limit: self.output_limit(run.ctx),
             watch: &guest.watch,
             case: run.case,
             artifacts: &artifacts,

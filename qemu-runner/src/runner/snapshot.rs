@@ -201,7 +201,7 @@ impl Snapshot {
             });
         }
         let mut watch = Watch::new(
-            runner.config.output_limit,
+            runner.output_limit(ctx),
             runner.config.serial_artifact_limit,
         );
         if let Some(Record::Ready {
