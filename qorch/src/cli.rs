@@ -32,6 +32,15 @@ pub enum Command {
     /// boots: says what it will install and where, shows progress; does nothing when they are
     /// there and verify.
     Provision(crate::provision::ProvisionArgs),
+    /// The runs the store recorded, newest first.
+    Runs(crate::history::RunsArgs),
+    /// A test's outcomes, durations and resource figures over the stored runs.
+    History(crate::history::HistoryArgs),
+    /// Compare runs (or sets of runs): tests whose outcome changed, and resource regressions
+    /// judged against the noise band; exits 1 on a regression.
+    Compare(crate::history::CompareArgs),
+    /// Write a run in KernelCI's KCIDB schema.
+    ExportKcidb(crate::history::ExportKcidbArgs),
     /// Inspect and maintain the artifact store: list, read, verify, collect, bundle, share.
     Store(crate::store::StoreArgs),
 }
@@ -68,6 +77,10 @@ where
             Command::Merge(args) => crate::run::merge(args),
             Command::Provision(args) => crate::provision::provision(args),
             Command::Store(args) => crate::store::store(args),
+            Command::Runs(args) => crate::history::runs(args),
+            Command::History(args) => crate::history::history(args),
+            Command::Compare(args) => crate::history::compare(args),
+            Command::ExportKcidb(args) => crate::history::export_kcidb(args),
         }
     });
     match result {
@@ -104,4 +117,13 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -39,6 +39,7 @@ use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, Query, Stor
 use orchestrator_core::perf_monitor::Monitor;
 use orchestrator_core::plan::StorePlan;
 use orchestrator_core::progress::{Progress, ProgressMode};
+use orchestrator_core::report::KcidbOptions;
 use orchestrator_core::shard::{self, Partition};
 use orchestrator_core::{
     CancellationToken, Orchestrator, ProcessRunner, ProcessRunnerConfig, RunConfig, RunReport,
@@ -46,7 +47,8 @@ use orchestrator_core::{
 };
 use qemu_runner::{QemuConfig, QemuPlan, QemuRunner};
 
-use crate::util::{DEFAULT_OUT, connect_remote, is_store, tidy};
+use crate::history::load_run_ref;
+use crate::util::{DEFAULT_OUT, connect_remote, tidy};
 
 /// How many runs' kept scratch (of tests that did not succeed) stays in `<out>/scratch`.
 pub const KEPT_RUNS: usize = 5;
@@ -71,8 +73,9 @@ pub enum ProgressArg {
 pub struct RunArgs {
     /// The plan file (TOML).
     pub plan: PathBuf,
-    /// Run only shard k of n: `k/n` by test-id hash (a test always lands on the same shard), or
-    /// `k/n:count` (round robin, equal shares). Every worker runs the same plan.
+    /// Run only shard k of n: `k/n` by test-id hash (a test always lands on the same shard),
+    /// `k/n:count` (round robin, equal shares) or `k/n:balanced` (by the durations of
+    /// `--balance-from RUN`, so that shards end together). Every worker runs the same plan.
     #[arg(long)]
     pub partition: Option<Partition>,
     /// The campaign's id, the same on every worker (e.g. the CI pipeline id). Default: the
@@ -114,6 +117,17 @@ pub struct RunArgs {
     /// store.
     #[arg(long, value_name = "RUN")]
     pub rerun_failed: Option<String>,
+    /// With `--partition k/n:balanced`: split by the durations this earlier run recorded (a
+    /// run id of the store or of `<out>/runs`, a run directory or a report.json), the same on
+    /// every worker; tests it does not know count as its median duration.
+    #[arg(long, value_name = "RUN", requires = "partition")]
+    pub balance_from: Option<String>,
+    /// Also write the run in KernelCI's KCIDB schema to this file.
+    #[arg(long, value_name = "FILE")]
+    pub kcidb: Option<PathBuf>,
+    /// The KCIDB origin (the submitting CI system's name: lowercase letters, digits, `_`).
+    #[arg(long, value_name = "ORIGIN", default_value = orchestrator_core::report::kcidb::DEFAULT_ORIGIN, requires = "kcidb")]
+    pub kcidb_origin: String,
 }
 
 /// `qorch merge`.
@@ -146,15 +160,30 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let plan_path = &args.plan;
     let mut plan = plan::Loader::new().section::<QemuPlan>().load(plan_path)?;
+    let kcidb = match &args.kcidb {
+        Some(_) => Some(KcidbOptions::with_origin(&args.kcidb_origin)?),
+        None => None,
+    };
+    // Runs named by --rerun-failed and --balance-from: run directories, report.json files, or
+    // runs of the store.
+    let store_dir = args
+        .store
+        .clone()
+        .or_else(|| plan.settings.store.as_ref().map(|s| s.path.clone()))
+        .unwrap_or_else(|| args.out.join("store"));
     let previous = match &args.rerun_failed {
-        Some(run) => {
-            let store = args
-                .store
-                .clone()
-                .or_else(|| plan.settings.store.as_ref().map(|s| s.path.clone()))
-                .unwrap_or_else(|| args.out.join("store"));
-            Some(load_previous(run, &args.out, &store)?)
-        }
+        Some(run) => Some(
+            load_run_ref(run, &args.out, &store_dir)
+                .with_context(|| format!("--rerun-failed {run}"))?,
+        ),
+        None => None,
+    };
+    let balance = match &args.balance_from {
+        Some(run) => Some(
+            load_run_ref(run, &args.out, &store_dir)
+                .with_context(|| format!("--balance-from {run}"))?
+                .1,
+        ),
         None => None,
     };
     let mut config = RunConfig::new(args.out.join("scratch"))
@@ -165,8 +194,16 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
             .campaign
             .clone()
             .unwrap_or_else(|| shard::campaign_id(plan.name.as_deref(), &plan.cases));
-        config = config.with_shard(p.info(campaign, &plan.cases));
-        plan.cases = p.select(std::mem::take(&mut plan.cases));
+        let mut info = p.info(campaign, &plan.cases);
+        let durations = match &balance {
+            Some(report) => {
+                info = info.with_balanced_from(report.run_id.clone());
+                shard::durations_of(report)
+            }
+            None => Default::default(),
+        };
+        config = config.with_shard(info);
+        plan.cases = p.select_balanced(std::mem::take(&mut plan.cases), &durations);
     }
     if let Some((source, report)) = &previous {
         let again = rerun_selection(report);
@@ -261,11 +298,19 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(lease);
 
     let dir = write_reports(&args.out, &report)?;
+    if let (Some(path), Some(options)) = (&args.kcidb, &kcidb) {
+        report
+            .write_kcidb(path, options)
+            .with_context(|| format!("cannot write the KCIDB file {}", path.display()))?;
+    }
     print!(
         "{}",
         report::summary_table(&report, std::io::stdout().is_terminal())
     );
     print_reports(&args.out, &dir);
+    if let Some(path) = &args.kcidb {
+        println!("KCIDB: {}", path.display());
+    }
     let scratch = args.out.join("scratch");
     match tidy_scratch(&scratch, &report, args.keep_scratch) {
         Ok(Scratch::Removed) => {}
@@ -281,55 +326,6 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("warning: cannot tidy the scratch directory: {e:#}"),
     }
     Ok(ExitCode::from(report.status().exit_code()))
-}
-
-/// Reads the report `--rerun-failed` names: a report.json, a run directory, a run of
-/// `<out>/runs` (or `<out>/latest`), or a run whose report the store recorded.
-fn load_previous(run: &str, out: &Path, store: &Path) -> anyhow::Result<(PathBuf, RunReport)> {
-    let given = Path::new(run);
-    let candidates = [
-        given.to_owned(),
-        given.join("report.json"),
-        out.join("runs").join(run).join("report.json"),
-        out.join(run).join("report.json"),
-    ];
-    if let Some(path) = candidates.into_iter().find(|p| p.is_file()) {
-        let report = RunReport::read_json(&path)
-            .with_context(|| format!("--rerun-failed {run}: cannot read {}", path.display()))?;
-        return Ok((path, report));
-    }
-    if is_store(store) {
-        let opened = ArtifactStore::open(store)
-            .with_context(|| format!("cannot open the artifact store {}", store.display()))?;
-        let q = Query::new()
-            .run(run)
-            .test(orchestrator_core::RUN_RECORD_TEST_ID)
-            .kind(ArtifactKind::Report)
-            .newest_first(true)
-            .limit(1);
-        if let Some(record) = opened.query(&q)?.into_iter().next() {
-            let bytes = opened.get(&record.id).with_context(|| {
-                format!(
-                    "--rerun-failed {run}: cannot read the run's report (artifact {}) in {}",
-                    record.id,
-                    store.display()
-                )
-            })?;
-            let report: RunReport = serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "--rerun-failed {run}: the stored report (artifact {}) is not a run report",
-                    record.id
-                )
-            })?;
-            return Ok((store.join(format!("(artifact {})", record.id)), report));
-        }
-    }
-    anyhow::bail!(
-        "--rerun-failed {run}: no such run: it is not a report.json, not a run directory \
-         holding one, not a run in {}, and the store {} has no report of it",
-        out.join("runs").display(),
-        store.display()
-    );
 }
 
 /// Which of a plan's test ids `--rerun-failed` runs again after `report`.
