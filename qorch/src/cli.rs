@@ -41,6 +41,9 @@ pub enum Command {
     Compare(crate::history::CompareArgs),
     /// Write a run in KernelCI's KCIDB schema.
     ExportKcidb(crate::history::ExportKcidbArgs),
+    /// Record reports written elsewhere or by an earlier version in the store, for `runs`,
+    /// `history` and `compare`.
+    ImportReport(crate::history::ImportReportArgs),
     /// Inspect and maintain the artifact store: list, read, verify, collect, bundle, share.
     Store(crate::store::StoreArgs),
 }
@@ -81,6 +84,7 @@ where
             Command::History(args) => crate::history::history(args),
             Command::Compare(args) => crate::history::compare(args),
             Command::ExportKcidb(args) => crate::history::export_kcidb(args),
+            Command::ImportReport(args) => crate::history::import_report(args),
         }
     });
     match result {

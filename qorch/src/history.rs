@@ -120,6 +120,17 @@ pub struct ExportKcidbArgs {
     origin: String,
 }
 
+/// `qorch import-report`.
+#[derive(Debug, Args)]
+pub struct ImportReportArgs {
+    /// report.json files or run directories (of this or an earlier version, or of another
+    /// machine).
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    #[command(flatten)]
+    at: StoreAt,
+}
+
 /// A run named on the command line: a report.json, a run directory, a run of `<out>/runs` (or
 /// `<out>/latest`), or a run of the store (its report record, else its result records). Returns
 /// where it was found and the report.
@@ -270,6 +281,44 @@ pub fn export_kcidb(args: ExportKcidbArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_writer_pretty(&mut out, &value)?;
             writeln!(out)?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qorch import-report REPORT...`: records reports written elsewhere or by an earlier version
+/// (which kept no result records) in the store, so `runs`, `history` and `compare` see them.
+/// Importing a report again adds nothing. The store is created when the directory is new.
+pub fn import_report(args: ImportReportArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.at.dir()?;
+    let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    anyhow::ensure!(
+        is_store(&dir) || empty,
+        "{} is not an artifact store (no LAYOUT file) and not empty: name a store's directory, \
+         or a new one, with --store DIR",
+        dir.display()
+    );
+    let store = ArtifactStore::open(&dir)
+        .with_context(|| format!("cannot open the artifact store {}", dir.display()))?;
+    for path in &args.reports {
+        let file = if path.is_dir() {
+            path.join("report.json")
+        } else {
+            path.clone()
+        };
+        let report = RunReport::read_json(&file)
+            .with_context(|| format!("cannot read the report {}", file.display()))?;
+        let s = history::import_report(&store, &report)
+            .with_context(|| format!("cannot import {}", file.display()))?;
+        println!(
+            "run {}: {} results added{}",
+            report.run_id,
+            s.results_added,
+            if s.report_added {
+                ", report added"
+            } else {
+                " (the store had its report)"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

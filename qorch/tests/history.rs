@@ -223,3 +223,38 @@ fn kcidb_files_and_balanced_shards() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A report of a run whose store kept no records of it (written by an earlier version, or on
+/// another machine) becomes history with `import-report`, once.
+#[test]
+fn import_report_makes_an_unrecorded_run_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        "plan.toml",
+        "[[test]]\nid = \"a\"\nscript = \"true\"\n",
+    );
+    let out = dir.path().join("out");
+    let id = run(&plan, &out, &["--no-store"]);
+    let store = dir.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let o = qorch_out(&["history", "a", "--store", store_arg]);
+    assert_eq!(o.status.code(), Some(2));
+    let latest = out.join("latest");
+    for (i, want) in [(0, "1 results added, report added"), (1, "0 results added")] {
+        let o = qorch()
+            .arg("import-report")
+            .arg(&latest)
+            .args(["--store", store_arg])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(
+            text(&o.stdout).contains(want),
+            "import {i}: {}",
+            text(&o.stdout)
+        );
+    }
+    let o = qorch_out(&["history", "a", "--store", store_arg]);
+    assert!(text(&o.stdout).contains(&id), "{}", text(&o.stdout));
+}
