@@ -158,6 +158,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
         ProgressArg::Lines => ProgressMode::Lines,
         ProgressArg::Quiet => ProgressMode::Quiet,
     };
+    if let (Some(p), Some(_)) = (&args.partition, &args.balance_from)
+        && p.by != shard::ShardBy::Balanced
+    {
+        anyhow::bail!(
+            "--balance-from applies to a balanced partition: write --partition {}/{}:balanced",
+            p.index,
+            p.total
+        );
+    }
     let plan_path = &args.plan;
     let mut plan = plan::Loader::new().section::<QemuPlan>().load(plan_path)?;
     let kcidb = match &args.kcidb {

@@ -214,6 +214,19 @@ fn kcidb_files_and_balanced_shards() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", text(&o.stdout), text(&o.stderr));
+    // --balance-from needs a balanced partition.
+    let o = qorch()
+        .arg("run")
+        .arg(&plan)
+        .args(["--partition", "1/2", "--balance-from", &first])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--partition 1/2:balanced"),
+        "{}",
+        text(&o.stderr)
+    );
     // --balance-from needs a partition.
     let o = qorch()
         .arg("run")
