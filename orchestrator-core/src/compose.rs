@@ -31,11 +31,14 @@ mod watch {
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 
-    use perf_monitor::{Guard, Monitor, Recording};
+    use perf_monitor::{Guard, Monitor, ProcessFigures, Recording};
 
     use super::METRICS_NAME;
     use crate::case::TestCase;
-    use crate::result::{ArtifactFile, ResourceUsage, TestResult, UsagePoint};
+    use crate::result::{
+        ArtifactFile, HostLoad, NamespaceNetwork, ProcessCounts, ProcessUsage, ResourceUsage,
+        TestResult, UsagePoint,
+    };
     use crate::runner::{HostProcess, ProcessObserver};
 
     /// Watches the processes a runner reports for one execution with one perf-monitor guard, and
@@ -124,6 +127,17 @@ mod watch {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("{:?}", s.verdict.bottleneck));
+        let p = &s.processes;
+        let h = &s.host;
+        let network =
+            s.io.net_rx_bytes
+                .zip(s.io.net_tx_bytes)
+                .map(|(rx_bytes, tx_bytes)| NamespaceNetwork {
+                    rx_bytes,
+                    tx_bytes,
+                    namespace: s.io.net_namespace.clone(),
+                    shared_with_orchestrator: s.io.net_namespace_shared,
+                });
         ResourceUsage {
             cpu_seconds: s.cpu.user_s + s.cpu.system_s,
             avg_cpu_percent: s.cpu.avg_percent,
@@ -134,6 +148,53 @@ mod watch {
             peak_processes: s.processes.peak,
             bottleneck,
             series: points,
+            cpu_user_seconds: Some(s.cpu.user_s),
+            cpu_system_seconds: Some(s.cpu.system_s),
+            read_chars: s.io.read_chars,
+            write_chars: s.io.write_chars,
+            processes: Some(ProcessCounts {
+                seen: p.seen,
+                peak_threads: p.threads_peak,
+                peak_open_files: p.fds_peak,
+                voluntary_context_switches: p.ctx_voluntary,
+                involuntary_context_switches: p.ctx_involuntary,
+                minor_faults: p.minor_faults,
+                major_faults: p.major_faults,
+            }),
+            network,
+            host: Some(HostLoad {
+                cpus: h.cpus,
+                load1_peak: h.load1_peak,
+                load_end: h.load_end,
+                cpu_pressure: h.psi_cpu_some,
+                memory_pressure: h.psi_memory_full,
+                io_pressure: h.psi_io_full,
+                busy_percent: h.busy_percent,
+                steal_percent: h.steal_percent,
+                iowait_percent: h.iowait_percent,
+                validity_score: Some(s.score),
+            }),
+            top_cpu: s.top_cpu.iter().map(|f| process_usage(f, t0)).collect(),
+            top_memory: s.top_memory.iter().map(|f| process_usage(f, t0)).collect(),
+            unavailable: s.unavailable.clone(),
+        }
+    }
+
+    /// A process of the breakdown, its times from the test's start (the series' first sample,
+    /// as the series' points).
+    fn process_usage(f: &ProcessFigures, t0: u64) -> ProcessUsage {
+        let secs = |ms: u64| ms.saturating_sub(t0) as f64 / 1000.0;
+        ProcessUsage {
+            pid: f.pid,
+            ppid: f.ppid,
+            name: f.name.clone(),
+            command: f.command.clone(),
+            cpu_seconds: f.cpu_s,
+            children_cpu_seconds: f.children_cpu_s,
+            peak_rss_bytes: f.peak_rss_bytes,
+            first_seen: secs(f.first_seen_ms),
+            last_seen: secs(f.last_seen_ms),
+            exited: f.exited,
         }
     }
 

@@ -434,6 +434,7 @@ fn result_of(store: &ArtifactStore, rec: &ArtifactRecord) -> Result<TestResult, 
             peak_processes: 0,
             bottleneck: String::new(),
             series: Vec::new(),
+            ..Default::default()
         }),
     };
     let mut environment = BTreeMap::new();
@@ -1175,6 +1176,7 @@ mod tests {
                     peak_processes: 1,
                     bottleneck: "cpu".into(),
                     series: Vec::new(),
+                    ..ResourceUsage::default()
                 });
                 r
             })

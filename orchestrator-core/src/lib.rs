@@ -115,6 +115,7 @@ pub use result::{
     ResourceUsage, StoredArtifact, Subtest, SubtestStatus, SubtestSuite, TestResult, UsagePoint,
     Verdict,
 };
+pub use result::{HostLoad, NamespaceNetwork, ProcessCounts, ProcessUsage};
 pub use runner::{
     DEFAULT_OUTPUT_LIMIT, ErrorKind, ExecutionContext, HostProcess, ProcessObserver, RunnerError,
     TestRunner,

@@ -427,7 +427,10 @@ pub struct StoredArtifact {
 
 /// What a test's host processes cost, as the monitor sampled them (the QEMU process and its
 /// children for the QEMU runner).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The fields after `series` came with report schema 5; a report written before reads with
+/// them `None` or empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ResourceUsage {
     /// CPU time (user + system) over the test, in seconds.
@@ -448,12 +451,147 @@ pub struct ResourceUsage {
     pub bottleneck: String,
     /// CPU and memory over time, at most [`ResourceUsage::MAX_POINTS`] points.
     pub series: Vec<UsagePoint>,
+    /// User CPU seconds (guest time included), part of `cpu_seconds`.
+    #[serde(default)]
+    pub cpu_user_seconds: Option<f64>,
+    /// System CPU seconds, part of `cpu_seconds`.
+    #[serde(default)]
+    pub cpu_system_seconds: Option<f64>,
+    /// Bytes passed to `read`-like system calls (cache hits and pipes included).
+    #[serde(default)]
+    pub read_chars: Option<u64>,
+    /// Bytes passed to `write`-like system calls.
+    #[serde(default)]
+    pub write_chars: Option<u64>,
+    /// Processes, threads, open files, context switches and page faults of the tree.
+    #[serde(default)]
+    pub processes: Option<ProcessCounts>,
+    /// The network traffic of the namespace the test's processes ran in: **the namespace's, not
+    /// the test's alone** (in the host's namespace, everything the host sent and received
+    /// meanwhile).
+    #[serde(default)]
+    pub network: Option<NamespaceNetwork>,
+    /// Load and pressure on the host meanwhile.
+    #[serde(default)]
+    pub host: Option<HostLoad>,
+    /// The processes of the tree that used the most CPU, highest first (see
+    /// [`ProcessUsage`]).
+    #[serde(default)]
+    pub top_cpu: Vec<ProcessUsage>,
+    /// The processes of the tree with the highest peak resident memory, highest first.
+    #[serde(default)]
+    pub top_memory: Vec<ProcessUsage>,
+    /// Figures the monitor could not read (the kernel or permissions would not give them):
+    /// those are `None`, never zero.
+    #[serde(default)]
+    pub unavailable: Vec<String>,
 }
 
 impl ResourceUsage {
     /// The most points kept in [`series`](Self::series) (longer recordings are thinned out;
     /// the full series is a stored metrics artifact).
     pub const MAX_POINTS: usize = 300;
+}
+
+/// Process-level counts of a monitored test ([`ResourceUsage::processes`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProcessCounts {
+    /// Distinct processes seen in the tree.
+    pub seen: u64,
+    /// Most threads alive at once.
+    pub peak_threads: u64,
+    /// Most open file descriptors at once, when procfs says.
+    pub peak_open_files: Option<u64>,
+    /// Voluntary context switches, when procfs says.
+    pub voluntary_context_switches: Option<u64>,
+    /// Involuntary context switches, when procfs says.
+    pub involuntary_context_switches: Option<u64>,
+    /// Minor page faults.
+    pub minor_faults: u64,
+    /// Major page faults (pages read from storage).
+    pub major_faults: u64,
+}
+
+/// Network traffic of a network namespace over a test ([`ResourceUsage::network`]): every
+/// process of the namespace counts, not only the test's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NamespaceNetwork {
+    /// Bytes received in the namespace.
+    pub rx_bytes: u64,
+    /// Bytes sent in the namespace.
+    pub tx_bytes: u64,
+    /// The namespace as procfs names it (`net:[4026531840]`), when readable.
+    pub namespace: Option<String>,
+    /// Whether it is the orchestrator's own namespace (the host's, usually): then the figures
+    /// hold all the traffic of the host meanwhile.
+    pub shared_with_orchestrator: Option<bool>,
+}
+
+impl NamespaceNetwork {
+    /// How reports label these figures: whose traffic it is.
+    pub fn label(&self) -> &'static str {
+        match self.shared_with_orchestrator {
+            Some(true) => "network (host namespace, not the test's alone)",
+            Some(false) => "network (the test's namespace, not the test's alone)",
+            None => "network (namespace, not the test's alone)",
+        }
+    }
+}
+
+/// Load and pressure on the host while a test ran ([`ResourceUsage::host`]); percentages are
+/// of the test's span.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HostLoad {
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Highest 1-minute load average.
+    pub load1_peak: Option<f64>,
+    /// Load averages (1, 5, 15 minutes) at the end.
+    pub load_end: Option<[f64; 3]>,
+    /// Share of the time some task stalled on CPU (pressure, `some`), percent.
+    pub cpu_pressure: Option<f64>,
+    /// Share of the time all tasks stalled on memory (pressure, `full`), percent.
+    pub memory_pressure: Option<f64>,
+    /// Share of the time all tasks stalled on I/O (pressure, `full`), percent.
+    pub io_pressure: Option<f64>,
+    /// Host CPUs busy, percent of all host CPU time.
+    pub busy_percent: Option<f64>,
+    /// CPU time stolen by the hypervisor, percent of all host CPU time.
+    pub steal_percent: Option<f64>,
+    /// CPUs waiting for I/O, percent of all host CPU time.
+    pub iowait_percent: Option<f64>,
+    /// The monitor's host-validity score, 0 to 100 (100: the host did not interfere).
+    pub validity_score: Option<f64>,
+}
+
+/// One process of a test's tree in the per-process breakdown ([`ResourceUsage::top_cpu`],
+/// [`ResourceUsage::top_memory`]). A process that exited keeps its last figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProcessUsage {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// The kernel's command name (at most 15 bytes).
+    pub name: String,
+    /// The head of its command line (empty when unreadable).
+    pub command: String,
+    /// Its own CPU seconds (user + system, children not included).
+    pub cpu_seconds: f64,
+    /// CPU seconds of the children it reaped (those seen alive are also listed on their own).
+    pub children_cpu_seconds: f64,
+    /// Its highest resident memory, bytes.
+    pub peak_rss_bytes: u64,
+    /// Seconds since the test started when it was first and last seen.
+    pub first_seen: f64,
+    /// See `first_seen`.
+    pub last_seen: f64,
+    /// Whether it exited before the test ended.
+    pub exited: bool,
 }
 
 /// One point of a [`ResourceUsage`] series.

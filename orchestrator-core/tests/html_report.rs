@@ -239,6 +239,16 @@ fn the_report_renders_in_headless_chromium() {
     assert_eq!(dom.matches("<svg class=\"plot\"").count(), 3 + 2, "{dom}");
     assert!(dom.matches("<polyline").count() > 10);
     assert!(dom.contains("time (s)") && dom.contains("CPU (% of a core)"));
+    // Every monitored figure and the per-process breakdown of each monitored test.
+    assert_eq!(dom.matches("Top processes by CPU").count(), 3, "{dom}");
+    assert_eq!(dom.matches("Top processes by peak memory").count(), 3);
+    assert_eq!(
+        dom.matches("network (host namespace, not the test's alone)")
+            .count(),
+        3
+    );
+    assert!(dom.contains("open files (peak)") && dom.contains("host pressure"));
+    assert!(dom.contains("<td class=\"mono\">awk</td>"), "{dom}");
     // The hostile console is text, not markup.
     assert!(!dom.to_ascii_lowercase().contains("<script"), "{dom}");
     assert!(!dom.contains("<img"), "{dom}");

@@ -22,6 +22,10 @@
 //! - **Verdict.** [`verdict::judge`] names the bottleneck (CPU, memory, I/O, or a contended host:
 //!   steal, load, pressure) with configurable [`Thresholds`], and scores the host's validity;
 //!   [`verdict::compare`] flags regressions between two summaries beyond a [`NoiseBand`].
+//! - **Per-process breakdown.** Each process of the tree keeps its own CPU time, peak RSS, name
+//!   and command-line head; the summary lists the top ones by CPU and by peak memory
+//!   ([`Summary::top_cpu`], [`Summary::top_memory`]), exited processes with their last figures,
+//!   in memory bounded by the live tree plus a few entries.
 //! - **Phases.** [`Guard::mark`] records named instants (`boot`, `run`) with the tree's CPU at
 //!   that moment, so a test's cost can be split by phase.
 //! - **Storage.** Recordings serialise with serde to compact JSON lines, optionally zstd
@@ -65,7 +69,7 @@ pub mod verdict;
 
 pub use model::{
     CodecError, CpuSummary, ExactTotals, HostSummary, IoSummary, Mark, MemorySummary,
-    ProcessSummary, Recording, SCHEMA_VERSION, Sample, SamplingError, Summary,
+    ProcessFigures, ProcessSummary, Recording, SCHEMA_VERSION, Sample, SamplingError, Summary,
 };
 pub use monitor::{Guard, Instrumented, Monitor, MonitorConfig, MonitorError, Probe};
 pub use verdict::{Bottleneck, Comparison, NoiseBand, PerfVerdict, Thresholds, Verdict};

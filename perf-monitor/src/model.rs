@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::verdict::PerfVerdict;
 
 /// Version of the [`Summary`]/[`Recording`] format; bumped when a field changes.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: the summary gains the per-process breakdown ([`Summary::top_cpu`],
+/// [`Summary::top_memory`]) and the network namespace's identity ([`IoSummary::net_namespace`],
+/// [`IoSummary::net_namespace_shared`]). Version 1 recordings still read (empty lists, `None`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The process tree and the host at one instant. Counters are cumulative since the watch began.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -122,10 +126,19 @@ pub struct IoSummary {
     pub write_rate: Option<f64>,
     /// Highest per-interval storage write rate, bytes per second.
     pub write_rate_peak: Option<f64>,
-    /// Bytes received in the network namespace.
+    /// Bytes received in the network namespace of the first root: every process of that
+    /// namespace counts (the host's whole traffic when the tree runs in the host's namespace),
+    /// not the tree's alone.
     pub net_rx_bytes: Option<u64>,
-    /// Bytes sent in the network namespace.
+    /// Bytes sent in the network namespace of the first root (see `net_rx_bytes`).
     pub net_tx_bytes: Option<u64>,
+    /// The namespace the network figures are from, as procfs names it (`net:[4026531840]`).
+    #[serde(default)]
+    pub net_namespace: Option<String>,
+    /// Whether that namespace is the monitoring process's own (then the figures include the
+    /// traffic of everything else that runs in it, the monitor's host included).
+    #[serde(default)]
+    pub net_namespace_shared: Option<bool>,
 }
 
 /// Process-level counts of a watch.
@@ -147,6 +160,44 @@ pub struct ProcessSummary {
     pub minor_faults: u64,
     /// Major page faults.
     pub major_faults: u64,
+}
+
+/// One process of the watched tree and what it cost by itself: an entry of the per-process
+/// breakdown ([`Summary::top_cpu`], [`Summary::top_memory`]).
+///
+/// A process that exited keeps the figures of the last sample that saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFigures {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id, when last seen.
+    pub ppid: u32,
+    /// The kernel's command name (`comm`, at most 15 bytes), as last seen (an `exec` changes it).
+    pub name: String,
+    /// The head of the command line (arguments joined by spaces, at most
+    /// [`ProcessFigures::COMMAND_MAX`] characters, `…` when cut); empty for kernel threads and
+    /// when it could not be read.
+    pub command: String,
+    /// The process's own CPU seconds (user + system, its threads included, its children not).
+    pub cpu_s: f64,
+    /// CPU seconds of the children it reaped (`cutime + cstime`); children seen alive are also
+    /// listed on their own, so this overlaps them.
+    pub children_cpu_s: f64,
+    /// Highest resident memory of the process: the larger of its sampled RSS and the kernel's
+    /// VmHWM, bytes, since its last `exec` (a forked child shares its parent's pages until it
+    /// runs its own program, as its name and command line describe).
+    pub peak_rss_bytes: u64,
+    /// Milliseconds since the watch started at the first sample that saw it.
+    pub first_seen_ms: u64,
+    /// Milliseconds since the watch started at the last sample that saw it.
+    pub last_seen_ms: u64,
+    /// Whether it was gone before the last sample.
+    pub exited: bool,
+}
+
+impl ProcessFigures {
+    /// The most characters of a command line kept in [`command`](Self::command).
+    pub const COMMAND_MAX: usize = 160;
 }
 
 /// What the host was doing meanwhile.
@@ -256,6 +307,14 @@ pub struct Summary {
     /// Phase marks set with [`Guard::mark`](crate::Guard::mark), in order.
     #[serde(default)]
     pub marks: Vec<Mark>,
+    /// The processes of the tree that used the most CPU time (own CPU, highest first), at most
+    /// [`MonitorConfig::top_processes`](crate::MonitorConfig::top_processes).
+    #[serde(default)]
+    pub top_cpu: Vec<ProcessFigures>,
+    /// The processes of the tree with the highest peak resident memory, highest first, at most
+    /// [`MonitorConfig::top_processes`](crate::MonitorConfig::top_processes).
+    #[serde(default)]
+    pub top_memory: Vec<ProcessFigures>,
     /// Metrics that could not be read (at least once), by name.
     pub unavailable: Vec<String>,
     /// Host-validity score, 0 to 100 (100: the host did not interfere; see [`crate::verdict`]).

@@ -51,6 +51,10 @@ pub struct MonitorConfig {
     /// at the final sample; VmHWM is monotonic and the counters cumulative, so nothing is lost
     /// but time resolution of the context-switch series.
     pub status_interval: Duration,
+    /// How many processes the per-process breakdown keeps in each of its lists (top by CPU, top
+    /// by peak memory; default 5). 0 turns the breakdown off (and the command-line reads of new
+    /// processes with it).
+    pub top_processes: usize,
 }
 
 impl Default for MonitorConfig {
@@ -65,6 +69,7 @@ impl Default for MonitorConfig {
             proc_root: PathBuf::from("/proc"),
             max_open_files: 256,
             status_interval: Duration::from_millis(500),
+            top_processes: 5,
         }
     }
 }
@@ -88,6 +93,13 @@ impl MonitorConfig {
     #[must_use]
     pub fn with_proc_root(mut self, root: impl Into<PathBuf>) -> Self {
         self.proc_root = root.into();
+        self
+    }
+
+    /// Sets how many processes each list of the per-process breakdown keeps (0: none).
+    #[must_use]
+    pub fn with_top_processes(mut self, n: usize) -> Self {
+        self.top_processes = n;
         self
     }
 }
@@ -435,6 +447,7 @@ fn sampler_options(cfg: &MonitorConfig) -> SamplerOptions {
         rescan_interval: cfg.rescan_interval,
         max_samples: cfg.max_samples,
         max_open_files: cfg.max_open_files,
+        top_processes: cfg.top_processes,
         status_every: (cfg.status_interval.as_nanos() / cfg.interval.as_nanos().max(1)).max(1)
             as u64,
     }

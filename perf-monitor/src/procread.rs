@@ -96,6 +96,9 @@ pub(crate) struct Stat {
     pub(crate) rss_pages: u64,
     pub(crate) guest_time: u64,
     pub(crate) cguest_time: u64,
+    /// Changes when the process runs `exec`: the code and argument addresses (`startcode`,
+    /// `arg_start`) of the new image, which address-space randomisation moves on every exec.
+    pub(crate) exec_key: u64,
 }
 
 /// Parses the contents of `/proc/<pid>/stat`.
@@ -133,7 +136,37 @@ pub(crate) fn parse_stat(buf: &[u8]) -> Option<Stat> {
         rss_pages: fields[24],
         guest_time: fields[43],
         cguest_time: fields[44],
+        exec_key: fields[26] ^ fields[48].rotate_left(32),
     })
+}
+
+/// The command name in the contents of `/proc/<pid>/stat`: between the first `(` and the last
+/// `)` (the name itself may hold either).
+pub(crate) fn comm_of(buf: &[u8]) -> Option<&[u8]> {
+    let open = buf.iter().position(|&b| b == b'(')?;
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    buf.get(open + 1..close)
+}
+
+/// The head of a command line from the contents of `/proc/<pid>/cmdline`: the arguments joined
+/// by spaces (a trailing NUL dropped), control characters as `?`, at most `max` characters with
+/// `…` when cut.
+pub(crate) fn command_head(buf: &[u8], max: usize) -> String {
+    let raw = buf.strip_suffix(&[0]).unwrap_or(buf);
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        out.push(match c {
+            '\0' => ' ',
+            c if c.is_control() => '?',
+            c => c,
+        });
+    }
+    out
 }
 
 /// `/proc/<pid>/io`.
@@ -397,5 +430,14 @@ mod tests {
         let mut kids = Vec::new();
         parse_children(b"12 34 ", &mut kids);
         assert_eq!(kids, [12, 34]);
+    }
+
+    #[test]
+    fn the_command_name_may_hold_parentheses_and_the_command_line_is_cut() {
+        assert_eq!(comm_of(STAT.as_bytes()), Some(&b"a (weird) name"[..]));
+        assert_eq!(command_head(b"sh\0-c\0echo hi\0", 80), "sh -c echo hi");
+        assert_eq!(command_head(b"a\tb\0", 80), "a?b");
+        assert_eq!(command_head(b"abcdef\0", 3), "abc…");
+        assert_eq!(command_head(b"", 3), "");
     }
 }

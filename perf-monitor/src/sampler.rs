@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::model::{
-    CpuSummary, ExactTotals, HostSummary, IoSummary, Mark, MemorySummary, ProcessSummary,
-    Recording, SCHEMA_VERSION, Sample, SamplingError, Summary,
+    CpuSummary, ExactTotals, HostSummary, IoSummary, Mark, MemorySummary, ProcessFigures,
+    ProcessSummary, Recording, SCHEMA_VERSION, Sample, SamplingError, Summary,
 };
 use crate::procread::{self, CpuTimes, Io, Pressure};
 use crate::verdict::{self, Thresholds};
@@ -44,6 +44,27 @@ struct Tracked {
     last: Counters,
     status: procread::Status,
     seen_tick: u64,
+    /// The process's own figures for the per-process breakdown.
+    own: Own,
+}
+
+/// One process's own figures, for the per-process breakdown (names empty when it is off).
+#[derive(Debug, Default)]
+struct Own {
+    name: String,
+    /// [`procread::Stat::exec_key`] when `name` and `command` were read.
+    exec_key: u64,
+    /// Reads of an empty command line so far: one read in the middle of an `exec` is empty,
+    /// so it is tried again on the next samples (a few times: a kernel thread's stays empty).
+    empty_reads: u8,
+    command: String,
+    /// utime + stime, ticks.
+    cpu: u64,
+    /// cutime + cstime, ticks.
+    children_cpu: u64,
+    peak_rss: u64,
+    first_ms: u64,
+    last_ms: u64,
 }
 
 /// Kept-open descriptors of one process: stat, status, io, main thread's children.
@@ -147,6 +168,9 @@ struct Host {
     psi_last: [Option<Pressure>; 3],
     net_path: Option<PathBuf>,
     net_first: Option<(u64, u64)>,
+    /// The first root's network namespace (`net:[inode]`), and whether it is the monitor's own.
+    net_ns: Option<String>,
+    net_ns_shared: Option<bool>,
     mem_total: Option<u64>,
     cpus: u32,
     kernel: Option<String>,
@@ -208,6 +232,10 @@ pub(crate) struct Sampler {
     samples: u64,
     roots_alive: bool,
     marks: Vec<Mark>,
+    /// Entries per list of the per-process breakdown; 0: off.
+    top_n: usize,
+    /// Departed processes that may still make a top list (bounded, see [`Sampler::retire`]).
+    gone_top: Vec<ProcessFigures>,
 }
 
 /// What the monitor needs from its configuration.
@@ -219,6 +247,7 @@ pub(crate) struct SamplerOptions {
     pub(crate) max_samples: usize,
     pub(crate) max_open_files: usize,
     pub(crate) status_every: u64,
+    pub(crate) top_processes: usize,
 }
 
 fn clk_tck() -> f64 {
@@ -292,6 +321,8 @@ impl Sampler {
             samples: 0,
             roots_alive: true,
             marks: Vec::new(),
+            top_n: opts.top_processes,
+            gone_top: Vec::new(),
         };
         for &pid in pids {
             s.add_root(pid);
@@ -301,6 +332,18 @@ impl Sampler {
         }
         let first = s.roots[0].0;
         s.host.net_path = Some(s.proc_root.join(first.to_string()).join("net/dev"));
+        let ns = |p: PathBuf| {
+            std::fs::read_link(p)
+                .ok()
+                .map(|l| l.to_string_lossy().into_owned())
+        };
+        s.host.net_ns = ns(s.proc_root.join(first.to_string()).join("ns/net"));
+        s.host.net_ns_shared = s
+            .host
+            .net_ns
+            .as_ref()
+            .zip(ns(s.proc_root.join("self/ns/net")))
+            .map(|(a, b)| *a == b);
         s.host.mem_total = procread::read_into(&s.proc_root.join("meminfo"), &mut s.buf)
             .then(|| procread::parse_mem_total(&s.buf))
             .flatten();
@@ -460,6 +503,80 @@ impl Sampler {
             .map(|rd| rd.count() as u64)
     }
 
+    /// The head of `pid`'s command line, read by path and bounded (a linker's may be megabytes).
+    fn command_of(&mut self, pid: u32) -> String {
+        use std::io::Read as _;
+        self.set_path(pid, "cmdline");
+        let mut raw = Vec::new();
+        let limit = 4 * ProcessFigures::COMMAND_MAX as u64 + 4;
+        match std::fs::File::open(&self.path) {
+            Ok(f) if (&f).take(limit).read_to_end(&mut raw).is_ok() => {
+                procread::command_head(&raw, ProcessFigures::COMMAND_MAX)
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// A departed process's last figures, offered to the breakdown. The list stays bounded:
+    /// past `4 * top_n` entries, only those within the top `top_n` by CPU or by peak memory
+    /// stay. A departed process's figures are final, so one outside both tops then can never
+    /// enter them later: the final lists are exact.
+    fn retire(&mut self, pid: u32, t: Tracked) {
+        if self.top_n == 0 {
+            return;
+        }
+        let mut f = self.figures_of(pid, &t);
+        f.exited = true;
+        self.gone_top.push(f);
+        if self.gone_top.len() > 4 * self.top_n {
+            let n = self.top_n;
+            let mut keep = vec![false; self.gone_top.len()];
+            let mut order: Vec<usize> = (0..self.gone_top.len()).collect();
+            order.sort_by(|&a, &b| by_cpu(&self.gone_top[a], &self.gone_top[b]));
+            order.iter().take(n).for_each(|&i| keep[i] = true);
+            order.sort_by(|&a, &b| by_memory(&self.gone_top[a], &self.gone_top[b]));
+            order.iter().take(n).for_each(|&i| keep[i] = true);
+            let mut i = 0;
+            self.gone_top.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+    }
+
+    fn figures_of(&self, pid: u32, t: &Tracked) -> ProcessFigures {
+        ProcessFigures {
+            pid,
+            ppid: t.ppid,
+            name: t.own.name.clone(),
+            command: t.own.command.clone(),
+            cpu_s: t.own.cpu as f64 / self.clk_tck,
+            children_cpu_s: t.own.children_cpu as f64 / self.clk_tck,
+            peak_rss_bytes: t.own.peak_rss,
+            first_seen_ms: t.own.first_ms,
+            last_seen_ms: t.own.last_ms,
+            exited: false,
+        }
+    }
+
+    /// The top lists: live processes at their latest figures beside the departed ones.
+    fn top_lists(&self) -> (Vec<ProcessFigures>, Vec<ProcessFigures>) {
+        if self.top_n == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        let mut all: Vec<ProcessFigures> = self
+            .procs
+            .iter()
+            .map(|(&pid, t)| self.figures_of(pid, t))
+            .chain(self.gone_top.iter().cloned())
+            .collect();
+        all.sort_by(by_cpu);
+        let cpu = all.iter().take(self.top_n).cloned().collect();
+        all.sort_by(by_memory);
+        all.truncate(self.top_n);
+        (cpu, all)
+    }
+
     /// Reads a host-wide file (`kind` indexes [`HOST_FILES`]) through a kept descriptor.
     fn read_host(&mut self, kind: usize) -> bool {
         self.path.clear();
@@ -508,6 +625,7 @@ impl Sampler {
         self.tick += 1;
         let tick = self.tick;
         let now = Instant::now();
+        let t_ms = now.duration_since(self.started).as_millis() as u64;
         self.visited.clear();
         self.queue.clear();
         for &(pid, _) in &self.roots {
@@ -547,6 +665,23 @@ impl Sampler {
             let Some(stat) = self.read_stat(pid) else {
                 continue;
             };
+            // The name from the stat just read (before another read reuses the buffer), only
+            // for a new process or after an exec (a forked child starts with its parent's name
+            // and command line): then the command line is read again too.
+            let name = (self.top_n > 0)
+                .then(|| procread::comm_of(&self.buf))
+                .flatten()
+                .filter(|c| {
+                    self.procs.get(&pid).is_none_or(|t| {
+                        t.start != stat.starttime
+                            || (stat.exec_key != 0 && t.own.exec_key != stat.exec_key)
+                            || t.own.name.as_bytes() != *c
+                            || (t.own.command.is_empty()
+                                && t.own.empty_reads < 3
+                                && stat.state != b'Z')
+                    })
+                })
+                .map(|c| String::from_utf8_lossy(c).into_owned());
             let root = self.roots.iter().find(|r| r.0 == pid).copied();
             let known_start = self.procs.get(&pid).map(|t| t.start);
             let is_same = match (root, known_start) {
@@ -566,6 +701,7 @@ impl Sampler {
                         self.departed.add_cost(&old.last);
                     }
                     self.departed.add_ctx(&old.last);
+                    self.retire(pid, old);
                 }
             }
             if root.is_some() {
@@ -577,7 +713,15 @@ impl Sampler {
             let prev = self.procs.get(&pid).filter(|t| t.start == stat.starttime);
             // Also when RSS grew past the last VmHWM: the peak is moving, read it now.
             let rss_now = stat.rss_pages * self.page;
+            // An exec replaced the image: the process's own peak starts again (a fork shares its
+            // parent's pages until it execs; VmHWM starts again too), so read the status now.
+            // A key of 0 is no image at all: an exiting process (its memory already gone,
+            // not yet a zombie) or a kernel thread.
+            let execed = self.top_n > 0
+                && stat.exec_key != 0
+                && prev.is_some_and(|t| t.own.exec_key != stat.exec_key);
             let status_due = prev.is_none_or(|t| t.status.hwm_bytes.is_some_and(|h| rss_now > h))
+                || execed
                 || self.final_tick
                 || tick.is_multiple_of(self.status_every);
             let status = if !status_due {
@@ -628,6 +772,32 @@ impl Sampler {
             g.vms += stat.vsize;
             g.threads += stat.num_threads;
             g.nprocs += 1;
+            let command = match &name {
+                Some(_) if stat.state != b'Z' => Some(self.command_of(pid))
+                    // Read while exiting: keep what was read before.
+                    .filter(|c| !c.is_empty() || stat.exec_key != 0),
+                _ => None,
+            };
+            let peak_rss = rss_now.max(status.hwm_bytes.unwrap_or(0));
+            let update_own = |own: &mut Own| {
+                own.cpu = stat.utime + stat.stime;
+                own.children_cpu = stat.cutime + stat.cstime;
+                if execed {
+                    own.peak_rss = 0;
+                }
+                own.peak_rss = own.peak_rss.max(peak_rss);
+                own.last_ms = t_ms;
+                if let Some(n) = name {
+                    own.name = n;
+                    if stat.exec_key != 0 {
+                        own.exec_key = stat.exec_key;
+                    }
+                }
+                if let Some(c) = command {
+                    own.empty_reads = own.empty_reads.saturating_add(u8::from(c.is_empty()));
+                    own.command = c;
+                }
+            };
             match self.procs.entry(pid) {
                 Entry::Occupied(mut o) => {
                     let t = o.get_mut();
@@ -635,14 +805,21 @@ impl Sampler {
                     t.last = c;
                     t.status = status;
                     t.seen_tick = tick;
+                    update_own(&mut t.own);
                 }
                 Entry::Vacant(v) => {
+                    let mut own = Own {
+                        first_ms: t_ms,
+                        ..Own::default()
+                    };
+                    update_own(&mut own);
                     v.insert(Tracked {
                         start: stat.starttime,
                         ppid: stat.ppid,
                         last: c,
                         status,
                         seen_tick: tick,
+                        own,
                     });
                     self.seen += 1;
                     self.churn = true;
@@ -677,6 +854,7 @@ impl Sampler {
                     self.departed.add_cost(&t.last);
                 }
                 self.departed.add_ctx(&t.last);
+                self.retire(pid, t);
             }
         }
         let total = {
@@ -923,6 +1101,7 @@ impl Sampler {
         if self.hwm_max.is_none() {
             self.unavailable.insert("vm_hwm");
         }
+        let (top_cpu, top_memory) = self.top_lists();
         let mut summary = Summary {
             schema_version: SCHEMA_VERSION,
             label: label.to_owned(),
@@ -960,6 +1139,8 @@ impl Sampler {
                 write_rate_peak: self.write_rate_peak,
                 net_rx_bytes: last.net_rx_bytes,
                 net_tx_bytes: last.net_tx_bytes,
+                net_namespace: h.net_ns.clone(),
+                net_namespace_shared: h.net_ns_shared,
             },
             processes: ProcessSummary {
                 seen: self.seen,
@@ -977,6 +1158,8 @@ impl Sampler {
             monitor_cpu_s,
             poll_cpu_s: None,
             marks: std::mem::take(&mut self.marks),
+            top_cpu,
+            top_memory,
             unavailable: self.unavailable.iter().map(|s| (*s).to_owned()).collect(),
             score: 0.0,
             verdict: Default::default(),
@@ -989,6 +1172,18 @@ impl Sampler {
             series: std::mem::take(&mut self.series),
         }
     }
+}
+
+/// Highest own CPU first (then lowest pid, for a stable order).
+fn by_cpu(a: &ProcessFigures, b: &ProcessFigures) -> std::cmp::Ordering {
+    b.cpu_s.total_cmp(&a.cpu_s).then(a.pid.cmp(&b.pid))
+}
+
+/// Highest peak RSS first (then lowest pid).
+fn by_memory(a: &ProcessFigures, b: &ProcessFigures) -> std::cmp::Ordering {
+    b.peak_rss_bytes
+        .cmp(&a.peak_rss_bytes)
+        .then(a.pid.cmp(&b.pid))
 }
 
 #[cfg(test)]
@@ -1019,6 +1214,7 @@ mod tests {
             // Path reads only, so rewritten files are seen.
             max_open_files: 0,
             status_every: 1,
+            top_processes: 2,
         }
     }
 
@@ -1138,5 +1334,73 @@ mod tests {
         assert_eq!(rec.summary.samples, 1000);
         assert!(rec.series.len() <= 9);
         assert!(rec.series.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
+    }
+
+    #[test]
+    fn departed_processes_stay_bounded_and_the_top_lists_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, 500, 1, 1, 0, "");
+        let mut s = Sampler::new(&[500], &opts(r)).unwrap();
+        s.tick();
+        // 100 children, one at a time, each seen once then gone; child 537 burns the most.
+        for k in 0..100u32 {
+            let pid = 501 + k;
+            let ticks = if pid == 537 { 900 } else { u64::from(k % 50) };
+            put(r, 500, 1, 1, 0, &format!("{pid} "));
+            put(r, pid, 500, ticks, 0, "");
+            s.tick();
+            fs::remove_dir_all(r.join(pid.to_string())).unwrap();
+            put(r, 500, 1, 1, 0, "");
+            s.tick();
+            assert!(s.gone_top.len() <= 4 * s.top_n, "{}", s.gone_top.len());
+        }
+        let rec = s.finalize(
+            "many",
+            Duration::from_millis(100),
+            None,
+            0.0,
+            &Thresholds::default(),
+        );
+        let cpu: Vec<u32> = rec.summary.top_cpu.iter().map(|p| p.pid).collect();
+        // Then the first child with 49 ticks (k = 49).
+        assert_eq!(cpu, [537, 550], "{:#?}", rec.summary.top_cpu);
+        let top = &rec.summary.top_cpu[0];
+        assert_eq!(top.name, "p");
+        assert!(top.exited);
+        assert!((top.cpu_s - 900.0 / clk_tck()).abs() < 1e-9);
+        assert_eq!(rec.summary.top_memory.len(), 2);
+    }
+
+    #[test]
+    fn an_exec_restarts_the_own_peak_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        put(r, 600, 1, 1, 0, "601 ");
+        put(r, 601, 600, 1, 0, "");
+        // The forked child, before its exec: its parent's name and 1000 resident pages.
+        let forked = stat_line(601, 600, 1, 0).replace(" 4096 10 0 0 ", " 4096 1000 0 7 ");
+        fs::write(r.join("601/stat"), &forked).unwrap();
+        let mut s = Sampler::new(&[600], &opts(r)).unwrap();
+        s.tick();
+        assert_eq!(s.procs[&601].own.peak_rss, 1000 * s.page);
+        // After the exec: another image (code address), another name, 20 pages.
+        let execed = forked
+            .replace(" 4096 1000 0 7 ", " 4096 20 0 9 ")
+            .replace("(p)", "(small)");
+        fs::write(r.join("601/stat"), execed).unwrap();
+        s.tick();
+        let own = &s.procs[&601].own;
+        assert_eq!((own.name.as_str(), own.peak_rss), ("small", 20 * s.page));
+        s.tick();
+        assert_eq!(s.procs[&601].own.peak_rss, 20 * s.page, "no second reset");
+        // Exiting: its memory is gone (no image, no pages) before it is a zombie.
+        let exiting = forked
+            .replace(" 4096 1000 0 7 ", " 4096 0 0 0 ")
+            .replace("(p)", "(small)");
+        fs::write(r.join("601/stat"), exiting).unwrap();
+        s.tick();
+        let own = &s.procs[&601].own;
+        assert_eq!((own.name.as_str(), own.peak_rss), ("small", 20 * s.page));
     }
 }

@@ -91,6 +91,17 @@ async fn a_stored_two_architecture_campaign_and_keep_last_run_retention() {
             usage.cpu_seconds > 0.1 && usage.peak_rss_bytes > 10 << 20,
             "{usage:#?}"
         );
+        // The per-process breakdown names the QEMU process (its comm, cut to 15 bytes), and
+        // the network figures are labelled as the namespace's.
+        let qemu = &usage.top_cpu[0];
+        assert!(qemu.name.starts_with("qemu-system"), "{:#?}", usage.top_cpu);
+        assert!(qemu.command.contains("qemu-system"), "{qemu:#?}");
+        assert!(
+            usage.top_memory.iter().any(|p| p.pid == qemu.pid),
+            "{usage:#?}"
+        );
+        let net = usage.network.as_ref().expect("network figures");
+        assert!(net.label().contains("not the test's alone"), "{net:#?}");
     }
     // The collected files are byte-exact in the store.
     let files = first

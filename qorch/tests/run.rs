@@ -703,7 +703,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
 
     // report.json: the summary and the results.
     let report = json(&out.join("latest/report.json"));
-    assert_eq!(report["schema_version"], 4);
+    assert_eq!(report["schema_version"], 5);
     assert_eq!(report["summary"]["failed"], 1, "{report:#}");
     assert_eq!(report["summary"]["passed"], 1, "{report:#}");
     assert_eq!(report["summary"]["subtests"]["failed"], 1, "{report:#}");

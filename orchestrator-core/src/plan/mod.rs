@@ -1041,11 +1041,13 @@ mod tests {
     #[test]
     fn monitor_table() {
         let plan = parse_ok(&format!(
-            "[monitor]\nenabled = false\ninterval = 0.01\n{TEST}"
+            "[monitor]\nenabled = false\ninterval = 0.01\ntop-processes = 0\n{TEST}"
         ));
         let monitor = plan.settings.monitor.unwrap();
         assert!(!monitor.enabled);
         assert_eq!(monitor.interval, Duration::from_millis(10));
+        assert_eq!(monitor.top_processes, 0);
+        assert_eq!(monitor.config().top_processes, 0);
         for (table, says) in [
             (
                 "[monitor]\ninterval = 0.005\n",
@@ -1058,6 +1060,10 @@ mod tests {
             (
                 "[monitor]\nintervall = \"1s\"\n",
                 "test.toml:2:1: unknown key `intervall` in [monitor]\n  help: did you mean `interval`?",
+            ),
+            (
+                "[monitor]\ntop-processes = 101\n",
+                "test.toml:2:17: `top-processes` in [monitor]",
             ),
             (
                 "interval = \"1s\"\n",

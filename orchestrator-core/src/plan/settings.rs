@@ -218,6 +218,9 @@ pub struct MonitorPlan {
     pub enabled: bool,
     /// Time between samples (`interval`, at least 10ms, default 100ms).
     pub interval: Duration,
+    /// Processes listed in each list of a result's per-process breakdown, the top ones by CPU
+    /// and by peak memory (`top-processes`, 0 to 100, default 5; 0 turns the breakdown off).
+    pub top_processes: usize,
 }
 
 #[cfg(feature = "monitor")]
@@ -225,9 +228,11 @@ impl MonitorPlan {
     /// The shortest `interval` a plan may ask for.
     pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
-    /// The monitor's settings: its defaults with this plan's interval.
+    /// The monitor's settings: its defaults with this plan's interval and breakdown size.
     pub fn config(&self) -> perf_monitor::MonitorConfig {
-        perf_monitor::MonitorConfig::default().with_interval(self.interval)
+        perf_monitor::MonitorConfig::default()
+            .with_interval(self.interval)
+            .with_top_processes(self.top_processes)
     }
 }
 
@@ -237,6 +242,7 @@ impl Default for MonitorPlan {
         MonitorPlan {
             enabled: true,
             interval: Duration::from_millis(100),
+            top_processes: 5,
         }
     }
 }

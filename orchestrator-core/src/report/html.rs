@@ -73,6 +73,7 @@ tbody.failing summary .msg{color:#a40e26}
 table.kv td,table.list td,table.list th{padding:2px 10px 2px 0;font-size:13px;text-align:left;vertical-align:top}
 table.kv td:first-child{color:#5c6573;white-space:nowrap}
 table.list th{color:#5c6573;font-weight:600;border-bottom:1px solid #e1e4e9}
+table.procs td.cmd{overflow-wrap:anywhere;max-width:640px}
 code,pre,.mono{font-family:ui-monospace,"DejaVu Sans Mono","Liberation Mono",Menlo,Consolas,monospace;font-size:12px}
 pre{background:#11151c;color:#e6edf3;padding:8px 10px;border-radius:6px;margin:0;max-height:380px;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere}
 .message{white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0}
@@ -93,7 +94,8 @@ footer{color:#5c6573;font-size:12px;text-align:center}
 /// test: test id, runner, architecture (`environment["arch"]`), verdict, outcome, duration, peak
 /// CPU and memory, and the number of artifacts. Below each row, a `<details>` element expands to
 /// the message, the environment, the resource usage with a plot of CPU and memory over time
-/// (inline SVG drawn with `plotters`), the KTAP subtests, the last 4 KiB of the console, stdout
+/// (inline SVG drawn with `plotters`; every figure the monitor measured, the network's labelled
+/// as its namespace's), the top processes by CPU and by peak memory, the KTAP subtests, the last 4 KiB of the console, stdout
 /// and stderr, and the artifacts with their sizes, kinds, store ids and digests. The details of
 /// failing tests are open from the start when no more than ten tests failed.
 ///
@@ -582,6 +584,9 @@ fn details(h: &mut Html, r: &TestResult) {
         resources(h, r, u);
     }
     h.s("</div>\n");
+    if let Some(u) = &r.resources {
+        top_processes(h, u);
+    }
 
     if !r.subtests.is_empty() {
         subtests(h, r);
@@ -618,6 +623,9 @@ fn resources(h: &mut Html, r: &TestResult, u: &ResourceUsage) {
     );
     kv("peak processes", u.peak_processes.to_string());
     kv("bottleneck", u.bottleneck.clone());
+    for (k, v) in more_figures(u) {
+        kv(k, v);
+    }
     h.s("</table>\n");
     if u.series.is_empty() {
         h.s("<p class=\"dim\">no samples to plot</p>\n");
@@ -639,6 +647,144 @@ fn resources(h: &mut Html, r: &TestResult, u: &ResourceUsage) {
         }
     }
     h.s("</div>\n");
+}
+
+/// The figures of a [`ResourceUsage`] beyond the headline ones, as label and value rows (only
+/// those the report has: a report written before schema 5 has none of them). `-` marks a
+/// figure the monitor could not read.
+fn more_figures(u: &ResourceUsage) -> Vec<(&'static str, String)> {
+    let bytes = |b: Option<u64>| b.map_or_else(|| "-".to_owned(), human_bytes);
+    let num = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let pct = |p: Option<f64>| p.map_or_else(|| "-".to_owned(), |p| format!("{:.1}%", finite(p)));
+    let secs = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{:.2} s", finite(s)));
+    let mut rows = Vec::new();
+    if u.cpu_user_seconds.is_some() || u.cpu_system_seconds.is_some() {
+        rows.push((
+            "CPU (user / system)",
+            format!(
+                "{} / {}",
+                secs(u.cpu_user_seconds),
+                secs(u.cpu_system_seconds)
+            ),
+        ));
+    }
+    if u.read_chars.is_some() || u.write_chars.is_some() {
+        rows.push((
+            "I/O calls (read / written)",
+            format!("{} / {}", bytes(u.read_chars), bytes(u.write_chars)),
+        ));
+    }
+    if let Some(p) = &u.processes {
+        rows.push((
+            "processes (seen / peak threads)",
+            format!("{} / {}", p.seen, p.peak_threads),
+        ));
+        rows.push(("open files (peak)", num(p.peak_open_files)));
+        rows.push((
+            "context switches (voluntary / not)",
+            format!(
+                "{} / {}",
+                num(p.voluntary_context_switches),
+                num(p.involuntary_context_switches)
+            ),
+        ));
+        rows.push((
+            "page faults (minor / major)",
+            format!("{} / {}", p.minor_faults, p.major_faults),
+        ));
+    }
+    if let Some(n) = &u.network {
+        rows.push((
+            n.label(),
+            format!(
+                "{} received / {} sent{}",
+                human_bytes(n.rx_bytes),
+                human_bytes(n.tx_bytes),
+                n.namespace
+                    .as_deref()
+                    .map(|ns| format!(" ({ns})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some(l) = &u.host {
+        let load =
+            |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |x| format!("{:.2}", finite(x)));
+        rows.push((
+            "host load (1-min peak / at end)",
+            format!(
+                "{} / {} on {} CPUs",
+                load(l.load1_peak),
+                l.load_end.map_or_else(
+                    || "-".to_owned(),
+                    |e| format!("{:.2} {:.2} {:.2}", e[0], e[1], e[2])
+                ),
+                l.cpus
+            ),
+        ));
+        rows.push((
+            "host pressure (CPU / memory / I/O)",
+            format!(
+                "{} / {} / {}",
+                pct(l.cpu_pressure),
+                pct(l.memory_pressure),
+                pct(l.io_pressure)
+            ),
+        ));
+        rows.push((
+            "host CPU (busy / steal / iowait)",
+            format!(
+                "{} / {} / {}",
+                pct(l.busy_percent),
+                pct(l.steal_percent),
+                pct(l.iowait_percent)
+            ),
+        ));
+        if let Some(score) = l.validity_score {
+            rows.push(("host validity score", format!("{:.0} / 100", finite(score))));
+        }
+    }
+    if !u.unavailable.is_empty() {
+        rows.push(("not available", u.unavailable.join(", ")));
+    }
+    rows
+}
+
+/// The per-process breakdown of a monitored test: its top processes by CPU and by peak memory.
+fn top_processes(h: &mut Html, u: &ResourceUsage) {
+    for (title, list) in [
+        ("Top processes by CPU", &u.top_cpu),
+        ("Top processes by peak memory", &u.top_memory),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        h.w(format_args!(
+            "<h4>{title} <small>({} shown)</small></h4>\n<table class=\"list procs\">\n\
+             <tr><th>pid</th><th>name</th><th class=\"num\">CPU</th>\
+             <th class=\"num\">children's CPU</th><th class=\"num\">peak memory</th>\
+             <th class=\"num\">seen</th><th>command</th></tr>\n",
+            list.len()
+        ));
+        for p in list {
+            h.w(format_args!(
+                "<tr><td class=\"num\">{}</td><td class=\"mono\">{}</td>\
+                 <td class=\"num\">{:.2} s</td><td class=\"num\">{:.2} s</td>\
+                 <td class=\"num\">{}</td><td class=\"num\">{:.1}\u{2013}{:.1} s{}</td>\
+                 <td class=\"mono cmd\">{}</td></tr>\n",
+                p.pid,
+                Esc(&p.name),
+                finite(p.cpu_seconds),
+                finite(p.children_cpu_seconds),
+                human_bytes(p.peak_rss_bytes),
+                finite(p.first_seen),
+                finite(p.last_seen),
+                if p.exited { ", exited" } else { "" },
+                Esc(&p.command),
+            ));
+        }
+        h.s("</table>\n");
+    }
 }
 
 /// The subtests of a test, counted by verdict as the summary counts them, each with its status,
@@ -1104,6 +1250,7 @@ mod tests {
                     rss_bytes: (40 << 20) + (i as u64) * 4096,
                 })
                 .collect(),
+            ..ResourceUsage::default()
         }
     }
 
@@ -1366,6 +1513,80 @@ mod tests {
         assert!(!html.contains("<i>name"));
         assert!(!html.contains("<img"));
         assert!(!html.to_ascii_lowercase().contains("<script"));
+    }
+
+    #[test]
+    fn every_figure_and_the_top_processes_are_shown_and_escaped() {
+        use crate::result::{HostLoad, NamespaceNetwork, ProcessCounts, ProcessUsage};
+        let mut r = result("figures", Outcome::Passed);
+        let mut u = usage(5);
+        u.cpu_user_seconds = Some(1.0);
+        u.cpu_system_seconds = Some(0.25);
+        u.processes = Some(ProcessCounts {
+            seen: 7,
+            peak_threads: 9,
+            peak_open_files: Some(42),
+            ..ProcessCounts::default()
+        });
+        u.network = Some(NamespaceNetwork {
+            rx_bytes: 2048,
+            tx_bytes: 1024,
+            namespace: Some("net:[4026531840]".into()),
+            shared_with_orchestrator: Some(true),
+        });
+        u.host = Some(HostLoad {
+            cpus: 2,
+            load1_peak: Some(1.5),
+            cpu_pressure: Some(12.5),
+            ..HostLoad::default()
+        });
+        u.unavailable = vec!["psi_io".into()];
+        let process = |pid: u32, name: &str, cpu_seconds: f64, peak_rss_bytes: u64| ProcessUsage {
+            pid,
+            ppid: 1,
+            name: name.into(),
+            command: format!("{name} --arg '<script>alert(3)</script>'"),
+            cpu_seconds,
+            peak_rss_bytes,
+            exited: pid == 4242,
+            ..ProcessUsage::default()
+        };
+        u.top_cpu = vec![
+            process(4242, "<burner>", 2.5, 1 << 20),
+            process(17, "sh", 0.1, 2 << 20),
+        ];
+        u.top_memory = vec![process(99, "holder&co", 0.2, 96 << 20)];
+        r.resources = Some(u);
+        let html = html_report(&report(vec![r]));
+        assert_self_contained(&html);
+        assert!(!html.to_ascii_lowercase().contains("<script"), "{html}");
+        assert!(
+            html.contains("network (host namespace, not the test's alone)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("2.0 KiB received / 1.0 KiB sent (net:[4026531840])"),
+            "{html}"
+        );
+        assert!(html.contains("open files (peak)</td><td>42<"), "{html}");
+        assert!(html.contains("7 / 9"));
+        assert!(html.contains("1.00 s / 0.25 s"));
+        assert!(html.contains("12.5% / - / -"));
+        assert!(html.contains("not available</td><td>psi_io<"));
+        assert!(html.contains("Top processes by CPU <small>(2 shown)</small>"));
+        assert!(html.contains("Top processes by peak memory <small>(1 shown)</small>"));
+        assert!(html.contains(">4242<") && html.contains("&lt;burner&gt;"));
+        assert!(
+            html.contains("holder&amp;co") && html.contains(">96.0 MiB<"),
+            "{html}"
+        );
+        assert!(html.contains(", exited<"));
+        assert!(html.contains("&lt;script&gt;alert(3)&lt;/script&gt;"));
+        // A report from before schema 5: no extra rows, no process tables.
+        let mut old = result("old", Outcome::Passed);
+        old.resources = Some(usage(5));
+        let html = html_report(&report(vec![old]));
+        assert!(!html.contains("Top processes") && !html.contains("network ("));
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub use table::summary_table;
 /// verdicts of their results follow the same rule ([`TestResult::verdict`]).
 /// 4: subtests gain `suite` (the path of the suites they are nested in) and `duration`;
 /// results gain `suites` (KUnit suites and parameterised cases with their own results).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 5: `resources` gain every figure the monitor measures (user and system CPU, syscall I/O,
+/// `processes` with open files, `network` of the namespace, `host` load and pressure,
+/// `unavailable`) and the per-process breakdown (`top_cpu`, `top_memory`).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Everything about one run, in the order the tests were given. Serialised as the JSON report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -521,7 +524,7 @@ mod tests {
 
         // JSON: summary and result, and back.
         let json = serde_json::to_value(&rep).unwrap();
-        assert_eq!(json["schema_version"], 4);
+        assert_eq!(json["schema_version"], 5);
         assert_eq!(json["summary"]["failed"], 1);
         assert_eq!(json["summary"]["passed"], 1);
         assert_eq!(
@@ -638,6 +641,43 @@ mod tests {
         assert_eq!(back.results[0].outcome, Outcome::Passed);
         assert_eq!(back.results[0].verdict(), Verdict::Failed);
         assert_eq!(Summary::of(&back.results).failed, 1);
+    }
+
+    #[test]
+    fn resources_of_schema_4_read_without_the_later_figures() {
+        // A monitored result as a schema-4 writer left it: the headline figures only.
+        let case = TestCase::script("old", "true");
+        let mut old = TestResult::new(&case, "process", Outcome::Passed);
+        old.resources = Some(crate::ResourceUsage {
+            cpu_seconds: 1.5,
+            peak_rss_bytes: 1 << 20,
+            bottleneck: "cpu".into(),
+            ..Default::default()
+        });
+        let mut rep = report(vec![old]);
+        rep.schema_version = 4;
+        let mut json = serde_json::to_value(&rep).unwrap();
+        let usage = json["results"][0]["resources"].as_object_mut().unwrap();
+        for key in [
+            "cpu_user_seconds",
+            "cpu_system_seconds",
+            "read_chars",
+            "write_chars",
+            "processes",
+            "network",
+            "host",
+            "top_cpu",
+            "top_memory",
+            "unavailable",
+        ] {
+            assert!(usage.remove(key).is_some(), "{key} is written");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let back = RunReport::read_json(&path).unwrap();
+        assert_eq!(back.schema_version, 4);
+        assert_eq!(back.results[0].resources, rep.results[0].resources);
     }
 
     /// A kernel log's KTAP: two suites (one with a failed case and a parameterised case), an

@@ -156,3 +156,93 @@ fn retention_without_a_store_is_refused() {
     let e = o.validate(&cases()).unwrap_err().to_string();
     assert!(e.contains("with_store"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitored_result_carries_every_figure_and_its_processes_by_pid() {
+    // The test's shell prints its pid, burns CPU in a child shell (a fixed amount of work, so it
+    // leads however loaded the host), then holds 32 MiB in awk (grown by doubling: little CPU)
+    // for as long as a `sleep` it runs lasts (that child shares awk's pages until it execs).
+    let burn = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
+    let script = format!(
+        "echo \"pid $$\"; sh -c '{burn}'; \
+         awk 'BEGIN {{ s = \"xxxxxxxxxxxxxxxx\"; for (i = 0; i < 21; i++) s = s s; \
+         system(\"sleep 0.6\"); print length(s) }}'"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = Orchestrator::new(RunConfig::new(dir.path().join("scratch")))
+        .with_runner(ProcessRunner::default())
+        .with_monitor(Monitor::new(
+            MonitorConfig::default().with_interval(Duration::from_millis(20)),
+        ))
+        .run(vec![
+            TestCase::script("figures", &script).with_timeout(Duration::from_secs(60)),
+        ])
+        .await
+        .unwrap();
+    let r = &report.results[0];
+    assert!(r.verdict().is_success(), "{r:#?}");
+    let pid: u32 = r
+        .stdout
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {:?}", r.stdout.text));
+    let u = r.resources.as_ref().unwrap_or_else(|| panic!("{r:#?}"));
+
+    // Every figure the monitor measures.
+    let (user, system) = (u.cpu_user_seconds.unwrap(), u.cpu_system_seconds.unwrap());
+    assert!((user + system - u.cpu_seconds).abs() < 1e-6, "{u:#?}");
+    let p = u.processes.as_ref().unwrap();
+    assert!(p.seen >= 3, "sh, the burner, awk: {u:#?}");
+    assert!(p.peak_threads >= 1 && p.minor_faults > 0, "{u:#?}");
+    assert!(p.peak_open_files.unwrap() >= 3, "{u:#?}");
+    let net = u.network.as_ref().unwrap_or_else(|| panic!("{u:#?}"));
+    assert_eq!(net.shared_with_orchestrator, Some(true), "{net:#?}");
+    assert!(net.namespace.as_deref().unwrap().starts_with("net:["));
+    assert_eq!(
+        net.label(),
+        "network (host namespace, not the test's alone)"
+    );
+    let host = u.host.as_ref().unwrap();
+    assert!(host.cpus >= 1 && host.load1_peak.is_some(), "{host:#?}");
+    assert!(host.validity_score.is_some());
+
+    // The breakdown: the test's own shell by its pid, the burner first by CPU, awk by memory.
+    let shell = u
+        .top_cpu
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("the test's shell {pid} is not listed: {:#?}", u.top_cpu));
+    assert_eq!(shell.name, "sh", "{shell:#?}");
+    assert!(shell.children_cpu_seconds > 0.1, "{shell:#?}");
+    let burner = &u.top_cpu[0];
+    assert_eq!(burner.command, format!("sh -c {burn}"), "{:#?}", u.top_cpu);
+    assert_eq!((burner.name.as_str(), burner.ppid), ("sh", pid));
+    assert!(burner.exited && burner.cpu_seconds > 0.1, "{burner:#?}");
+    let awk = &u.top_memory[0];
+    assert_eq!(
+        (awk.name.as_str(), awk.ppid),
+        ("awk", pid),
+        "{:#?}",
+        u.top_memory
+    );
+    assert!(awk.peak_rss_bytes >= 32 << 20, "{awk:#?}");
+    assert!(u.top_cpu.len() <= 5 && u.top_memory.len() <= 5);
+
+    // The JSON report carries them too.
+    let path = dir.path().join("report.json");
+    report.write_json(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let usage = &json["results"][0]["resources"];
+    assert_eq!(usage["top_memory"][0]["name"], "awk");
+    assert!(
+        usage["top_cpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == pid)
+    );
+    assert_eq!(usage["network"]["shared_with_orchestrator"], true);
+    assert!(usage["processes"]["peak_open_files"].as_u64().unwrap() >= 3);
+}

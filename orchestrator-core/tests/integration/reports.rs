@@ -39,7 +39,7 @@ async fn json_report_round_trips_and_refuses_future_versions() {
 
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(value["schema_version"], 4);
+    assert_eq!(value["schema_version"], 5);
     assert_eq!(value["summary"]["failed"], 2);
     assert_eq!(value["results"][3]["outcome"]["kind"], "timed-out");
     value["schema_version"] = 99.into();

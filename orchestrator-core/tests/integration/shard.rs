@@ -132,7 +132,7 @@ async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
     let merged = merge(reports).unwrap();
     assert!(merged.is_complete(), "{merged:#?}");
     let report = &merged.report;
-    assert_eq!(report.schema_version, 4);
+    assert_eq!(report.schema_version, 5);
     let r = report
         .results
         .iter()

@@ -2,6 +2,7 @@
 //! bad input, the guard's lifecycle, and serialisation round trips.
 
 mod accuracy;
+mod breakdown;
 mod lifecycle;
 mod roundtrip;
 

@@ -1,7 +1,8 @@
 //! Summaries and series survive JSON lines and zstd unchanged.
 
 use perf_monitor::{
-    Bottleneck, ExactTotals, Mark, PerfVerdict, Recording, Sample, SamplingError, Summary,
+    Bottleneck, ExactTotals, Mark, PerfVerdict, ProcessFigures, Recording, Sample, SamplingError,
+    Summary,
 };
 use proptest::prelude::*;
 
@@ -52,6 +53,8 @@ prop_compose! {
         err in proptest::option::of((f(), of(), any::<i64>())),
         extra in (f(), of(), proptest::collection::vec("[a-z_]{1,10}", 0..4), f()),
         marks in proptest::collection::vec((".{0,8}", any::<u64>(), f()), 0..4),
+        tops in proptest::collection::vec((any::<u32>(), ".{0,8}", f(), any::<u64>(), any::<bool>()), 0..3),
+        ns in (proptest::option::of(".{0,12}"), proptest::option::of(any::<bool>())),
         b in prop_oneof![Just(Bottleneck::CpuBound), Just(Bottleneck::IoBound), Just(Bottleneck::HostStealContended), Just(Bottleneck::Unconstrained)],
     ) -> Summary {
         let mut s = Summary {
@@ -74,6 +77,11 @@ prop_compose! {
         s.sampling_error = err.map(|e| SamplingError { cpu_s: e.0, cpu_relative: e.1, max_rss_bytes: e.2 });
         s.monitor_cpu_s = extra.0; s.poll_cpu_s = extra.1; s.unavailable = extra.2; s.score = extra.3;
         s.marks = marks.into_iter().map(|(label, t_ms, cpu_s)| Mark { label, t_ms, cpu_s }).collect();
+        s.top_cpu = tops.into_iter().map(|(pid, name, cpu_s, peak_rss_bytes, exited)| ProcessFigures {
+            pid, command: format!("{name} --flag"), name, cpu_s, peak_rss_bytes, exited, ..ProcessFigures::default()
+        }).collect();
+        s.top_memory = s.top_cpu.iter().rev().cloned().collect();
+        s.io.net_namespace = ns.0; s.io.net_namespace_shared = ns.1;
         s.verdict = PerfVerdict { bottleneck: b, reasons: vec!["why".into()] };
         s
     }

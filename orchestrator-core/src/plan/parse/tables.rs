@@ -38,6 +38,7 @@ crate::plan_table! {
     pub(super) struct MonitorTable {
         "enabled" enabled: Flag = "enabled = false",
         "interval" interval: Seconds = "interval = \"100ms\"",
+        "top-processes" top_processes: Count<0, 100> = "top-processes = 10" ("to keep the default of 5"),
     }
 }
 
@@ -283,6 +284,9 @@ impl Field<'_, '_> {
         }
         if let Some(Seconds(interval)) = read.interval {
             monitor.interval = interval;
+        }
+        if let Some(Count(n)) = read.top_processes {
+            monitor.top_processes = usize::try_from(n).expect("range was checked");
         }
         Ok(monitor)
     }
