@@ -49,12 +49,13 @@ fn qorch_out(args: &[&str]) -> Output {
     qorch().args(args).output().unwrap()
 }
 
-/// A test burning `loops` iterations of a shell loop and holding `mib` MiB at its peak.
+/// A test burning `loops` iterations of a shell loop and holding `mib` MiB (twice over, in a
+/// shell variable: long enough for the monitor to see it) at its peak.
 fn burn_plan(loops: u32, mib: u32) -> String {
     format!(
         "name = \"burn\"\n[[test]]\nid = \"burn\"\nscript = '''\n\
          i=0; while [ $i -lt {loops} ]; do i=$((i+1)); done\n\
-         head -c {mib}M /dev/zero | tail > /dev/null\n'''\n"
+         x=$(head -c {mib}M /dev/zero | tr '\\0' a); sleep 0.3; echo ${{#x}}\n'''\n"
     )
 }
 
@@ -64,8 +65,8 @@ fn burn_plan(loops: u32, mib: u32) -> String {
 #[test]
 fn compare_flags_a_doubled_cost_and_passes_the_same_work() {
     let dir = tempfile::tempdir().unwrap();
-    let base = write_plan(dir.path(), "base.toml", &burn_plan(200_000, 48));
-    let doubled = write_plan(dir.path(), "doubled.toml", &burn_plan(400_000, 96));
+    let base = write_plan(dir.path(), "base.toml", &burn_plan(200_000, 32));
+    let doubled = write_plan(dir.path(), "doubled.toml", &burn_plan(400_000, 64));
     let out = dir.path().join("out");
     let store = out.join("store");
     let before: Vec<String> = (0..3).map(|_| run(&base, &out, &[])).collect();
