@@ -328,12 +328,14 @@ mod stored {
     }
 
     /// Puts an execution's files (with its metrics recording, already among them) and its result
-    /// (`result.json`, kind `result`) into the store in one catalog transaction, and links each
+    /// (`result.json`, kind `result`; `position` is the test's place in the run, 0-based) into
+    /// the store in one catalog transaction, and links each
     /// [`ArtifactFile`] of `result` to its record. Blocking.
     pub(crate) fn store_execution(
         store: &ArtifactStore,
         run_id: &str,
         case: &TestCase,
+        position: usize,
         result: &mut TestResult,
     ) -> Result<(), String> {
         let outcome = store_outcome(&result.outcome);
@@ -378,6 +380,7 @@ mod stored {
         for (k, v) in result_metadata(result) {
             a = a.meta(k, v);
         }
+        a = a.meta("position", position.to_string());
         items.push((tagged(a), Box::new(std::io::Cursor::new(json))));
         let records = store.add_many(items).map_err(|e| e.to_string())?;
         for (f, r) in result.artifacts.iter_mut().zip(&records) {

@@ -3,7 +3,7 @@
 //!
 //! Every execution the orchestrator stores is also recorded as its result (`result.json`, kind
 //! `result`, the figures in the record's metadata: `duration-ms`, `cpu-ms`, `peak-rss-bytes`,
-//! `verdict`, `outcome`, `runner`, `kernel`, `mode`, `attempt`, `started-at`), and every run
+//! `verdict`, `outcome`, `runner`, `kernel`, `mode`, `attempt`, `started-at`, `position`), and every run
 //! as its report (`report.json`, kind `report`, test id [`@run`](crate::RUN_RECORD_TEST_ID),
 //! metadata `name`, `status`, `started-at`, `finished-at`, `counts`). History reads the
 //! metadata, not the blobs, so a record whose blob retention evicted still has its figures, and
@@ -38,6 +38,15 @@ pub enum HistoryError {
         run_id: String,
         /// Stored run ids that look like it.
         close: Vec<String>,
+    },
+    /// The run has artifacts in the store but no result or report records: an earlier version
+    /// of the program wrote it.
+    #[error(
+        "run `{run_id}` has artifacts in the store but no recorded results: an earlier version wrote it; import its report.json (`history::import_report`) to see it in history"
+    )]
+    NoResults {
+        /// The run id.
+        run_id: String,
     },
     /// No result of this test is stored.
     #[error("no result of test `{test_id}` in the store{}", hint(close, "tests"))]
@@ -241,7 +250,8 @@ fn result_records(
     )?)
 }
 
-/// The last attempt's record of each test, in the order the tests' first attempts started.
+/// The last attempt's record of each test, in the run's order of the tests (their recorded
+/// `position`, else the time they started).
 fn latest_attempts(records: &[ArtifactRecord]) -> Vec<&ArtifactRecord> {
     let mut by_test: HashMap<&str, Vec<&ArtifactRecord>> = HashMap::new();
     for r in records {
@@ -251,8 +261,11 @@ fn latest_attempts(records: &[ArtifactRecord]) -> Vec<&ArtifactRecord> {
     for t in &mut tests {
         t.sort_by_key(|r| attempt_of(r));
     }
+    // The test's place in the run when recorded, else the time it started.
     tests.sort_by_key(|t| {
+        let position: Option<usize> = t[0].metadata.get("position").and_then(|p| p.parse().ok());
         (
+            position.unwrap_or(usize::MAX),
             time_meta(t[0], "started-at").unwrap_or(t[0].created_at),
             t[0].test_id.clone(),
         )
@@ -286,7 +299,7 @@ fn parse_report(id: &str, bytes: &[u8]) -> Result<RunReport, HistoryError> {
 
 /// A run's report: its report record, else (a run that stopped before its end, or whose report
 /// blob was evicted) put together from its result records, the last attempt of each test in
-/// the order the tests started, linked to the run's other records. A result whose blob was
+/// the run's order of the tests, linked to the run's other records. A result whose blob was
 /// evicted is rebuilt from its record's metadata (outcome, verdict, duration, resources).
 pub fn load_run(store: &ArtifactStore, run_id: &str) -> Result<RunReport, HistoryError> {
     let reports = store.query(
@@ -300,6 +313,12 @@ pub fn load_run(store: &ArtifactStore, run_id: &str) -> Result<RunReport, Histor
     }
     let records = result_records(store, run_id)?;
     if records.is_empty() {
+        let any = Query::new().run(run_id).include_evicted(true).limit(1);
+        if !store.query(&any)?.is_empty() {
+            return Err(HistoryError::NoResults {
+                run_id: run_id.to_owned(),
+            });
+        }
         let known = runs(store)?;
         return Err(HistoryError::UnknownRun {
             run_id: run_id.to_owned(),
@@ -1098,7 +1117,7 @@ pub fn import_report(
         .map(|r| r.test_id)
         .collect();
     let mut items: Vec<(NewArtifact, Vec<u8>)> = Vec::new();
-    for r in &report.results {
+    for (position, r) in report.results.iter().enumerate() {
         if have.contains(r.test_id.as_str()) {
             continue;
         }
@@ -1115,7 +1134,8 @@ pub fn import_report(
         )
         .outcome(crate::compose::store_outcome(&r.outcome))
         .created_at(r.finished_at)
-        .meta("imported", "true");
+        .meta("imported", "true")
+        .meta("position", position.to_string());
         for (k, v) in result_metadata(r) {
             a = a.meta(k, v);
         }

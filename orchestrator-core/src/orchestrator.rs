@@ -531,7 +531,7 @@ impl Orchestrator {
                         }
                         #[cfg(feature = "store")]
                         if let Some(store) = store {
-                            store_result(store, run, case, &mut result).await;
+                            store_result(store, run, case, index, &mut result).await;
                         }
                         (index, attempt, result)
                     }
@@ -769,11 +769,12 @@ async fn store_result(
     store: Arc<ArtifactStore>,
     run_id: String,
     case: TestCase,
+    position: usize,
     result: &mut TestResult,
 ) {
     let mut r = std::mem::replace(result, TestResult::new(&case, "", Outcome::Passed));
     let (back, outcome) = tokio::task::spawn_blocking(move || {
-        let outcome = store_execution(&store, &run_id, &case, &mut r);
+        let outcome = store_execution(&store, &run_id, &case, position, &mut r);
         (r, outcome)
     })
     .await
