@@ -199,7 +199,18 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     if runs.is_empty() {
-        writeln!(out, "no runs in the store")?;
+        let stats = store.stats()?;
+        if stats.live_records + stats.evicted_records > 0 {
+            writeln!(
+                out,
+                "no runs recorded: the store's {} artifacts came without results or reports (a \
+                 store written by an earlier version); record their runs' reports with `qorch \
+                 import-report REPORT...`",
+                stats.live_records + stats.evicted_records
+            )?;
+        } else {
+            writeln!(out, "no runs in the store")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -272,3 +272,40 @@ fn import_report_makes_an_unrecorded_run_history() {
     let o = qorch_out(&["history", "a", "--store", store_arg]);
     assert!(text(&o.stdout).contains(&id), "{}", text(&o.stdout));
 }
+
+/// A store and a report written by the previous version (before results were recorded): `runs`
+/// says how to import the report, and once imported `runs`, `history` and `compare` see it.
+#[test]
+fn a_store_and_report_of_the_previous_version_open_once_imported() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../orchestrator-core/tests/fixtures/previous-version");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    for f in ["LAYOUT", "catalog-v1.sqlite"] {
+        std::fs::copy(fixture.join("store").join(f), store.join(f)).unwrap();
+    }
+    let store_arg = store.to_str().unwrap();
+    let o = qorch_out(&["runs", "--store", store_arg]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("qorch import-report"),
+        "{}",
+        text(&o.stdout)
+    );
+    let report = fixture.join("report.json");
+    let run_id = json(&report)["run_id"].as_str().unwrap().to_owned();
+    let o = qorch()
+        .arg("import-report")
+        .arg(&report)
+        .args(["--store", store_arg])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = qorch_out(&["runs", "--store", store_arg]);
+    assert!(text(&o.stdout).contains(&run_id), "{}", text(&o.stdout));
+    let o = qorch_out(&["history", "passes", "--store", store_arg]);
+    assert!(text(&o.stdout).contains(&run_id), "{}", text(&o.stdout));
+    let o = qorch_out(&["compare", &run_id, &run_id, "--store", store_arg]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+}
