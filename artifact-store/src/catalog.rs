@@ -21,6 +21,9 @@ use crate::model::{ArtifactRecord, Eviction, Query};
 /// opened.
 pub const CATALOG_VERSION: u32 = 3;
 
+/// The oldest catalog format read without an upgrade ([`Catalog::open_read_only`]).
+const READ_ONLY_MIN_VERSION: u32 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artifacts(
   seq INTEGER PRIMARY KEY,
@@ -143,6 +146,44 @@ impl Catalog {
             tx.pragma_update(None, "user_version", CATALOG_VERSION)
                 .map_err(|e| err("write format version", e))?;
             tx.commit().map_err(|e| err("commit schema", e))?;
+        }
+        Ok(Catalog {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens an existing catalog for reading only: no schema change, no journal-mode change,
+    /// nothing written (SQLite still maps the WAL index shared with writers).
+    pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
+        let err = |ctx: &str, e| Error::catalog(path, ctx, e);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| err("open read-only", e))?;
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(|e| err("set busy timeout", e))?;
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| err("read format version", e))?;
+        if version > CATALOG_VERSION {
+            return Err(Error::NewerFormat {
+                path: path.to_owned(),
+                found: version,
+                supported: CATALOG_VERSION,
+            });
+        }
+        // Versions from 2 on differ by indexes only: a reader needs no upgrade (merely a
+        // slower plan). Version 1 lacks the tables of inline blobs.
+        if version < READ_ONLY_MIN_VERSION {
+            return Err(Error::Invalid {
+                what: "catalog",
+                detail: format!(
+                    "{} has format version {version}, older than {READ_ONLY_MIN_VERSION}: open it once for writing (any write command, `verify --repair` say) to upgrade it",
+                    path.display()
+                ),
+            });
         }
         Ok(Catalog {
             path: path.to_owned(),

@@ -240,6 +240,57 @@ impl ArtifactStore {
         })
     }
 
+    /// Opens an existing store for reading only: nothing is created or changed (no directory,
+    /// no layout file, no catalog upgrade), and any write through it fails. For read commands
+    /// and servers. (SQLite may leave its WAL index and an empty WAL file beside the catalog,
+    /// as any reader of a WAL database does.) A directory that is not a store is an [`Error::Invalid`] naming it.
+    pub fn open_read_only(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_owned();
+        let layout = root.join(LAYOUT_FILE);
+        let not_a_store = |why: &str| Error::Invalid {
+            what: "store directory",
+            detail: format!(
+                "{} is not an artifact store ({why}): give the directory a run's `[store] path` named",
+                root.display()
+            ),
+        };
+        let s = match fs::read_to_string(&layout) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_a_store(if root.is_dir() {
+                    "it has no LAYOUT file"
+                } else {
+                    "no such directory"
+                }));
+            }
+            Err(e) => return Err(Error::io("read", layout, e)),
+        };
+        let found: u32 = s.trim().parse().map_err(|_| Error::Invalid {
+            what: "store layout file",
+            detail: format!("{} does not hold a version number", layout.display()),
+        })?;
+        if found > LAYOUT_VERSION {
+            return Err(Error::NewerFormat {
+                path: layout,
+                found,
+                supported: LAYOUT_VERSION,
+            });
+        }
+        let catalog_path = root.join("catalog-v1.sqlite");
+        if !catalog_path.is_file() {
+            return Err(not_a_store("it has no catalog-v1.sqlite"));
+        }
+        let blobs = Blobs::new(&root, Durability::Relaxed);
+        let catalog = Catalog::open_read_only(&catalog_path)?;
+        Ok(ArtifactStore {
+            root,
+            inline_max: 0,
+            remote: None,
+            blobs,
+            catalog,
+        })
+    }
+
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -295,14 +295,15 @@ fn has_nextest() -> bool {
 }
 
 /// A Python interpreter with `junitparser`, the independent JUnit parser the report tests use,
-/// and `kcidb-io`, the KernelCI schema's validator the KCIDB export's test uses.
+/// `kcidb-io`, the KernelCI schema's validator the KCIDB export's test uses, and
+/// `prometheus-client`, whose parser reads qorch-api's metrics.
 /// Lives in a virtual environment under `target/xtask/venv`, created once.
 fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
     let venv = root.join("target/xtask/venv");
     let python = venv.join("bin/python");
     let ready = |py: &Path| {
         Command::new(py)
-            .args(["-c", "import junitparser, kcidb_io"])
+            .args(["-c", "import junitparser, kcidb_io, prometheus_client"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -335,11 +336,13 @@ fn ensure_junitparser(root: &Path) -> Result<PathBuf> {
         "junitparser==3.2.0",
         // The KernelCI schema's own validator, for the KCIDB export's test.
         "kcidb-io==141",
+        // The Prometheus project's parser of the metrics text format (qorch-api's /metrics).
+        "prometheus-client==0.26.0",
     ]);
-    step("pip install junitparser kcidb-io", pip)?;
+    step("pip install junitparser kcidb-io prometheus-client", pip)?;
     if !ready(&python) {
         bail!(
-            "junitparser or kcidb-io is still not importable from {}",
+            "junitparser, kcidb-io or prometheus-client is still not importable from {}",
             python.display()
         );
     }

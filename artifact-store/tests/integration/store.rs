@@ -722,3 +722,83 @@ fn large_reads_verify_and_report_corruption_and_write_errors() {
         s.verify(VerifyOptions { repair: true }).unwrap();
     }
 }
+
+/// Every file of a directory tree with its size and modification time.
+fn tree_state(root: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else {
+                out.push((e.path(), m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_read_only_store_reads_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let big = noise(40_000, 7);
+    let (small_id, big_id) = {
+        let s = ArtifactStore::open(&root).unwrap();
+        let a = s.add_bytes(art("t", "r1"), b"small log").unwrap();
+        let b = s.add_bytes(art("t", "r1"), &big).unwrap();
+        (a.id, b.id)
+    };
+    let before = tree_state(&root);
+    {
+        let s = ArtifactStore::open_read_only(&root).unwrap();
+        assert_eq!(s.get(&small_id).unwrap(), b"small log");
+        assert_eq!(s.get(&big_id).unwrap(), big);
+        assert_eq!(s.query(&Query::new().test("t")).unwrap().len(), 2);
+        assert_eq!(s.stats().unwrap().live_records, 2);
+        let err = s.add_bytes(art("t", "r2"), b"no").unwrap_err();
+        assert!(err.to_string().contains("catalog"), "{err}");
+    }
+    // The refused write left nothing either. SQLite's own WAL index and an empty WAL may
+    // remain (a reader cannot remove them); the database and the content are as they were.
+    let sqlite_side = |p: &std::path::Path| {
+        let p = p.to_string_lossy();
+        p.ends_with("-shm") || p.ends_with("-wal")
+    };
+    let after = tree_state(&root);
+    for (p, len, _) in &after {
+        if p.to_string_lossy().ends_with("-wal") {
+            assert_eq!(*len, 0, "{}", p.display());
+        }
+    }
+    let after: Vec<_> = after
+        .into_iter()
+        .filter(|(p, ..)| !sqlite_side(p))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, ..)| !sqlite_side(p))
+        .collect();
+    assert_eq!(before, after);
+
+    // Not a store: named, and nothing created.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let err = ArtifactStore::open_read_only(&empty)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is not an artifact store") && err.contains("empty"),
+        "{err}"
+    );
+    assert!(fs::read_dir(&empty).unwrap().next().is_none());
+    let err = ArtifactStore::open_read_only(dir.path().join("missing"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no such directory"), "{err}");
+    assert!(!dir.path().join("missing").exists());
+}
