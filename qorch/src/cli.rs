@@ -44,6 +44,9 @@ pub enum Command {
     /// Record reports written elsewhere or by an earlier version in the store, for `runs`,
     /// `history` and `compare`.
     ImportReport(crate::history::ImportReportArgs),
+    /// Serve the store's runs, results, history, artifacts and metrics over a read-only HTTP
+    /// API (`/api/v1/...`, `/metrics`), on loopback unless a token is set.
+    Serve(crate::serve::ServeArgs),
     /// Inspect and maintain the artifact store: list, read, verify, collect, bundle, share.
     Store(crate::store::StoreArgs),
 }
@@ -81,6 +84,7 @@ where
             Command::Provision(args) => crate::provision::provision(args),
             Command::Store(args) => crate::store::store(args),
             Command::Runs(args) => crate::history::runs(args),
+            Command::Serve(args) => crate::serve::serve(args).await,
             Command::History(args) => crate::history::history(args),
             Command::Compare(args) => crate::history::compare(args),
             Command::ExportKcidb(args) => crate::history::export_kcidb(args),

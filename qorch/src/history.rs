@@ -18,7 +18,7 @@ use orchestrator_core::report::KcidbOptions;
 use orchestrator_core::{RunReport, plan};
 use qemu_runner::QemuPlan;
 
-use crate::util::{DEFAULT_OUT, is_store, open_existing_store};
+use crate::util::{DEFAULT_OUT, is_store, read_store};
 
 /// Where the store is: shared by the commands that read it.
 #[derive(Debug, Args, Clone)]
@@ -158,8 +158,7 @@ pub fn load_run_ref(run: &str, out: &Path, store: &Path) -> anyhow::Result<(Path
     if !is_store(store) {
         return Err(not_found());
     }
-    let opened = ArtifactStore::open(store)
-        .with_context(|| format!("cannot open the artifact store {}", store.display()))?;
+    let opened = read_store(store)?;
     match history::load_run(&opened, run) {
         Ok(report) => Ok((store.join(format!("(run {run})")), report)),
         Err(HistoryError::UnknownRun { .. }) => Err(not_found()),
@@ -169,7 +168,7 @@ pub fn load_run_ref(run: &str, out: &Path, store: &Path) -> anyhow::Result<(Path
 
 /// `qorch runs`: the stored runs, newest first.
 pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing_store(&args.at.dir()?)?;
+    let store = read_store(&args.at.dir()?)?;
     let mut runs = history::runs(&store)?;
     if args.limit > 0 {
         runs.truncate(args.limit);
@@ -217,7 +216,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
 
 /// `qorch history TEST`: outcomes, durations and resource figures over the stored runs.
 pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let store = open_existing_store(&args.at.dir()?)?;
+    let store = read_store(&args.at.dir()?)?;
     let entries = history::test_history(&store, &args.test, args.limit)?;
     let mut out = std::io::stdout().lock();
     if args.json {

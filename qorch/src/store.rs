@@ -22,7 +22,7 @@ use orchestrator_core::artifact_store::{
 use orchestrator_core::plan::{self, RetentionPlan};
 use qemu_runner::QemuPlan;
 
-use crate::util::{DEFAULT_OUT, connect_remote, is_store, open_existing_store};
+use crate::util::{DEFAULT_OUT, connect_remote, is_store, open_existing_store, read_store};
 
 /// `qorch store`.
 #[derive(Debug, Args)]
@@ -241,21 +241,18 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
         })
     };
     match args.command {
-        StoreCommand::Ls(ls) => list(&open_existing_store(&dir)?, ls),
-        StoreCommand::Cat { id } => cat(&with_remote(open_existing_store(&dir)?, &remote)?, &id),
-        StoreCommand::Get { id, output } => get(
-            &with_remote(open_existing_store(&dir)?, &remote)?,
-            &id,
-            output,
-        ),
-        StoreCommand::Verify { repair } => verify(&open_existing_store(&dir)?, repair),
-        StoreCommand::Gc { dry_run } => gc(&open_existing_store(&dir)?, dry_run),
+        StoreCommand::Ls(ls) => list(&read_store(&dir)?, ls),
+        // Through a remote, a blob read is kept locally: a writable store.
+        StoreCommand::Cat { id } => cat(&reader(&dir, &remote)?, &id),
+        StoreCommand::Get { id, output } => get(&reader(&dir, &remote)?, &id, output),
+        StoreCommand::Verify { repair } => verify(&writer_if(&dir, repair)?, repair),
+        StoreCommand::Gc { dry_run } => gc(&writer_if(&dir, !dry_run)?, dry_run),
         StoreCommand::Retention(r) => {
             let rules = retention_rules(&r, settings.and_then(|s| s.retention))?;
-            retention(&open_existing_store(&dir)?, &r, &rules)
+            retention(&writer_if(&dir, !r.dry_run)?, &r, &rules)
         }
-        StoreCommand::Stats { json } => stats(&open_existing_store(&dir)?, json),
-        StoreCommand::Export(e) => export(&open_existing_store(&dir)?, e),
+        StoreCommand::Stats { json } => stats(&read_store(&dir)?, json),
+        StoreCommand::Export(e) => export(&read_store(&dir)?, e),
         StoreCommand::Import { bundle } => {
             let store = open_or_create(&dir)?;
             let s = store
@@ -326,12 +323,21 @@ pub fn store(args: StoreArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `store` reading through `remote`, when there is one.
-fn with_remote(store: ArtifactStore, remote: &Option<String>) -> anyhow::Result<ArtifactStore> {
+/// The store for `cat` and `get`: read-only, or through `remote` (whose blobs are kept).
+fn reader(dir: &Path, remote: &Option<String>) -> anyhow::Result<ArtifactStore> {
     Ok(match remote {
-        Some(url) => store.with_remote(connect_remote(url)?),
-        None => store,
+        Some(url) => open_existing_store(dir)?.with_remote(connect_remote(url)?),
+        None => read_store(dir)?,
     })
+}
+
+/// The store, writable only when the command changes it.
+fn writer_if(dir: &Path, writes: bool) -> anyhow::Result<ArtifactStore> {
+    if writes {
+        open_existing_store(dir)
+    } else {
+        read_store(dir)
+    }
 }
 
 /// A store to write into: an existing one, or a new one in a missing or empty directory.

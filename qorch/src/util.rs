@@ -34,9 +34,23 @@ pub(crate) fn is_store(dir: &Path) -> bool {
     dir.join("LAYOUT").is_file()
 }
 
-/// Opens the existing store in `dir`; a directory that is not a store is an error (nothing is
-/// created).
+/// Opens the existing store in `dir` for reading only: nothing in it is created, upgraded or
+/// changed. A directory that is not a store is an error.
+pub(crate) fn read_store(dir: &Path) -> anyhow::Result<ArtifactStore> {
+    check_store(dir)?;
+    ArtifactStore::open_read_only(dir)
+        .with_context(|| format!("cannot open the artifact store {}", dir.display()))
+}
+
+/// Opens the existing store in `dir` to change it; a directory that is not a store is an error
+/// (nothing is created).
 pub(crate) fn open_existing_store(dir: &Path) -> anyhow::Result<ArtifactStore> {
+    check_store(dir)?;
+    ArtifactStore::open(dir)
+        .with_context(|| format!("cannot open the artifact store {}", dir.display()))
+}
+
+fn check_store(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         anyhow::bail!(
             "there is no artifact store at {}: the directory does not exist (a run creates its \
@@ -51,8 +65,7 @@ pub(crate) fn open_existing_store(dir: &Path) -> anyhow::Result<ArtifactStore> {
             dir.display()
         );
     }
-    ArtifactStore::open(dir)
-        .with_context(|| format!("cannot open the artifact store {}", dir.display()))
+    Ok(())
 }
 
 /// `dir`, without the `..` of a plan-relative path, when it exists.

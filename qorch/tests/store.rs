@@ -75,12 +75,17 @@ fn campaign(plan: &Path, out: &Path, want: i32) -> String {
     report["run_id"].as_str().unwrap().to_owned()
 }
 
-/// Every file below `dir` with the BLAKE3 digest of its content.
+/// Every file below `dir` with the BLAKE3 digest of its content; SQLite's WAL index and an
+/// empty WAL, which any reader of a WAL database may leave, aside.
 fn digests(dir: &Path) -> BTreeMap<PathBuf, String> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .map(Result::unwrap)
         .filter(|e| e.file_type().is_file())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy();
+            !(name.ends_with("-shm") || name.ends_with("-wal") && e.metadata().unwrap().len() == 0)
+        })
         .map(|e| {
             let bytes = std::fs::read(e.path()).unwrap();
             (
