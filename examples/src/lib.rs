@@ -1,5 +1,5 @@
-//! Runnable examples of the workspace; see `campaign.rs` and `embed.rs`.
+//! Runnable examples of the workspace; see `embed.rs`.
 //!
-//! `cargo run -p examples --example campaign -- examples/plans/demo.toml` runs the bundled plan;
-//! `cargo run -p examples --example embed` shows the library used directly.
+//! `cargo run -p examples --example embed` shows the library used directly; plan files run
+//! with the `qorch` binary (`qorch run examples/plans/demo.toml`).
 #![deny(missing_docs)]

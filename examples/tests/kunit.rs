@@ -8,7 +8,7 @@
 //! - `src/`: the source tree, whose `tools/testing/kunit/kunit.py parse` reads the kernel log
 //!   the runner stored.
 //!
-//! One campaign (the `campaign` example, as a user runs it) boots (a), (a) with a KUnit filter
+//! One campaign (`qorch run`, as a user runs it) boots (a), (a) with a KUnit filter
 //! on its command line, and (b), two at a time, with the profile's default kernel arguments
 //! (`quiet` among them).
 
@@ -41,13 +41,13 @@ fn kernels() -> PathBuf {
     dir
 }
 
-fn campaign_bin() -> PathBuf {
+fn qorch_bin() -> PathBuf {
     escargot::CargoBuild::new()
-        .package("examples")
-        .example("campaign")
+        .package("qorch")
+        .bin("qorch")
         .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
         .run()
-        .expect("the campaign example builds")
+        .expect("qorch builds")
         .path()
         .to_owned()
 }
@@ -220,12 +220,15 @@ kernel = "{b}"
     )
     .unwrap();
     let out = dir.path().join("out");
-    let bin = campaign_bin();
+    let bin = qorch_bin();
     let started = Instant::now();
     let output = Command::new(bin)
+        .arg("run")
         .arg(&plan)
         .arg("--out")
         .arg(&out)
+        // The kernel logs are read from the scratch directories the report names.
+        .arg("--keep-scratch")
         .args(["--progress", "lines"])
         .output()
         .unwrap();
@@ -238,7 +241,7 @@ kernel = "{b}"
     // (b) fails the run.
     assert_eq!(output.status.code(), Some(1), "{stdout}");
 
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     let results = report["results"].as_array().unwrap();
     let by_id: BTreeMap<&str, &serde_json::Value> = results
         .iter()
@@ -365,7 +368,7 @@ kernel = "{b}"
     );
 
     // junit.xml: the same counts, the failed case and its test as the only failures.
-    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    let xml = std::fs::read_to_string(out.join("latest/junit.xml")).unwrap();
     assert_eq!(testsuites_attr(&xml, "tests"), 3 + all as u64);
     assert_eq!(testsuites_attr(&xml, "failures"), 2);
     assert_eq!(testsuites_attr(&xml, "errors"), 0);
@@ -379,7 +382,7 @@ kernel = "{b}"
     assert!(!junit_case(&xml, "kunit-a").contains("<failure"));
 
     // report.html: the run failed, (b) fails by its case, (a) passes with its cases.
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(out.join("latest/report.html")).unwrap();
     assert!(html.contains("status bad\">FAILED<"));
     assert!(html.contains("2 passed, 1 failed"), "{html}");
     let described = format!(

@@ -4,7 +4,8 @@
 //!   the tools cache: Garage, the KUnit kernels of [`kunit`]), then runs formatting and lint
 //!   checks and the whole test suite, heavy tests included.
 //! - `cargo xtask demo`: provisions QEMU and the guest images if missing, runs the bundled
-//!   four-architecture campaign and writes its reports under `target/demo`.
+//!   four-architecture campaign through the `qorch` binary and writes its reports under
+//!   `target/demo/runs` (`target/demo/latest` is the newest).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,8 +30,9 @@ tasks:
         make (once; cached) the Debian arm64 root file system of the rootfs tests and print the
         ORCH_TEST_ROOTFS and ORCH_TEST_ROOTFS_IMAGE settings that name it
   demo  install QEMU and the guest images if missing, then run the bundled four-architecture
-        campaign (examples/plans/demo.toml): summary table, JUnit, JSON and HTML reports in
-        target/demo, artifacts in target/demo/store (run it twice to see dedup)
+        campaign (examples/plans/demo.toml) with `qorch run`: summary table, JUnit, JSON and
+        HTML reports in target/demo/runs/<run id> (target/demo/latest links the newest),
+        artifacts in target/demo/store (run it twice to see dedup)
 ";
 
 fn main() {
@@ -366,19 +368,12 @@ fn demo(root: &Path, args: &[String]) -> Result<()> {
     // time).
     provision_guests()?;
     let out = root.join("target/demo");
+    // Through the `qorch` binary, as a user runs it after `cargo install --path qorch`.
     let mut c = cargo();
-    c.args([
-        "run",
-        "--quiet",
-        "-p",
-        "examples",
-        "--example",
-        "campaign",
-        "--",
-    ])
-    .arg(root.join("examples/plans/demo.toml"))
-    .arg("--out")
-    .arg(&out);
+    c.args(["run", "--quiet", "-p", "qorch", "--", "run"])
+        .arg(root.join("examples/plans/demo.toml"))
+        .arg("--out")
+        .arg(&out);
     eprintln!("xtask: == demo campaign: {c:?}");
     // Replace this process so that Ctrl-C reaches the campaign alone, which then stops its
     // tests and still writes both reports.

@@ -1,25 +1,22 @@
-//! End-to-end tests of the `campaign` example: the binary a user runs.
+//! End-to-end tests of `qorch run` and `qorch merge`: the binary a user runs.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use testkit::junit_case;
 
-fn campaign_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        escargot::CargoBuild::new()
-            .package("examples")
-            .example("campaign")
-            .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-            .run()
-            .expect("the campaign example builds")
-            .path()
-            .to_owned()
-    })
+/// The `qorch` binary, built by cargo for these tests.
+fn qorch() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_qorch"))
+}
+
+/// `qorch run PLAN`.
+fn run_cmd(plan: &Path) -> Command {
+    let mut c = Command::new(qorch());
+    c.arg("run").arg(plan);
+    c
 }
 
 fn write_plan(dir: &Path, text: &str) -> PathBuf {
@@ -34,9 +31,8 @@ fn json(path: &Path) -> serde_json::Value {
 
 /// Runs the bundled demo plan with its store in `store`.
 fn run_demo(out: &Path, store: &Path) -> (String, serde_json::Value) {
-    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans/demo.toml");
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/demo.toml");
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(out)
         .arg("--store")
@@ -51,7 +47,7 @@ fn run_demo(out: &Path, store: &Path) -> (String, serde_json::Value) {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    (stdout, json(&out.join("report.json")))
+    (stdout, json(&out.join("latest/report.json")))
 }
 
 #[test]
@@ -90,7 +86,7 @@ fn the_bundled_demo_runs_on_four_architectures_and_a_second_run_dedups() {
     }
     let first = dir.path().join("first");
     for f in ["junit.xml", "report.json", "report.html"] {
-        assert!(first.join(f).is_file(), "{f} missing");
+        assert!(first.join("latest").join(f).is_file(), "{f} missing");
     }
     let stats = &report["storage"]["stats"];
     let (logical1, unique1) = (
@@ -120,8 +116,7 @@ fn a_bad_plan_exits_2_naming_file_line_and_column() {
         dir.path(),
         "[[test]]\nid = \"a\"\nscript = \"true\"\ntimout = \"1s\"\n",
     );
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(dir.path().join("out"))
         .output()
@@ -134,7 +129,7 @@ fn a_bad_plan_exits_2_naming_file_line_and_column() {
     );
     assert!(stderr.contains("timout"), "{stderr}");
     assert!(
-        !dir.path().join("out/junit.xml").exists(),
+        !dir.path().join("out/latest/junit.xml").exists(),
         "nothing runs half-configured"
     );
 }
@@ -153,8 +148,7 @@ fn sigint_stops_tests_and_still_writes_both_reports() {
     }
     let plan = write_plan(dir.path(), &plan);
     let out = dir.path().join("out");
-    let mut child = Command::new(campaign_bin())
-        .arg(&plan)
+    let mut child = run_cmd(&plan)
         .arg("--out")
         .arg(&out)
         .args(["--progress", "lines"])
@@ -199,11 +193,11 @@ fn sigint_stops_tests_and_still_writes_both_reports() {
     };
     assert_eq!(status.code(), Some(130));
 
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     assert_eq!(report["interrupted"], "cancelled");
     assert_eq!(report["summary"]["cancelled"], 2);
     assert_eq!(report["summary"]["skipped"], 1);
-    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    let xml = std::fs::read_to_string(out.join("latest/junit.xml")).unwrap();
     assert!(xml.contains("<testcase name=\"slow-2\""), "{xml}");
     for entry in std::fs::read_dir(&pids).unwrap() {
         let pid: i32 = std::fs::read_to_string(entry.unwrap().path())
@@ -251,8 +245,7 @@ script = "sleep 30"
 "#,
     );
     let out = dir.path().join("out");
-    let status = Command::new(campaign_bin())
-        .arg(&plan)
+    let status = run_cmd(&plan)
         .arg("--out")
         .arg(&out)
         .args(["--progress", "quiet"])
@@ -264,7 +257,7 @@ script = "sleep 30"
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_junit.py");
     let output = Command::new(python)
         .arg(script)
-        .arg(out.join("junit.xml"))
+        .arg(out.join("latest/junit.xml"))
         .output()
         .unwrap();
     assert!(
@@ -273,7 +266,7 @@ script = "sleep 30"
         String::from_utf8_lossy(&output.stderr)
     );
     let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
 
     assert_eq!(parsed["tests"], 5);
     assert_eq!(parsed["failures"], 3);
@@ -331,8 +324,7 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
     // Three workers at once, as a CI system's parallel jobs would.
     let workers: Vec<_> = (1..=3)
         .map(|k| {
-            Command::new(campaign_bin())
-                .arg(&plan)
+            run_cmd(&plan)
                 .args(["--partition", &format!("{k}/3"), "--campaign", "pipeline-7"])
                 .args(["--progress", "quiet", "--no-store", "--out"])
                 .arg(dir.path().join(format!("w{k}")))
@@ -343,15 +335,15 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
     for mut w in workers {
         assert!(w.wait().unwrap().success());
     }
-    let shard = |k: usize| dir.path().join(format!("w{k}/report.json"));
+    let shard = |k: usize| dir.path().join(format!("w{k}/latest/report.json"));
     let ran: usize = (1..=3)
         .map(|k| json(&shard(k))["results"].as_array().unwrap().len())
         .sum();
     assert_eq!(ran, 8, "every test ran on exactly one worker");
 
     let merged_dir = dir.path().join("merged");
-    let out = Command::new(campaign_bin())
-        .arg("--merge")
+    let out = Command::new(qorch())
+        .arg("merge")
         .args((1..=3).map(shard))
         .arg("--out")
         .arg(&merged_dir)
@@ -363,7 +355,7 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = json(&merged_dir.join("report.json"));
+    let report = json(&merged_dir.join("latest/report.json"));
     let ids: Vec<&str> = report["results"]
         .as_array()
         .unwrap()
@@ -372,12 +364,12 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
         .collect();
     assert_eq!(ids, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
     for f in ["junit.xml", "report.html"] {
-        assert!(merged_dir.join(f).is_file(), "{f}");
+        assert!(merged_dir.join("latest").join(f).is_file(), "{f}");
     }
 
     // Without the third shard: the merge fails and names what is missing.
-    let out = Command::new(campaign_bin())
-        .arg("--merge")
+    let out = Command::new(qorch())
+        .arg("merge")
         .args([shard(1), shard(2)])
         .arg("--out")
         .arg(dir.path().join("partial"))
@@ -427,8 +419,7 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
     assert_eq!(expected.len(), 6, "{expected:?}");
     let workers: Vec<_> = (1..=3)
         .map(|k| {
-            Command::new(campaign_bin())
-                .arg(&plan)
+            run_cmd(&plan)
                 .args(["--partition", &format!("{k}/3"), "--campaign", "pipeline-9"])
                 .args(["--progress", "quiet", "-j", "1", "--store"])
                 .arg(dir.path().join(format!("w{k}/store")))
@@ -448,11 +439,11 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let shard = |k: usize| dir.path().join(format!("w{k}/report.json"));
+    let shard = |k: usize| dir.path().join(format!("w{k}/latest/report.json"));
     let merged_dir = dir.path().join("merged");
     let merged_store = dir.path().join("merged-store");
-    let out = Command::new(campaign_bin())
-        .arg("--merge")
+    let out = Command::new(qorch())
+        .arg("merge")
         .args((1..=3).map(shard))
         .arg("--out")
         .arg(&merged_dir)
@@ -469,7 +460,7 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("console logs for 6 of 6 tests"), "{stdout}");
-    let report = json(&merged_dir.join("report.json"));
+    let report = json(&merged_dir.join("latest/report.json"));
     let ids: Vec<String> = report["results"]
         .as_array()
         .unwrap()
@@ -533,8 +524,7 @@ fn a_garage_node_killed_during_a_campaigns_uploads_loses_no_stored_artifact() {
     let plan = write_plan(dir.path(), &text);
     let workers: Vec<_> = (1..=2)
         .map(|k| {
-            Command::new(campaign_bin())
-                .arg(&plan)
+            run_cmd(&plan)
                 .args(["--partition", &format!("{k}/2"), "--campaign", "ha"])
                 .args([
                     "--progress",
@@ -584,7 +574,7 @@ fn a_garage_node_killed_during_a_campaigns_uploads_loses_no_stored_artifact() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let report = json(&dir.path().join(format!("w{}/report.json", k + 1)));
+        let report = json(&dir.path().join(format!("w{}/latest/report.json", k + 1)));
         for r in report["results"].as_array().unwrap() {
             for a in r["artifacts"].as_array().unwrap() {
                 if let Some(id) = a["stored"]["id"].as_str() {
@@ -629,8 +619,7 @@ fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
          [defaults]\nrunner = \"qemu\"\narch = \"x86_64\"\n\
          [[test]]\nid = \"uname\"\nscript = \"uname -m\"\n",
     );
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(dir.path().join("out"))
         .env("ORCH_ACCEL", "tcg")
@@ -642,13 +631,12 @@ fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let report = json(&dir.path().join("out/report.json"));
+    let report = json(&dir.path().join("out/latest/report.json"));
     let env = &report["results"][0]["environment"];
     assert_eq!(env["accelerator"], "tcg", "{env:#}");
     assert_eq!(env["accelerator-reason"], "TCG forced by ORCH_ACCEL=tcg");
 
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(dir.path().join("bad"))
         .env("ORCH_ACCEL", "kvm-please")
@@ -662,7 +650,7 @@ fn orch_accel_wins_over_the_plan_and_a_bad_value_names_the_variable() {
         "{stderr}"
     );
     assert!(
-        !dir.path().join("bad/junit.xml").exists(),
+        !dir.path().join("bad/latest/junit.xml").exists(),
         "nothing runs half-configured"
     );
 }
@@ -689,8 +677,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
 "#,
     );
     let out = dir.path().join("out");
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(&out)
         .args(["--progress", "quiet"])
@@ -715,7 +702,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
     assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
 
     // report.json: the summary and the results.
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     assert_eq!(report["schema_version"], 5);
     assert_eq!(report["summary"]["failed"], 1, "{report:#}");
     assert_eq!(report["summary"]["passed"], 1, "{report:#}");
@@ -741,7 +728,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
     assert_eq!(results[1]["outcome"]["kind"], "passed");
 
     // junit.xml: the test and its failed case are failures; nothing else is.
-    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    let xml = std::fs::read_to_string(out.join("latest/junit.xml")).unwrap();
     assert!(
         xml.contains(r#"tests="9" skipped="2" errors="0" failures="2""#),
         "{xml}"
@@ -768,7 +755,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_junit.py");
         let output = Command::new(python)
             .arg(script)
-            .arg(out.join("junit.xml"))
+            .arg(out.join("latest/junit.xml"))
             .output()
             .unwrap();
         assert!(
@@ -794,7 +781,7 @@ printf 'TAP version 13\n1..4\nok 1 a\nnot ok 2 b # skip\nnot ok 3 c # Todo later
     }
 
     // report.html: the test's row says FAIL, the run FAILED.
-    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let html = std::fs::read_to_string(out.join("latest/report.html")).unwrap();
     let row = &html[html.find("id=\"test-0\"").unwrap()..];
     let row = &row[..row.find("</tbody>").unwrap()];
     assert!(
@@ -840,8 +827,7 @@ printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later
 "#,
     );
     let out = dir.path().join("out");
-    let output = Command::new(campaign_bin())
-        .arg(&plan)
+    let output = run_cmd(&plan)
         .arg("--out")
         .arg(&out)
         .args(["--progress", "quiet"])
@@ -849,7 +835,7 @@ printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     assert_eq!(report["summary"]["failed"], 2, "{report:#}");
     assert_eq!(report["summary"]["passed"], 1, "{report:#}");
     let results = report["results"].as_array().unwrap();
@@ -873,7 +859,7 @@ printf 'TAP version 13\n1..3\nok 1 a\nnot ok 2 b # SKIP\nnot ok 3 c # TODO later
         "{kernel:#}"
     );
     assert_eq!(result("directives")["outcome"]["kind"], "passed");
-    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    let xml = std::fs::read_to_string(out.join("latest/junit.xml")).unwrap();
     assert!(
         junit_case(&xml, "kernel-log/example.example_bad_test").contains("<failure"),
         "{xml}"
@@ -896,9 +882,8 @@ fn rust_log_shows_each_tests_command_line_accelerator_phases_and_transfers() {
     let session_plan = dir.path().join("session.toml");
     std::fs::write(&session_plan, format!("[qemu]\nsession = true\n{tests}")).unwrap();
     let run = |plan: &Path, out: &str, rust_log: Option<&str>| {
-        let mut command = Command::new(campaign_bin());
+        let mut command = run_cmd(plan);
         command
-            .arg(plan)
             .arg("--out")
             .arg(dir.path().join(out))
             .args(["--progress", "quiet", "--no-store"])
@@ -1107,8 +1092,7 @@ fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
     // Each step's exit code on its own first: what bisect sees.
     let out = dir.path().join("out");
     let step = || {
-        let output = Command::new(campaign_bin())
-            .arg(repo.join("plan.toml"))
+        let output = run_cmd(&repo.join("plan.toml"))
             .arg("--out")
             .arg(&out)
             .args(["--progress", "quiet", "--no-store"])
@@ -1123,12 +1107,12 @@ fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
     assert_eq!(subject("HEAD"), "c4");
     let (code, stdout) = step();
     assert_eq!(code, Some(125), "{stdout}");
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     assert_eq!(report["summary"]["errors"], 1, "{report:#}");
     git(&["checkout", "-q", "HEAD~1"]);
     let (code, stdout) = step();
     assert_eq!(code, Some(1), "{stdout}");
-    let report = json(&out.join("report.json"));
+    let report = json(&out.join("latest/report.json"));
     let outcome = &report["results"][0]["outcome"];
     assert_eq!(
         (&outcome["kind"], &outcome["crash"]),
@@ -1141,8 +1125,8 @@ fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
     let bisect = Command::new("git")
         .arg("bisect")
         .arg("run")
-        .arg(campaign_bin())
-        .arg("plan.toml")
+        .arg(qorch())
+        .args(["run", "plan.toml"])
         .arg("--out")
         .arg(&out)
         .args(["--progress", "quiet", "--no-store"])
@@ -1161,4 +1145,176 @@ fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
         .collect();
     assert_eq!(skipped, ["c4"], "{log}");
     git(&["bisect", "reset"]);
+}
+
+/// Each run gets its own directory under `<out>/runs` and `latest` follows the newest; the
+/// scratch of tests that succeeded goes, a failed test's stays (and `--keep-scratch` keeps
+/// all); `--rerun-failed` runs only what did not succeed (or is missing), from a run id, a run
+/// directory or a report.json.
+#[test]
+fn runs_get_their_own_directories_scratch_is_tidied_and_failures_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fixed");
+    let plan = write_plan(
+        dir.path(),
+        &format!(
+            "name = \"rerun\"\n\
+             [[test]]\nid = \"ok\"\nscript = \"echo ok > leftover.txt\"\n\
+             [[test]]\nid = \"flaky\"\nscript = \"echo was-here > leftover.txt; test -e {}\"\n",
+            flag.display()
+        ),
+    );
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let output = run_cmd(&plan)
+            .arg("--out")
+            .arg(&out)
+            .args(["--progress", "quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run(&[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let first = json(&out.join("latest/report.json"));
+    let first_id = first["run_id"].as_str().unwrap().to_owned();
+    let first_dir = out.join("runs").join(&first_id);
+    for f in ["junit.xml", "report.json", "report.html"] {
+        assert!(first_dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(
+        std::fs::read_link(out.join("latest")).unwrap(),
+        Path::new("runs").join(&first_id)
+    );
+    // The failed test's scratch stays, named in the summary; the passing test's is gone.
+    let scratch = out.join("scratch").join(&first_id);
+    assert!(
+        scratch.join("flaky/attempt-1/work/leftover.txt").is_file(),
+        "{stdout}"
+    );
+    assert!(!scratch.join("ok").exists(), "{stdout}");
+    assert!(
+        stdout.contains("kept for inspection") && stdout.contains(&format!("{first_id}/flaky")),
+        "{stdout}"
+    );
+
+    // Rerun by run id: only `flaky`, which now passes; its scratch goes too.
+    std::fs::write(&flag, "").unwrap();
+    let (code, stdout) = run(&["--rerun-failed", &first_id]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("rerunning 1 of 2 tests"), "{stdout}");
+    let second = json(&out.join("latest/report.json"));
+    let second_id = second["run_id"].as_str().unwrap().to_owned();
+    assert_ne!(second_id, first_id);
+    let ids: Vec<&str> = second["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["flaky"]);
+    assert!(!out.join("scratch").join(&second_id).exists());
+    // The first run's directory is untouched.
+    assert_eq!(json(&first_dir.join("report.json")), first);
+
+    // From a run directory: the second run had only `flaky`, so `ok` is missing from it and
+    // runs again.
+    let (code, stdout) = run(&["--rerun-failed", out.join("latest").to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("rerunning 1 of 2 tests") && stdout.trim_start().contains(": ok\n"),
+        "{stdout}"
+    );
+
+    // --keep-scratch keeps everything; a report.json where everything succeeded leaves
+    // nothing to rerun.
+    let (code, stdout) = run(&["--keep-scratch"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let kept_id = json(&out.join("latest/report.json"))["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        out.join("scratch")
+            .join(&kept_id)
+            .join("ok/attempt-1/work/leftover.txt")
+            .is_file(),
+        "{stdout}"
+    );
+    let report = out.join("runs").join(&kept_id).join("report.json");
+    let (code, stdout) = run(&["--rerun-failed", report.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("nothing to rerun"), "{stdout}");
+
+    // A run id the store knows (its report record), from another output directory.
+    let output = run_cmd(&plan)
+        .arg("--out")
+        .arg(dir.path().join("elsewhere"))
+        .arg("--store")
+        .arg(out.join("store"))
+        .args(["--progress", "quiet", "--rerun-failed", &first_id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("rerunning 1 of 2 tests"), "{stdout}");
+
+    // An unknown run is a clear error, before anything runs.
+    let (code, _) = run(&["--rerun-failed", "no-such-run"]);
+    assert_eq!(code, Some(2));
+    let output = run_cmd(&plan)
+        .arg("--out")
+        .arg(&out)
+        .args(["--rerun-failed", "no-such-run"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--rerun-failed no-such-run: no such run"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(out.join("runs")).unwrap().count(), 4);
+}
+
+/// The scratch kept for failed tests stays for the five newest runs that kept some; older
+/// runs' kept scratch goes, but never a run's scratch kept with `--keep-scratch`.
+#[test]
+fn kept_scratch_is_bounded_to_the_newest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        dir.path(),
+        "[[test]]\nid = \"fails\"\nscript = \"exit 1\"\n",
+    );
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let status = run_cmd(&plan)
+            .arg("--out")
+            .arg(&out)
+            .args(["--progress", "quiet", "--no-store"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(1));
+        json(&out.join("latest/report.json"))["run_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let pinned = run(&["--keep-scratch"]);
+    let ids: Vec<String> = (0..7).map(|_| run(&[])).collect();
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    let mut want = vec![pinned];
+    want.extend(ids[2..].iter().cloned());
+    want.sort();
+    assert_eq!(kept, want);
+    assert_eq!(std::fs::read_dir(out.join("runs")).unwrap().count(), 8);
 }
