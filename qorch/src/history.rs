@@ -224,8 +224,50 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
     } else {
         write!(out, "{}", history::render_history(&args.test, &entries))?;
+        write!(out, "{}", newest_breakdown(&store, &entries))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The per-process breakdown of the newest result that has one (its blob still stored and the
+/// test monitored): the top processes by CPU and by peak memory, with pid and name. Empty when
+/// none has.
+fn newest_breakdown(store: &ArtifactStore, entries: &[history::HistoryEntry]) -> String {
+    use std::fmt::Write as _;
+    let usage = entries
+        .iter()
+        .filter(|e| !e.evicted && e.cpu_seconds.is_some())
+        .find_map(|e| {
+            let bytes = store.get(&e.artifact_id).ok()?;
+            let result: orchestrator_core::TestResult = serde_json::from_slice(&bytes).ok()?;
+            let u = result.resources?;
+            (!u.top_cpu.is_empty() || !u.top_memory.is_empty()).then_some((e.run_id.clone(), u))
+        });
+    let Some((run, u)) = usage else {
+        return String::new();
+    };
+    let mut s = String::new();
+    for (what, list) in [("CPU", &u.top_cpu), ("peak memory", &u.top_memory)] {
+        let _ = writeln!(s, "\nTop processes by {what} in run {run}:");
+        let _ = writeln!(
+            s,
+            "{:>8}  {:<16} {:>9} {:>11}  command",
+            "pid", "name", "CPU s", "peak MiB"
+        );
+        for p in list {
+            let command: String = p.command.chars().take(60).collect();
+            let _ = writeln!(
+                s,
+                "{:>8}  {:<16} {:>9.2} {:>11.1}  {}",
+                p.pid,
+                p.name,
+                p.cpu_seconds,
+                p.peak_rss_bytes as f64 / (1024.0 * 1024.0),
+                command.escape_debug()
+            );
+        }
+    }
+    s
 }
 
 /// `qorch compare BEFORE AFTER`: exits 1 on a regression (a test newly failing, or a resource

@@ -122,6 +122,15 @@ fn compare_flags_a_doubled_cost_and_passes_the_same_work() {
     for id in before.iter().chain(&same).chain(&after) {
         assert!(said.contains(id.as_str()), "{id} missing:\n{said}");
     }
+    // The newest run's per-process breakdown: the test's shell leads by CPU.
+    let by_cpu = format!("Top processes by CPU in run {}:", after[2]);
+    assert!(said.contains(&by_cpu), "{said}");
+    assert!(
+        said.contains("Top processes by peak memory in run"),
+        "{said}"
+    );
+    let first = said.split(&by_cpu).nth(1).unwrap().lines().nth(2).unwrap();
+    assert!(first.contains("sh") || first.contains("bash"), "{said}");
     let o = qorch_out(&["history", "brun", "--store", store_arg]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("burn"), "{}", text(&o.stderr));

@@ -29,10 +29,13 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// Runs the bundled demo plan with its store in `store`.
+/// Runs the bundled demo plan with its store in `store` (and its KCIDB file in
+/// `<out>/kcidb.json`).
 fn run_demo(out: &Path, store: &Path) -> (String, serde_json::Value) {
     let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/demo.toml");
     let output = run_cmd(&plan)
+        .arg("--kcidb")
+        .arg(out.join("kcidb.json"))
         .arg("--out")
         .arg(out)
         .arg("--store")
@@ -87,6 +90,54 @@ fn the_bundled_demo_runs_on_four_architectures_and_a_second_run_dedups() {
     let first = dir.path().join("first");
     for f in ["junit.xml", "report.json", "report.html"] {
         assert!(first.join("latest").join(f).is_file(), "{f} missing");
+    }
+    // The demo's KCIDB file validates with kcidb-io and holds every test, suite and subtest.
+    let python = std::env::var_os("KCIDB_PYTHON")
+        .expect("KCIDB_PYTHON is not set: run this test through `cargo xtask test`");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../orchestrator-core/tests/validate_kcidb.py");
+    let v = Command::new(python)
+        .arg(&script)
+        .arg(first.join("kcidb.json"))
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "kcidb-io refused the demo's KCIDB file: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let tests = seen["tests"].as_array().unwrap();
+    let want: usize = results
+        .iter()
+        .map(|r| {
+            1 + r["suites"].as_array().map_or(0, Vec::len)
+                + r["subtests"].as_array().map_or(0, Vec::len)
+        })
+        .sum();
+    assert_eq!(tests.len(), want, "{seen:#}");
+    // Per result (KCIDB ids `<origin>:<run>:<index>`, its suites and cases below it): the
+    // test at its path, and as many entries under it as it has suites and subtests.
+    for (i, r) in results.iter().enumerate() {
+        let id = r["test_id"].as_str().unwrap();
+        let path = orchestrator_core::report::kcidb::test_path(id);
+        let mine: Vec<&serde_json::Value> = tests
+            .iter()
+            .filter(|t| {
+                let tail = t["id"].as_str().unwrap().rsplit(':').next().unwrap();
+                tail.split('.').next() == Some(i.to_string().as_str())
+            })
+            .collect();
+        let own = r["suites"].as_array().map_or(0, Vec::len)
+            + r["subtests"].as_array().map_or(0, Vec::len);
+        assert_eq!(mine.len(), 1 + own, "{id}: {mine:#?}");
+        assert!(
+            mine.iter().all(|t| {
+                let p = t["path"].as_str().unwrap();
+                p == path || p.starts_with(&format!("{path}."))
+            }),
+            "{id} at {path}: {mine:#?}"
+        );
     }
     let stats = &report["storage"]["stats"];
     let (logical1, unique1) = (
