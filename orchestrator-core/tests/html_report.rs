@@ -5,14 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestrator_core::artifact_store::ArtifactStore;
 use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
 use orchestrator_core::{
     Orchestrator, ProcessRunner, RunConfig, RunReport, Subtest, SubtestStatus, TestCase, Verdict,
 };
+use testkit::chromium::headless;
 
 /// What a hostile guest could print; must stay text.
 const HOSTILE: &str = "</pre><script>alert(1)</script><img src=x onerror=alert(2)>";
@@ -98,69 +98,6 @@ async fn run_campaign(dir: &Path) -> RunReport {
     report
 }
 
-/// `chromium` (Debian) or `chromium-browser` (some other distributions).
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser"]
-        .into_iter()
-        .find_map(|name| which::which(name).ok())
-        .expect(
-            "Chromium is not installed: `apt-get install --no-install-recommends chromium` \
-             (`cargo xtask test` does it)",
-        )
-}
-
-/// Runs headless Chromium on the page with `args`, killing it after two minutes; returns stdout.
-fn headless(browser: &Path, profile: &Path, args: &[String], page: &Path) -> Vec<u8> {
-    let url = format!("file://{}", page.display());
-    let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to start {}: {e}", browser.display()));
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut { stdout }, &mut bytes).map(|_| bytes)
-    });
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "{} {args:?} did not finish in two minutes",
-                browser.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out.join().unwrap().unwrap();
-    let stderr = err.join().unwrap().unwrap();
-    assert!(
-        status.success(),
-        "{} {args:?} failed ({status}):\n{stderr}",
-        browser.display()
-    );
-    stdout
-}
-
 /// The decoded screenshot: width, height and RGB pixels.
 fn decode_png(path: &Path) -> (usize, usize, Vec<[u8; 3]>) {
     let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
@@ -187,7 +124,7 @@ fn near(p: [u8; 3], c: [u8; 3]) -> bool {
 #[test]
 #[ignore = "needs Debian's chromium: run `cargo xtask test`, which installs it"]
 fn the_report_renders_in_headless_chromium() {
-    let browser = chromium();
+    let browser = testkit::chromium::chromium();
     let dir = check_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -214,6 +151,7 @@ fn the_report_renders_in_headless_chromium() {
 
     let page = dir.join("report.html");
     report.write_html(&page).unwrap();
+    let url = format!("file://{}", page.display());
     report.write_json(&dir.join("report.json")).unwrap();
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(!html.to_ascii_lowercase().contains("<script"));
@@ -221,7 +159,7 @@ fn the_report_renders_in_headless_chromium() {
     let profile = tempfile::tempdir().unwrap();
 
     // The DOM as Chromium built it.
-    let dom = headless(&browser, profile.path(), &["--dump-dom".to_owned()], &page);
+    let dom = headless(&browser, profile.path(), &["--dump-dom".to_owned()], &url);
     let dom = String::from_utf8(dom).unwrap();
     std::fs::write(dir.join("dom.html"), &dom).unwrap();
     assert!(dom.contains("3 tests</b> in "), "{dom}");
@@ -269,7 +207,7 @@ fn the_report_renders_in_headless_chromium() {
             format!("--screenshot={}", png.display()),
             "--window-size=1280,2000".to_owned(),
         ],
-        &page,
+        &url,
     );
     let (width, height, pixels) = decode_png(&png);
     assert_eq!((width, height), (1280, 2000));

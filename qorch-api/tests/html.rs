@@ -5,8 +5,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn check_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -15,62 +13,9 @@ fn check_dir() -> PathBuf {
         .join("api-html-check")
 }
 
-fn chromium() -> PathBuf {
-    ["chromium", "chromium-browser"]
-        .into_iter()
-        .find_map(|name| which::which(name).ok())
-        .expect(
-            "Chromium is not installed: `apt-get install --no-install-recommends chromium` \
-             (`cargo xtask test` does it)",
-        )
-}
-
-/// Headless Chromium on `url` with `args`, killed after two minutes; returns stdout.
+/// Headless Chromium on `url` with `args`; returns stdout.
 fn headless(profile: &Path, args: &[String], url: &str) -> Vec<u8> {
-    let browser = chromium();
-    let mut child = Command::new(&browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to start {}: {e}", browser.display()));
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut { stdout }, &mut bytes).map(|_| bytes)
-    });
-    let err = std::thread::spawn(move || std::io::read_to_string(stderr));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("chromium {args:?} did not finish in two minutes");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = out.join().unwrap().unwrap();
-    let stderr = err.join().unwrap().unwrap();
-    assert!(
-        status.success(),
-        "chromium {args:?} failed ({status}):\n{stderr}"
-    );
-    stdout
+    testkit::chromium::headless(&testkit::chromium::chromium(), profile, args, url)
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Fixtures shared by the workspace's tests.
 //!
 //! [`plan`]: the checks of plan-file tests (located errors, the reference plan's commented
-//! tables). [`junit_case`]: one test case of a JUnit document.
+//! tables). [`junit_case`]: one test case of a JUnit document. [`chromium`]: headless Chromium
+//! on a report page.
 //!
 //! Real S3 servers on loopback: [`GarageNode`], one Garage node, and [`GarageCluster`], several
 //! Garage nodes replicating one bucket, each with a bucket and a key ready when `start`
@@ -23,6 +24,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod chromium;
 mod garage;
 mod junit;
 mod kunit;
