@@ -2,10 +2,13 @@
 //! real client) against the store reading the same blob in-process: `ArtifactStore::get`, the
 //! content in hand and verified, as a program embedding the store reads an artifact (the
 //! ratios printed), and `ArtifactStore::read_to` into `io::sink()`, verified and thrown away
-//! (the lower bound of any reader, shown for reference), for a compressible log (zstd) and incompressible data (raw) at
-//! 1 MiB and 64 MiB (both verified in memory with the default budget), medians of 7: "cold"
-//! verifies at every request (the cache of verified content off), "warm" is a repeated
-//! download served from that cache.
+//! (the lower bound of any reader, shown for reference), for a compressible log (zstd) and
+//! incompressible data (raw) at 1, 8 and 64 MiB (all verified in memory with the default
+//! budget), medians of 7: "cold" verifies at every request (the cache of verified content
+//! off), "warm" is a repeated download served from that cache. "TCP" is the same byte count
+//! written and read over a plain loopback socket in the same run: what any download over
+//! loopback costs besides reading the blob, so a cold download cannot beat `read_to(sink)` +
+//! TCP.
 //!
 //! `cargo bench -p qorch-api --bench download`
 
@@ -59,6 +62,8 @@ fn main() {
         for (label, len, compressible) in [
             ("log 1 MiB", 1 << 20, true),
             ("random 1 MiB", 1 << 20, false),
+            ("log 8 MiB", 8 << 20, true),
+            ("random 8 MiB", 8 << 20, false),
             ("log 64 MiB", 64 << 20, true),
             ("random 64 MiB", 64 << 20, false),
         ] {
@@ -93,9 +98,37 @@ fn main() {
     let store = ArtifactStore::open_read_only(&root).unwrap();
     let client = reqwest::Client::new();
     println!(
-        "{:<16} {:>14} {:>14} {:>14} {:>6} {:>14} {:>6}",
-        "blob", "read_to(sink)", "get", "API cold", "ratio", "API warm", "ratio"
+        "{:<16} {:>14} {:>14} {:>14} {:>14} {:>6} {:>14} {:>6}",
+        "blob", "read_to(sink)", "get", "TCP", "API cold", "ratio", "API warm", "ratio"
     );
+    // A loopback socket whose other end answers each byte with `n` bytes.
+    let tcp = {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let zeros = vec![0u8; 64 << 20];
+            let mut n = [0u8; 8];
+            while s.read_exact(&mut n).is_ok() {
+                s.write_all(&zeros[..u64::from_le_bytes(n) as usize])
+                    .unwrap();
+            }
+        });
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        std::sync::Mutex::new((c, vec![0u8; 64 << 20]))
+    };
+    let over_tcp = |len: usize| {
+        use std::io::{Read, Write};
+        let mut g = tcp.lock().unwrap();
+        let (c, buf) = &mut *g;
+        let t = Instant::now();
+        c.write_all(&(len as u64).to_le_bytes()).unwrap();
+        c.read_exact(&mut buf[..len]).unwrap();
+        t.elapsed()
+    };
     let fetch = |addr: std::net::SocketAddr, id: &str| {
         rt.block_on(async {
             let mut r = client
@@ -112,7 +145,8 @@ fn main() {
         })
     };
     for (label, id, len) in &ids {
-        let (mut sink, mut local, mut c, mut w) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut sink, mut local, mut c, mut w, mut raw) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..7 {
             let t = Instant::now();
             let n = store.read_to(id, &mut io::sink()).unwrap();
@@ -123,19 +157,27 @@ fn main() {
             local.push(t.elapsed());
             assert_eq!(bytes.len(), *len);
             drop(bytes);
+            raw.push(over_tcp(*len));
             for (addr, times) in [(cold, &mut c), (warm, &mut w)] {
                 let t = Instant::now();
                 assert_eq!(fetch(addr, id), *len);
                 times.push(t.elapsed());
             }
         }
-        let (s, l, c, w) = (median(sink), median(local), median(c), median(w));
+        let (s, l, c, w, t) = (
+            median(sink),
+            median(local),
+            median(c),
+            median(w),
+            median(raw),
+        );
         let mib = *len as f64 / (1 << 20) as f64;
         let rate = |d: Duration| mib / d.as_secs_f64();
         println!(
-            "{label:<16} {:>9.0} MiB/s {:>9.0} MiB/s {:>9.0} MiB/s {:>6.2} {:>9.0} MiB/s {:>6.2}",
+            "{label:<16} {:>9.0} MiB/s {:>9.0} MiB/s {:>9.0} MiB/s {:>9.0} MiB/s {:>6.2} {:>9.0} MiB/s {:>6.2}",
             rate(s),
             rate(l),
+            rate(t),
             rate(c),
             l.as_secs_f64() / c.as_secs_f64(),
             rate(w),

