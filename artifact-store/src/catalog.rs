@@ -102,15 +102,11 @@ pub(crate) struct BlobInfo<'a> {
 }
 
 impl Catalog {
-    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Self> {
+    /// Opens the SQLite file with `flags` and reads its format version, refusing a newer one.
+    fn connect(path: &Path, flags: OpenFlags, op: &str) -> Result<(Connection, u32)> {
         let err = |ctx: &str, e| Error::catalog(path, ctx, e);
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| err("open", e))?;
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| err(op, e))?;
         conn.busy_timeout(Duration::from_secs(60))
             .map_err(|e| err("set busy timeout", e))?;
         let version: u32 = conn
@@ -123,6 +119,16 @@ impl Catalog {
                 supported: CATALOG_VERSION,
             });
         }
+        Ok((conn, version))
+    }
+
+    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Self> {
+        let err = |ctx: &str, e| Error::catalog(path, ctx, e);
+        let (mut conn, version) = Self::connect(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            "open",
+        )?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(|e| err("enable WAL", e))?;
@@ -156,24 +162,8 @@ impl Catalog {
     /// Opens an existing catalog for reading only: no schema change, no journal-mode change,
     /// nothing written (SQLite still maps the WAL index shared with writers).
     pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
-        let err = |ctx: &str, e| Error::catalog(path, ctx, e);
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| err("open read-only", e))?;
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(|e| err("set busy timeout", e))?;
-        let version: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| err("read format version", e))?;
-        if version > CATALOG_VERSION {
-            return Err(Error::NewerFormat {
-                path: path.to_owned(),
-                found: version,
-                supported: CATALOG_VERSION,
-            });
-        }
+        let (conn, version) =
+            Self::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY, "open read-only")?;
         // Versions from 2 on differ by indexes only: a reader needs no upgrade (merely a
         // slower plan). Version 1 lacks the tables of inline blobs.
         if version < READ_ONLY_MIN_VERSION {

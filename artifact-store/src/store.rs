@@ -207,19 +207,7 @@ impl ArtifactStore {
         fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
         let layout = root.join(LAYOUT_FILE);
         match fs::read_to_string(&layout) {
-            Ok(s) => {
-                let found: u32 = s.trim().parse().map_err(|_| Error::Invalid {
-                    what: "store layout file",
-                    detail: format!("{} does not hold a version number", layout.display()),
-                })?;
-                if found > LAYOUT_VERSION {
-                    return Err(Error::NewerFormat {
-                        path: layout,
-                        found,
-                        supported: LAYOUT_VERSION,
-                    });
-                }
-            }
+            Ok(s) => check_layout(&s, layout)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let tmp = root.join(format!(".{LAYOUT_FILE}.{}", std::process::id()));
                 fs::write(&tmp, format!("{LAYOUT_VERSION}\n"))
@@ -265,17 +253,7 @@ impl ArtifactStore {
             }
             Err(e) => return Err(Error::io("read", layout, e)),
         };
-        let found: u32 = s.trim().parse().map_err(|_| Error::Invalid {
-            what: "store layout file",
-            detail: format!("{} does not hold a version number", layout.display()),
-        })?;
-        if found > LAYOUT_VERSION {
-            return Err(Error::NewerFormat {
-                path: layout,
-                found,
-                supported: LAYOUT_VERSION,
-            });
-        }
+        check_layout(&s, layout)?;
         let catalog_path = root.join("catalog-v1.sqlite");
         if !catalog_path.is_file() {
             return Err(not_a_store("it has no catalog-v1.sqlite"));
@@ -1004,6 +982,22 @@ impl ArtifactStore {
 }
 
 /// Copies a verified blob to `out`, naming `id` in errors.
+/// Checks the layout file's content: a version this code reads.
+fn check_layout(content: &str, layout: PathBuf) -> Result<()> {
+    let found: u32 = content.trim().parse().map_err(|_| Error::Invalid {
+        what: "store layout file",
+        detail: format!("{} does not hold a version number", layout.display()),
+    })?;
+    if found > LAYOUT_VERSION {
+        return Err(Error::NewerFormat {
+            path: layout,
+            found,
+            supported: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
 fn copy_out(r: BlobReader, id: &str, out: &mut dyn Write) -> Result<u64> {
     let path = r.path().to_owned();
     r.copy_to(out).map_err(|e| match e {

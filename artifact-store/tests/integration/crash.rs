@@ -19,7 +19,12 @@ fn writer_killed_200_times_loses_nothing() {
     let mut x: u64 = 0x2545F4914F6CDD1D;
     let kills = 200;
     let mut killed_mid_run = 0;
-    for i in 0..kills {
+    // On a loaded host a writer may be killed before its first put more often than not: more
+    // writers are killed until enough puts were acknowledged to mean anything.
+    let mut i = 0;
+    while i < kills || (acks.len() <= 200 && i < 5 * kills) {
+        let writer = i;
+        i += 1;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -27,7 +32,7 @@ fn writer_killed_200_times_loses_nothing() {
             .args([
                 "writer",
                 root.to_str().unwrap(),
-                &i.to_string(),
+                &writer.to_string(),
                 "1000000",
                 "7",
             ])
@@ -54,7 +59,7 @@ fn writer_killed_200_times_loses_nothing() {
         acks.extend(parse_acks(&out));
     }
     assert!(
-        killed_mid_run >= 200,
+        killed_mid_run >= kills,
         "only {killed_mid_run} writers were killed mid-run"
     );
     assert!(
@@ -84,7 +89,7 @@ fn writer_killed_200_times_loses_nothing() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     eprintln!(
-        "{kills} kills, {} acknowledged puts, {} records, gc removed {} temp files and {} orphan blobs, in {:?}",
+        "{i} kills, {} acknowledged puts, {} records, gc removed {} temp files and {} orphan blobs, in {:?}",
         acks.len(),
         records.len(),
         gc.temp_files_removed,
