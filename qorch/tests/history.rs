@@ -1,26 +1,11 @@
 //! End-to-end tests of `qorch runs`, `history`, `compare`, `export-kcidb`, `run --kcidb` and
 //! balanced partitions, on the store of real host-process campaigns.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-fn qorch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qorch"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+mod support;
+use support::{json, qorch, text, write_plan};
 
 /// `qorch run PLAN --out OUT ...`: the run id.
 fn run(plan: &Path, out: &Path, extra: &[&str]) -> String {

@@ -7,26 +7,18 @@ use std::time::{Duration, Instant};
 
 use testkit::junit_case;
 
-/// The `qorch` binary, built by cargo for these tests.
-fn qorch() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_qorch"))
-}
+mod support;
+use support::{QORCH, json, qorch};
 
 /// `qorch run PLAN`.
 fn run_cmd(plan: &Path) -> Command {
-    let mut c = Command::new(qorch());
+    let mut c = qorch();
     c.arg("run").arg(plan);
     c
 }
 
 fn write_plan(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("plan.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    support::write_plan(dir, "plan.toml", text)
 }
 
 /// Runs the bundled demo plan with its store in `store` (and its KCIDB file in
@@ -393,7 +385,7 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
     assert_eq!(ran, 8, "every test ran on exactly one worker");
 
     let merged_dir = dir.path().join("merged");
-    let out = Command::new(qorch())
+    let out = qorch()
         .arg("merge")
         .args((1..=3).map(shard))
         .arg("--out")
@@ -419,7 +411,7 @@ fn three_workers_run_their_shards_and_the_merge_holds_the_whole_campaign() {
     }
 
     // Without the third shard: the merge fails and names what is missing.
-    let out = Command::new(qorch())
+    let out = qorch()
         .arg("merge")
         .args([shard(1), shard(2)])
         .arg("--out")
@@ -493,7 +485,7 @@ fn three_qemu_workers_share_a_garage_bucket_and_the_merge_finds_every_console_lo
     let shard = |k: usize| dir.path().join(format!("w{k}/latest/report.json"));
     let merged_dir = dir.path().join("merged");
     let merged_store = dir.path().join("merged-store");
-    let out = Command::new(qorch())
+    let out = qorch()
         .arg("merge")
         .args((1..=3).map(shard))
         .arg("--out")
@@ -1176,7 +1168,7 @@ fn git_bisect_run_finds_the_first_bad_commit_and_skips_the_untestable_one() {
     let bisect = Command::new("git")
         .arg("bisect")
         .arg("run")
-        .arg(qorch())
+        .arg(QORCH)
         .args(["run", "plan.toml"])
         .arg("--out")
         .arg(&out)

@@ -4,11 +4,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn qorch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qorch"))
-}
+mod support;
+use support::qorch;
 
 /// A plain HTTP/1.1 GET: the status code and the body.
 fn get(addr: &str, path: &str) -> (u16, String) {

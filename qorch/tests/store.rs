@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn qorch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qorch"))
-}
+mod support;
+use support::{qorch, text};
 
 /// `qorch store --store STORE ARGS...`.
 fn store_cmd(store: &Path, args: &[&str]) -> Output {
@@ -18,10 +17,6 @@ fn store_cmd(store: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// Runs `args` on `store`; asserts the exit code; returns stdout.
