@@ -285,7 +285,9 @@ impl<'a> Export<'a> {
             .unwrap_or_else(|| self.report.host.arch.clone());
         let arch = arch_name(&arch);
         let origin = self.o.origin.clone();
-        let (checkout_id, checkout, build_id, mut build) = match Kernel::of(r) {
+        // Each kind of kernel gives its checkout, and its build's id, comment, misc and
+        // configuration name.
+        let (checkout_id, checkout, build_id, comment, misc, config_name) = match Kernel::of(r) {
             Kernel::Stock {
                 package,
                 version,
@@ -308,16 +310,15 @@ impl<'a> Export<'a> {
                 if let Some(rel) = release {
                     misc["kernel_release"] = json!(rel);
                 }
-                let build = json!({
-                    "id": build_id,
-                    "origin": origin,
-                    "checkout_id": checkout_id,
-                    "comment": format!("stock kernel: Debian package {package} {version}"),
-                    "config_name": package,
-                    "status": "PASS",
-                    "misc": misc,
-                });
-                (checkout_id, checkout, build_id, build)
+                let comment = format!("stock kernel: Debian package {package} {version}");
+                (
+                    checkout_id,
+                    checkout,
+                    build_id,
+                    comment,
+                    misc,
+                    Some(package),
+                )
             }
             Kernel::Own {
                 path,
@@ -356,15 +357,8 @@ impl<'a> Export<'a> {
                 if let Some(rel) = release {
                     misc["kernel_release"] = json!(rel);
                 }
-                let build = json!({
-                    "id": build_id,
-                    "origin": origin,
-                    "checkout_id": checkout_id,
-                    "comment": format!("the user's kernel {path}"),
-                    "status": "PASS",
-                    "misc": misc,
-                });
-                (checkout_id, checkout, build_id, build)
+                let comment = format!("the user's kernel {path}");
+                (checkout_id, checkout, build_id, comment, misc, None)
             }
             Kernel::Host => {
                 let host = &self.report.host;
@@ -381,17 +375,25 @@ impl<'a> Export<'a> {
                     "valid": true,
                 });
                 let build_id = self.id(&format!("host-{name}-{arch}"));
-                let build = json!({
-                    "id": build_id,
-                    "origin": origin,
-                    "checkout_id": checkout_id,
-                    "comment": format!("the host's kernel ({} {}): tests run as host processes", host.os, host.arch),
-                    "status": "PASS",
-                    "misc": {"hostname": host.hostname, "os": host.os, "cpus": host.cpus},
-                });
-                (checkout_id, checkout, build_id, build)
+                let comment = format!(
+                    "the host's kernel ({} {}): tests run as host processes",
+                    host.os, host.arch
+                );
+                let misc = json!({"hostname": host.hostname, "os": host.os, "cpus": host.cpus});
+                (checkout_id, checkout, build_id, comment, misc, None)
             }
         };
+        let mut build = json!({
+            "id": build_id,
+            "origin": origin,
+            "checkout_id": checkout_id,
+            "comment": comment,
+            "status": "PASS",
+            "misc": misc,
+        });
+        if let Some(name) = config_name {
+            build["config_name"] = json!(name);
+        }
         if !arch.is_empty() {
             build["architecture"] = json!(arch);
         }
