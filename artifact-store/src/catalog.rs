@@ -557,6 +557,26 @@ impl Catalog {
     }
 
     /// Whether the catalog keeps blob `digest` (without reading it).
+    /// The distinct test ids of the records of `kind`, in order: a skip scan of the
+    /// `artifacts_kind` index (one lookup per test, not per record).
+    pub(crate) fn test_ids(&self, kind: &str) -> Result<Vec<String>> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare_cached(
+                "WITH RECURSIVE t(id) AS (
+                   SELECT MIN(test_id) FROM artifacts WHERE kind = ?1
+                   UNION ALL
+                   SELECT (SELECT MIN(test_id) FROM artifacts WHERE kind = ?1 AND test_id > t.id)
+                   FROM t WHERE t.id IS NOT NULL
+                 ) SELECT id FROM t WHERE id IS NOT NULL",
+            )
+            .map_err(self.err("prepare test listing"))?;
+        st.query_map([kind], |r| r.get(0))
+            .map_err(self.err("list tests"))?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.err("read test listing"))
+    }
+
     pub(crate) fn has_inline(&self, digest: &Digest) -> Result<bool> {
         let conn = self.lock();
         let mut st = conn

@@ -928,6 +928,12 @@ impl ArtifactStore {
         Ok(report)
     }
 
+    /// The distinct test ids that have records of `kind` (evicted ones included), in order;
+    /// fast on large catalogs (one index lookup per test).
+    pub fn test_ids(&self, kind: crate::ArtifactKind) -> Result<Vec<String>> {
+        self.catalog.test_ids(kind.as_str())
+    }
+
     /// Bytes by kind and by test, dedup and compression ratios.
     pub fn stats(&self) -> Result<Stats> {
         let conn = self.catalog.lock();

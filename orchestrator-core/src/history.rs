@@ -577,13 +577,13 @@ pub fn test_history(
     }
     let records = store.query(&q)?;
     if records.is_empty() {
-        let tests = store.stats()?.by_test;
+        let tests = store.test_ids(ArtifactKind::Result)?;
         return Err(HistoryError::UnknownTest {
             test_id: test_id.to_owned(),
             close: close_matches(
                 test_id,
                 tests
-                    .keys()
+                    .iter()
                     .map(String::as_str)
                     .filter(|t| *t != RUN_RECORD_TEST_ID),
             ),

@@ -173,6 +173,18 @@ fn a_version_2_catalog_gains_the_kind_index_and_results_come_newest_first() {
         )
         .unwrap();
     assert!(plan.contains("artifacts_kind"), "{plan}");
+    // The tests with results: each once, in order, evicted records included.
+    for (test, run) in [("b", "r4"), ("a", "r4"), ("b", "r5")] {
+        let a = NewArtifact::new(test, run, ArtifactKind::Result, "result.json");
+        let r = s.add_bytes(a, test.as_bytes()).unwrap();
+        if run == "r5" {
+            s.evict(&[(r.id, "test".into())]).unwrap();
+        }
+    }
+    s.add_bytes(art("c", "r4"), b"not a result").unwrap();
+    assert_eq!(s.test_ids(ArtifactKind::Result).unwrap(), ["a", "b", "t"]);
+    assert_eq!(s.test_ids(ArtifactKind::Report).unwrap(), ["@run"]);
+    assert!(s.test_ids(ArtifactKind::CoreDump).unwrap().is_empty());
 }
 
 #[test]
