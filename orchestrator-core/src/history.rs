@@ -376,19 +376,13 @@ pub fn load_run(store: &ArtifactStore, run_id: &str) -> Result<RunReport, Histor
         .map(|r| r.finished_at)
         .max()
         .unwrap_or_default();
-    Ok(RunReport {
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id.to_owned(),
-        name: None,
+    Ok(RunReport::new(
+        run_id,
+        results,
         started_at,
         finished_at,
-        interrupted: None,
-        summary: Summary::of(&results),
-        results,
-        host: HostInfo::default(),
-        storage: None,
-        shard: None,
-    })
+        HostInfo::default(),
+    ))
 }
 
 /// The result a record holds: its blob, or when that was evicted, what its metadata says.
@@ -1201,19 +1195,7 @@ mod tests {
                 r
             })
             .collect();
-        RunReport {
-            schema_version: SCHEMA_VERSION,
-            run_id: run.into(),
-            name: None,
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-            interrupted: None,
-            summary: Summary::of(&results),
-            results,
-            host: HostInfo::current(),
-            storage: None,
-            shard: None,
-        }
+        RunReport::new(run, results, Utc::now(), Utc::now(), HostInfo::current())
     }
 
     const MIB: u64 = 1 << 20;

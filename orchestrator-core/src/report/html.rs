@@ -1229,7 +1229,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::report::{HostInfo, StorageSummary, Summary};
+    use crate::report::{HostInfo, StorageSummary};
     use crate::result::{ArtifactFile, Outcome, StoredArtifact, Subtest, UsagePoint};
     use crate::{Expectation, TestCase};
 
@@ -1265,24 +1265,16 @@ mod tests {
 
     fn report(results: Vec<TestResult>) -> RunReport {
         let now = Utc::now();
-        RunReport {
-            schema_version: super::super::SCHEMA_VERSION,
-            run_id: "run-1234".into(),
-            name: Some("nightly".into()),
-            started_at: now,
-            finished_at: now + chrono::Duration::milliseconds(2500),
-            interrupted: None,
-            summary: Summary::of(&results),
-            results,
-            host: HostInfo {
-                hostname: "builder".into(),
-                os: "linux".into(),
-                arch: "x86_64".into(),
-                cpus: 2,
-            },
-            storage: None,
-            shard: None,
-        }
+        let host = HostInfo {
+            hostname: "builder".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+        };
+        let end = now + chrono::Duration::milliseconds(2500);
+        let mut report = RunReport::new("run-1234", results, now, end, host);
+        report.name = Some("nightly".into());
+        report
     }
 
     fn sample() -> RunReport {

@@ -258,6 +258,31 @@ impl RunStatus {
 }
 
 impl RunReport {
+    /// A report of `results` (in the order the tests were given) for run `run_id`: the summary
+    /// counted from them, the current schema version, no name, interruption, storage or shard
+    /// (set the public fields for those), `host` as given.
+    pub fn new(
+        run_id: impl Into<String>,
+        results: Vec<TestResult>,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+        host: HostInfo,
+    ) -> Self {
+        RunReport {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id.into(),
+            name: None,
+            started_at,
+            finished_at,
+            interrupted: None,
+            summary: Summary::of(&results),
+            results,
+            host,
+            storage: None,
+            shard: None,
+        }
+    }
+
     /// Whether the run succeeded as a whole.
     pub fn is_success(&self) -> bool {
         self.summary.is_success() && self.interrupted.is_none()

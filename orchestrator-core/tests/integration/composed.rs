@@ -27,12 +27,7 @@ fn cases() -> Vec<TestCase> {
 }
 
 async fn campaign(scratch: &std::path::Path, store: &std::path::Path) -> RunReport {
-    Orchestrator::new(RunConfig::new(scratch))
-        .with_runner(ProcessRunner::default())
-        .with_store(ArtifactStore::open(store).unwrap())
-        .with_monitor(Monitor::new(
-            MonitorConfig::default().with_interval(Duration::from_millis(20)),
-        ))
+    crate::monitored(RunConfig::new(scratch), store)
         .with_retention(KeepLastRuns(1))
         .run(cases())
         .await

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, Query, TestOutcome};
-use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
 use orchestrator_core::{
-    Expectation, Orchestrator, ProcessRunner, REPORT_NAME, RESULT_NAME, RUN_RECORD_TEST_ID,
-    RunConfig, RunReport, TestCase, TestResult,
+    Expectation, REPORT_NAME, RESULT_NAME, RUN_RECORD_TEST_ID, RunConfig, RunReport, TestCase,
+    TestResult,
 };
 
 fn cases() -> Vec<TestCase> {
@@ -27,15 +26,13 @@ async fn run(
     store: &std::path::Path,
     cases: Vec<TestCase>,
 ) -> RunReport {
-    Orchestrator::new(RunConfig::new(scratch).with_name(Some("history".into())))
-        .with_runner(ProcessRunner::default())
-        .with_store(ArtifactStore::open(store).unwrap())
-        .with_monitor(Monitor::new(
-            MonitorConfig::default().with_interval(Duration::from_millis(20)),
-        ))
-        .run(cases)
-        .await
-        .unwrap()
+    crate::monitored(
+        RunConfig::new(scratch).with_name(Some("history".into())),
+        store,
+    )
+    .run(cases)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,22 @@ mod reports;
 mod shard;
 
 use std::path::Path;
+use std::time::Duration;
+
+use orchestrator_core::artifact_store::ArtifactStore;
+use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
+use orchestrator_core::{Orchestrator, ProcessRunner, RunConfig};
+
+/// An orchestrator of host processes with the store at `store` and every execution monitored
+/// (a sample every 20 ms).
+pub(crate) fn monitored(config: RunConfig, store: &Path) -> Orchestrator {
+    Orchestrator::new(config)
+        .with_runner(ProcessRunner::default())
+        .with_store(ArtifactStore::open(store).unwrap())
+        .with_monitor(Monitor::new(
+            MonitorConfig::default().with_interval(Duration::from_millis(20)),
+        ))
+}
 
 /// Whether a process is still running (absent or a zombie counts as gone).
 pub(crate) fn is_alive(pid: u32) -> bool {
