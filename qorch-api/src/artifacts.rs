@@ -29,6 +29,9 @@ pub(crate) const DEFAULT_LIMIT: u64 = 1_000;
 const CHUNK: usize = 1 << 20;
 /// Semaphore units are KiB (permits are counted in `u32`).
 const UNIT: u64 = 1024;
+/// Downloads verified into temp files at once (verifying or sending): bounds the temp space
+/// to this many of the largest blobs; more requests wait their turn.
+pub const FILES_IN_FLIGHT: usize = 4;
 
 /// How downloads are verified before they are sent: memory for what fits, else temp files; and
 /// the content verified last, kept for the next requests.
@@ -38,6 +41,8 @@ pub(crate) struct Downloads {
     memory: Arc<Semaphore>,
     /// The largest blob held in memory (a quarter of the budget).
     in_memory_max: u64,
+    /// Downloads through temp files in flight.
+    files: Arc<Semaphore>,
     temp_dir: PathBuf,
     cache: Mutex<Cache>,
     buffers: Arc<Buffers>,
@@ -110,6 +115,7 @@ impl Downloads {
         Downloads {
             memory: Arc::new(Semaphore::new(units)),
             in_memory_max: budget / 4,
+            files: Arc::new(Semaphore::new(FILES_IN_FLIGHT)),
             temp_dir,
             cache: Mutex::new(Cache {
                 capacity: if cache { budget / 2 } else { 0 },
@@ -552,7 +558,13 @@ pub(crate) async fn content(
             let downloads = &state.inner.downloads;
             let len = record.raw_size;
             let early = if len > downloads.in_memory_max {
-                Early::Verified(verify(&store, &record, None, &downloads.temp_dir), None)
+                match downloads.files.clone().try_acquire_many_owned(1) {
+                    Ok(permit) => Early::Verified(
+                        verify(&store, &record, None, &downloads.temp_dir),
+                        Some(permit),
+                    ),
+                    Err(_) => Early::Nothing,
+                }
             } else if let Some(bytes) = downloads.cached(&record.digest) {
                 Early::Cached(bytes)
             } else if let Ok(permit) = downloads.memory.clone().try_acquire_many_owned(units(len)) {
@@ -626,19 +638,24 @@ pub(crate) async fn content(
         }
         Early::Verified(verified, permit) => (verified?, permit),
         Early::Nothing => {
-            // The memory was taken by other downloads: wait for it, then verify.
-            let permit = downloads
-                .memory
+            // The memory or the temp files were taken by other downloads: wait, then verify.
+            let in_memory = len <= downloads.in_memory_max;
+            let (pool, n) = if in_memory {
+                (&downloads.memory, units(len))
+            } else {
+                (&downloads.files, 1)
+            };
+            let permit = pool
                 .clone()
-                .acquire_many_owned(units(len))
+                .acquire_many_owned(n)
                 .await
-                .map_err(|_| ApiError::internal("the download memory pool is closed"))?;
+                .map_err(|_| ApiError::internal("the download pool is closed"))?;
             let store = state.store();
             let temp_dir = downloads.temp_dir.clone();
-            let buffers = downloads.buffers.clone();
+            let buffers = in_memory.then(|| downloads.buffers.clone());
             let verified = blocking({
                 let record = record.clone();
-                move || verify(&store, &record, Some(&buffers), &temp_dir)
+                move || verify(&store, &record, buffers.as_ref(), &temp_dir)
             })
             .await?;
             (verified, Some(permit))
@@ -649,7 +666,7 @@ pub(crate) async fn content(
             downloads.keep(record.digest, bytes.clone());
             memory_body(bytes.slice(start as usize..end as usize), permit)
         }
-        Verified::File(file) => file_body(file, start, end),
+        Verified::File(file) => file_body(file, start, end, permit),
     };
     build(builder, body)
 }
@@ -687,10 +704,12 @@ fn memory_body(bytes: Bytes, permit: Option<OwnedSemaphorePermit>) -> Body {
     }))
 }
 
-/// A verified temp file's `start..end`, read on the blocking pool in 1 MiB chunks.
-fn file_body(file: File, start: u64, end: u64) -> Body {
+/// A verified temp file's `start..end`, read on the blocking pool in 1 MiB chunks; the permit
+/// (its place among the temp files in flight) is released when the file is closed.
+fn file_body(file: File, start: u64, end: u64, permit: Option<OwnedSemaphorePermit>) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut pos = start;
         while pos < end {
             let n = CHUNK.min((end - pos) as usize);

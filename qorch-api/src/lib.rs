@@ -41,6 +41,7 @@ mod metrics;
 mod runs;
 mod validate;
 
+pub use artifacts::FILES_IN_FLIGHT;
 pub use error::{ApiError, Error, REPAIR_COMMAND};
 
 /// The default listening address: loopback only.
@@ -90,7 +91,8 @@ pub struct ApiConfig {
     /// fits (at most a quarter of the budget) is decoded into memory, a larger one into an
     /// unnamed temporary file (in `temp_dir`), then sent from there. Half the budget is for
     /// verifications in flight, half for a cache of the content verified last (the verified
-    /// bytes themselves, by digest), from which repeated downloads are served.
+    /// bytes themselves, by digest), from which repeated downloads are served. At most
+    /// [`FILES_IN_FLIGHT`] downloads go through temp files at once; others wait.
     pub memory_budget: u64,
     /// Whether to keep recently verified content for repeated downloads (default: yes).
     pub cache: bool,

@@ -201,6 +201,22 @@ async fn artifacts_are_listed_and_served_verified_with_ranges() {
         assert_eq!(r.headers()["content-length"], len.to_string().as_str());
     }
 
+    // More downloads through temp files at once than may be in flight: the rest wait their
+    // turn, and every one arrives whole.
+    let mut downloads = tokio::task::JoinSet::new();
+    for i in 0..3 * qorch_api::FILES_IN_FLIGHT {
+        let rec = by_name(&s, if i % 2 == 0 { "big.bin" } else { "big.log" });
+        let url = s.url(&format!("/api/v1/artifacts/{}/content", rec.id));
+        downloads.spawn(async move {
+            let r = reqwest::get(url).await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(Digest::of(&r.bytes().await.unwrap()), rec.digest);
+        });
+    }
+    while let Some(done) = downloads.join_next().await {
+        done.unwrap();
+    }
+
     let stats = s.json("/api/v1/store/stats").await;
     assert_eq!(stats["live_records"].as_u64().unwrap(), all.len() as u64);
     assert!(stats["dedup_ratio"].as_f64().unwrap() >= 1.0);
