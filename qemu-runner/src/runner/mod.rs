@@ -890,12 +890,17 @@ impl TestRunner for QemuRunner {
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        // A planned test restored from its group's snapshot runs in snapshot reset.
+        let mode = match (self.config.mode, self.planned(case)) {
+            (ExecutionMode::Alone, Some(Planned::Group(_))) => ExecutionMode::SnapshotReset,
+            (mode, _) => mode,
+        };
         let span = tracing::info_span!(
             "qemu",
             test = %case.id,
             arch = %self.arch_of(case),
             attempt = ctx.attempt(),
-            mode = %self.config.mode.name(),
+            mode = %mode.name(),
         );
         self.execute_in_span(case, ctx).instrument(span).await
     }
