@@ -9,4 +9,7 @@
 //!   side (default 5), `ORCH_BENCH_ARCHS` a comma-separated subset of architectures.
 //! - `guest_io`: per architecture, artifact transfer out of the guest over virtio-serial and over
 //!   the serial console (MB/s), and the throughput of boot-bound tests with 1 and 2 VMs at once.
+//! - `planning`: the demo plan's wall time with the QEMU runner's campaign planning on and off,
+//!   alternated in one run (`ORCH_BENCH_ROUNDS`, default 3); prints both, their medians and
+//!   ratio, and how each test ran.
 #![deny(missing_docs)]

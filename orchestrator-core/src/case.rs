@@ -282,6 +282,10 @@ pub struct Requirements {
     /// as `kunit.filter_glob=list*`.
     #[serde(default)]
     pub kernel_args: Vec<String>,
+    /// The test runs in a guest of its own (`isolated = true`): a VM runner that plans a
+    /// campaign (tests sharing one booted state) never puts it with other tests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub isolated: bool,
 }
 
 impl Requirements {

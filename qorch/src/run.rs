@@ -241,10 +241,11 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(grace) = plan.settings.kill_grace {
         runner_config.kill_grace = grace;
     }
-    // Host processes by default; `runner = "qemu"` boots a guest per test.
+    // Host processes by default; `runner = "qemu"` boots guests (planned unless the plan's
+    // [qemu] says `planning = false`).
     let qemu = match plan.section::<QemuPlan>() {
         Some(q) => QemuConfig::from_plan(q),
-        None => QemuConfig::new(),
+        None => QemuConfig::from_plan(&QemuPlan::default()),
     };
     let mut orchestrator = Orchestrator::new(config)
         .with_runner(ProcessRunner::new(runner_config))

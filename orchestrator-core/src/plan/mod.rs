@@ -399,6 +399,7 @@ mod tests {
                 rootfs: None,
                 kunit: false,
                 kernel_args: Vec::new(),
+                isolated: false,
             }
         );
         assert_eq!(inherits.artifacts, ["*.log"]);
@@ -436,6 +437,7 @@ mod tests {
                 rootfs: None,
                 kunit: false,
                 kernel_args: Vec::new(),
+                isolated: false,
             }
         );
         assert_eq!(overrides.artifacts, ["*.log", "out/**"]);

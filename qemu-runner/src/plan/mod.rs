@@ -41,7 +41,7 @@ impl QemuConfig {
         QemuConfig::new().with_plan(plan)
     }
 
-    /// Applies a plan's `[qemu]` table: `session`, `snapshot-reset`, `pool` and
+    /// Applies a plan's `[qemu]` table: `session`, `snapshot-reset`, `planning`, `pool` and
     /// `virtio-artifacts` (and `vmcore`) replace the current values; `max-artifact-bytes`,
     /// `max-artifact-files` and `serial-artifact-limit` replace them when the plan sets them;
     /// `modules` are added to [`QemuConfig::modules`]; `accel` replaces [`QemuConfig::accel`]
@@ -57,6 +57,7 @@ impl QemuConfig {
             (false, true) => Session,
             (false, false) => Alone,
         };
+        self.planning = plan.planning;
         self.pool = plan.pool;
         self.virtio_artifacts = plan.virtio_artifacts;
         self.vmcore = plan.vmcore;
@@ -164,6 +165,17 @@ mod tests {
         assert!(config.modules.is_empty());
         assert_eq!(config.accel, AccelMode::Auto);
         assert_eq!(config.profiles, MachineProfile::builtins());
+    }
+
+    #[test]
+    fn a_plan_plans_its_campaign_unless_it_says_planning_false() {
+        // A runner built in code boots a guest per test; a plan plans.
+        assert!(!QemuConfig::new().planning);
+        assert!(QemuConfig::from_plan(&qemu_plan("[qemu]")).planning);
+        assert!(QemuConfig::from_plan(&QemuPlan::default()).planning);
+        let off = QemuConfig::from_plan(&qemu_plan("[qemu]\nplanning = false"));
+        assert!(!off.planning);
+        assert!(off.mode == crate::runner::ExecutionMode::Alone);
     }
 
     #[test]

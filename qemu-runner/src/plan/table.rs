@@ -40,6 +40,11 @@ pub struct QemuPlan {
     /// Restore every test's guest from a snapshot saved once it had booted (`snapshot-reset`,
     /// default `false`). Never set together with [`QemuPlan::session`].
     pub snapshot_reset: bool,
+    /// Campaign planning (`planning`, default `true`): tests that can share a booted state run
+    /// in guests restored from one snapshot per group, the others in a guest of their own
+    /// (see [`QemuConfig::planning`](crate::QemuConfig::planning)); `false` boots a guest per
+    /// test. Without effect when `session` or `snapshot-reset` is on.
+    pub planning: bool,
     /// Most QEMU VMs running at once (`pool`, at least 1). `None`: one per host CPU.
     pub pool: Option<usize>,
     /// Whether artifacts come back over a virtio-serial port rather than the serial console
@@ -71,6 +76,7 @@ impl Default for QemuPlan {
         QemuPlan {
             session: false,
             snapshot_reset: false,
+            planning: true,
             pool: None,
             virtio_artifacts: true,
             max_artifact_bytes: None,
@@ -119,6 +125,7 @@ orchestrator_core::plan_table! {
     struct QemuTable {
         "session" session: Flag = "session = true",
         "snapshot-reset" snapshot_reset: Flag = "snapshot-reset = true",
+        "planning" planning: Flag = "planning = false",
         "pool" pool: Count<1, U32_MAX> = "pool = 2" ("to run as many VMs at once as there are CPUs"),
         "virtio-artifacts" virtio_artifacts: Flag = "virtio-artifacts = false",
         "max-artifact-bytes" max_artifact_bytes: Size = "max-artifact-bytes = \"256MiB\"" ("to keep the runner's default of 1GiB"),
@@ -207,6 +214,9 @@ impl Section for QemuPlan {
         let count = |Count(n)| usize::try_from(n).expect("range was checked");
         qemu.session = read.session.is_some_and(|Flag(on)| on);
         qemu.snapshot_reset = read.snapshot_reset.is_some_and(|Flag(on)| on);
+        if let Some(Flag(on)) = read.planning {
+            qemu.planning = on;
+        }
         qemu.pool = read.pool.map(count);
         if let Some(Flag(on)) = read.virtio_artifacts {
             qemu.virtio_artifacts = on;

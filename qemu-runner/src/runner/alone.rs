@@ -21,6 +21,9 @@ impl QemuRunner {
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
         let mut run = Run::new(case, ctx);
+        run.result
+            .environment
+            .insert("mode".into(), super::ExecutionMode::Alone.name().into());
         let mut prepared = self
             .prepare_inner(case, ctx.scratch_dir(), true, false, self.output_limit(ctx))
             .await?;

@@ -12,6 +12,7 @@ mod alone;
 mod console;
 mod gather;
 mod lifecycle;
+mod planning;
 mod session;
 mod snapshot;
 
@@ -34,6 +35,7 @@ use crate::profile::MachineProfile;
 use crate::provision;
 use crate::vm::VmSpec;
 use lifecycle::Guest;
+use planning::Planned;
 use snapshot::Snapshot;
 
 /// Where guest kernels and busybox come from.
@@ -120,6 +122,16 @@ pub struct QemuConfig {
     /// How tests run: a boot each (the default), in session guests, or in guests restored
     /// from a snapshot.
     pub mode: ExecutionMode,
+    /// Campaign planning, in [`ExecutionMode::Alone`]: before a run ([`TestRunner::plan`]),
+    /// tests that can share a booted state (same architecture, kernel, module tree, machine
+    /// profile, memory and CPUs) are grouped, and each test of a group of two or more runs in a
+    /// guest restored from one snapshot of the group's booted guest, pristine; a test that
+    /// needs a guest of its own (KUnit at boot, a `vmcore`, a root file system, a display, its
+    /// own kernel arguments, `isolated`, artifacts) boots one. Each result's environment
+    /// records its `mode` and why (`planning`). Off (`false`) here by default, so a runner
+    /// built in code boots a guest per test; a plan's `[qemu] planning` turns it on unless it
+    /// says `false` ([`QemuConfig::with_plan`]).
+    pub planning: bool,
     /// Most QEMU VMs running at once, at least 1: a test waits for a free slot before its VM
     /// starts, and holds it until its result is ready (a session guest or a restored snapshot
     /// counts as one VM while it runs a test; idle session guests do not count). `None`: the
@@ -155,6 +167,7 @@ impl QemuConfig {
             core_dumps: true,
             virtio_artifacts: true,
             mode: ExecutionMode::Alone,
+            planning: false,
             pool: None,
             vmcore: false,
         }
@@ -199,6 +212,13 @@ impl QemuConfig {
     #[must_use]
     pub fn with_mode(mut self, mode: ExecutionMode) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Turns campaign planning on or off (see [`QemuConfig::planning`]).
+    #[must_use]
+    pub fn with_planning(mut self, on: bool) -> Self {
+        self.planning = on;
         self
     }
 
@@ -265,6 +285,8 @@ pub struct QemuRunner {
     manifest: Mutex<Option<provision::Manifest>>,
     /// Idle session guests, by what they were booted with.
     sessions: Mutex<HashMap<String, Vec<Guest>>>,
+    /// What campaign planning decided for each test of the run, by test id.
+    planned: Mutex<HashMap<String, Planned>>,
     /// Saved guests for snapshot reset, by what they were booted with.
     snapshots: Mutex<HashMap<String, std::sync::Arc<tokio::sync::OnceCell<Snapshot>>>>,
     boots: std::sync::atomic::AtomicU32,
@@ -294,6 +316,7 @@ impl QemuRunner {
             manifest: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             snapshots: Mutex::new(HashMap::new()),
+            planned: Mutex::new(HashMap::new()),
             boots: std::sync::atomic::AtomicU32::new(0),
             module_trees: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
@@ -564,10 +587,16 @@ impl QemuRunner {
         let own_tree = self.own_tree(case, &parts, &profile)?;
         // A vmcore guest (never a session guest: such tests boot alone) pauses at a panic.
         let vmcore = self.vmcore_for(case) && !session;
-        let needs_modules = (self.wants_channel(case) && !session)
+        // A planned group's guest (a session guest, restored for each test of the group) boots
+        // as a guest of its own would, with every module of its tests in its initramfs: each
+        // test loads its own in its phase.
+        let group = if session { self.group_of(case) } else { None };
+        let own_boot = !session || group.is_some();
+        let needs_modules = (self.wants_channel(case) && own_boot)
             || vmcore
             || rootfs.is_some()
-            || !self.modules_for(case, &profile, None).is_empty();
+            || !self.modules_for(case, &profile, None).is_empty()
+            || group.as_ref().is_some_and(|g| !g.modules.is_empty());
         let index = match (&own_tree, &parts.modules_dir) {
             (Some(index), _) => Some(Arc::clone(index)),
             (None, Some(dir)) if needs_modules => {
@@ -575,8 +604,13 @@ impl QemuRunner {
             }
             _ => None,
         };
-        let channel = index.as_deref().filter(|_| !session);
+        let channel = index.as_deref().filter(|_| own_boot);
         let mut modules = self.modules_for(case, &profile, channel);
+        for m in group.iter().flat_map(|g| &g.modules) {
+            if !modules.contains(m) {
+                modules.push(m.clone());
+            }
+        }
         // The channel's modules load at boot; the test's own in its phase, on its clock.
         let mut boot: Vec<String> = profile
             .channel_modules
@@ -618,12 +652,19 @@ impl QemuRunner {
         let dir = dir.to_owned();
         let serial_artifact_limit = self.config.serial_artifact_limit;
         let kernel_version = parts.kernel_version.clone();
+        let planned_group = group.is_some();
         let initrd = tokio::task::spawn_blocking(move || {
             let test_part = if session {
+                // A planned group's guest loads the boot's modules only.
+                let order = if planned_group {
+                    &base.boot_order
+                } else {
+                    &base.load_order
+                };
                 image::session_archive(
                     output_limit,
                     serial_artifact_limit,
-                    &base.load_order,
+                    order,
                     kernel_version.as_deref(),
                 )
             } else {
@@ -839,17 +880,27 @@ impl TestRunner for QemuRunner {
         self.unsupported(case)
     }
 
+    async fn plan(&self, batch: &[&TestCase]) -> Result<(), RunnerError> {
+        self.plan_campaign(batch);
+        Ok(())
+    }
+
     async fn execute(
         &self,
         case: &TestCase,
         ctx: &ExecutionContext,
     ) -> Result<TestResult, RunnerError> {
+        // A planned test restored from its group's snapshot runs in snapshot reset.
+        let mode = match (self.config.mode, self.planned(case)) {
+            (ExecutionMode::Alone, Some(Planned::Group(_))) => ExecutionMode::SnapshotReset,
+            (mode, _) => mode,
+        };
         let span = tracing::info_span!(
             "qemu",
             test = %case.id,
             arch = %self.arch_of(case),
             attempt = ctx.attempt(),
-            mode = %self.config.mode.name(),
+            mode = %mode.name(),
         );
         self.execute_in_span(case, ctx).instrument(span).await
     }
@@ -884,13 +935,20 @@ impl QemuRunner {
             waited_ms = waited.elapsed().as_millis() as u64,
             "VM slot taken"
         );
-        let result = match self.config.mode {
-            ExecutionMode::Alone => self.execute_alone(case, ctx).await,
+        let planned = self.planned(case);
+        let mut result = match self.config.mode {
+            ExecutionMode::Alone => match &planned {
+                Some(Planned::Group(group)) => self.execute_planned(case, ctx, group).await,
+                _ => self.execute_alone(case, ctx).await,
+            },
             // The kernel's own tests run at boot, and kernel arguments are the boot's: a guest
             // of its own.
             _ if needs_own_boot(case) => self.execute_alone(case, ctx).await,
             mode => self.execute_in_guest(case, ctx, mode).await,
         };
+        if let (Ok(r), Some(planned)) = (&mut result, &planned) {
+            r.environment.insert("planning".into(), planned.describe());
+        }
         match &result {
             Ok(r) => tracing::debug!(
                 outcome = %r.outcome.label(),

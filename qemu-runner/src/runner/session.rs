@@ -14,7 +14,7 @@ use crate::image::{self, TestPart};
 
 /// Largest gzip'd test part sent to a session guest over the console (its base64 must fit the
 /// guest's terminal input buffer, 4 KiB, so nothing is dropped).
-const SESSION_PART_LIMIT: usize = 2800;
+pub(super) const SESSION_PART_LIMIT: usize = 2800;
 
 impl QemuRunner {
     /// A test in a guest that takes tests over the console, in session mode or from a
@@ -66,7 +66,7 @@ impl QemuRunner {
     /// What a session guest is sent for `case`: text when it can (no process to start in the
     /// guest), else an archive, or `Err(bytes)` when even the archive is too large for the
     /// console. Built on a blocking thread (the archive reads the test's files).
-    async fn session_payload(
+    pub(super) async fn session_payload(
         &self,
         case: &TestCase,
         output_limit: u64,
@@ -79,7 +79,7 @@ impl QemuRunner {
     }
 
     /// Runs `case` in a guest of its own because it is too large to send to a session guest.
-    async fn execute_alone_too_large(
+    pub(super) async fn execute_alone_too_large(
         &self,
         case: &TestCase,
         ctx: &ExecutionContext,
@@ -266,6 +266,9 @@ impl QemuRunner {
                 }
             }
         };
+        run.result
+            .environment
+            .insert("mode".into(), ExecutionMode::Session.name().into());
         run.result.environment.insert(
             "session".into(),
             format!("guest {}, test {}", guest.id, guest.tests + 1),

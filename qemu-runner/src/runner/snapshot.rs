@@ -24,6 +24,10 @@ impl QemuRunner {
         payload: Payload,
         key: String,
     ) -> Result<TestResult, RunnerError> {
+        run.result.environment.insert(
+            "mode".into(),
+            super::ExecutionMode::SnapshotReset.name().into(),
+        );
         let cell = self
             .snapshots
             .lock()

@@ -143,6 +143,7 @@ crate::plan_table! {
         "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
         "kunit" kunit: Flag = "kunit = true",
         "kernel-args" kernel_args: ByHand = "kernel-args = [\"kunit.filter_glob=list*\"]",
+        "isolated" isolated: Flag = "isolated = true",
     }
 }
 
@@ -173,6 +174,7 @@ crate::plan_table! {
         "rootfs" rootfs: Text = "rootfs = \"rootfs/bookworm-arm64\"",
         "kunit" kunit: Flag = "kunit = true",
         "kernel-args" kernel_args: ByHand = "kernel-args = [\"kunit.filter_glob=list*\"]",
+        "isolated" isolated: Flag = "isolated = true",
     }
 }
 
@@ -276,6 +278,7 @@ impl Parser<'_> {
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         common.kunit = read.kunit.map(|Flag(on)| on);
+        common.isolated = read.isolated.map(|Flag(on)| on);
         Ok(common)
     }
 
@@ -375,6 +378,7 @@ impl Parser<'_> {
         common.modules_dir = read.modules_dir.map(|Text(dir)| self.base_dir.join(dir));
         common.rootfs = read.rootfs.map(|Text(p)| self.base_dir.join(p));
         common.kunit = read.kunit.map(|Flag(on)| on);
+        common.isolated = read.isolated.map(|Flag(on)| on);
         let name = read.name.map(|Text(name)| name);
         let Some(id) = id else {
             return Err(
@@ -563,6 +567,7 @@ struct Common {
     rootfs: Option<PathBuf>,
     kunit: Option<bool>,
     kernel_args: Vec<String>,
+    isolated: Option<bool>,
 }
 
 impl Common {
@@ -679,6 +684,7 @@ impl RawTest {
                 rootfs: own.rootfs.or_else(|| defaults.rootfs.clone()),
                 kunit,
                 kernel_args: [defaults.kernel_args.clone(), own.kernel_args].concat(),
+                isolated: own.isolated.or(defaults.isolated).unwrap_or(false),
             },
             artifacts: appended(&defaults.artifacts, own.artifacts),
             tags: appended(&defaults.tags, own.tags),
