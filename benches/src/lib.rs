@@ -9,4 +9,10 @@
 //!   side (default 5), `ORCH_BENCH_ARCHS` a comma-separated subset of architectures.
 //! - `guest_io`: per architecture, artifact transfer out of the guest over virtio-serial and over
 //!   the serial console (MB/s), and the throughput of boot-bound tests with 1 and 2 VMs at once.
+//! - `peer`: `uname -r` on the x86_64 kernel under TCG with virtme-ng 1.42 (installed into a venv
+//!   of its own in the image cache; skipped, saying what to install, without it or a static
+//!   busybox), the runner's plain QEMU command line, the runner with one boot, and tests from a
+//!   restored snapshot, alternated in one run; prints medians and ratios to virtme-ng.
+//!   `ORCH_BENCH_RUNS` sets the rounds (default 3), `ORCH_BENCH_TESTS` the restored tests a round
+//!   (default 10), `ORCH_VNG` a `vng` to use instead.
 #![deny(missing_docs)]
