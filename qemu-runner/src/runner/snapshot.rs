@@ -352,12 +352,17 @@ impl Snapshot {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(task) = waiting {
-            // A guest still loading is dropped, which kills its QEMU.
-            task.abort();
-            if let Ok(Ok(mut loaded)) = task.await {
-                loaded.vm.kill().await;
-                let _ = loaded.vm.finish().await;
+        if let Some(mut task) = waiting {
+            // Let a guest still loading finish (a load is bounded), so that its QEMU is killed
+            // and reaped here rather than left to a drop.
+            match tokio::time::timeout(Duration::from_secs(30), &mut task).await {
+                Ok(Ok(Ok(mut loaded))) => {
+                    loaded.vm.kill().await;
+                    let _ = loaded.vm.finish().await;
+                }
+                Ok(_) => {}
+                // Dropping the load kills its QEMU.
+                Err(_) => task.abort(),
             }
         }
     }
