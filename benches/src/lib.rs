@@ -12,4 +12,10 @@
 //! - `planning`: the demo plan's wall time with the QEMU runner's campaign planning on and off,
 //!   alternated in one run (`ORCH_BENCH_ROUNDS`, default 3); prints both, their medians and
 //!   ratio, and how each test ran.
+//! - `peer`: `uname -r` on the x86_64 kernel under TCG with virtme-ng 1.42 (installed into a venv
+//!   of its own in the image cache; skipped, saying what to install, without it or a static
+//!   busybox), the runner's plain QEMU command line, the runner with one boot, and tests from a
+//!   restored snapshot, alternated in one run; prints medians and ratios to virtme-ng.
+//!   `ORCH_BENCH_RUNS` sets the rounds (default 3), `ORCH_BENCH_TESTS` the restored tests a round
+//!   (default 10), `ORCH_VNG` a `vng` to use instead.
 #![deny(missing_docs)]

@@ -43,7 +43,7 @@ pub struct VmSpec {
     /// The Unix socket (listened on by the host) the guest's artifact port connects to, if the
     /// test collects artifacts.
     pub artifact_socket: Option<PathBuf>,
-    /// Whether QEMU starts waiting for its state from a migration (`-incoming defer`; see
+    /// Whether QEMU starts waiting for its state from a migration (`-S -incoming defer`; see
     /// [`load_state`]) instead of booting.
     pub incoming: bool,
     /// Whether a kernel panic keeps the guest for a memory dump: QEMU pauses it at the panic
@@ -52,7 +52,25 @@ pub struct VmSpec {
     pub vmcore: bool,
     /// The test's root file system, given to the guest read-only (a 9p share or a disk).
     pub rootfs: Option<crate::rootfs::Rootfs>,
+    /// A file holding the guest's memory instead of anonymous memory (see [`RamFile`]).
+    pub ram_file: Option<RamFile>,
 }
+
+/// Guest memory in a file (`-object memory-backend-file`): a guest saved with its memory
+/// shared (`shared`, written through to the file) leaves its memory in the file, and
+/// [`save_state`] then writes only the devices' state; guests restored from it map the file
+/// privately, copy-on-write, so each starts from the saved memory and the file stays as saved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamFile {
+    /// The file (created by QEMU if missing; sparse).
+    pub path: PathBuf,
+    /// Whether the guest's writes go to the file (`share=on`) or stay private to it.
+    pub shared: bool,
+}
+
+/// The memory backend's id (and RAM block name) in QEMU: the same in the saved and the
+/// restored guest, which migration needs.
+const RAM_FILE_ID: &str = "orch-ram";
 
 /// The name of the guest's artifact port.
 pub const ARTIFACT_PORT: &str = "org.orch.artifacts";
@@ -88,6 +106,20 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-smp",
         &spec.cpus.to_string(),
     ]);
+    if let Some(ram) = &spec.ram_file {
+        // A comma in a QEMU option value is written twice.
+        let path = ram.path.to_string_lossy().replace(',', ",,");
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id={RAM_FILE_ID},size={}M,mem-path={path},share={}",
+                spec.memory_mib,
+                if ram.shared { "on" } else { "off" }
+            ),
+            "-machine",
+            &format!("memory-backend={RAM_FILE_ID}"),
+        ]);
+    }
     push(&HEADLESS_STDIO_CONSOLE);
     push(&[
         "-qmp",
@@ -127,7 +159,8 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     push(&["-append", &spec.append]);
     a.extend(p.extra_args.iter().cloned());
     if spec.incoming {
-        a.extend(["-incoming".to_owned(), "defer".to_owned()]);
+        // Paused once loaded (`-S`): the caller resumes the guest when it wants it to run.
+        a.extend(["-S", "-incoming", "defer"].map(str::to_owned));
     }
     a
 }
@@ -237,10 +270,38 @@ async fn poll_qmp(
 /// Stops the guest behind `qmp_socket` and saves its whole state (memory and devices) to
 /// `file` with a migration; the guest stays stopped.
 pub async fn save_state(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
+    save(qmp_socket, file, false).await
+}
+
+/// [`save_state`] for a guest whose memory is a shared [`RamFile`]: the memory stays in that
+/// file and `file` gets the rest (the devices' state, a few hundred KiB), which
+/// [`load_paused`] with `memory_in_file` loads into a guest mapping the same file privately.
+pub async fn save_devices(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
+    save(qmp_socket, file, true).await
+}
+
+/// Leaves shared file-backed memory out of the migration stream (QEMU's `x-ignore-shared`
+/// capability, which both sides of a migration need).
+async fn ignore_shared_memory(qmp: &mut Qmp) -> Result<(), VmError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(command_failed("migrate-set-capabilities"))
+}
+
+async fn save(qmp_socket: &Path, file: &Path, memory_in_file: bool) -> Result<(), VmError> {
     let mut qmp = Qmp::connect(qmp_socket, Duration::from_secs(5)).await?;
     qmp.execute("stop", None)
         .await
         .map_err(command_failed("stop"))?;
+    if memory_in_file {
+        ignore_shared_memory(&mut qmp).await?;
+    }
     let uri = exec_uri(">", file)?;
     qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
         .await
@@ -281,7 +342,22 @@ async fn connect_when_up(qmp_socket: &Path, limit: Duration) -> Result<Qmp, VmEr
 /// Loads a state saved by [`save_state`] into a QEMU started with [`VmSpec::incoming`], and
 /// lets the guest run.
 pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
+    let mut qmp = load_paused(qmp_socket, file, false).await?;
+    resume(&mut qmp).await
+}
+
+/// Loads a state saved by [`save_state`] (or, with `memory_in_file`, by [`save_devices`])
+/// into a QEMU started with [`VmSpec::incoming`] and leaves the guest paused; returns the QMP
+/// connection, for [`resume`].
+pub async fn load_paused(
+    qmp_socket: &Path,
+    file: &Path,
+    memory_in_file: bool,
+) -> Result<Qmp, VmError> {
     let mut qmp = connect_when_up(qmp_socket, Duration::from_secs(10)).await?;
+    if memory_in_file {
+        ignore_shared_memory(&mut qmp).await?;
+    }
     let uri = exec_uri("<", file)?;
     qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
         .await
@@ -300,17 +376,20 @@ pub async fn load_state(qmp_socket: &Path, file: &Path) -> Result<(), VmError> {
     })
     .await?;
     match status.as_str() {
-        "running" => Ok(()),
-        "paused" | "postmigrate" | "prelaunch" => qmp
-            .execute("cont", None)
-            .await
-            .map(|_| ())
-            .map_err(command_failed("cont")),
+        "running" | "paused" | "postmigrate" | "prelaunch" => Ok(qmp),
         other => Err(VmError::NotLoaded {
             file: file.to_owned(),
             status: other.to_owned(),
         }),
     }
+}
+
+/// Lets a guest loaded by [`load_paused`] run.
+pub async fn resume(qmp: &mut Qmp) -> Result<(), VmError> {
+    qmp.execute("cont", None)
+        .await
+        .map(|_| ())
+        .map_err(command_failed("cont"))
 }
 
 /// What the console reader reports.
@@ -453,6 +532,19 @@ impl Vm {
         report
     }
 
+    /// Kills QEMU at once (SIGKILL) and waits for it: for a guest that is thrown away, whose
+    /// state nobody needs (a restored guest after its test).
+    pub async fn kill(&mut self) -> StopReport {
+        let mut report = StopReport::default();
+        if self.exited().is_none() {
+            report.steps.push("SIGKILL");
+            let _ = self.child.start_kill();
+        }
+        report.stopped = self.wait_for(Duration::from_secs(5)).await;
+        tracing::debug!(pid = self.pid, stopped = report.stopped, "QEMU killed");
+        report
+    }
+
     async fn stop_in_stages(&mut self) -> StopReport {
         let mut report = StopReport::default();
         if let Some(status) = self.exited() {
@@ -581,6 +673,7 @@ mod tests {
             incoming: false,
             vmcore: false,
             rootfs: None,
+            ram_file: None,
             profile,
         };
         let args = qemu_args(&spec).join(" ");
@@ -602,6 +695,44 @@ mod tests {
     }
 
     #[test]
+    fn memory_in_a_file_and_incoming_guests_paused() {
+        let mut spec = VmSpec {
+            qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            kernel: "/k/bzImage".into(),
+            initrd: "/k/initrd".into(),
+            firmware: None,
+            append: "console=ttyS0".into(),
+            qmp_socket: "/run/q.sock".into(),
+            memory_mib: 512,
+            cpus: 1,
+            artifact_socket: None,
+            incoming: false,
+            vmcore: false,
+            rootfs: None,
+            ram_file: Some(RamFile {
+                path: "/snap,1/guest.ram".into(),
+                shared: true,
+            }),
+            profile: MachineProfile::builtin(Arch::X86_64),
+        };
+        let args = qemu_args(&spec).join(" ");
+        assert!(
+            args.contains(
+                "-m 512 -smp 1 -object memory-backend-file,id=orch-ram,size=512M,\
+                 mem-path=/snap,,1/guest.ram,share=on -machine memory-backend=orch-ram "
+            ),
+            "{args}"
+        );
+        assert!(!args.contains("-incoming"), "{args}");
+        spec.ram_file.as_mut().unwrap().shared = false;
+        spec.incoming = true;
+        let args = qemu_args(&spec).join(" ");
+        assert!(args.contains("share=off"), "{args}");
+        assert!(args.ends_with(" -S -incoming defer"), "{args}");
+    }
+
+    #[test]
     fn a_vmcore_guest_pauses_at_a_panic_with_its_devices() {
         let spec = VmSpec {
             qemu: "qemu-system-x86_64".into(),
@@ -617,6 +748,7 @@ mod tests {
             incoming: false,
             vmcore: true,
             rootfs: None,
+            ram_file: None,
             profile: MachineProfile::builtin(Arch::X86_64),
         };
         let args = qemu_args(&spec).join(" ");

@@ -730,6 +730,7 @@ impl QemuRunner {
             incoming: false,
             vmcore,
             rootfs,
+            ram_file: None,
             memory_mib: case.requirements.memory_mib.unwrap_or(profile.memory_mib),
             cpus: case.requirements.cpus.unwrap_or(profile.cpus),
             profile: profile.clone(),
@@ -984,6 +985,11 @@ impl QemuRunner {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
+        for (_, snapshot) in &saved {
+            if let Some(snapshot) = snapshot.get() {
+                snapshot.discard_standby().await;
+            }
+        }
         blocking(move || drop(saved)).await;
     }
 }

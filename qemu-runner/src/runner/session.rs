@@ -121,8 +121,20 @@ impl QemuRunner {
         run: &mut Run<'_>,
         dir: &Path,
     ) -> Result<Option<Guest>, RunnerError> {
+        self.boot_session_guest_with(run, dir, None).await
+    }
+
+    /// [`boot_session_guest`](Self::boot_session_guest), the guest's memory in `ram_file` if
+    /// given.
+    pub(super) async fn boot_session_guest_with(
+        &self,
+        run: &mut Run<'_>,
+        dir: &Path,
+        ram_file: Option<crate::vm::RamFile>,
+    ) -> Result<Option<Guest>, RunnerError> {
         let limit = self.output_limit(run.ctx);
-        let prepared = self.prepare_inner(run.case, dir, true, true, limit).await?;
+        let mut prepared = self.prepare_inner(run.case, dir, true, true, limit).await?;
+        prepared.spec.ram_file = ram_file;
         run.result.end_phase(Phase::Setup, run.setup_start);
         let id = self
             .boots

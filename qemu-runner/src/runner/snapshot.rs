@@ -1,8 +1,15 @@
 //! Snapshot reset: the first test of a kind boots a guest and saves it; every test runs in a
 //! fresh QEMU restored from that file.
+//!
+//! The saved guest's memory stays in a file of its own (the guest ran with its memory shared
+//! with that file), and the state file holds only the devices: a restored guest maps the memory
+//! file privately (copy-on-write), so loading it reads a few hundred KiB instead of the guest's
+//! memory. The next guest is restored in advance, while a test runs, and waits paused until a
+//! test takes it.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use orchestrator_core::{ExecutionContext, Outcome, Phase, PhaseTiming, RunnerError, TestResult};
@@ -12,7 +19,8 @@ use super::lifecycle::{Guest, Run};
 use super::session::{Payload, test_end};
 use super::{Prepared, QemuRunner, phase};
 use crate::protocol::Record;
-use crate::vm::Vm;
+use crate::qmp::Qmp;
+use crate::vm::{RamFile, Vm, VmSpec};
 
 impl QemuRunner {
     /// A test in a guest restored from a snapshot of a booted guest: every test starts from
@@ -55,7 +63,7 @@ impl QemuRunner {
         let started = Instant::now();
         let restored = phase(
             tracing::debug_span!("boot", from = "snapshot"),
-            snapshot.restore(self, run.ctx),
+            snapshot.take_guest(self, &cell, run.ctx),
         )
         .await;
         let mut guest = match restored {
@@ -84,8 +92,8 @@ impl QemuRunner {
         let teardown_start = test_end(&run.result);
         phase(tracing::debug_span!("stop"), async {
             if reusable {
-                // A pristine guest per test: this one is done.
-                guest.vm.stop().await;
+                // A pristine guest per test: this one is thrown away, nothing of it is needed.
+                guest.vm.kill().await;
             }
             let _ = guest.vm.finish().await;
         })
@@ -106,8 +114,14 @@ impl QemuRunner {
                 ))
             })?;
         let started = Instant::now();
+        // The guest's memory, written through to a sparse file that its restored copies map.
+        let ram = dir.path().join("guest.ram");
+        let ram_file = RamFile {
+            path: ram.clone(),
+            shared: true,
+        };
         let Some(mut guest) = self
-            .boot_session_guest(run, dir.path())
+            .boot_session_guest_with(run, dir.path(), Some(ram_file))
             .await
             .map_err(SnapshotError::Runner)?
         else {
@@ -116,7 +130,7 @@ impl QemuRunner {
         let boot = started.elapsed();
         let file = dir.path().join("guest.state");
         let saving = Instant::now();
-        let saved = crate::vm::save_state(&guest.prepared.spec.qmp_socket, &file).await;
+        let saved = crate::vm::save_devices(&guest.prepared.spec.qmp_socket, &file).await;
         tracing::debug!(
             file = %file.display(),
             ok = saved.is_ok(),
@@ -137,10 +151,14 @@ impl QemuRunner {
         Ok(Snapshot {
             dir,
             file,
+            ram,
             prepared: guest.prepared,
             ready,
             boot,
             restores: std::sync::atomic::AtomicU32::new(0),
+            temp_dir: self.config.temp_dir.clone(),
+            console_log_limit: self.config.console_log_limit,
+            standby: Mutex::new(None),
         })
     }
 }
@@ -152,12 +170,35 @@ pub(super) struct Snapshot {
     #[allow(dead_code)]
     dir: tempfile::TempDir,
     file: PathBuf,
+    /// The guest's memory (the state file holds the rest).
+    ram: PathBuf,
     prepared: Prepared,
     /// The agent's `READY`, which fixes the nonce every restored guest speaks with.
     ready: Option<Record>,
     /// How long the boot took.
     boot: std::time::Duration,
     restores: std::sync::atomic::AtomicU32,
+    /// Where restored guests' sockets go (the runner's `temp_dir`).
+    temp_dir: PathBuf,
+    /// The runner's `console_log_limit`.
+    console_log_limit: u64,
+    /// The next guest, being restored or restored and paused, for the next test.
+    standby: Mutex<Option<tokio::task::JoinHandle<Result<Loaded, String>>>>,
+}
+
+/// A guest restored from a snapshot and paused, waiting for a test.
+#[derive(Debug)]
+struct Loaded {
+    /// Its number among the snapshot's restores.
+    n: u32,
+    vm: Vm,
+    /// The QMP connection that loaded it, to let it run.
+    qmp: Qmp,
+    /// Its sockets and console log.
+    sockets: tempfile::TempDir,
+    spec: VmSpec,
+    /// How long starting QEMU and loading took.
+    took: Duration,
 }
 
 #[derive(Debug)]
@@ -168,27 +209,29 @@ enum SnapshotError {
 }
 
 impl Snapshot {
-    /// Starts a QEMU that takes its state from the snapshot and lets it run.
-    async fn restore(&self, runner: &QemuRunner, ctx: &ExecutionContext) -> Result<Guest, String> {
+    /// Starts a QEMU that takes its state from the snapshot, and leaves the guest paused.
+    async fn load(&self) -> Result<Loaded, String> {
+        let started = Instant::now();
         let n = self
             .restores
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        // Tiny: two directories.
+        // Tiny: a directory.
         let sockets = tempfile::Builder::new()
             .prefix("qemu-runner-")
-            .tempdir_in(&runner.config.temp_dir)
+            .tempdir_in(&self.temp_dir)
             .map_err(|e| format!("cannot create a socket directory: {e}"))?;
         let mut spec = self.prepared.spec.clone();
         spec.qmp_socket = sockets.path().join("qmp.sock");
         spec.incoming = true;
-        let dir = ctx.scratch_dir().join("restored");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut vm = Vm::start(
+        spec.ram_file = Some(RamFile {
+            path: self.ram.clone(),
+            shared: false,
+        });
+        let vm = Vm::start(
             &spec,
-            &dir.join("console.log"),
-            runner.config.console_log_limit,
+            &sockets.path().join("console.log"),
+            self.console_log_limit,
         )
         .map_err(|e| format!("failed to start {}: {e}", spec.qemu.display()))?;
         tracing::debug!(
@@ -196,14 +239,70 @@ impl Snapshot {
             file = %self.file.display(),
             "restoring the guest from its snapshot"
         );
-        if let Err(e) = crate::vm::load_state(&spec.qmp_socket, &self.file).await {
-            vm.stop().await;
-            let (stderr, _) = vm.finish().await;
-            return Err(match first_lines(&stderr, 3) {
-                Some(qemu) => format!("{e} (QEMU: {qemu})"),
-                None => e.to_string(),
-            });
+        match crate::vm::load_paused(&spec.qmp_socket, &self.file, true).await {
+            Ok(qmp) => {
+                let took = started.elapsed();
+                tracing::debug!(
+                    restore = n,
+                    elapsed_ms = took.as_millis() as u64,
+                    "guest restored, paused"
+                );
+                Ok(Loaded {
+                    n,
+                    vm,
+                    qmp,
+                    sockets,
+                    spec,
+                    took,
+                })
+            }
+            Err(e) => Err(gone(vm, e.to_string()).await),
         }
+    }
+
+    /// A restored guest for a test, running: the one restored in advance if there is one,
+    /// else one restored now. Then restores the next in advance.
+    async fn take_guest(
+        &self,
+        runner: &QemuRunner,
+        cell: &Arc<tokio::sync::OnceCell<Snapshot>>,
+        ctx: &ExecutionContext,
+    ) -> Result<Guest, String> {
+        let waiting = self
+            .standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let early = match waiting {
+            Some(task) => match task.await {
+                Ok(Ok(loaded)) => Some(loaded),
+                // It failed: this test restores its own and says how that went.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "the guest restored in advance failed");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "restoring a guest in advance panicked");
+                    None
+                }
+            },
+            None => None,
+        };
+        let in_advance = early.is_some();
+        let mut loaded = match early {
+            Some(loaded) => loaded,
+            None => self.load().await?,
+        };
+        self.restore_next(cell);
+        if let Err(e) = crate::vm::resume(&mut loaded.qmp).await {
+            return Err(gone(loaded.vm, e.to_string()).await);
+        }
+        tracing::debug!(
+            restore = loaded.n,
+            in_advance,
+            restore_ms = loaded.took.as_millis() as u64,
+            "restored guest running"
+        );
         let mut watch = Watch::new(
             runner.output_limit(ctx),
             runner.config.serial_artifact_limit,
@@ -220,17 +319,65 @@ impl Snapshot {
             ));
         }
         Ok(Guest::new(
-            n,
-            vm,
+            loaded.n,
+            loaded.vm,
             watch,
             Prepared {
                 artifact_listener: None,
-                sockets,
-                spec,
+                sockets: loaded.sockets,
+                spec: loaded.spec,
                 decision: self.prepared.decision.clone(),
                 profile: self.prepared.profile.clone(),
                 qemu: self.prepared.qemu.clone(),
             },
         ))
+    }
+
+    /// Starts restoring the next guest, unless one is already on its way: it loads while the
+    /// current test runs and waits paused (using no CPU) for the next test.
+    fn restore_next(&self, cell: &Arc<tokio::sync::OnceCell<Snapshot>>) {
+        let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+        if standby.is_some() {
+            return;
+        }
+        let cell = Arc::clone(cell);
+        *standby = Some(tokio::spawn(async move {
+            match cell.get() {
+                Some(snapshot) => snapshot.load().await,
+                None => Err("the snapshot is gone".to_owned()),
+            }
+        }));
+    }
+
+    /// Stops the guest restored in advance, if any (the runner's cleanup).
+    pub(super) async fn discard_standby(&self) {
+        let waiting = self
+            .standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut task) = waiting {
+            // Let a guest still loading finish (a load is bounded), so that its QEMU is killed
+            // and reaped here rather than left to a drop.
+            match tokio::time::timeout(Duration::from_secs(30), &mut task).await {
+                Ok(Ok(Ok(mut loaded))) => {
+                    loaded.vm.kill().await;
+                    let _ = loaded.vm.finish().await;
+                }
+                Ok(_) => {}
+                // Dropping the load kills its QEMU.
+                Err(_) => task.abort(),
+            }
+        }
+    }
+}
+
+/// Kills a guest that could not be restored; `why`, with the start of QEMU's stderr.
+async fn gone(mut vm: Vm, why: String) -> String {
+    vm.kill().await;
+    let (stderr, _) = vm.finish().await;
+    match first_lines(&stderr, 3) {
+        Some(qemu) => format!("{why} (QEMU: {qemu})"),
+        None => why,
     }
 }
