@@ -12,6 +12,7 @@ mod alone;
 mod console;
 mod gather;
 mod lifecycle;
+mod port;
 mod session;
 mod snapshot;
 
@@ -56,13 +57,15 @@ pub enum ExecutionMode {
     /// exit code and artifacts) instead of one boot per test. A guest that hangs, crashes or
     /// loses its results is thrown away and the next test boots a fresh one. Tests are sent
     /// over the console, so a test whose files are larger than a few kilobytes still gets a
-    /// guest of its own; artifacts come back over the console (bounded by
-    /// [`QemuConfig::serial_artifact_limit`]).
+    /// guest of its own; artifacts come back over the guest's virtio artifact port (one
+    /// connection for the guest's life, an archive per test), or over the console when the
+    /// kernel has no virtio-serial (bounded by [`QemuConfig::serial_artifact_limit`]).
     Session,
     /// Snapshot reset: the first test of a kind boots a guest, which is saved (QEMU migration
     /// to a file) once its agent is ready; every test then runs in a guest restored from that
     /// file, pristine, in a fraction of a boot's time. Tests are sent and results come back
-    /// as in session mode.
+    /// as in session mode (each restored QEMU's artifact port connects to a listener of its
+    /// own).
     SnapshotReset,
 }
 
@@ -460,10 +463,19 @@ impl QemuRunner {
         profile: &MachineProfile,
         channel: Option<&ModuleIndex>,
     ) -> Vec<String> {
+        self.modules_with(case, profile, channel.filter(|_| self.wants_channel(case)))
+    }
+
+    /// [`modules_for`](Self::modules_for), the channel's modules from `channel` whatever the
+    /// test collects.
+    fn modules_with(
+        &self,
+        case: &TestCase,
+        profile: &MachineProfile,
+        channel: Option<&ModuleIndex>,
+    ) -> Vec<String> {
         let mut m = Vec::new();
-        if let Some(index) = channel
-            && self.wants_channel(case)
-        {
+        if let Some(index) = channel {
             m.extend(
                 profile
                     .channel_modules
@@ -564,7 +576,14 @@ impl QemuRunner {
         let own_tree = self.own_tree(case, &parts, &profile)?;
         // A vmcore guest (never a session guest: such tests boot alone) pauses at a panic.
         let vmcore = self.vmcore_for(case) && !session;
-        let needs_modules = (self.wants_channel(case) && !session)
+        // A session guest (which a snapshot saves) gets the artifact channel whatever its
+        // first test collects: the tests after it may.
+        let wants_channel = if session {
+            self.config.virtio_artifacts
+        } else {
+            self.wants_channel(case)
+        };
+        let needs_modules = wants_channel
             || vmcore
             || rootfs.is_some()
             || !self.modules_for(case, &profile, None).is_empty();
@@ -575,8 +594,8 @@ impl QemuRunner {
             }
             _ => None,
         };
-        let channel = index.as_deref().filter(|_| !session);
-        let mut modules = self.modules_for(case, &profile, channel);
+        let channel = index.as_deref().filter(|_| wants_channel);
+        let mut modules = self.modules_with(case, &profile, channel);
         // The channel's modules load at boot; the test's own in its phase, on its clock.
         let mut boot: Vec<String> = profile
             .channel_modules
@@ -667,7 +686,7 @@ impl QemuRunner {
             .prefix("orch-vm-")
             .tempdir_in(&self.config.temp_dir)
             .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
-        let artifact_listener = if session || !self.wants_channel(case) {
+        let artifact_listener = if !wants_channel {
             None
         } else {
             let path = sockets.path().join("artifacts.sock");

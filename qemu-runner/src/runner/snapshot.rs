@@ -178,6 +178,19 @@ impl Snapshot {
         let mut spec = self.prepared.spec.clone();
         spec.qmp_socket = sockets.path().join("qmp.sock");
         spec.incoming = true;
+        // The saved guest's artifact port, reconnected: the same device, its chardev connecting
+        // to a listener of this QEMU's own (the port's "host connected" state travels in the
+        // migration and matches).
+        let artifact_listener = match &mut spec.artifact_socket {
+            Some(path) => {
+                *path = sockets.path().join("artifacts.sock");
+                Some(
+                    tokio::net::UnixListener::bind(&*path)
+                        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         let dir = ctx.scratch_dir().join("restored");
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -220,7 +233,7 @@ impl Snapshot {
             vm,
             watch,
             Prepared {
-                artifact_listener: None,
+                artifact_listener,
                 sockets,
                 spec,
                 decision: self.prepared.decision.clone(),
