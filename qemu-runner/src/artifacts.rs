@@ -851,6 +851,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_size_manifest_checks_sizes_without_opening_anything() {
+        let outer = tempfile::tempdir().unwrap();
+        let dest = outer.path().join("files");
+        let mut v = raw_entry("a.txt", b'0', b"alpha", "");
+        v.extend(raw_entry("b.txt", b'0', b"beta", ""));
+        v.extend(raw_entry("back\\slash", b'0', b"x", ""));
+        let got = extract(&finish(v)[..], &dest, ArtifactLimits::default());
+        // Swapped for a FIFO after extraction: a size line never opens it.
+        std::fs::remove_file(dest.join("b.txt")).unwrap();
+        nix::unistd::mkfifo(&dest.join("b.txt"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let manifest = "5 a.txt\n3 b.txt\n1 back\\slash\n7 /etc/hostname\n9 gone.txt\n\
+                        5 a.txt\n\\5 a.txt\n123456789012345678901 big\nx y\n";
+        let check = check_manifest(manifest.as_bytes(), &got, &dest, 100);
+        assert!(check.damaged.is_empty(), "{check:?}");
+        assert_eq!(check.wrong_size, ["b.txt"]);
+        assert_eq!(check.lost, ["gone.txt"]);
+        let why: BTreeMap<&str, &str> = check
+            .rejected
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        assert!(why["/etc/hostname"].contains("absolute"), "{why:?}");
+        assert!(why["a.txt"].contains("twice"), "{why:?}");
+        // No escapes in a size line; no size past u64; no size at all.
+        assert!(why["5 a.txt"].contains("line"), "{why:?}");
+        assert!(why["123456789012345678901 big"].contains("line"), "{why:?}");
+        assert!(why["x y"].contains("line"), "{why:?}");
+        assert!(check.unlisted.is_empty(), "{check:?}");
+    }
+
     proptest! {
         #[test]
         fn names_never_escape(parts in proptest::collection::vec("(\\.\\.|\\.|/|[a-z]{1,3}|)", 0..6)) {
