@@ -286,6 +286,8 @@ load_settings() {
 
 # Runs the test described by /orch and /work, then reports until the host acknowledges.
 run_one() {
+    # Tests this guest ran (the host knows an archive on the artifact port by it).
+    nrun=$((nrun + 1))
     # What the previous test of a session left in /tmp/orch (only then a process to start).
     if [ -n "$leftover" ]; then
         rm -rf /tmp/orch
@@ -332,7 +334,7 @@ run_one() {
         unset B nonce t limit lim f total sent half sum code channel files found g port p \
             serial_limit tries reply session quiet cmd n got ok i j name lines l empty s e m \
             test_id tracing acks leftover extra pending rest arg maybe kmsg a cut after tpid \
-            wpid cap c me busy line kind fstype opts dev d ma mi
+            wpid cap c me busy line kind fstype opts dev d ma mi nrun
         [ -f /orch/env ] && . /orch/env
         ulimit -c unlimited 2>/dev/null
         # run.sh either `exec`s the test or (a script for the default `sh -e`) sources it:
@@ -389,11 +391,6 @@ run_one() {
         done
         set +f
         if [ -n "$files" ]; then
-            # One md5sum for all files, a name per line. A name with a newline could forge a
-            # line (the host checks every line anyway): it is left out here, and travels in
-            # the archive, where the host refuses it by name.
-            find $files -type f ! -path '*
-*' -exec md5sum {} + >/tmp/orch/manifest
             # The channel is what this guest has: the host always offers the port, and it shows
             # up when virtio_console is built in or loaded (the host announces the port once the
             # driver is up, so a console device with no port yet is given a moment).
@@ -408,10 +405,22 @@ run_one() {
                 sleep 0.05
                 i=$((i + 1))
             done
-            if [ -n "$port" ] && [ -c "$port" ] && tar -cf "$port" $files; then
-                channel=virtio-serial
-            elif tar -cf /tmp/orch/artifacts $files; then
-                channel=serial-console
+            # The manifest: a name per line. A name with a newline could forge a line (the
+            # host checks every line anyway): it is left out here, and travels in the archive,
+            # where the host refuses it by name.
+            if [ -n "$port" ] && [ -c "$port" ]; then
+                # Over the port, each file's size (no pass over the contents: the host checks
+                # the sizes, the archive's structure and its end, see ARCHITECTURE.md), and the
+                # archive behind a header naming this guest's test.
+                find $files -type f ! -path '*
+*' -exec stat -c '%s %n' {} + >/tmp/orch/manifest
+                { echo "ORCH1 ARCHIVE $nrun" && tar -cf - $files; } >"$port" && channel=virtio-serial
+            fi
+            # Over the console, one md5sum for all files.
+            if [ "$channel" = none ]; then
+                find $files -type f ! -path '*
+*' -exec md5sum {} + >/tmp/orch/manifest
+                tar -cf /tmp/orch/artifacts $files && channel=serial-console
             fi
         fi
         cd /
@@ -469,6 +478,7 @@ say READY "$(uname -r)" "$(uname -m)"
 session=
 leftover=1
 pending=
+nrun=0
 load_settings
 if [ -f /orch/session ]; then
     session=1

@@ -297,6 +297,8 @@ fn make_dirs(dest: &Path, rel: &Path) -> Result<(), String> {
 pub struct ManifestCheck {
     /// Files whose MD5 differs from the manifest's.
     pub damaged: Vec<String>,
+    /// Files whose size differs from the one the manifest lists.
+    pub wrong_size: Vec<String>,
     /// Names the manifest lists that were not extracted (never opened).
     pub lost: Vec<String>,
     /// Extracted files the manifest does not list (arrived, but unverified).
@@ -307,8 +309,12 @@ pub struct ManifestCheck {
     pub rejected_more: u64,
 }
 
-/// Checks the guest's manifest (`<md5>  <name>` lines, as `md5sum` prints them) against the
-/// files [`extract`] wrote under `files_dir`. The manifest comes from the guest and may name
+/// Checks the guest's manifest (`<md5>  <name>` lines, as `md5sum` prints them, from a guest
+/// that sends its archive over the serial console; `<size> <name>` lines, as `stat -c '%s %n'`
+/// prints them, from one that sends it over the virtio port, where a size mismatch lands in
+/// [`ManifestCheck::wrong_size`]) against the files [`extract`] wrote under `files_dir`. Why
+/// sizes suffice there: ARCHITECTURE.md, "Artifacts over the virtio port". The manifest comes
+/// from the guest and may name
 /// anything: a name is only looked up in `extracted.files` (after [`safe_relative`]), and only
 /// such a file is opened, without following a symlink, without blocking and only if it is
 /// still the regular file of the size extracted. Lines past `max_lines` are refused unread.
@@ -344,19 +350,26 @@ pub fn check_manifest(
             Some(rest) => (true, rest),
             None => (false, line),
         };
-        let (sum, name) = match line.get(..34) {
+        let (claim, name) = match line.get(..34) {
             Some(head)
                 if head[32..] == *b"  "
                     && head[..32]
                         .iter()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)) =>
             {
-                (&head[..32], &line[34..])
+                (Claim::Md5(&head[..32]), &line[34..])
             }
-            _ => {
-                reject(&mut out, line, "not a `<md5>  <name>` line".into());
-                continue;
-            }
+            _ => match size_line(line).filter(|_| !escaped) {
+                Some((size, name)) => (Claim::Size(size), name),
+                None => {
+                    reject(
+                        &mut out,
+                        line,
+                        "not a `<md5>  <name>` or `<size> <name>` line".into(),
+                    );
+                    continue;
+                }
+            },
         };
         let unescaped;
         let name = if escaped {
@@ -397,10 +410,15 @@ pub fn check_manifest(
             out.lost.push(key);
             continue;
         };
-        match md5_of_extracted(&files_dir.join(&rel), size) {
-            Ok(got) if got.as_bytes() == sum => {}
-            Ok(_) => out.damaged.push(key),
-            Err(why) => reject(&mut out, name, why),
+        match claim {
+            // The size the guest listed: nothing to open.
+            Claim::Size(listed) if listed == size => {}
+            Claim::Size(_) => out.wrong_size.push(key),
+            Claim::Md5(sum) => match md5_of_extracted(&files_dir.join(&rel), size) {
+                Ok(got) if got.as_bytes() == sum => {}
+                Ok(_) => out.damaged.push(key),
+                Err(why) => reject(&mut out, name, why),
+            },
         }
     }
     out.unlisted = extracted
@@ -410,6 +428,25 @@ pub fn check_manifest(
         .cloned()
         .collect();
     out
+}
+
+/// What a manifest line claims about a file.
+enum Claim<'a> {
+    /// Its MD5, as hex (the serial console's manifest: `md5sum`).
+    Md5(&'a [u8]),
+    /// Its size (the virtio port's manifest: `stat -c '%s %n'`).
+    Size(u64),
+}
+
+/// A `<size> <name>` line (the name as it is, never escaped): the size and the name.
+fn size_line(line: &[u8]) -> Option<(u64, &[u8])> {
+    let space = line.iter().position(|&b| b == b' ')?;
+    let digits = &line[..space];
+    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let size = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some((size, &line[space + 1..]))
 }
 
 /// A name as md5sum escapes it, or `None` for an escape it does not write.
@@ -812,6 +849,37 @@ mod tests {
             check.unlisted,
             ["a.txt", "b.txt", "back\\slash\rcr", "c.txt"]
         );
+    }
+
+    #[test]
+    fn a_size_manifest_checks_sizes_without_opening_anything() {
+        let outer = tempfile::tempdir().unwrap();
+        let dest = outer.path().join("files");
+        let mut v = raw_entry("a.txt", b'0', b"alpha", "");
+        v.extend(raw_entry("b.txt", b'0', b"beta", ""));
+        v.extend(raw_entry("back\\slash", b'0', b"x", ""));
+        let got = extract(&finish(v)[..], &dest, ArtifactLimits::default());
+        // Swapped for a FIFO after extraction: a size line never opens it.
+        std::fs::remove_file(dest.join("b.txt")).unwrap();
+        nix::unistd::mkfifo(&dest.join("b.txt"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let manifest = "5 a.txt\n3 b.txt\n1 back\\slash\n7 /etc/hostname\n9 gone.txt\n\
+                        5 a.txt\n\\5 a.txt\n123456789012345678901 big\nx y\n";
+        let check = check_manifest(manifest.as_bytes(), &got, &dest, 100);
+        assert!(check.damaged.is_empty(), "{check:?}");
+        assert_eq!(check.wrong_size, ["b.txt"]);
+        assert_eq!(check.lost, ["gone.txt"]);
+        let why: BTreeMap<&str, &str> = check
+            .rejected
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_str()))
+            .collect();
+        assert!(why["/etc/hostname"].contains("absolute"), "{why:?}");
+        assert!(why["a.txt"].contains("twice"), "{why:?}");
+        // No escapes in a size line; no size past u64; no size at all.
+        assert!(why["5 a.txt"].contains("line"), "{why:?}");
+        assert!(why["123456789012345678901 big"].contains("line"), "{why:?}");
+        assert!(why["x y"].contains("line"), "{why:?}");
+        assert!(check.unlisted.is_empty(), "{check:?}");
     }
 
     proptest! {

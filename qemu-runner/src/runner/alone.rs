@@ -1,7 +1,5 @@
 //! The default mode: one boot for one test.
 
-use std::path::PathBuf;
-
 use chrono::Utc;
 use orchestrator_core::{ExecutionContext, Phase, RunnerError, TestCase, TestResult};
 
@@ -9,8 +7,8 @@ use tracing::Instrument as _;
 
 use super::gather::Delivery;
 use super::lifecycle::{Run, stop};
+use super::port::{Archive, archive_of};
 use super::{QemuRunner, phase};
-use crate::artifacts::{ArtifactLimits, Extracted};
 use crate::protocol::Record;
 
 impl QemuRunner {
@@ -32,14 +30,15 @@ impl QemuRunner {
         run.result.end_phase(Phase::Setup, run.setup_start);
 
         // The guest's artifact port, taken whenever the guest connects (in the execution's
-        // span: the transfer is the test's, whatever the phase).
-        let mut artifact_task = prepared.artifact_listener.take().map(|listener| {
-            receive_artifacts(
-                listener,
-                artifacts.join("files"),
-                self.config.artifact_limits,
-            )
-        });
+        // span: the transfer is the test's, whatever the phase); its one test's archive is
+        // number 1.
+        let port = prepared
+            .artifact_listener
+            .take()
+            .map(super::port::ArtifactPort::start);
+        let expected = port
+            .as_ref()
+            .map(|p| p.expect(1, artifacts.join("files"), self.config.artifact_limits));
         // Boot.
         let (mut vm, mut watch, failed) = phase(tracing::debug_span!("boot"), async {
             let boot_start = Utc::now();
@@ -89,16 +88,24 @@ impl QemuRunner {
         // logs.
         let teardown_start = phases.as_ref().map_or_else(Utc::now, |p| p.test_end);
         let transfer_ok = watch.delivered;
-        let mut extracted = None;
-        if let Some(task) = artifact_task.as_mut()
-            && transfer_ok
-            && watch.stream_text("channel").as_deref() == Some("virtio-serial")
-            && let Ok(done) = tokio::time::timeout(self.config.transfer_timeout, &mut *task)
-                .instrument(test_span)
-                .await
-        {
-            extracted = done.ok().flatten();
-            artifact_task = None;
+        let mut archive = Archive::None;
+        if let (Some(port), Some(rx)) = (&port, expected) {
+            let sent =
+                transfer_ok && watch.stream_text("channel").as_deref() == Some("virtio-serial");
+            // (Nothing to withdraw in a guest of its own: what the guest sends until QEMU
+            // stops is the test's.)
+            archive = match sent {
+                true => {
+                    archive_of(port, rx, 1, true, self.config.transfer_timeout)
+                        .instrument(test_span)
+                        .await
+                }
+                false => Archive::Pending(rx),
+            };
+            if let Some(why) = port.poisoned() {
+                run.notes
+                    .push(format!("the artifact port was given up: {why}"));
+            }
         }
         if let Some(phases) = &phases {
             run.transfer_time(phases, transfer_ok);
@@ -161,14 +168,17 @@ impl QemuRunner {
         }
         phase(tracing::debug_span!("gather"), async {
             // Artifacts: what arrived over virtio, once QEMU is gone (the socket closed, the
-            // task ends).
-            if let Some(task) = artifact_task {
-                extracted = tokio::time::timeout(std::time::Duration::from_secs(10), task)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten();
-            }
+            // port's reader ends).
+            let extracted = match archive {
+                Archive::None => None,
+                Archive::Arrived(e) => Some(e),
+                Archive::Pending(rx) => {
+                    tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+            };
             let delivery = Delivery {
                 output_limit: self.output_limit(ctx),
                 watch: &watch,
@@ -182,41 +192,4 @@ impl QemuRunner {
         .await;
         Ok(run.finish(teardown_start))
     }
-}
-
-/// Takes the guest's artifact archive from its virtio port and unpacks it into `dest` (on a
-/// blocking thread); `None` when the guest never connects.
-fn receive_artifacts(
-    listener: tokio::net::UnixListener,
-    dest: PathBuf,
-    limits: ArtifactLimits,
-) -> tokio::task::JoinHandle<Option<Extracted>> {
-    tokio::spawn(
-        async move {
-            let (stream, _) =
-                tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept())
-                    .await
-                    .ok()?
-                    .ok()?;
-            let connected = std::time::Instant::now();
-            let stream = stream.into_std().ok()?;
-            stream.set_nonblocking(false).ok()?;
-            let extracted = tokio::task::spawn_blocking(move || {
-                crate::artifacts::extract(stream, &dest, limits)
-            })
-            .await
-            .ok()?;
-            tracing::debug!(
-                channel = "virtio-serial",
-                files = extracted.files.len(),
-                bytes = extracted.files.values().sum::<u64>(),
-                rejected = extracted.rejected_count(),
-                complete = extracted.complete,
-                connected_ms = connected.elapsed().as_millis() as u64,
-                "artifact archive received"
-            );
-            Some(extracted)
-        }
-        .in_current_span(),
-    )
 }

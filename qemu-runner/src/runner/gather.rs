@@ -413,6 +413,12 @@ impl FileWork {
                 some_names(&check.damaged)
             ));
         }
+        if !check.wrong_size.is_empty() {
+            notes.push(format!(
+                "artifacts cut short or damaged in transfer (size differs from the guest's): {}",
+                some_names(&check.wrong_size)
+            ));
+        }
         if !check.lost.is_empty() {
             notes.push(format!(
                 "artifacts missing: {} (listed by the guest, not received)",

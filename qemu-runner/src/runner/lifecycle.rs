@@ -15,6 +15,7 @@ use super::console::{
     Wait, Watch, boot_outcome, drain_after_crash, exit_outcome, humantime_secs, quote_qemu_stderr,
     stop_test, wait,
 };
+use super::port::ArtifactPort;
 use super::{NAME, Prepared, QemuRunner, command_line};
 use crate::accel::Accel;
 use crate::vm::{ConsoleStats, StopReport, Vm};
@@ -107,13 +108,18 @@ pub(super) struct Guest {
     pub(super) known: BTreeMap<&'static str, String>,
     /// How the guest was stopped, once it was.
     pub(super) stop_report: Option<StopReport>,
+    /// The guest's virtio artifact port, when it has one.
+    pub(super) port: Option<ArtifactPort>,
 }
 
 impl Guest {
     /// Guest number `id`, whose agent is ready for its first test.
-    pub(super) fn new(id: u32, vm: Vm, mut watch: Watch, prepared: Prepared) -> Self {
+    /// Its artifact port is read from now on (QEMU connected to it at its start).
+    pub(super) fn new(id: u32, vm: Vm, mut watch: Watch, mut prepared: Prepared) -> Self {
         watch.session_guest = true;
+        let port = prepared.artifact_listener.take().map(ArtifactPort::start);
         Guest {
+            port,
             id,
             vm,
             watch,

@@ -13,6 +13,7 @@ mod console;
 mod gather;
 mod lifecycle;
 mod planning;
+mod port;
 mod session;
 mod snapshot;
 
@@ -58,13 +59,15 @@ pub enum ExecutionMode {
     /// exit code and artifacts) instead of one boot per test. A guest that hangs, crashes or
     /// loses its results is thrown away and the next test boots a fresh one. Tests are sent
     /// over the console, so a test whose files are larger than a few kilobytes still gets a
-    /// guest of its own; artifacts come back over the console (bounded by
-    /// [`QemuConfig::serial_artifact_limit`]).
+    /// guest of its own; artifacts come back over the guest's virtio artifact port (one
+    /// connection for the guest's life, an archive per test), or over the console when the
+    /// kernel has no virtio-serial (bounded by [`QemuConfig::serial_artifact_limit`]).
     Session,
     /// Snapshot reset: the first test of a kind boots a guest, which is saved (QEMU migration
     /// to a file) once its agent is ready; every test then runs in a guest restored from that
     /// file, pristine, in a fraction of a boot's time. Tests are sent and results come back
-    /// as in session mode.
+    /// as in session mode (each restored QEMU's artifact port connects to a listener of its
+    /// own).
     SnapshotReset,
 }
 
@@ -483,10 +486,19 @@ impl QemuRunner {
         profile: &MachineProfile,
         channel: Option<&ModuleIndex>,
     ) -> Vec<String> {
+        self.modules_with(case, profile, channel.filter(|_| self.wants_channel(case)))
+    }
+
+    /// [`modules_for`](Self::modules_for), the channel's modules from `channel` whatever the
+    /// test collects.
+    fn modules_with(
+        &self,
+        case: &TestCase,
+        profile: &MachineProfile,
+        channel: Option<&ModuleIndex>,
+    ) -> Vec<String> {
         let mut m = Vec::new();
-        if let Some(index) = channel
-            && self.wants_channel(case)
-        {
+        if let Some(index) = channel {
             m.extend(
                 profile
                     .channel_modules
@@ -591,8 +603,14 @@ impl QemuRunner {
         // as a guest of its own would, with every module of its tests in its initramfs: each
         // test loads its own in its phase.
         let group = if session { self.group_of(case) } else { None };
-        let own_boot = !session || group.is_some();
-        let needs_modules = (self.wants_channel(case) && own_boot)
+        // A session guest (which a snapshot saves) gets the artifact channel whatever its
+        // first test collects: the tests after it may.
+        let wants_channel = if session {
+            self.config.virtio_artifacts
+        } else {
+            self.wants_channel(case)
+        };
+        let needs_modules = wants_channel
             || vmcore
             || rootfs.is_some()
             || !self.modules_for(case, &profile, None).is_empty()
@@ -604,8 +622,8 @@ impl QemuRunner {
             }
             _ => None,
         };
-        let channel = index.as_deref().filter(|_| own_boot);
-        let mut modules = self.modules_for(case, &profile, channel);
+        let channel = index.as_deref().filter(|_| wants_channel);
+        let mut modules = self.modules_with(case, &profile, channel);
         for m in group.iter().flat_map(|g| &g.modules) {
             if !modules.contains(m) {
                 modules.push(m.clone());
@@ -708,7 +726,7 @@ impl QemuRunner {
             .prefix("orch-vm-")
             .tempdir_in(&self.config.temp_dir)
             .map_err(|e| RunnerError::with_source("failed to create a socket directory", e))?;
-        let artifact_listener = if session || !self.wants_channel(case) {
+        let artifact_listener = if !wants_channel {
             None
         } else {
             let path = sockets.path().join("artifacts.sock");

@@ -164,12 +164,6 @@ impl QemuRunner {
             .is_ok_and(|p| p.display.is_some())
         {
             "a display: the screenshot is taken at the end of its own guest"
-        } else if self.wants_channel(case)
-            && (!case.artifacts.is_empty() || case.trace.is_some())
-            && !RESTORED_GUESTS_HAVE_CHANNEL
-        {
-            "its artifacts come back over the virtio-serial port of a guest of its own (a \
-             restored guest sends them over the serial console)"
         } else {
             return None;
         };
@@ -190,7 +184,7 @@ impl QemuRunner {
             serde_json::to_string(profile).unwrap_or_default(),
             case.requirements.memory_mib,
             case.requirements.cpus,
-            self.wants_channel(case),
+            self.config.virtio_artifacts,
         ))
     }
 
@@ -237,7 +231,10 @@ impl QemuRunner {
         // The order a guest of its own loads them in: the base image (cached) knows it.
         let dir = parts.modules_dir.clone().expect("checked above");
         let index = self.module_index(&dir).map_err(RunnerError::new)?;
-        let modules = self.modules_for(case, &profile, Some(&index));
+        // The group's guest, a session guest, has the artifact channel's modules whatever the
+        // test collects.
+        let channel = Some(&*index).filter(|_| self.config.virtio_artifacts);
+        let modules = self.modules_with(case, &profile, channel);
         let boot: Vec<String> = profile
             .channel_modules
             .iter()
@@ -269,11 +266,6 @@ impl QemuRunner {
         .await
     }
 }
-
-/// Whether a guest restored from a snapshot has the virtio-serial artifact port (it sends
-/// artifacts over the serial console until it does): tests with artifacts get a guest of
-/// their own meanwhile, so their artifacts come back as fast and as large as before.
-const RESTORED_GUESTS_HAVE_CHANNEL: bool = false;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use orchestrator_core::{ExecutionContext, Outcome, Phase, RunnerError, TestCase,
 
 use super::gather::{Delivery, list_artifacts};
 use super::lifecycle::{Guest, Run, stop};
+use super::port::{Archive, archive_of};
 use super::{ExecutionMode, QemuRunner, phase};
 use crate::image::{self, TestPart};
 
@@ -101,8 +102,7 @@ impl QemuRunner {
         let arch = self.arch_of(case);
         let profile = self.profile(arch)?;
         let parts = self.parts(case, arch)?;
-        // (A session guest loads no artifact channel modules: its artifacts come over the
-        // console.)
+        // (Every session guest of this runner gets the artifact channel, or none does.)
         Ok(format!(
             "{arch}|{}|{:?}|{:?}|{}|{:?}|{:?}",
             parts.kernel.display(),
@@ -197,6 +197,13 @@ impl QemuRunner {
         run.ctx
             .process_started(guest.vm.pid(), guest.prepared.profile.qemu.clone());
         guest.watch.start_test();
+        // The archive this test may send over the port: the guest's test number names it.
+        let seq = guest.tests + 1;
+        let files = artifacts.join("files");
+        let expected = guest
+            .port
+            .as_ref()
+            .map(|p| p.expect(seq, files, self.config.artifact_limits));
         let phases = phase(tracing::debug_span!("test", guest = guest.id), async {
             let message = payload.message(run.case.id.as_str(), &mut guest.known);
             tracing::debug!(bytes = message.len(), "test sent over the console");
@@ -209,6 +216,19 @@ impl QemuRunner {
         .await;
         run.test_phase(&phases);
         let transfer_ok = guest.watch.delivered;
+        let mut archive = Archive::None;
+        let mut port_ok = true;
+        if let (Some(port), Some(rx)) = (&guest.port, expected) {
+            let sent = transfer_ok
+                && guest.watch.stream_text("channel").as_deref() == Some("virtio-serial");
+            archive = archive_of(port, rx, seq, sent, self.config.transfer_timeout).await;
+            if let Some(why) = port.poisoned() {
+                run.notes
+                    .push(format!("the artifact port was given up: {why}"));
+                port_ok = false;
+            }
+            port_ok &= !matches!(archive, Archive::Pending(_));
+        }
         run.transfer_time(&phases, transfer_ok);
         if let Some(slice) = &guest.watch.slice {
             let (slice, log) = (slice.clone(), artifacts.join("console.log"));
@@ -217,8 +237,10 @@ impl QemuRunner {
             })
             .await;
         }
-        // A guest whose test was stopped or crashed is not trusted with another.
+        // A guest whose test was stopped or crashed, or whose artifact port can no longer be
+        // followed, is not trusted with another.
         let reusable = transfer_ok
+            && port_ok
             && matches!(run.result.outcome, Outcome::Passed | Outcome::Failed { .. })
             && guest.vm.exited().is_none();
         if !reusable {
@@ -229,12 +251,21 @@ impl QemuRunner {
             let stopped = phase(tracing::debug_span!("stop"), guest.vm.stop()).await;
             guest.stop_report = Some(stopped);
         }
+        let extracted = match archive {
+            Archive::None => None,
+            Archive::Arrived(e) => Some(e),
+            // What arrived before QEMU stopped (the port closed).
+            Archive::Pending(rx) => tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
         let delivery = Delivery {
             output_limit: self.output_limit(run.ctx),
             watch: &guest.watch,
             case: run.case,
             artifacts: &artifacts,
-            extracted: None,
+            extracted,
             transfer_ok,
         };
         phase(

@@ -197,6 +197,8 @@ struct Loaded {
     /// Its sockets and console log.
     sockets: tempfile::TempDir,
     spec: VmSpec,
+    /// Where its artifact port connects, when the saved guest has one.
+    artifact_listener: Option<tokio::net::UnixListener>,
     /// How long starting QEMU and loading took.
     took: Duration,
 }
@@ -228,6 +230,19 @@ impl Snapshot {
             path: self.ram.clone(),
             shared: false,
         });
+        // The saved guest's artifact port, reconnected: the same device, its chardev connecting
+        // to a listener of this QEMU's own (the port's "host connected" state travels in the
+        // migration and matches).
+        let artifact_listener = match &mut spec.artifact_socket {
+            Some(path) => {
+                *path = sockets.path().join("artifacts.sock");
+                Some(
+                    tokio::net::UnixListener::bind(&*path)
+                        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         let vm = Vm::start(
             &spec,
             &sockets.path().join("console.log"),
@@ -253,6 +268,7 @@ impl Snapshot {
                     qmp,
                     sockets,
                     spec,
+                    artifact_listener,
                     took,
                 })
             }
@@ -323,7 +339,7 @@ impl Snapshot {
             loaded.vm,
             watch,
             Prepared {
-                artifact_listener: None,
+                artifact_listener: loaded.artifact_listener,
                 sockets: loaded.sockets,
                 spec: loaded.spec,
                 decision: self.prepared.decision.clone(),
