@@ -9,6 +9,7 @@
 //!   modules and their dependencies resolved from the package.
 //! - [`agent`] and [`protocol`]: the guest's `/init` and its nonce-framed console records.
 //! - [`vm`], [`qmp`], [`crash`]: the QEMU process, staged stopping, crash labels.
+//! - [`pvh`]: an x86 `bzImage` unpacked on the host and booted through its PVH entry.
 //! - [`QemuRunner`]: the runner itself.
 //!
 //! # Examples
@@ -55,6 +56,7 @@ mod plan;
 pub mod profile;
 pub mod protocol;
 pub mod provision;
+pub mod pvh;
 pub mod qmp;
 pub mod rootfs;
 mod runner;

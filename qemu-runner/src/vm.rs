@@ -28,6 +28,9 @@ pub struct VmSpec {
     pub accel: Accel,
     /// The kernel image.
     pub kernel: PathBuf,
+    /// The kernel's `vmlinux`, unpacked on the host, that QEMU boots through its PVH entry
+    /// instead of `kernel` ([`MachineProfile::unpack_kernel`]).
+    pub unpacked_kernel: Option<PathBuf>,
     /// The initramfs.
     pub initrd: PathBuf,
     /// Firmware for `-bios`, if any.
@@ -154,7 +157,8 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     if let Some(fw) = &spec.firmware {
         push(&["-bios", &fw.to_string_lossy()]);
     }
-    push(&["-kernel", &spec.kernel.to_string_lossy()]);
+    let kernel = spec.unpacked_kernel.as_ref().unwrap_or(&spec.kernel);
+    push(&["-kernel", &kernel.to_string_lossy()]);
     push(&["-initrd", &spec.initrd.to_string_lossy()]);
     push(&["-append", &spec.append]);
     a.extend(p.extra_args.iter().cloned());
@@ -663,6 +667,7 @@ mod tests {
             qemu: "qemu-system-riscv64".into(),
             accel: Accel::Tcg,
             kernel: "/k/vmlinux".into(),
+            unpacked_kernel: None,
             initrd: "/k/initrd".into(),
             firmware: Some("/fw/fw_dynamic.bin".into()),
             append: "console=ttyS0 panic=-1".into(),
@@ -714,6 +719,7 @@ mod tests {
                 path: "/snap,1/guest.ram".into(),
                 shared: true,
             }),
+            unpacked_kernel: None,
             profile: MachineProfile::builtin(Arch::X86_64),
         };
         let args = qemu_args(&spec).join(" ");
@@ -738,6 +744,7 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             accel: Accel::Tcg,
             kernel: "/k/bzImage".into(),
+            unpacked_kernel: None,
             initrd: "/k/initrd".into(),
             firmware: None,
             append: "console=ttyS0 panic=0".into(),
@@ -756,5 +763,12 @@ mod tests {
             args.contains("-action panic=pause -device pvpanic -device vmcoreinfo -kernel"),
             "{args}"
         );
+        assert!(args.contains("-kernel /k/bzImage "), "{args}");
+        // An unpacked vmlinux is what QEMU boots.
+        let mut unpacked = spec.clone();
+        unpacked.unpacked_kernel = Some("/cache/vmlinux-pvh-1234".into());
+        let args = qemu_args(&unpacked).join(" ");
+        assert!(args.contains("-kernel /cache/vmlinux-pvh-1234 "), "{args}");
+        assert!(!args.contains("bzImage"), "{args}");
     }
 }

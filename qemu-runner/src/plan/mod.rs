@@ -131,6 +131,9 @@ fn apply(profile: &mut MachineProfile, changes: &ProfileOverride) {
     if let Some(choice) = changes.accel {
         profile.accel = Some(mode(choice));
     }
+    if let Some(on) = changes.unpack_kernel {
+        profile.unpack_kernel = on;
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,9 @@ pub struct ProfileOverride {
     pub boot_timeout: Option<Duration>,
     /// The accelerator of this architecture, over `[qemu]`'s (`accel`).
     pub accel: Option<AccelChoice>,
+    /// Whether an x86 `bzImage` boots through its PVH entry, unpacked on the host
+    /// (`unpack-kernel`).
+    pub unpack_kernel: Option<bool>,
 }
 
 orchestrator_core::plan_table! {
@@ -151,6 +154,7 @@ orchestrator_core::plan_table! {
         "kernel-args" kernel_args: ByHand = "kernel-args = [\"quiet\", \"loglevel=4\"]",
         "boot-timeout" boot_timeout: Seconds = "boot-timeout = \"60s\"" ("to keep the built-in boot timeout"),
         "accel" accel: ByHand = "accel = \"tcg\"",
+        "unpack-kernel" unpack_kernel: Flag = "unpack-kernel = false",
     }
 }
 
@@ -326,6 +330,7 @@ fn profile(table: &Table<'_, '_>) -> Result<ProfileOverride, Diag> {
         .map(|Count(n)| u32::try_from(n).expect("range was checked"));
     profile.display = text(read.display);
     profile.boot_timeout = read.boot_timeout.map(|Seconds(d)| d);
+    profile.unpack_kernel = read.unpack_kernel.map(|Flag(on)| on);
     Ok(profile)
 }
 
@@ -371,6 +376,7 @@ mod tests {
             [qemu.profile.amd64]
             boot-timeout = 90
             extra-args = []
+            unpack-kernel = false
             [qemu.profile.riscv64]
             cpus = 4
             {TEST}"#
@@ -385,6 +391,7 @@ mod tests {
         let x86 = ProfileOverride {
             boot_timeout: Some(Duration::from_secs(90)),
             extra_args: Some(Vec::new()),
+            unpack_kernel: Some(false),
             ..ProfileOverride::default()
         };
         let riscv = ProfileOverride {

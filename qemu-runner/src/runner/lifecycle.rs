@@ -452,6 +452,10 @@ pub(super) fn describe_guest(result: &mut TestResult, prepared: &Prepared) {
         },
     );
     env.insert("kernel".into(), spec.kernel.display().to_string());
+    if let Some(vmlinux) = &spec.unpacked_kernel {
+        // What QEMU booted: the kernel's own vmlinux, unpacked on the host.
+        env.insert("kernel-unpacked".into(), vmlinux.display().to_string());
+    }
     if let Some(rootfs) = &spec.rootfs {
         env.insert("rootfs".into(), rootfs.path.display().to_string());
     }

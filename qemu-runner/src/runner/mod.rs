@@ -301,6 +301,9 @@ pub struct QemuRunner {
     releases: Mutex<HashMap<PathBuf, Option<String>>>,
     /// BLAKE3 digests of the tests' own kernel images so far, by image.
     digests: Mutex<HashMap<PathBuf, Option<String>>>,
+    /// `bzImage`s unpacked for a direct (PVH) boot, by image: each done once, `None` when the
+    /// image boots as it is ([`MachineProfile::unpack_kernel`]).
+    unpacked: Mutex<HashMap<PathBuf, Arc<tokio::sync::OnceCell<Option<PathBuf>>>>>,
 }
 
 const NAME: &str = "qemu";
@@ -324,6 +327,7 @@ impl QemuRunner {
             module_trees: Mutex::new(HashMap::new()),
             releases: Mutex::new(HashMap::new()),
             digests: Mutex::new(HashMap::new()),
+            unpacked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -427,6 +431,44 @@ impl QemuRunner {
                 Some(hasher.finalize().to_hex().to_string())
             })
             .clone()
+    }
+
+    /// The unpacked `vmlinux` QEMU boots instead of the `bzImage` at `kernel`, when the
+    /// profile asks for it and the kernel allows it ([`crate::pvh`]); made once per image
+    /// and kept in the build cache. `None`: boot the image as it is (the reason is logged).
+    async fn unpacked_kernel(&self, profile: &MachineProfile, kernel: &Path) -> Option<PathBuf> {
+        if !profile.unpack_kernel
+            || kernel::identify(kernel).ok()?.format != kernel::KernelFormat::BzImage
+        {
+            return None;
+        }
+        let cell = {
+            let mut cells = self.unpacked.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(cells.entry(kernel.to_owned()).or_default())
+        };
+        cell.get_or_init(|| async {
+            let digest = self.kernel_digest(kernel)?;
+            let (image, cache) = (kernel.to_owned(), self.config.build_cache.clone());
+            let made =
+                tokio::task::spawn_blocking(move || crate::pvh::unpacked(&image, &digest, &cache))
+                    .await;
+            match made {
+                Ok(Ok(file)) => {
+                    tracing::debug!(kernel = %kernel.display(), vmlinux = %file.display(), "booting the unpacked kernel through its PVH entry");
+                    Some(file)
+                }
+                Ok(Err(why)) => {
+                    tracing::info!(kernel = %kernel.display(), "booting the kernel as it is, not unpacked: {why}");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(kernel = %kernel.display(), "unpacking the kernel panicked: {e}");
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
     }
 
     /// For a test with its own `modules-dir`: the tree's index, with every module the guest
@@ -734,10 +776,12 @@ impl QemuRunner {
                 RunnerError::with_source(format!("failed to listen on {}", path.display()), e)
             })?)
         };
+        let unpacked_kernel = self.unpacked_kernel(&profile, &parts.kernel).await;
         let spec = VmSpec {
             qemu: qemu.clone(),
             accel: decision.accel,
             kernel: parts.kernel.clone(),
+            unpacked_kernel,
             initrd,
             firmware,
             append,
