@@ -363,9 +363,6 @@ run_one() {
         mkdir -p /work/.orch-cores && mv /tmp/orch/cores/* /work/.orch-cores/ && extra="$extra .orch-cores"
     fi
     say EXIT "$code"
-    # A session test's kernel log came on the console; a guest of its own sends dmesg: the
-    # whole log since boot, gzip'd (a few times fewer bytes over the console for one process).
-    [ -n "$session" ] || { dmesg 2>/dev/null | gzip >/tmp/orch/dmesg; leftover=1; }
     channel=none
     # Streams that can only have content when the test collects artifacts.
     maybe="manifest missing"
@@ -425,6 +422,10 @@ run_one() {
         fi
         cd /
     fi
+    # A session test's kernel log came on the console; a guest of its own sends dmesg: the
+    # whole log since boot, gzip'd (a few times fewer bytes over the console for one process).
+    # Taken once the artifacts went over the port, so that they do not wait for it.
+    [ -n "$session" ] || { dmesg 2>/dev/null | gzip >/tmp/orch/dmesg; leftover=1; }
     if [ "$channel" = serial-console ] && [ "$(wc -c </tmp/orch/artifacts)" -gt "$serial_limit" ]; then
         echo "(all: larger than the serial console limit of $serial_limit bytes)" >>/tmp/orch/missing
         channel=none

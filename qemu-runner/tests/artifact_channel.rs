@@ -101,6 +101,20 @@ fn check_blob(r: &TestResult, id: &str, bytes: usize, channel: &str) {
     );
     let message = r.message.as_deref().unwrap_or("");
     assert!(!message.contains("artifact"), "{message}");
+    // Over the port, the files' own time is recorded: never after the whole transfer's.
+    if channel == "virtio-serial" {
+        let secs = |key: &str| -> f64 {
+            r.environment
+                .get(key)
+                .unwrap_or_else(|| panic!("{id}: no {key}: {r:#?}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            secs("artifacts-seconds") <= secs("transfer-seconds"),
+            "{id}: {r:#?}"
+        );
+    }
 }
 
 /// A session guest sends test after test's archive over one port connection; a test that

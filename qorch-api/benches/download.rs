@@ -5,10 +5,11 @@
 //! (the lower bound of any reader, shown for reference), for a compressible log (zstd) and
 //! incompressible data (raw) at 1, 8 and 64 MiB (all verified in memory with the default
 //! budget), medians of 7: "cold" verifies at every request (the cache of verified content
-//! off), "warm" is a repeated download served from that cache. "TCP" is the same byte count
-//! written and read over a plain loopback socket in the same run: what any download over
-//! loopback costs besides reading the blob, so a cold download cannot beat `read_to(sink)` +
-//! TCP.
+//! off), "warm" is a repeated download served from that cache; each over loopback TCP and over
+//! a Unix socket (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are
+//! the same byte count written and read over a plain socket of that kind in the same run: what
+//! any download over it costs besides reading the blob, so a cold download cannot beat
+//! `read_to(sink)` + the socket.
 //!
 //! `cargo bench -p qorch-api --bench download`
 
@@ -82,24 +83,42 @@ fn main() {
             ids.push((label, r.id, len));
         }
     }
+    // Servers: cold and warm, over TCP and over a Unix socket; a client and base URL each.
     let mut servers = Vec::new();
-    for cache in [false, true] {
-        let mut config = qorch_api::ApiConfig::new(&root).with_bind("127.0.0.1:0".parse().unwrap());
-        config.cache = cache;
-        let bound = rt.block_on(qorch_api::bind(&config)).unwrap();
-        let addr = bound.local_addr();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = rt.spawn(bound.serve(async {
-            let _ = rx.await;
-        }));
-        servers.push((addr, tx, server));
+    let mut clients = Vec::new();
+    for unix in [false, true] {
+        for cache in [false, true] {
+            let mut config =
+                qorch_api::ApiConfig::new(&root).with_bind("127.0.0.1:0".parse().unwrap());
+            config.cache = cache;
+            let socket = dir.path().join(format!("api-{cache}.sock"));
+            if unix {
+                config = config.with_unix_socket(&socket);
+            }
+            let bound = rt.block_on(qorch_api::bind(&config)).unwrap();
+            let (client, base) = match bound.local_addr() {
+                Some(addr) => (reqwest::Client::new(), format!("http://{addr}")),
+                None => (
+                    reqwest::Client::builder()
+                        .unix_socket(socket.as_path())
+                        .build()
+                        .unwrap(),
+                    "http://localhost".to_owned(),
+                ),
+            };
+            clients.push((client, base));
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let server = rt.spawn(bound.serve(async {
+                let _ = rx.await;
+            }));
+            servers.push((tx, server));
+        }
     }
-    let (cold, warm) = (servers[0].0, servers[1].0);
     let store = ArtifactStore::open_read_only(&root).unwrap();
-    let client = reqwest::Client::new();
     println!(
-        "{:<16} {:>14} {:>14} {:>14} {:>14} {:>6} {:>14} {:>6}",
-        "blob", "read_to(sink)", "get", "TCP", "API cold", "ratio", "API warm", "ratio"
+        "{:<14} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>5} {:>9} {:>5} | {:>9} {:>5} {:>9} {:>5}   (MiB/s; ratio = get time ÷ download time)",
+        "blob", "read_to", "get", "TCP", "Unix", "TCP cold", "ratio", "TCP warm", "ratio",
+        "Unix cold", "ratio", "Unix warm", "ratio"
     );
     // A loopback socket whose other end answers each byte with `n` bytes.
     let tcp = {
@@ -120,19 +139,38 @@ fn main() {
         c.set_nodelay(true).unwrap();
         std::sync::Mutex::new((c, vec![0u8; 64 << 20]))
     };
-    let over_tcp = |len: usize| {
+    // The same over a Unix socket.
+    let unix = {
         use std::io::{Read, Write};
-        let mut g = tcp.lock().unwrap();
+        let path = dir.path().join("plain.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let zeros = vec![0u8; 64 << 20];
+            let mut n = [0u8; 8];
+            while s.read_exact(&mut n).is_ok() {
+                s.write_all(&zeros[..u64::from_le_bytes(n) as usize])
+                    .unwrap();
+            }
+        });
+        let c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        std::sync::Mutex::new((c, vec![0u8; 64 << 20]))
+    };
+    fn over<S: std::io::Read + std::io::Write>(
+        socket: &std::sync::Mutex<(S, Vec<u8>)>,
+        len: usize,
+    ) -> Duration {
+        let mut g = socket.lock().unwrap();
         let (c, buf) = &mut *g;
         let t = Instant::now();
         c.write_all(&(len as u64).to_le_bytes()).unwrap();
         c.read_exact(&mut buf[..len]).unwrap();
         t.elapsed()
-    };
-    let fetch = |addr: std::net::SocketAddr, id: &str| {
+    }
+    let fetch = |(client, base): &(reqwest::Client, String), id: &str| {
         rt.block_on(async {
             let mut r = client
-                .get(format!("http://{addr}/api/v1/artifacts/{id}/content"))
+                .get(format!("{base}/api/v1/artifacts/{id}/content"))
                 .send()
                 .await
                 .unwrap();
@@ -145,8 +183,10 @@ fn main() {
         })
     };
     for (label, id, len) in &ids {
-        let (mut sink, mut local, mut c, mut w, mut raw) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut sink, mut local, mut raw, mut raw_unix) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Per server: TCP cold, TCP warm, Unix cold, Unix warm.
+        let mut api: Vec<Vec<Duration>> = vec![Vec::new(); clients.len()];
         for _ in 0..7 {
             let t = Instant::now();
             let n = store.read_to(id, &mut io::sink()).unwrap();
@@ -157,34 +197,41 @@ fn main() {
             local.push(t.elapsed());
             assert_eq!(bytes.len(), *len);
             drop(bytes);
-            raw.push(over_tcp(*len));
-            for (addr, times) in [(cold, &mut c), (warm, &mut w)] {
+            raw.push(over(&tcp, *len));
+            raw_unix.push(over(&unix, *len));
+            for (client, times) in clients.iter().zip(&mut api) {
                 let t = Instant::now();
-                assert_eq!(fetch(addr, id), *len);
+                assert_eq!(fetch(client, id), *len);
                 times.push(t.elapsed());
             }
         }
-        let (s, l, c, w, t) = (
+        let (s, l, t, u) = (
             median(sink),
             median(local),
-            median(c),
-            median(w),
             median(raw),
+            median(raw_unix),
         );
         let mib = *len as f64 / (1 << 20) as f64;
         let rate = |d: Duration| mib / d.as_secs_f64();
-        println!(
-            "{label:<16} {:>9.0} MiB/s {:>9.0} MiB/s {:>9.0} MiB/s {:>9.0} MiB/s {:>6.2} {:>9.0} MiB/s {:>6.2}",
+        let mut line = format!(
+            "{label:<14} {:>9.0} {:>9.0} {:>9.0} {:>9.0} |",
             rate(s),
             rate(l),
             rate(t),
-            rate(c),
-            l.as_secs_f64() / c.as_secs_f64(),
-            rate(w),
-            l.as_secs_f64() / w.as_secs_f64()
+            rate(u)
         );
+        for (i, times) in api.into_iter().enumerate() {
+            let d = median(times);
+            line.push_str(&format!(
+                " {:>9.0} {:>5.2}{}",
+                rate(d),
+                l.as_secs_f64() / d.as_secs_f64(),
+                if i == 1 { " |" } else { "" }
+            ));
+        }
+        println!("{line}");
     }
-    for (_, tx, server) in servers {
+    for (tx, server) in servers {
         let _ = tx.send(());
         rt.block_on(server).unwrap().unwrap();
     }

@@ -24,6 +24,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The Unix socket could not be made where it was asked for.
+    #[error("cannot listen on the Unix socket {}: {what}", path.display())]
+    UnixSocket {
+        /// The socket's path.
+        path: PathBuf,
+        /// What is wrong, and the way out.
+        what: String,
+    },
     /// A non-loopback address without a bearer token.
     #[error(
         "refusing to listen on {addr} without a bearer token: anyone who can reach that address could read the store; set one with `--token` or the QORCH_API_TOKEN environment variable, or listen on loopback (127.0.0.1:{port})",

@@ -226,6 +226,54 @@ async fn artifacts_are_listed_and_served_verified_with_ranges() {
     s.stop().await;
 }
 
+/// Over a Unix socket: every artifact's bytes are its digest's, ranges work, the socket is
+/// private to its owner and gone when the server stops; a stale socket file is replaced and a
+/// live one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_serves_verified_content_and_ranges() {
+    use std::os::unix::fs::PermissionsExt;
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("api.sock");
+    // A socket file nobody listens on (a server that is gone): replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let s = serve_campaign(|c| c.with_unix_socket(&path)).await;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for rec in records(&s) {
+        let r = s
+            .get(&format!("/api/v1/artifacts/{}/content", rec.id))
+            .await;
+        assert_eq!(r.status(), 200, "{}", rec.name);
+        let body = r.bytes().await.unwrap();
+        assert_eq!(Digest::of(&body), rec.digest, "{}", rec.name);
+        if body.len() > 20 {
+            let r = s
+                .client()
+                .get(s.url(&format!("/api/v1/artifacts/{}/content", rec.id)))
+                .header("Range", "bytes=5-14")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{}", rec.name);
+            assert_eq!(&r.bytes().await.unwrap()[..], &body[5..15], "{}", rec.name);
+        }
+    }
+    // A second server on the live socket: refused, naming it.
+    let err = qorch_api::bind(&qorch_api::ApiConfig::new(s.store()).with_unix_socket(&path))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("api.sock") && err.contains("listens there"),
+        "{err}"
+    );
+    s.stop().await;
+    assert!(!path.exists(), "the socket outlived its server");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_bad_ids_and_unknown_things_are_refused() {
     let s = serve_campaign(|c| c).await;

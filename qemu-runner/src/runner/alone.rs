@@ -108,7 +108,11 @@ impl QemuRunner {
             }
         }
         if let Some(phases) = &phases {
-            run.transfer_time(phases, transfer_ok);
+            let unpacked = match (&archive, &port) {
+                (Archive::Arrived(_), Some(port)) => port.unpacked_at(1),
+                _ => None,
+            };
+            run.transfer_time(phases, transfer_ok, unpacked);
         }
         // A panicked guest kept for its memory (`vmcore`): dumped before QEMU stops.
         if prepared.spec.vmcore && watch.panicked {

@@ -74,14 +74,28 @@ impl<'a> Run<'a> {
         });
     }
 
-    /// Records how long the results took to arrive, when they did.
-    pub(super) fn transfer_time(&mut self, phases: &Phases, transfer_ok: bool) {
-        if let Some(t) = phases.transfer_started
-            && transfer_ok
-        {
-            self.result.environment.insert(
-                "transfer-seconds".into(),
-                format!("{:.3}", t.elapsed().as_secs_f64()),
+    /// Records how long the results took to arrive from the test's exit, when they did
+    /// (`transfer-seconds`), and when the artifact archive was unpacked on the host, if one
+    /// came over the port (`artifacts-seconds`: the files, without the streams sent after them
+    /// over the console).
+    pub(super) fn transfer_time(
+        &mut self,
+        phases: &Phases,
+        transfer_ok: bool,
+        unpacked: Option<Instant>,
+    ) {
+        let Some(t) = phases.transfer_started.filter(|_| transfer_ok) else {
+            return;
+        };
+        let env = &mut self.result.environment;
+        env.insert(
+            "transfer-seconds".into(),
+            format!("{:.3}", t.elapsed().as_secs_f64()),
+        );
+        if let Some(at) = unpacked {
+            env.insert(
+                "artifacts-seconds".into(),
+                format!("{:.3}", at.saturating_duration_since(t).as_secs_f64()),
             );
         }
     }

@@ -15,7 +15,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -50,6 +50,8 @@ struct State {
     poisoned: Option<String>,
     /// Archives received.
     archives: u32,
+    /// When the last archive was unpacked, and its number.
+    unpacked: Option<(u32, Instant)>,
     /// The connection closed (or never came): no archive arrives any more.
     closed: bool,
 }
@@ -144,6 +146,14 @@ impl ArtifactPort {
         }
     }
 
+    /// When archive `seq` was unpacked (its last byte read and its files checked), if it was.
+    pub(super) fn unpacked_at(&self, seq: u32) -> Option<Instant> {
+        match lock(&self.state).unpacked {
+            Some((n, at)) if n == seq => Some(at),
+            _ => None,
+        }
+    }
+
     /// Why the port's stream can no longer be followed, if it cannot.
     pub(super) fn poisoned(&self) -> Option<String> {
         lock(&self.state).poisoned.clone()
@@ -232,8 +242,9 @@ fn read_port(stream: impl Read, state: &Mutex<State>) {
                 break;
             }
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let extracted = crate::artifacts::extract(&mut reader, &job.dest, job.limits);
+        lock(state).unpacked = Some((seq, Instant::now()));
         tracing::debug!(
             channel = "virtio-serial",
             archive = seq,

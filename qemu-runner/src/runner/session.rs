@@ -229,7 +229,11 @@ impl QemuRunner {
             }
             port_ok &= !matches!(archive, Archive::Pending(_));
         }
-        run.transfer_time(&phases, transfer_ok);
+        let unpacked = match (&archive, &guest.port) {
+            (Archive::Arrived(_), Some(port)) => port.unpacked_at(seq),
+            _ => None,
+        };
+        run.transfer_time(&phases, transfer_ok, unpacked);
         if let Some(slice) = &guest.watch.slice {
             let (slice, log) = (slice.clone(), artifacts.join("console.log"));
             super::blocking(move || {

@@ -67,6 +67,8 @@ pub struct Served {
     pub dir: tempfile::TempDir,
     pub report: RunReport,
     pub addr: SocketAddr,
+    /// The Unix socket served on instead of `addr`, if any.
+    pub unix: Option<PathBuf>,
     pub token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), qorch_api::Error>>>,
@@ -74,7 +76,19 @@ pub struct Served {
 
 impl Served {
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        match &self.unix {
+            Some(_) => format!("http://localhost{path}"),
+            None => format!("http://{}{path}", self.addr),
+        }
+    }
+
+    /// A client that reaches the server (over its Unix socket, if it has one).
+    pub fn client(&self) -> reqwest::Client {
+        let mut b = reqwest::Client::builder();
+        if let Some(path) = &self.unix {
+            b = b.unix_socket(path.as_path());
+        }
+        b.build().unwrap()
     }
 
     pub fn store(&self) -> PathBuf {
@@ -83,7 +97,7 @@ impl Served {
 
     /// GET with the token, if any.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        let mut rq = reqwest::Client::new().get(self.url(path));
+        let mut rq = self.client().get(self.url(path));
         if let Some(t) = &self.token {
             rq = rq.bearer_auth(t);
         }
@@ -123,7 +137,10 @@ pub async fn serve_dir(
     let config = tweak(config);
     let token = config.token.clone();
     let bound = qorch_api::bind(&config).await.unwrap();
-    let addr = bound.local_addr();
+    let addr = bound
+        .local_addr()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let unix = bound.unix_socket().map(Path::to_path_buf);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(bound.serve(async {
         let _ = rx.await;
@@ -132,6 +149,7 @@ pub async fn serve_dir(
         dir,
         report,
         addr,
+        unix,
         token,
         stop: Some(tx),
         task: Some(task),
