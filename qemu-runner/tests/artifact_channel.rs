@@ -13,21 +13,7 @@ use orchestrator_core::{
 };
 use qemu_runner::{QemuConfig, QemuRunner};
 
-/// Writes `$BYTES` bytes of numbered lines to `$OUT` (a period of 3,894 bytes, no multiple of
-/// a tar block or a page: a block lost, doubled or shifted shows).
-const MAKE_BLOB: &str = r#"yes "$(seq 1 1000 | tr '\n' ' ')" | head -c "$BYTES" >"$OUT""#;
-
-/// What [`MAKE_BLOB`] writes.
-fn blob(bytes: usize) -> Vec<u8> {
-    let mut line: String = (1..=1000).map(|i| format!("{i} ")).collect();
-    line.push('\n');
-    line.as_bytes()
-        .iter()
-        .copied()
-        .cycle()
-        .take(bytes)
-        .collect()
-}
+use testkit::{MAKE_BLOB, blob};
 
 fn case(arch: Arch, id: &str, script: &str) -> TestCase {
     let mut req = Requirements::default();

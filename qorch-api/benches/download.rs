@@ -117,8 +117,19 @@ fn main() {
     let store = ArtifactStore::open_read_only(&root).unwrap();
     println!(
         "{:<14} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>5} {:>9} {:>5} | {:>9} {:>5} {:>9} {:>5}   (MiB/s; ratio = get time ÷ download time)",
-        "blob", "read_to", "get", "TCP", "Unix", "TCP cold", "ratio", "TCP warm", "ratio",
-        "Unix cold", "ratio", "Unix warm", "ratio"
+        "blob",
+        "read_to",
+        "get",
+        "TCP",
+        "Unix",
+        "TCP cold",
+        "ratio",
+        "TCP warm",
+        "ratio",
+        "Unix cold",
+        "ratio",
+        "Unix warm",
+        "ratio"
     );
     // A loopback socket whose other end answers each byte with `n` bytes.
     let tcp = {
@@ -205,12 +216,7 @@ fn main() {
                 times.push(t.elapsed());
             }
         }
-        let (s, l, t, u) = (
-            median(sink),
-            median(local),
-            median(raw),
-            median(raw_unix),
-        );
+        let (s, l, t, u) = (median(sink), median(local), median(raw), median(raw_unix));
         let mib = *len as f64 / (1 << 20) as f64;
         let rate = |d: Duration| mib / d.as_secs_f64();
         let mut line = format!(

@@ -173,19 +173,10 @@ impl QemuRunner {
     /// What a planned group's guest is booted with: tests with the same key share it. The
     /// test's own modules are not in it (they load in its test phase).
     pub(super) fn group_key(&self, case: &TestCase) -> Result<String, RunnerError> {
-        let arch = self.arch_of(case);
-        let profile = self.profile(arch)?;
-        let parts = self.parts(case, arch)?;
-        Ok(format!(
-            "planned|{arch}|{}|{:?}|{:?}|{}|{:?}|{:?}|{}",
-            parts.kernel.display(),
-            parts.modules_dir,
-            self.config.modules,
-            serde_json::to_string(profile).unwrap_or_default(),
-            case.requirements.memory_mib,
-            case.requirements.cpus,
-            self.config.virtio_artifacts,
-        ))
+        // A restored test loads its own modules in its phase: the guest boots with the
+        // runner's.
+        let boot = self.boot_key(case, |_| &self.config.modules)?;
+        Ok(format!("planned|{boot}|{}", self.config.virtio_artifacts))
     }
 
     /// A test of a planned group, in a guest restored from the group's snapshot.

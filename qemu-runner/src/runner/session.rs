@@ -99,15 +99,25 @@ impl QemuRunner {
 
     /// What session guests for `case` are booted with: tests with the same key share them.
     fn session_key(&self, case: &TestCase) -> Result<String, RunnerError> {
+        // (Every session guest of this runner gets the artifact channel, or none does.)
+        self.boot_key(case, |profile| self.modules_for(case, profile, None))
+    }
+
+    /// What makes two tests' guests boot alike: architecture, kernel, module tree, the modules
+    /// loaded at boot (`modules`, from the test's profile), the profile, memory and CPUs.
+    pub(super) fn boot_key<M: std::fmt::Debug>(
+        &self,
+        case: &TestCase,
+        modules: impl FnOnce(&crate::profile::MachineProfile) -> M,
+    ) -> Result<String, RunnerError> {
         let arch = self.arch_of(case);
         let profile = self.profile(arch)?;
         let parts = self.parts(case, arch)?;
-        // (Every session guest of this runner gets the artifact channel, or none does.)
         Ok(format!(
             "{arch}|{}|{:?}|{:?}|{}|{:?}|{:?}",
             parts.kernel.display(),
             parts.modules_dir,
-            self.modules_for(case, profile, None),
+            modules(profile),
             serde_json::to_string(profile).unwrap_or_default(),
             case.requirements.memory_mib,
             case.requirements.cpus
