@@ -104,11 +104,7 @@ async fn a_stored_two_architecture_campaign_and_keep_last_run_retention() {
         assert!(net.label().contains("not the test's alone"), "{net:#?}");
     }
     // The collected files are byte-exact in the store.
-    let files = first
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str() == "files@aarch64")
-        .unwrap();
+    let files = first.result("files@aarch64").unwrap();
     let uname = files
         .artifacts
         .iter()

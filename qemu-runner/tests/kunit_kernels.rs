@@ -23,9 +23,7 @@ fn with_kernel(id: &str, kernel: &str, script: &str) -> TestCase {
 
 fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
     report
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str() == id)
+        .result(id)
         .unwrap_or_else(|| panic!("no result for {id}"))
 }
 

@@ -85,9 +85,7 @@ async fn run(planning: bool) -> (RunReport, tempfile::TempDir) {
 
 fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
     report
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str() == id)
+        .result(id)
         .unwrap_or_else(|| panic!("no result for {id}"))
 }
 

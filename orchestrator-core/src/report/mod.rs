@@ -283,6 +283,12 @@ impl RunReport {
         }
     }
 
+    /// The result of test `id` (the whole id, `boot@aarch64` for a test fanned out per
+    /// architecture), if the run has one.
+    pub fn result(&self, id: &str) -> Option<&TestResult> {
+        self.results.iter().find(|r| r.test_id.as_str() == id)
+    }
+
     /// Whether the run succeeded as a whole.
     pub fn is_success(&self) -> bool {
         self.summary.is_success() && self.interrupted.is_none()

@@ -153,13 +153,7 @@ async fn only_infrastructure_errors_are_retried() {
     );
     assert_eq!(retry_events, 4);
 
-    let by_id = |id: &str| {
-        report
-            .results
-            .iter()
-            .find(|r| r.test_id.as_str() == id)
-            .unwrap()
-    };
+    let by_id = |id: &str| report.result(id).unwrap();
     assert_eq!(by_id("infra-twice").verdict(), Verdict::Passed);
     assert_eq!(by_id("infra-twice").attempt, 3);
     assert_eq!(by_id("infra-twice").earlier_attempts.len(), 2);

@@ -135,11 +135,7 @@ async fn a_schema_2_shard_with_a_failed_subtest_merges_as_a_failure() {
     assert!(merged.is_complete(), "{merged:#?}");
     let report = &merged.report;
     assert_eq!(report.schema_version, 5);
-    let r = report
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str() == id)
-        .unwrap();
+    let r = report.result(&id).unwrap();
     assert_eq!(
         r.outcome,
         Outcome::SubtestsFailed {
