@@ -18,6 +18,8 @@ use orchestrator_core::{
 use qemu_runner::accel::{self, KernelCheckSpec, KvmCheck};
 use qemu_runner::{AccelMode, MachineProfile, QemuConfig, QemuPlan, QemuRunner, provision};
 
+mod support;
+
 /// What a wrapper does with the guest's console under `-accel kvm`.
 #[derive(Clone, Copy, PartialEq)]
 enum Kvm {
@@ -156,23 +158,10 @@ fn case(id: &str, script: &str) -> TestCase {
 }
 
 async fn run(config: QemuConfig, cases: Vec<TestCase>) -> RunReport {
-    let scratch = tempfile::tempdir().unwrap();
-    let report = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
-        .with_runner(QemuRunner::new(config))
-        .run_with(cases, CancellationToken::new(), |_| {})
+    let keys = ["accelerator", "accelerator-reason"];
+    support::run_cases(config, cases, CancellationToken::new(), &keys)
         .await
-        .expect("valid run");
-    for r in &report.results {
-        eprintln!(
-            "{}: {} [{:.1}s] {:?} {:?}",
-            r.test_id,
-            r.outcome,
-            r.duration().as_secs_f64(),
-            r.environment.get("accelerator"),
-            r.environment.get("accelerator-reason"),
-        );
-    }
-    report
+        .0
 }
 
 fn env<'a>(r: &'a TestResult, key: &str) -> &'a str {

@@ -8,12 +8,14 @@
 use std::time::Duration;
 
 use orchestrator_core::{
-    Arch, CancellationToken, Orchestrator, Outcome, Requirements, RunConfig, RunReport, TestCase,
-    TestResult,
+    Arch, CancellationToken, Outcome, Requirements, RunReport, TestCase, TestResult,
 };
-use qemu_runner::{QemuConfig, QemuRunner};
+use qemu_runner::QemuConfig;
 
 use testkit::{MAKE_BLOB, blob};
+
+mod support;
+use support::by;
 
 fn case(arch: Arch, id: &str, script: &str) -> TestCase {
     let mut req = Requirements::default();
@@ -33,33 +35,9 @@ fn with_blob(arch: Arch, id: &str, bytes: usize) -> TestCase {
         .with_artifact("sub")
 }
 
-async fn run(config: QemuConfig, cases: Vec<TestCase>) -> (RunReport, tempfile::TempDir) {
-    let scratch = tempfile::tempdir().unwrap();
-    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
-        .with_runner(QemuRunner::new(config));
-    let report = orch
-        .run_with(cases, CancellationToken::new(), |_| {})
-        .await
-        .expect("valid run");
-    for r in &report.results {
-        eprintln!(
-            "{}: {} [{:.1}s] {} {:?}",
-            r.test_id,
-            r.outcome,
-            r.duration().as_secs_f64(),
-            r.message.as_deref().unwrap_or(""),
-            r.environment.get("transfer-seconds")
-        );
-    }
-    (report, scratch)
-}
-
-fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
-    report
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str().starts_with(id))
-        .unwrap_or_else(|| panic!("no result for {id}"))
+async fn run(config: QemuConfig, cases: Vec<TestCase>) -> (RunReport, Option<tempfile::TempDir>) {
+    let keys = ["transfer-seconds", "artifacts-seconds"];
+    support::run_cases(config, cases, CancellationToken::new(), &keys).await
 }
 
 /// The test's blob and nested file arrived byte for byte over `channel`, and nothing else.

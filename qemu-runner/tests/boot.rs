@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{
     Arch, CancellationToken, CrashKind, Orchestrator, Outcome, Phase, Requirements, RunConfig,
-    RunReport, TestCase, TestResult,
+    RunReport, TestCase,
 };
 use qemu_runner::{MachineProfile, QemuConfig, QemuRunner};
+
+mod support;
+use support::by;
 
 fn case(arch: Arch, id: &str, script: &str) -> TestCase {
     let mut req = Requirements::default();
@@ -26,42 +29,13 @@ fn with_modules(mut case: TestCase, modules: &[&str]) -> TestCase {
     case
 }
 
-/// Runs `cases`; the scratch directory (with the artifacts) lives as long as the returned guard,
-/// or stays on disk with `ORCH_KEEP_SCRATCH` set (for debugging).
+/// Runs `cases` (see [`support::run_cases`]).
 async fn run_with(
     config: QemuConfig,
     cases: Vec<TestCase>,
     cancel: CancellationToken,
 ) -> (RunReport, Option<tempfile::TempDir>) {
-    let scratch = tempfile::tempdir().unwrap();
-    let orch = Orchestrator::new(RunConfig::new(scratch.path()).with_parallelism(1))
-        .with_runner(QemuRunner::new(config));
-    let report = orch
-        .run_with(cases, cancel, |_| {})
-        .await
-        .expect("valid run");
-    for r in &report.results {
-        eprintln!(
-            "{}: {} [{:.1}s] {}",
-            r.test_id,
-            r.outcome,
-            r.duration().as_secs_f64(),
-            r.message.as_deref().unwrap_or("")
-        );
-    }
-    if std::env::var_os("ORCH_KEEP_SCRATCH").is_some() {
-        eprintln!("scratch kept: {}", scratch.keep().display());
-        return (report, None);
-    }
-    (report, Some(scratch))
-}
-
-fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
-    report
-        .results
-        .iter()
-        .find(|r| r.test_id.as_str().starts_with(&format!("{id}@")))
-        .unwrap_or_else(|| panic!("no result for {id}"))
+    support::run_cases(config, cases, cancel, &[]).await
 }
 
 fn alive(pid: u32) -> bool {

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{
     Arch, CancellationToken, CrashKind, Orchestrator, Outcome, Phase, Requirements, RunConfig,
-    RunReport, TestCase, TestResult,
+    TestCase,
 };
 use qemu_runner::{MachineProfile, QemuConfig, QemuRunner};
+
+mod support;
+use support::by;
 
 fn with_kernel(id: &str, kernel: &str, script: &str) -> TestCase {
     let mut req = Requirements::default();
@@ -19,12 +22,6 @@ fn with_kernel(id: &str, kernel: &str, script: &str) -> TestCase {
     TestCase::script(id, script)
         .with_requirements(req)
         .with_timeout(Duration::from_secs(120))
-}
-
-fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
-    report
-        .result(id)
-        .unwrap_or_else(|| panic!("no result for {id}"))
 }
 
 /// One run for all three kernels (two guests at a time): (c) fails to boot with an error naming

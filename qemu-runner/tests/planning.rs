@@ -10,6 +10,9 @@ use std::path::Path;
 use orchestrator_core::{Orchestrator, Outcome, RunConfig, RunReport, TestResult, plan};
 use qemu_runner::{QemuConfig, QemuPlan, QemuRunner};
 
+mod support;
+use support::by;
+
 /// Passing, failing, TAP subtests, a test module run in the test phase, a kernel panic, a
 /// timeout, and one test that asks for a guest of its own; on aarch64 (the fastest boot).
 const PLAN: &str = r#"
@@ -81,12 +84,6 @@ async fn run(planning: bool) -> (RunReport, tempfile::TempDir) {
         .await
         .unwrap();
     (report, dir)
-}
-
-fn by<'a>(report: &'a RunReport, id: &str) -> &'a TestResult {
-    report
-        .result(id)
-        .unwrap_or_else(|| panic!("no result for {id}"))
 }
 
 /// The kernel log a result brought back.
