@@ -107,19 +107,9 @@ async fn main() {
         eprintln!("artifact_channel: run with `cargo bench -p benches --bench artifact_channel`");
         return;
     }
-    let archs: Vec<Arch> = std::env::var("ORCH_BENCH_ARCHS")
-        .unwrap_or_else(|_| "aarch64,x86_64".into())
-        .split(',')
-        .map(|a| a.trim().parse().expect("an architecture"))
-        .collect();
-    let rounds: usize = std::env::var("ORCH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let mib: usize = std::env::var("ORCH_BENCH_MIB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
+    let archs = benches::archs(&[Arch::Aarch64, Arch::X86_64]);
+    let rounds = benches::env_num("ORCH_BENCH_ROUNDS", 3);
+    let mib = benches::env_num("ORCH_BENCH_MIB", 64);
     let bytes = mib << 20;
     let want = expected(bytes);
     let scratch = tempfile::tempdir().unwrap();

@@ -21,17 +21,8 @@ async fn main() {
         eprintln!("boot_overhead: run with `cargo bench -p benches --bench boot_overhead`");
         return;
     }
-    let runs: usize = std::env::var("ORCH_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let archs: Vec<Arch> = match std::env::var("ORCH_BENCH_ARCHS") {
-        Ok(list) => list
-            .split(',')
-            .map(|a| a.trim().parse().expect("an architecture"))
-            .collect(),
-        Err(_) => Arch::ALL.to_vec(),
-    };
+    let runs = benches::env_num("ORCH_BENCH_RUNS", 5);
+    let archs = benches::archs(&Arch::ALL);
     let runner = QemuRunner::new(QemuConfig::new());
     let scratch = tempfile::tempdir().unwrap();
     println!("| arch | plain QEMU to poweroff (median) | runner to result (median) | ratio |");

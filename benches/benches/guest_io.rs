@@ -133,13 +133,7 @@ async fn main() {
         eprintln!("guest_io: run with `cargo bench -p benches --bench guest_io`");
         return;
     }
-    let archs: Vec<Arch> = match std::env::var("ORCH_BENCH_ARCHS") {
-        Ok(list) => list
-            .split(',')
-            .map(|a| a.trim().parse().expect("an architecture"))
-            .collect(),
-        Err(_) => Arch::ALL.to_vec(),
-    };
+    let archs = benches::archs(&Arch::ALL);
     // `ORCH_BENCH_ONLY=session` (or a comma list of transfer, session, snapshot, pool) runs a
     // subset; the other columns print as "-".
     let only = std::env::var("ORCH_BENCH_ONLY").unwrap_or_default();

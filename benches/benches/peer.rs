@@ -167,15 +167,8 @@ async fn main() {
         eprintln!("peer: run with `cargo bench -p benches --bench peer`");
         return;
     }
-    let env_num = |name: &str, default: usize| -> usize {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-            .max(1)
-    };
-    let rounds = env_num("ORCH_BENCH_RUNS", 3);
-    let tests = env_num("ORCH_BENCH_TESTS", 10);
+    let rounds = benches::env_num("ORCH_BENCH_RUNS", 3);
+    let tests = benches::env_num("ORCH_BENCH_TESTS", 10);
     if std::env::var_os("ORCH_BENCH_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter("qemu_runner=debug")

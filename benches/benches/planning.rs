@@ -59,11 +59,7 @@ async fn main() {
         eprintln!("planning: run with `cargo bench -p benches --bench planning`");
         return;
     }
-    let rounds: usize = std::env::var("ORCH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = benches::env_num("ORCH_BENCH_ROUNDS", 3);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plans/demo.toml");
     let plan = plan::Loader::new()
         .section::<QemuPlan>()

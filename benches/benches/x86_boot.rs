@@ -105,11 +105,7 @@ async fn main() {
         eprintln!("x86_boot: run with `cargo bench -p benches --bench x86_boot`");
         return;
     }
-    let runs: usize = std::env::var("ORCH_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
-        .max(3);
+    let runs = benches::env_num("ORCH_BENCH_RUNS", 5).max(3);
     let stress: usize = args
         .iter()
         .position(|a| a == "--stress")

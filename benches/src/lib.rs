@@ -18,4 +18,41 @@
 //!   restored snapshot, alternated in one run; prints medians and ratios to virtme-ng.
 //!   `ORCH_BENCH_RUNS` sets the rounds (default 3), `ORCH_BENCH_TESTS` the restored tests a round
 //!   (default 10), `ORCH_VNG` a `vng` to use instead.
+//! - `artifact_channel`: per architecture, 64 MiB of artifacts from the test's exit to the files
+//!   checked on the host, in a guest of its own, a session and a restored snapshot, against the
+//!   raw virtio-serial port (`ORCH_BENCH_ARCHS`, `ORCH_BENCH_ROUNDS`, `ORCH_BENCH_MIB`).
+//! - `x86_boot`: the x86_64 built-in profile against the previous q35/bzImage one
+//!   (`ORCH_BENCH_RUNS`), or `-- --stress N` boots beside a spinning process, counting hangs.
+//!
+//! The library holds what the benchmarks share: [`env_num`] and [`archs`] read their settings.
 #![deny(missing_docs)]
+
+use orchestrator_core::Arch;
+
+/// The number in the environment variable `name` (at least 1), else `default`. A value that is
+/// no number is an error naming it, not a silent default.
+pub fn env_num(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+            .max(1),
+        Err(_) => default,
+    }
+}
+
+/// The architectures in `ORCH_BENCH_ARCHS` (a comma list), else `default`.
+pub fn archs(default: &[Arch]) -> Vec<Arch> {
+    match std::env::var("ORCH_BENCH_ARCHS") {
+        Ok(list) => list
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("ORCH_BENCH_ARCHS: {a:?}: {e}"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}
