@@ -103,8 +103,7 @@ fn median(v: &mut [f64]) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("artifact_channel: run with `cargo bench -p benches --bench artifact_channel`");
+    if !benches::under_cargo_bench("artifact_channel") {
         return;
     }
     let archs = benches::archs(&[Arch::Aarch64, Arch::X86_64]);

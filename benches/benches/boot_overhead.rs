@@ -17,8 +17,7 @@ fn median(v: &mut [Duration]) -> Duration {
 async fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful: run only
     // when benchmarking, as the boots take minutes.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("boot_overhead: run with `cargo bench -p benches --bench boot_overhead`");
+    if !benches::under_cargo_bench("boot_overhead") {
         return;
     }
     let runs = benches::env_num("ORCH_BENCH_RUNS", 5);

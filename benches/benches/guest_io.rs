@@ -129,8 +129,7 @@ fn spread(v: &mut [f64]) -> (f64, f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("guest_io: run with `cargo bench -p benches --bench guest_io`");
+    if !benches::under_cargo_bench("guest_io") {
         return;
     }
     let archs = benches::archs(&Arch::ALL);

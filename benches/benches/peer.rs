@@ -163,8 +163,7 @@ fn run_vng(vng: &Path, kernel: &Path, release: &str, cwd: &Path) -> Result<Durat
 
 #[tokio::main]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("peer: run with `cargo bench -p benches --bench peer`");
+    if !benches::under_cargo_bench("peer") {
         return;
     }
     let rounds = benches::env_num("ORCH_BENCH_RUNS", 3);

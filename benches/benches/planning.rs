@@ -55,8 +55,7 @@ fn verdicts(report: &RunReport) -> BTreeMap<String, String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("planning: run with `cargo bench -p benches --bench planning`");
+    if !benches::under_cargo_bench("planning") {
         return;
     }
     let rounds = benches::env_num("ORCH_BENCH_ROUNDS", 3);

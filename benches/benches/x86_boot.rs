@@ -99,12 +99,10 @@ impl Drop for Spinner {
 
 #[tokio::main]
 async fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not: the boots take minutes.
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        eprintln!("x86_boot: run with `cargo bench -p benches --bench x86_boot`");
+    if !benches::under_cargo_bench("x86_boot") {
         return;
     }
+    let args: Vec<String> = std::env::args().collect();
     let runs = benches::env_num("ORCH_BENCH_RUNS", 5).max(3);
     let stress: usize = args
         .iter()

@@ -24,7 +24,8 @@
 //! - `x86_boot`: the x86_64 built-in profile against the previous q35/bzImage one
 //!   (`ORCH_BENCH_RUNS`), or `-- --stress N` boots beside a spinning process, counting hangs.
 //!
-//! The library holds what the benchmarks share: [`env_num`] and [`archs`] read their settings.
+//! The library holds what the benchmarks share: [`under_cargo_bench`] keeps the QEMU benchmarks
+//! out of `cargo test --benches`, [`env_num`] and [`archs`] read their settings.
 #![deny(missing_docs)]
 
 use orchestrator_core::Arch;
@@ -55,4 +56,14 @@ pub fn archs(default: &[Arch]) -> Vec<Arch> {
             .collect(),
         Err(_) => default.to_vec(),
     }
+}
+
+/// Whether `cargo bench` started this benchmark (it passes `--bench`; `cargo test --benches`
+/// does not, and these boots take minutes). Otherwise says how to run benchmark `name`.
+pub fn under_cargo_bench(name: &str) -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        eprintln!("{name}: run with `cargo bench -p benches --bench {name}`");
+    }
+    yes
 }

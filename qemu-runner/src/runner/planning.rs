@@ -189,13 +189,7 @@ impl QemuRunner {
         let run = Run::new(case, ctx);
         let payload = match self.planned_payload(case, ctx).await? {
             Ok(payload) => payload,
-            Err(bytes) => {
-                tracing::debug!(
-                    bytes,
-                    "the test's files are too large for the console: booting alone"
-                );
-                return self.execute_alone_too_large(case, ctx, bytes).await;
-            }
+            Err(bytes) => return self.execute_alone_too_large(case, ctx, bytes).await,
         };
         run.artifact_dir()?;
         self.execute_from_snapshot(run, payload, group.key.clone())

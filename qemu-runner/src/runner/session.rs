@@ -47,13 +47,7 @@ impl QemuRunner {
         // The test goes over the console; what does not fit gets a guest of its own.
         let payload = match self.session_payload(case, self.output_limit(ctx)).await? {
             Ok(payload) => payload,
-            Err(bytes) => {
-                tracing::debug!(
-                    bytes,
-                    "the test's files are too large for the console: booting alone"
-                );
-                return self.execute_alone_too_large(case, ctx, bytes).await;
-            }
+            Err(bytes) => return self.execute_alone_too_large(case, ctx, bytes).await,
         };
         let key = self.session_key(case)?;
         run.artifact_dir()?;
@@ -86,6 +80,10 @@ impl QemuRunner {
         ctx: &ExecutionContext,
         bytes: usize,
     ) -> Result<TestResult, RunnerError> {
+        tracing::debug!(
+            bytes,
+            "the test's files are too large for the console: booting alone"
+        );
         let mut r = self.execute_alone(case, ctx).await?;
         let note = format!(
             "booted alone: its files ({bytes} bytes compressed) are too large to send to a session guest"
