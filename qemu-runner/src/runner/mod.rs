@@ -130,7 +130,7 @@ pub struct QemuConfig {
     /// profile, memory and CPUs) are grouped, and each test of a group of two or more runs in a
     /// guest restored from one snapshot of the group's booted guest, pristine; a test that
     /// needs a guest of its own (KUnit at boot, a `vmcore`, a root file system, a display, its
-    /// own kernel arguments, `isolated`, artifacts) boots one. Each result's environment
+    /// own kernel arguments, `isolated`) boots one. Each result's environment
     /// records its `mode` and why (`planning`). Off (`false`) here by default, so a runner
     /// built in code boots a guest per test; a plan's `[qemu] planning` turns it on unless it
     /// says `false` ([`QemuConfig::with_plan`]).
@@ -437,16 +437,18 @@ impl QemuRunner {
     /// profile asks for it and the kernel allows it ([`crate::pvh`]); made once per image
     /// and kept in the build cache. `None`: boot the image as it is (the reason is logged).
     async fn unpacked_kernel(&self, profile: &MachineProfile, kernel: &Path) -> Option<PathBuf> {
-        if !profile.unpack_kernel
-            || kernel::identify(kernel).ok()?.format != kernel::KernelFormat::BzImage
-        {
+        if !profile.unpack_kernel {
             return None;
         }
         let cell = {
             let mut cells = self.unpacked.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(cells.entry(kernel.to_owned()).or_default())
         };
+        // (The image is identified once, with the rest: not at every boot.)
         cell.get_or_init(|| async {
+            if kernel::identify(kernel).ok()?.format != kernel::KernelFormat::BzImage {
+                return None;
+            }
             let digest = self.kernel_digest(kernel)?;
             let (image, cache) = (kernel.to_owned(), self.config.build_cache.clone());
             let made =
