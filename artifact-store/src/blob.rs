@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Digest;
 use crate::error::{CorruptBlob, Error, Result};
+use crate::tree::{TreeHasher, VerifiedRange};
 
 const MAGIC: &[u8; 4] = b"ASB1";
 const CODEC_RAW: u8 = 0;
@@ -39,6 +40,8 @@ pub(crate) struct Blobs {
     pub(crate) content: PathBuf,
     pub(crate) tmp: PathBuf,
     pub(crate) quarantine: PathBuf,
+    /// Trees of large blobs (see [`crate::tree`]).
+    pub(crate) trees: PathBuf,
     pub(crate) durability: Durability,
 }
 
@@ -186,7 +189,7 @@ fn hash_copy(
     sample: &[u8],
     reader: &mut dyn Read,
     buf: &mut [u8],
-    hasher: &mut blake3::Hasher,
+    hasher: &mut TreeHasher,
     out: &mut impl Write,
     temp: &Path,
 ) -> Result<u64> {
@@ -292,6 +295,7 @@ impl Blobs {
             content: root.join("content-v1").join("blake3"),
             tmp: root.join("tmp"),
             quarantine: root.join("quarantine"),
+            trees: root.join("trees-v1").join("blake3"),
             durability,
         }
     }
@@ -443,7 +447,7 @@ impl Blobs {
         reader: &mut dyn Read,
         sync: bool,
     ) -> Result<Encoded> {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = TreeHasher::new();
         let n = sample.len();
         let (file, temp) = self.new_temp()?;
         let guard = TempGuard(Some(temp.clone()));
@@ -474,7 +478,8 @@ impl Blobs {
             file.sync_all().map_err(|e| Error::io("fsync", &temp, e))?;
         }
         drop(file);
-        let digest = Digest::from(hasher.finalize());
+        let (digest, cvs) = hasher.finish();
+        crate::tree::store(&self.trees, &self.tmp, &digest, raw_size, &cvs);
         Ok(Encoded::Temp(Written {
             digest,
             raw_size,
@@ -638,6 +643,67 @@ impl Blobs {
             Err(e) => return Err(Error::io("open", path, e)),
         };
         BlobReader::new(file, path, *digest)
+    }
+
+    /// A verified reader over `range` of a blob's content, when the blob has a usable tree
+    /// (`Ok(None)` when it has none, or one that does not match its digest).
+    pub(crate) fn open_range(
+        &self,
+        digest: &Digest,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<VerifiedRange>> {
+        let tree = crate::tree::path_of(&self.trees, digest);
+        if !tree.exists() {
+            return Ok(None);
+        }
+        let path = self.path_of(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::MissingBlob {
+                    digest: *digest,
+                    path,
+                    artifact: None,
+                });
+            }
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        let mut h = [0u8; 16];
+        let n = read_full(&mut file, &mut h).map_err(|e| Error::io("read", &path, e))?;
+        let corrupt = |detail: &str| Error::Corrupt {
+            digest: *digest,
+            path: path.clone(),
+            artifact: None,
+            detail: detail.into(),
+        };
+        let (codec, raw_len) =
+            parse_header(&h[..n]).ok_or_else(|| corrupt("bad or truncated header"))?;
+        if codec != CODEC_RAW && codec != CODEC_ZSTD {
+            return Err(corrupt("unknown codec"));
+        }
+        if range.start > range.end || range.end > raw_len {
+            return Err(Error::Invalid {
+                what: "range",
+                detail: format!(
+                    "{}..{} is not within the {raw_len} bytes of blob {digest}",
+                    range.start, range.end
+                ),
+            });
+        }
+        let Some(cvs) = crate::tree::load(&tree, raw_len, digest) else {
+            return Ok(None);
+        };
+        VerifiedRange::new(
+            file,
+            codec == CODEC_ZSTD,
+            cvs,
+            *digest,
+            path.clone(),
+            raw_len,
+            range,
+        )
+        .map(Some)
+        .map_err(|e| Error::io("read", &path, e))
     }
 
     /// Reads the whole blob through the verifier, discarding the content.

@@ -24,6 +24,7 @@
 //! <root>/LAYOUT                 layout version (1)
 //! <root>/catalog-v1.sqlite      the catalog (+ -wal, -shm), small blobs included
 //! <root>/content-v1/blake3/ab/cd/<64 hex digits>
+//! <root>/trees-v1/blake3/ab/cd/<64 hex digits>   group hashes of blobs of 256 KiB or more
 //! <root>/tmp/<pid>.<uuid>.tmp   writes in progress
 //! <root>/quarantine/            corrupt blobs moved aside by `verify` with repair
 //! ```
@@ -68,6 +69,7 @@ pub mod remote;
 pub mod retention;
 mod shared;
 mod store;
+mod tree;
 
 pub use async_api::AsyncArtifactStore;
 pub use blob::{BlobReader, Durability, PendingBlob};
@@ -85,3 +87,4 @@ pub use store::{
     ArtifactStore, CorruptEntry, DEFAULT_INLINE_MAX, GcOptions, GcReport, LAYOUT_VERSION,
     MissingEntry, RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,
 };
+pub use tree::VerifiedRange;

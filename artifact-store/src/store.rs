@@ -575,6 +575,34 @@ impl ArtifactStore {
         }
     }
 
+    /// `range` of artifact `id`'s content, returned in pieces each verified against the
+    /// artifact's digest before it is returned, so that it can be passed on at once (see
+    /// [`VerifiedRange`](crate::VerifiedRange)); only the part of the content the range covers
+    /// is hashed. `Ok(None)` when the artifact's blob has no tree to verify pieces with (content
+    /// under 256 KiB, or a blob written by an earlier version, fetched from a remote or
+    /// imported): read it with [`open_artifact`](Self::open_artifact), which verifies the
+    /// whole. A range beyond the content is an [`Error::Invalid`].
+    pub fn open_range(
+        &self,
+        id: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<crate::VerifiedRange>> {
+        match self.catalog.blob_of(id)? {
+            None => Err(Error::NotFound { id: id.to_owned() }),
+            Some((digest, Some(reason), _)) => Err(Error::Evicted {
+                id: id.to_owned(),
+                digest,
+                reason,
+            }),
+            Some((_, None, Some(_))) => Ok(None),
+            Some((digest, None, None)) => match self.blobs.open_range(&digest, range) {
+                // Not here: perhaps on the remote, which `open_artifact` fetches from.
+                Err(Error::MissingBlob { .. }) => Ok(None),
+                other => other.map_err(|e| e.with_artifact(id)),
+            },
+        }
+    }
+
     /// A verifying reader over a blob.
     pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
         match self.catalog.inline_blob(digest)? {
@@ -747,6 +775,7 @@ impl ArtifactStore {
                 }
                 let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
                 if !options.dry_run {
+                    let _ = fs::remove_file(crate::tree::path_of(&self.blobs.trees, d));
                     match fs::remove_file(path) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -814,3 +814,141 @@ fn a_read_only_store_reads_and_changes_nothing() {
     assert!(err.contains("no such directory"), "{err}");
     assert!(!dir.path().join("missing").exists());
 }
+
+/// Every piece of a verified range, joined.
+fn range_of(s: &ArtifactStore, id: &str, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+    let pieces = s
+        .open_range(id, range)
+        .unwrap()
+        .expect("a blob of 256 KiB or more written now has a tree");
+    let mut out = Vec::new();
+    for p in pieces {
+        out.extend_from_slice(&p?);
+    }
+    Ok(out)
+}
+
+#[test]
+fn ranges_of_large_blobs_are_verified_piece_by_piece() {
+    let (_d, s) = store();
+    let g = 64 * 1024;
+    // Raw (incompressible) and zstd (a log) content, neither a whole number of groups.
+    let log: Vec<u8> = (0..)
+        .flat_map(|i: u32| format!("[{i:>8}] console line {i}\n").into_bytes())
+        .take(20 * g + 123)
+        .collect();
+    let raw = noise(9 * g + 17, 7);
+    for data in [raw, log] {
+        let r = s.add_bytes(art("t", "r1"), &data).unwrap();
+        let len = data.len() as u64;
+        let tree = s
+            .root()
+            .join("trees-v1/blake3")
+            .join(&r.digest.to_hex()[..2])
+            .join(&r.digest.to_hex()[2..4])
+            .join(r.digest.to_hex());
+        assert!(tree.is_file(), "the tree is kept beside the blob");
+        for (a, b) in [
+            (0, len),
+            (0, 1),
+            (g as u64 - 1, g as u64 + 1),
+            (3 * g as u64 + 5, 7 * g as u64),
+            (len - 1, len),
+            (len, len),
+            (100, 100),
+        ] {
+            assert_eq!(
+                range_of(&s, &r.id, a..b).unwrap(),
+                &data[a as usize..b as usize],
+                "{a}..{b} of {len}"
+            );
+        }
+        // Pieces grow from one group, so the first verified bytes come early.
+        let first = s
+            .open_range(&r.id, 0..len)
+            .unwrap()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.len(), g);
+        assert!(matches!(
+            s.open_range(&r.id, 0..len + 1),
+            Err(Error::Invalid { what: "range", .. })
+        ));
+
+        // A damaged byte in the last group: the groups before it are still served, verified;
+        // the damaged one is an error before any of its bytes; so is a range starting there.
+        let blob = s.blob_path(&r.digest);
+        let mut bytes = fs::read(&blob).unwrap();
+        let pristine = bytes.clone();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0x40;
+        fs::write(&blob, &bytes).unwrap();
+        let mut got = Vec::new();
+        let mut failed = None;
+        for p in s.open_range(&r.id, 0..len).unwrap().unwrap() {
+            match p {
+                Ok(p) => got.extend_from_slice(&p),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failed.expect("the damage is found");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains(&r.digest.to_hex()), "{e}");
+        assert_eq!(
+            got,
+            &data[..got.len()],
+            "what came before the damage is the content"
+        );
+        if data.len() == 9 * g + 17 {
+            // Raw: the damage is in the last group; the pieces before the one holding it
+            // (1, 2 and 4 groups) were served.
+            assert_eq!(got.len(), 7 * g);
+            assert_eq!(range_of(&s, &r.id, 0..g as u64).unwrap(), &data[..g]);
+        }
+        assert!(range_of(&s, &r.id, len - 5..len).is_err());
+        fs::write(&blob, &pristine).unwrap();
+
+        // A damaged or forged tree is never used: the reader falls back to whole verification.
+        let mut t = fs::read(&tree).unwrap();
+        let last = t.len() - 1;
+        t[last] ^= 1;
+        fs::write(&tree, &t).unwrap();
+        assert!(s.open_range(&r.id, 0..len).unwrap().is_none());
+        fs::remove_file(&tree).unwrap();
+        assert!(s.open_range(&r.id, 0..len).unwrap().is_none());
+        assert_eq!(s.get(&r.id).unwrap(), data);
+    }
+    // Small content has no tree; an unknown id is an error.
+    let small = s.add_bytes(art("t", "r2"), &noise(40_000, 3)).unwrap();
+    assert!(s.open_range(&small.id, 0..10).unwrap().is_none());
+    assert!(matches!(
+        s.open_range("nope", 0..1),
+        Err(Error::NotFound { .. })
+    ));
+    // Collection removes a tree with its blob.
+    let big = noise(5 * g, 11);
+    let r = s.add_bytes(art("gone", "r9"), &big).unwrap();
+    let tree_dir = s
+        .root()
+        .join("trees-v1/blake3")
+        .join(&r.digest.to_hex()[..2]);
+    assert!(
+        tree_dir
+            .join(&r.digest.to_hex()[2..4])
+            .join(r.digest.to_hex())
+            .is_file()
+    );
+    s.evict(&[(r.id.clone(), "test".into())]).unwrap();
+    s.gc(&GcOptions::default()).unwrap();
+    assert!(
+        !tree_dir
+            .join(&r.digest.to_hex()[2..4])
+            .join(r.digest.to_hex())
+            .exists()
+    );
+}

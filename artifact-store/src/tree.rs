@@ -1,0 +1,463 @@
+//! BLAKE3 trees of large blobs, for verified ranges.
+//!
+//! A blob's digest is the root of BLAKE3's hash tree over its content. For content of 256 KiB
+//! or more, the store also keeps the chaining values of the tree's 64 KiB subtrees ("groups")
+//! in `trees-v1/blake3/ab/cd/<hex>`, written as the content is hashed on the way in. With them,
+//! any group can be checked against the digest on its own: the group values are first merged up
+//! to the root and compared with the digest (a damaged or forged tree file is never used), then
+//! each group read is hashed and compared with its value before any of it is handed out. That
+//! is what lets [`VerifiedRange`] return verified content piece by piece, and a range verify
+//! only the groups it covers, where a reader without the tree must hash everything first.
+//!
+//! A tree is derived data: a blob without one (written by an earlier version, fetched from a
+//! remote, imported) is read and verified whole, as before. Tree file: `AST1`, the group size
+//! as a power of two (16), three zero bytes, the content length (u64, little-endian), then 32
+//! bytes per group.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
+
+use crate::Digest;
+use crate::error::CorruptBlob;
+
+/// Bytes per group: 64 BLAKE3 chunks, the subtree whose chaining value the tree keeps.
+pub(crate) const GROUP: u64 = 1 << GROUP_LOG;
+const GROUP_LOG: u8 = 16;
+const MAGIC: &[u8; 4] = b"AST1";
+const HEADER: usize = 16;
+/// The largest piece a [`VerifiedRange`] returns: pieces start at one group and double up to
+/// this, so the first verified bytes come early and later ones in few large pieces.
+const MAX_PIECE_GROUPS: u64 = 16;
+
+/// Hashes content as it streams in, keeping the chaining value of every group; its root is the
+/// content's plain BLAKE3 hash.
+pub(crate) struct TreeHasher {
+    current: blake3::Hasher,
+    filled: u64,
+    cvs: Vec<ChainingValue>,
+}
+
+impl TreeHasher {
+    pub(crate) fn new() -> Self {
+        TreeHasher {
+            current: blake3::Hasher::new(),
+            filled: 0,
+            cvs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.filled == GROUP {
+                // A full group with more content after it: never the root.
+                self.cvs.push(self.current.finalize_non_root());
+                self.current = blake3::Hasher::new();
+                self.current.set_input_offset(self.cvs.len() as u64 * GROUP);
+                self.filled = 0;
+            }
+            let take = ((GROUP - self.filled) as usize).min(data.len());
+            self.current.update(&data[..take]);
+            self.filled += take as u64;
+            data = &data[take..];
+        }
+    }
+
+    /// The digest, and the group values when there is more than one group.
+    pub(crate) fn finish(mut self) -> (Digest, Vec<ChainingValue>) {
+        if self.cvs.is_empty() {
+            return (Digest::from(self.current.finalize()), Vec::new());
+        }
+        self.cvs.push(self.current.finalize_non_root());
+        let root = root_of(&self.cvs);
+        (Digest::from(root), self.cvs)
+    }
+}
+
+/// The largest power of two below `n` (n ≥ 2): how BLAKE3 splits `n` groups into subtrees.
+fn left_len(n: usize) -> usize {
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+}
+
+fn subtree(cvs: &[ChainingValue]) -> ChainingValue {
+    if cvs.len() == 1 {
+        return cvs[0];
+    }
+    let l = left_len(cvs.len());
+    merge_subtrees_non_root(&subtree(&cvs[..l]), &subtree(&cvs[l..]), Mode::Hash)
+}
+
+/// The root hash over two or more group values.
+fn root_of(cvs: &[ChainingValue]) -> blake3::Hash {
+    debug_assert!(cvs.len() >= 2);
+    let l = left_len(cvs.len());
+    merge_subtrees_root(&subtree(&cvs[..l]), &subtree(&cvs[l..]), Mode::Hash)
+}
+
+/// The chaining value of group `index` of content with more than one group.
+fn group_cv(index: u64, data: &[u8]) -> ChainingValue {
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(index * GROUP);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+/// Groups in content of `len` bytes.
+fn groups(len: u64) -> u64 {
+    len.div_ceil(GROUP).max(1)
+}
+
+/// The tree file's bytes.
+pub(crate) fn encode(raw_len: u64, cvs: &[ChainingValue]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 32 * cvs.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[GROUP_LOG, 0, 0, 0]);
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    for cv in cvs {
+        out.extend_from_slice(cv);
+    }
+    out
+}
+
+/// The group values of the tree file at `path` if it describes content of `raw_len` bytes
+/// hashing to `digest`; `None` for a missing, malformed, damaged or forged file.
+pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Vec<ChainingValue>> {
+    let n = groups(raw_len);
+    if n < 2 {
+        return None;
+    }
+    let want = HEADER as u64 + 32 * n;
+    let mut f = File::open(path).ok()?;
+    if f.metadata().ok()?.len() != want {
+        return None;
+    }
+    let mut buf = Vec::with_capacity(want as usize);
+    f.read_to_end(&mut buf).ok()?;
+    if buf.len() as u64 != want
+        || &buf[..4] != MAGIC
+        || buf[4..8] != [GROUP_LOG, 0, 0, 0]
+        || u64::from_le_bytes(buf[8..16].try_into().ok()?) != raw_len
+    {
+        return None;
+    }
+    let cvs: Vec<ChainingValue> = buf[HEADER..]
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32-byte chunks"))
+        .collect();
+    (Digest::from(root_of(&cvs)) == *digest).then_some(cvs)
+}
+
+/// Writes a tree file (to a temp file in `tmp`, then renamed into place). A tree is derived
+/// data: failing to write one costs speed later, not content.
+pub(crate) fn store(
+    trees: &Path,
+    tmp: &Path,
+    digest: &Digest,
+    raw_len: u64,
+    cvs: &[ChainingValue],
+) {
+    let path = path_of(trees, digest);
+    if cvs.len() < 2 || path.exists() {
+        return;
+    }
+    let write = || -> io::Result<()> {
+        let temp = tmp.join(format!(
+            "{}.{}.tree",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        fs::write(&temp, encode(raw_len, cvs))?;
+        let shard = path.parent().expect("tree paths have a parent");
+        fs::create_dir_all(shard)
+            .and_then(|()| fs::rename(&temp, &path))
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&temp);
+            })
+    };
+    if let Err(e) = write() {
+        tracing::debug!(path = %path.display(), error = %e, "cannot keep a blob's tree");
+    }
+}
+
+/// `trees-v1/blake3/ab/cd/<hex>` under the store root's `trees` directory.
+pub(crate) fn path_of(trees: &Path, d: &Digest) -> PathBuf {
+    let hex = d.to_hex();
+    trees.join(&hex[..2]).join(&hex[2..4]).join(hex)
+}
+
+/// Where the content comes from.
+enum Source {
+    /// Raw content: the blob file, positioned at the next group to read.
+    Raw(io::Take<File>),
+    /// Compressed content: decoded from the start; `at` is the decoded position.
+    Zstd {
+        decoder: Box<zstd::stream::read::Decoder<'static, io::BufReader<File>>>,
+        at: u64,
+    },
+}
+
+/// A range of a blob's content returned in pieces, each verified against the blob's digest
+/// (through its tree) before it is returned: whatever the caller passes on was verified, and a
+/// damaged group is an `InvalidData` error carrying a [`CorruptBlob`] before any of its bytes
+/// are returned. The pieces before the damage were verified and are correct. Only the groups
+/// the range covers are hashed; compressed content is decoded from its start.
+pub struct VerifiedRange {
+    source: Source,
+    cvs: Vec<ChainingValue>,
+    digest: Digest,
+    path: PathBuf,
+    raw_len: u64,
+    /// Next content offset to return, and the end of the range.
+    pos: u64,
+    end: u64,
+    /// Groups in the next piece.
+    piece: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for VerifiedRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedRange")
+            .field("digest", &self.digest)
+            .field("path", &self.path)
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl VerifiedRange {
+    /// `range` of the blob file `file` (its header already checked: compressed or not,
+    /// `raw_len`), whose tree is `cvs`. `range` must lie within the content.
+    pub(crate) fn new(
+        mut file: File,
+        compressed: bool,
+        cvs: Vec<ChainingValue>,
+        digest: Digest,
+        path: PathBuf,
+        raw_len: u64,
+        range: std::ops::Range<u64>,
+    ) -> io::Result<Self> {
+        let std::ops::Range { start, end } = range;
+        debug_assert!(start <= end && end <= raw_len);
+        let first = start / GROUP * GROUP;
+        let source = if compressed {
+            file.seek(SeekFrom::Start(HEADER as u64))?;
+            let decoder = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
+                1 << 20,
+                file,
+            ))?;
+            Source::Zstd {
+                decoder: Box::new(decoder),
+                at: 0,
+            }
+        } else {
+            file.seek(SeekFrom::Start(HEADER as u64 + first))?;
+            Source::Raw(file.take(raw_len - first))
+        };
+        Ok(VerifiedRange {
+            source,
+            cvs,
+            digest,
+            path,
+            raw_len,
+            pos: start,
+            end,
+            piece: 1,
+            failed: false,
+        })
+    }
+
+    /// The content length of the whole blob.
+    pub fn content_len(&self) -> u64 {
+        self.raw_len
+    }
+
+    fn corrupt(&mut self, detail: String) -> io::Error {
+        self.failed = true;
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            CorruptBlob {
+                digest: self.digest,
+                path: self.path.clone(),
+                detail,
+            },
+        )
+    }
+
+    /// Reads `from..to` (group-aligned `from`) of the content.
+    fn read(&mut self, from: u64, to: u64) -> io::Result<Vec<u8>> {
+        let n = to - from;
+        let mut buf = Vec::with_capacity(n as usize);
+        let got = match &mut self.source {
+            Source::Raw(file) => file.take(n).read_to_end(&mut buf).map(|_| ()),
+            Source::Zstd { decoder, at } => {
+                let mut r = Ok(());
+                if *at < from {
+                    // Groups before the range: decoded, not hashed, not returned.
+                    r = io::copy(&mut decoder.as_mut().take(from - *at), &mut io::sink())
+                        .map(|k| *at += k);
+                }
+                if r.is_ok() {
+                    r = decoder.as_mut().take(n).read_to_end(&mut buf).map(|_| ());
+                    *at += buf.len() as u64;
+                }
+                r
+            }
+        };
+        if let Err(e) = got {
+            return Err(self.decode_error(e));
+        }
+        if buf.len() as u64 != n {
+            return Err(self.corrupt(format!(
+                "content ends at {} but the header says {}",
+                from + buf.len() as u64,
+                self.raw_len
+            )));
+        }
+        Ok(buf)
+    }
+
+    fn decode_error(&mut self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() {
+            e
+        } else {
+            self.corrupt(format!("undecodable content: {e}"))
+        }
+    }
+}
+
+impl Iterator for VerifiedRange {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.end {
+            return None;
+        }
+        let first = self.pos / GROUP;
+        let last = (first + self.piece).min(self.end.div_ceil(GROUP));
+        self.piece = (self.piece * 2).min(MAX_PIECE_GROUPS);
+        let from = first * GROUP;
+        let to = (last * GROUP).min(self.raw_len);
+        let mut buf = match self.read(from, to) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        for (i, group) in buf.chunks(GROUP as usize).enumerate() {
+            let index = first + i as u64;
+            if group_cv(index, group) != self.cvs[index as usize] {
+                let at = index * GROUP;
+                return Some(Err(self.corrupt(format!(
+                    "content at {at}..{} does not hash to its part of the digest",
+                    at + group.len() as u64
+                ))));
+            }
+        }
+        let take_end = self.end.min(to);
+        buf.truncate((take_end - from) as usize);
+        if self.pos > from {
+            buf.drain(..(self.pos - from) as usize);
+        }
+        self.pos = take_end;
+        Some(Ok(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_root_of_the_groups_is_the_plain_hash() {
+        let c = CHUNK as usize;
+        let g = GROUP as usize;
+        for len in [
+            0,
+            1,
+            c,
+            g - 1,
+            g,
+            g + 1,
+            2 * g,
+            2 * g + c,
+            3 * g,
+            3 * g + 7,
+            4 * g,
+            5 * g - 1,
+            8 * g,
+            9 * g + 1,
+            13 * g + 5,
+            64 * g + 3,
+        ] {
+            let data = content(len);
+            // Fed in awkward pieces: the grouping does not depend on them.
+            let mut h = TreeHasher::new();
+            for piece in data.chunks(7 * 1024 + 3) {
+                h.update(piece);
+            }
+            let (d, cvs) = h.finish();
+            assert_eq!(d, Digest::of(&data), "length {len}");
+            assert_eq!(
+                cvs.len() as u64,
+                if len as u64 > GROUP {
+                    groups(len as u64)
+                } else {
+                    0
+                }
+            );
+            for (i, cv) in cvs.iter().enumerate() {
+                let at = i * g;
+                assert_eq!(*cv, group_cv(i as u64, &data[at..(at + g).min(len)]));
+            }
+        }
+    }
+
+    const CHUNK: u64 = blake3::CHUNK_LEN as u64;
+
+    proptest::proptest! {
+        #[test]
+        fn any_length_and_feeding_gives_the_plain_hash(
+            len in 0usize..600_000,
+            step in 1usize..200_000,
+        ) {
+            let data = content(len);
+            let mut h = TreeHasher::new();
+            for piece in data.chunks(step) {
+                h.update(piece);
+            }
+            proptest::prop_assert_eq!(h.finish().0, Digest::of(&data));
+        }
+    }
+
+    #[test]
+    fn a_tree_file_is_used_only_for_its_own_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(5 * GROUP as usize + 9);
+        let mut h = TreeHasher::new();
+        h.update(&data);
+        let (d, cvs) = h.finish();
+        let len = data.len() as u64;
+        store(dir.path(), dir.path(), &d, len, &cvs);
+        let path = path_of(dir.path(), &d);
+        assert_eq!(load(&path, len, &d).unwrap(), cvs);
+        // Another digest, another length: refused.
+        assert!(load(&path, len, &Digest::of(b"other")).is_none());
+        assert!(load(&path, len + 1, &d).is_none());
+        // A changed value: its root no longer matches.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER + 40] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(load(&path, len, &d).is_none());
+        // Truncated.
+        fs::write(&path, encode(len, &cvs[..3])).unwrap();
+        assert!(load(&path, len, &d).is_none());
+    }
+}
