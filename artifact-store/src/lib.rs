@@ -87,4 +87,4 @@ pub use store::{
     ArtifactStore, CorruptEntry, DEFAULT_INLINE_MAX, GcOptions, GcReport, LAYOUT_VERSION,
     MissingEntry, RetentionOutcome, Stats, StoreOptions, Usage, VerifyOptions, VerifyReport,
 };
-pub use tree::VerifiedRange;
+pub use tree::{MAX_PIECE, VerifiedRange};

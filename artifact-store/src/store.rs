@@ -598,7 +598,8 @@ impl ArtifactStore {
             Some((digest, None, None)) => match self.blobs.open_range(&digest, range) {
                 // Not here: perhaps on the remote, which `open_artifact` fetches from.
                 Err(Error::MissingBlob { .. }) => Ok(None),
-                other => other.map_err(|e| e.with_artifact(id)),
+                Ok(r) => Ok(r.map(|r| r.for_artifact(id))),
+                Err(e) => Err(e.with_artifact(id)),
             },
         }
     }

@@ -23,7 +23,7 @@ use blake3::hazmat::{
 };
 
 use crate::Digest;
-use crate::error::CorruptBlob;
+use crate::error::{CorruptBlob, Error, Result};
 
 /// Bytes per group: 64 BLAKE3 chunks, the subtree whose chaining value the tree keeps.
 pub(crate) const GROUP: u64 = 1 << GROUP_LOG;
@@ -33,6 +33,8 @@ const HEADER: usize = 16;
 /// The largest piece a [`VerifiedRange`] returns: pieces start at one group and double up to
 /// this, so the first verified bytes come early and later ones in few large pieces.
 const MAX_PIECE_GROUPS: u64 = 16;
+/// The largest piece, in bytes.
+pub const MAX_PIECE: usize = (MAX_PIECE_GROUPS * GROUP) as usize;
 
 /// Hashes content as it streams in, keeping the chaining value of every group; its root is the
 /// content's plain BLAKE3 hash.
@@ -202,8 +204,8 @@ enum Source {
 
 /// A range of a blob's content returned in pieces, each verified against the blob's digest
 /// (through its tree) before it is returned: whatever the caller passes on was verified, and a
-/// damaged group is an `InvalidData` error carrying a [`CorruptBlob`] before any of its bytes
-/// are returned. The pieces before the damage were verified and are correct. Only the groups
+/// damaged group is an [`Error::Corrupt`] naming the artifact before any of its bytes are
+/// returned. The pieces before the damage were verified and are correct. Only the groups
 /// the range covers are hashed; compressed content is decoded from its start.
 pub struct VerifiedRange {
     source: Source,
@@ -217,6 +219,7 @@ pub struct VerifiedRange {
     /// Groups in the next piece.
     piece: u64,
     failed: bool,
+    artifact: Option<String>,
 }
 
 impl std::fmt::Debug for VerifiedRange {
@@ -269,7 +272,13 @@ impl VerifiedRange {
             end,
             piece: 1,
             failed: false,
+            artifact: None,
         })
+    }
+
+    pub(crate) fn for_artifact(mut self, id: &str) -> Self {
+        self.artifact = Some(id.to_owned());
+        self
     }
 
     /// The content length of the whole blob.
@@ -289,12 +298,13 @@ impl VerifiedRange {
         )
     }
 
-    /// Reads `from..to` (group-aligned `from`) of the content.
-    fn read(&mut self, from: u64, to: u64) -> io::Result<Vec<u8>> {
+    /// Reads `from..to` (group-aligned `from`) of the content into `buf` (emptied first).
+    fn read(&mut self, from: u64, to: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         let n = to - from;
-        let mut buf = Vec::with_capacity(n as usize);
+        buf.clear();
+        buf.reserve(n as usize);
         let got = match &mut self.source {
-            Source::Raw(file) => file.take(n).read_to_end(&mut buf).map(|_| ()),
+            Source::Raw(file) => file.take(n).read_to_end(buf).map(|_| ()),
             Source::Zstd { decoder, at } => {
                 let mut r = Ok(());
                 if *at < from {
@@ -303,7 +313,7 @@ impl VerifiedRange {
                         .map(|k| *at += k);
                 }
                 if r.is_ok() {
-                    r = decoder.as_mut().take(n).read_to_end(&mut buf).map(|_| ());
+                    r = decoder.as_mut().take(n).read_to_end(buf).map(|_| ());
                     *at += buf.len() as u64;
                 }
                 r
@@ -319,7 +329,7 @@ impl VerifiedRange {
                 self.raw_len
             )));
         }
-        Ok(buf)
+        Ok(())
     }
 
     fn decode_error(&mut self, e: io::Error) -> io::Error {
@@ -332,9 +342,30 @@ impl VerifiedRange {
 }
 
 impl Iterator for VerifiedRange {
-    type Item = io::Result<Vec<u8>>;
+    type Item = Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let mut buf = Vec::new();
+        self.next_into(&mut buf).map(|r| r.map(|()| buf))
+    }
+}
+
+impl VerifiedRange {
+    /// The next piece into `buf` (emptied first; its allocation reused): `None` at the end.
+    /// Pieces are at most [`MAX_PIECE`] bytes.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>) -> Option<Result<()>> {
+        self.next_piece(buf).map(|r| {
+            r.map_err(|e| {
+                let e = Error::io("read", &self.path, e);
+                match &self.artifact {
+                    Some(id) => e.with_artifact(id),
+                    None => e,
+                }
+            })
+        })
+    }
+
+    fn next_piece(&mut self, buf: &mut Vec<u8>) -> Option<io::Result<()>> {
         if self.failed || self.pos >= self.end {
             return None;
         }
@@ -343,10 +374,9 @@ impl Iterator for VerifiedRange {
         self.piece = (self.piece * 2).min(MAX_PIECE_GROUPS);
         let from = first * GROUP;
         let to = (last * GROUP).min(self.raw_len);
-        let mut buf = match self.read(from, to) {
-            Ok(b) => b,
-            Err(e) => return Some(Err(e)),
-        };
+        if let Err(e) = self.read(from, to, buf) {
+            return Some(Err(e));
+        }
         for (i, group) in buf.chunks(GROUP as usize).enumerate() {
             let index = first + i as u64;
             if group_cv(index, group) != self.cvs[index as usize] {
@@ -363,7 +393,7 @@ impl Iterator for VerifiedRange {
             buf.drain(..(self.pos - from) as usize);
         }
         self.pos = take_end;
-        Some(Ok(buf))
+        Some(Ok(()))
     }
 }
 

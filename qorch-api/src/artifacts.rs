@@ -30,8 +30,19 @@ const CHUNK: usize = 1 << 20;
 /// Semaphore units are KiB (permits are counted in `u32`).
 const UNIT: u64 = 1024;
 /// Downloads verified into temp files at once (verifying or sending): bounds the temp space
-/// to this many of the largest blobs; more requests wait their turn.
+/// to this many of the largest blobs; more requests wait their turn. Only blobs without a tree
+/// (see [`STREAM_MIN`]) go through temp files.
 pub const FILES_IN_FLIGHT: usize = 4;
+/// Content larger than this (or than what is held in memory) is streamed when its blob has a
+/// tree ([`ArtifactStore::open_range`]): each piece is verified against the digest before it
+/// is sent, so sending overlaps with reading and hashing and nothing is staged in temp files.
+/// A corruption found after the status line went out ends the connection early (the body is
+/// shorter than its `Content-Length`, which every HTTP client reports) and is logged with the
+/// repair command; the bytes sent before it were verified. Smaller content is verified whole
+/// before the status line, so its corruption is always a `500` naming the repair.
+pub const STREAM_MIN: u64 = 4 << 20;
+/// Pieces of a streamed download in flight between the reader and the connection.
+const STREAM_DEPTH: usize = 4;
 
 /// How downloads are verified before they are sent: memory for what fits, else temp files; and
 /// the content verified last, kept for the next requests.
@@ -39,6 +50,8 @@ pub const FILES_IN_FLIGHT: usize = 4;
 pub(crate) struct Downloads {
     /// Verifications in flight: half the budget.
     memory: Arc<Semaphore>,
+    /// That half, in semaphore units.
+    memory_units: u32,
     /// The largest blob held in memory (a quarter of the budget).
     in_memory_max: u64,
     /// Downloads through temp files in flight.
@@ -114,6 +127,7 @@ impl Downloads {
         let units = (budget / 2 / UNIT).clamp(1, u64::from(u32::MAX)) as usize;
         Downloads {
             memory: Arc::new(Semaphore::new(units)),
+            memory_units: units as u32,
             in_memory_max: budget / 4,
             files: Arc::new(Semaphore::new(FILES_IN_FLIGHT)),
             temp_dir,
@@ -128,11 +142,19 @@ impl Downloads {
         }
     }
 
-    fn cached(&self, d: &Digest) -> Option<Bytes> {
+    fn cached(&self, d: &Digest) -> Option<Pieces> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(d)
     }
 
-    fn keep(&self, d: Digest, b: Bytes) {
+    fn caching(&self) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .capacity
+            > 0
+    }
+
+    fn keep(&self, d: Digest, b: Pieces) {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -148,11 +170,37 @@ struct Cache {
     capacity: u64,
     held: u64,
     tick: u64,
-    entries: HashMap<Digest, (Bytes, u64)>,
+    entries: HashMap<Digest, (Pieces, u64)>,
+}
+
+/// Verified content in memory: one piece when verified whole, the pieces it was sent in when
+/// streamed.
+#[derive(Debug, Clone)]
+struct Pieces(Arc<[Bytes]>);
+
+impl Pieces {
+    fn len(&self) -> u64 {
+        self.0.iter().map(|b| b.len() as u64).sum()
+    }
+
+    /// `start..end` of the content, as slices of the pieces (no copy).
+    fn slice(&self, start: u64, end: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for p in self.0.iter() {
+            let (a, b) = (at, at + p.len() as u64);
+            at = b;
+            if b <= start || a >= end {
+                continue;
+            }
+            out.push(p.slice((start.max(a) - a) as usize..(end.min(b) - a) as usize));
+        }
+        out
+    }
 }
 
 impl Cache {
-    fn get(&mut self, d: &Digest) -> Option<Bytes> {
+    fn get(&mut self, d: &Digest) -> Option<Pieces> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(d).map(|(b, t)| {
@@ -161,8 +209,8 @@ impl Cache {
         })
     }
 
-    fn put(&mut self, d: Digest, b: Bytes) {
-        let len = b.len() as u64;
+    fn put(&mut self, d: Digest, b: Pieces) {
+        let len = b.len();
         if len > self.capacity || self.entries.contains_key(&d) {
             return;
         }
@@ -176,7 +224,7 @@ impl Cache {
                 break;
             };
             if let Some((gone, _)) = self.entries.remove(&oldest) {
-                self.held -= gone.len() as u64;
+                self.held -= gone.len();
             }
         }
         self.tick += 1;
@@ -513,7 +561,9 @@ enum Early {
     /// Not read: a `HEAD`, an evicted artifact, a `304`, or no memory free at once.
     Nothing,
     /// Verified earlier; served from those bytes.
-    Cached(Bytes),
+    Cached(Pieces),
+    /// Streamed: the first piece verified (or how that failed), the reader of the rest.
+    Stream(Result<(Option<Vec<u8>>, artifact_store::VerifiedRange), ApiError>),
     /// Verified now (or how that failed), with the memory it holds.
     Verified(Result<Verified, ApiError>, Option<OwnedSemaphorePermit>),
 }
@@ -557,6 +607,25 @@ pub(crate) async fn content(
             }
             let downloads = &state.inner.downloads;
             let len = record.raw_size;
+            if let Some(bytes) = downloads.cached(&record.digest) {
+                return Ok((record, Early::Cached(bytes)));
+            }
+            if len > STREAM_MIN.min(downloads.in_memory_max)
+                && let Ok(span) = range(&headers, len, &etag_of(&record))
+            {
+                let Span { start, end } = span.unwrap_or(Span { start: 0, end: len });
+                match store.open_range(&record.id, start..end) {
+                    Ok(Some(mut rest)) => {
+                        // The first piece before the status line: a blob damaged there gets
+                        // a clear error, not a cut connection.
+                        let first = rest.next().transpose();
+                        let early = first.map(|f| (f, rest)).map_err(ApiError::from);
+                        return Ok((record, Early::Stream(early)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Ok((record, Early::Stream(Err(e.into())))),
+                }
+            }
             let early = if len > downloads.in_memory_max {
                 match downloads.files.clone().try_acquire_many_owned(1) {
                     Ok(permit) => Early::Verified(
@@ -565,8 +634,6 @@ pub(crate) async fn content(
                     ),
                     Err(_) => Early::Nothing,
                 }
-            } else if let Some(bytes) = downloads.cached(&record.digest) {
-                Early::Cached(bytes)
             } else if let Ok(permit) = downloads.memory.clone().try_acquire_many_owned(units(len)) {
                 let verified = verify(
                     &store,
@@ -630,11 +697,46 @@ pub(crate) async fn content(
 
     let downloads = &state.inner.downloads;
     let (verified, permit) = match early {
-        Early::Cached(bytes) => {
-            return build(
-                builder,
-                memory_body(bytes.slice(start as usize..end as usize), None),
+        Early::Cached(pieces) => {
+            return build(builder, pieces_body(pieces.slice(start, end), None));
+        }
+        Early::Stream(streamed) => {
+            let (first, rest) = streamed?;
+            // Memory: the pieces in flight, and the whole content when it is kept for the
+            // next requests (a whole download of what fits the cache, memory free at once).
+            let whole = span.is_none() && len <= downloads.in_memory_max;
+            let in_flight = units(len.min(STREAM_DEPTH as u64 * (1 << 20) + (1 << 20)))
+                .min(downloads.memory_units);
+            let (keep, permit) = match whole
+                .then(|| {
+                    downloads
+                        .memory
+                        .clone()
+                        .try_acquire_many_owned(units(len))
+                        .ok()
+                })
+                .flatten()
+            {
+                Some(p) => (true, p),
+                None => (
+                    false,
+                    downloads
+                        .memory
+                        .clone()
+                        .acquire_many_owned(in_flight)
+                        .await
+                        .map_err(|_| ApiError::internal("the download pool is closed"))?,
+                ),
+            };
+            let body = stream_body(
+                state.clone(),
+                record.clone(),
+                first,
+                rest,
+                keep && downloads.caching(),
+                permit,
             );
+            return build(builder, body);
         }
         Early::Verified(verified, permit) => (verified?, permit),
         Early::Nothing => {
@@ -663,7 +765,7 @@ pub(crate) async fn content(
     };
     let body = match verified {
         Verified::Memory(bytes) => {
-            downloads.keep(record.digest, bytes.clone());
+            downloads.keep(record.digest, Pieces(Arc::new([bytes.clone()])));
             memory_body(bytes.slice(start as usize..end as usize), permit)
         }
         Verified::File(file) => file_body(file, start, end, permit),
@@ -701,6 +803,79 @@ fn memory_body(bytes: Bytes, permit: Option<OwnedSemaphorePermit>) -> Body {
     Body::from(Bytes::from_owner(Held {
         bytes,
         _permit: permit,
+    }))
+}
+
+/// Cached content's slices.
+fn pieces_body(mut slices: Vec<Bytes>, permit: Option<OwnedSemaphorePermit>) -> Body {
+    if slices.len() == 1 {
+        return memory_body(slices.pop().expect("one slice"), permit);
+    }
+    Body::from_stream(futures::stream::iter(
+        slices.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ))
+}
+
+/// A streamed download: `first`, then the rest of the pieces, each verified before it is
+/// read from the channel; read on the blocking pool. On a corruption the body ends with an
+/// error (hyper then closes the connection before the announced length) and the server logs
+/// which artifact and how to repair it. The permit is released when the last piece is sent.
+fn stream_body(
+    state: ApiState,
+    record: ArtifactRecord,
+    first: Option<Vec<u8>>,
+    rest: artifact_store::VerifiedRange,
+    keep: bool,
+    permit: OwnedSemaphorePermit,
+) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(STREAM_DEPTH);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut rest = rest;
+        let buffers = state.inner.downloads.buffers.clone();
+        let mut kept = keep.then(Vec::new);
+        let mut next = first.map(Bytes::from);
+        loop {
+            let b = match next.take() {
+                Some(b) => b,
+                None => {
+                    // Pooled buffers: a fresh one costs a zeroed page per 4 KiB.
+                    let mut buf = buffers.take(artifact_store::MAX_PIECE);
+                    match rest.next_into(&mut buf) {
+                        None => {
+                            buffers.give(buf);
+                            break;
+                        }
+                        Some(Ok(())) => Bytes::from_owner(Pooled {
+                            buf,
+                            home: buffers.clone(),
+                        }),
+                        Some(Err(e)) => {
+                            tracing::error!(
+                                artifact = %record.id,
+                                "download cut short: {e}; repair the store with `{}`",
+                                crate::REPAIR_COMMAND
+                            );
+                            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Some(k) = &mut kept {
+                k.push(b.clone());
+            }
+            if tx.blocking_send(Ok(b)).is_err() {
+                // The client went away.
+                return;
+            }
+        }
+        if let Some(k) = kept {
+            state.inner.downloads.keep(record.digest, Pieces(k.into()));
+        }
+    });
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
     }))
 }
 

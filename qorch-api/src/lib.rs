@@ -3,9 +3,11 @@
 //!
 //! - `/api/v1/...`: runs (newest first), a run's report as JSON and as the HTML page, a test's
 //!   results and history, the artifacts (filtered like the store's `Query`), one artifact's
-//!   record and its content: streamed, verified against its BLAKE3 digest before the first byte
-//!   is sent (`Range` requests too), with its content type, `ETag` (the digest) and single
-//!   `Range`s. The description is `/api/v1/openapi.json` ([`OPENAPI`]).
+//!   record and its content: no byte is sent before it was verified against the artifact's
+//!   BLAKE3 digest (`Range` requests too), with its content type, `ETag` (the digest) and single
+//!   `Range`s. Content up to [`STREAM_MIN`] is verified whole before the status line; larger
+//!   content with a tree (see `ArtifactStore::open_range`) is streamed, each piece verified
+//!   before it is sent, and a range hashes only what it covers. The description is `/api/v1/openapi.json` ([`OPENAPI`]).
 //! - `/metrics`: the Prometheus text exposition (tests by outcome, run durations, store size and
 //!   dedup ratio, the last run's resources per test).
 //!
@@ -42,7 +44,7 @@ mod metrics;
 mod runs;
 mod validate;
 
-pub use artifacts::FILES_IN_FLIGHT;
+pub use artifacts::{FILES_IN_FLIGHT, STREAM_MIN};
 pub use error::{ApiError, Error, REPAIR_COMMAND};
 
 /// The default listening address: loopback only.
@@ -92,11 +94,13 @@ pub struct ApiConfig {
     /// only a loopback address is accepted.
     pub token: Option<String>,
     /// Bytes of verified content held in memory for downloads (default
-    /// [`DEFAULT_MEMORY_BUDGET`]). A blob is verified whole before any of it is sent: one that
-    /// fits (at most a quarter of the budget) is decoded into memory, a larger one into an
-    /// unnamed temporary file (in `temp_dir`), then sent from there. Half the budget is for
-    /// verifications in flight, half for a cache of the content verified last (the verified
-    /// bytes themselves, by digest), from which repeated downloads are served. At most
+    /// [`DEFAULT_MEMORY_BUDGET`]). Content up to [`STREAM_MIN`] that fits (at most a quarter of
+    /// the budget) is verified whole into memory before any of it is sent. Larger content is
+    /// streamed piece by piece, each verified before it is sent, when its blob has a tree;
+    /// without one (a blob written by an earlier version) it is verified whole into an unnamed
+    /// temporary file (in `temp_dir`), then sent from there. Half the budget is for downloads
+    /// in flight, half for a cache of the content verified last (the verified bytes
+    /// themselves, by digest), from which repeated downloads are served. At most
     /// [`FILES_IN_FLIGHT`] downloads go through temp files at once; others wait.
     pub memory_budget: u64,
     /// Whether to keep recently verified content for repeated downloads (default: yes).

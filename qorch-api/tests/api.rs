@@ -201,18 +201,23 @@ async fn artifacts_are_listed_and_served_verified_with_ranges() {
         assert_eq!(r.headers()["content-length"], len.to_string().as_str());
     }
 
-    // More downloads through temp files at once than may be in flight: the rest wait their
-    // turn, and every one arrives whole.
-    let mut downloads = tokio::task::JoinSet::new();
-    for i in 0..3 * qorch_api::FILES_IN_FLIGHT {
-        let rec = by_name(&s, if i % 2 == 0 { "big.bin" } else { "big.log" });
-        let url = s.url(&format!("/api/v1/artifacts/{}/content", rec.id));
-        downloads.spawn(async move {
-            let r = reqwest::get(url).await.unwrap();
-            assert_eq!(r.status(), 200);
-            assert_eq!(Digest::of(&r.bytes().await.unwrap()), rec.digest);
-        });
-    }
+    // More large downloads at once than the memory for them (streamed) or the temp files
+    // (blobs without a tree, below) allow: the rest wait their turn, and every one arrives
+    // whole.
+    let concurrent = || {
+        let mut downloads = tokio::task::JoinSet::new();
+        for i in 0..3 * qorch_api::FILES_IN_FLIGHT {
+            let rec = by_name(&s, if i % 2 == 0 { "big.bin" } else { "big.log" });
+            let url = s.url(&format!("/api/v1/artifacts/{}/content", rec.id));
+            downloads.spawn(async move {
+                let r = reqwest::get(url).await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(Digest::of(&r.bytes().await.unwrap()), rec.digest);
+            });
+        }
+        downloads
+    };
+    let mut downloads = concurrent();
     while let Some(done) = downloads.join_next().await {
         done.unwrap();
     }
@@ -223,6 +228,23 @@ async fn artifacts_are_listed_and_served_verified_with_ranges() {
 
     // Nothing the requests did wrote to the store.
     assert_eq!(before, tree_state(&s.store()));
+
+    // Blobs without a tree, as an earlier version wrote them: verified whole into temp files
+    // before they are sent, ranges too.
+    std::fs::remove_dir_all(s.store().join("trees-v1")).unwrap();
+    let mut downloads = concurrent();
+    while let Some(done) = downloads.join_next().await {
+        done.unwrap();
+    }
+    let rec = by_name(&s, "big.log");
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/api/v1/artifacts/{}/content", rec.id)))
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().len(), 10);
     s.stop().await;
 }
 
@@ -344,14 +366,18 @@ async fn a_corrupt_blob_is_refused_whole_and_ranges_too() {
         .get(&format!("/api/v1/artifacts/{}/content", early.id))
         .await;
     assert_eq!(Digest::of(&first.bytes().await.unwrap()), early.digest);
-    // Blobs in files of their own: in memory (raw, zstd) and in temp files (raw, zstd).
+    // Blobs in files of their own: verified whole in memory (raw, zstd) and streamed (raw,
+    // zstd: larger than the memory for one download here, with a tree).
+    let store = ArtifactStore::open_read_only(s.store()).unwrap();
     for name in ["medium.dat", "seq.log", "big.bin", "big.log"] {
         let rec = by_name(&s, name);
-        let path = ArtifactStore::open_read_only(s.store())
-            .unwrap()
-            .blob_path(&rec.digest);
+        let path = store.blob_path(&rec.digest);
         assert!(path.is_file(), "{name} is not in a blob file");
-        // Flip a byte near the end: a streaming reader would have sent most of it already.
+        let content = store.get(&rec.id).unwrap();
+        let streamed = rec.raw_size > qorch_api::STREAM_MIN.min(support::BUDGET / 4);
+        assert_eq!(streamed, name.starts_with("big"), "{name}");
+        // Flip a byte near the end: a reader that does not verify before sending would have
+        // sent most of it already.
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() - 100;
         bytes[at] ^= 0x55;
@@ -360,20 +386,45 @@ async fn a_corrupt_blob_is_refused_whole_and_ranges_too() {
             // Verified and kept before the damage: see below.
             continue;
         }
-        for range in [None, Some("bytes=0-99")] {
+        let get = |range: Option<&str>| {
             let mut rq =
                 reqwest::Client::new().get(s.url(&format!("/api/v1/artifacts/{}/content", rec.id)));
             if let Some(r) = range {
                 rq = rq.header("Range", r);
             }
-            let r = rq.send().await.unwrap();
-            assert_eq!(r.status(), 500, "{name} {range:?}");
+            rq.send()
+        };
+        let refused = |r: reqwest::Response| async move {
+            assert_eq!(r.status(), 500);
             assert_eq!(r.headers()["content-type"], "application/json");
             let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-            let msg = v["error"]["message"].as_str().unwrap();
+            v["error"]["message"].as_str().unwrap().to_owned()
+        };
+        if !streamed {
+            // Verified whole before the status line: refused, whole and any range.
+            for range in [None, Some("bytes=0-99")] {
+                let msg = refused(get(range).await.unwrap()).await;
+                assert!(msg.contains(&rec.id), "{msg}");
+                assert!(msg.contains("qorch store verify --repair"), "{msg}");
+                assert!(msg.contains("corrupt"), "{msg}");
+            }
+            continue;
+        }
+        // Streamed: the pieces before the damage are sent, each verified; the connection is
+        // cut before the damaged piece, so no client ever holds a complete body.
+        let r = get(None).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.is_err(), "{name}: the whole body arrived");
+        // A range before the damage: served, and it is the content.
+        let r = get(Some("bytes=0-99")).await.unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().await.unwrap(), &content[..100]);
+        if name == "big.bin" {
+            // Raw content: the damage is in the last 100 bytes, so a range starting there is
+            // refused before its status line, naming the repair.
+            let msg = refused(get(Some("bytes=-100")).await.unwrap()).await;
             assert!(msg.contains(&rec.id), "{msg}");
             assert!(msg.contains("qorch store verify --repair"), "{msg}");
-            assert!(msg.contains("corrupt"), "{msg}");
         }
     }
     let again = s

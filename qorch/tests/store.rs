@@ -552,3 +552,48 @@ fn every_store_subcommand_on_the_store_of_an_aarch64_campaign() {
         "not the same console log"
     );
 }
+
+/// `cat` of content with a tree: written piece by piece, each verified first; a damaged piece
+/// stops the output before any of its bytes, naming the artifact and the repair.
+#[test]
+fn cat_streams_large_content_verified_piece_by_piece() {
+    use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, NewArtifact};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let s = ArtifactStore::open(&root).unwrap();
+    let r = s
+        .add_bytes(
+            NewArtifact::new("t", "run-1", ArtifactKind::Other, "big.bin"),
+            &data,
+        )
+        .unwrap();
+    let blob = s.blob_path(&r.digest);
+    drop(s);
+    let out = store_cmd(&root, &["cat", &r.id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout == data, "cat gave {} bytes", out.stdout.len());
+
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let at = bytes.len() - 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = store_cmd(&root, &["cat", &r.id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !out.stdout.is_empty() && out.stdout.len() < data.len() && data.starts_with(&out.stdout),
+        "what was written before the damage is the content ({} bytes)",
+        out.stdout.len()
+    );
+    let e = text(&out.stderr);
+    assert!(e.contains(&r.id) && e.contains("corrupt"), "{e}");
+    assert!(e.contains("qorch store verify --repair"), "{e}");
+}
