@@ -1,15 +1,16 @@
-//! Artifact download over the API (verified whole, then sent over loopback HTTP and read by a
-//! real client) against the store reading the same blob in-process: `ArtifactStore::get`, the
-//! content in hand and verified, as a program embedding the store reads an artifact (the
-//! ratios printed), and `ArtifactStore::read_to` into `io::sink()`, verified and thrown away
-//! (the lower bound of any reader, shown for reference), for a compressible log (zstd) and
-//! incompressible data (raw) at 1, 8 and 64 MiB (all verified in memory with the default
-//! budget), medians of 7: "cold" verifies at every request (the cache of verified content
-//! off), "warm" is a repeated download served from that cache; each over loopback TCP and over
-//! a Unix socket (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are
-//! the same byte count written and read over a plain socket of that kind in the same run: what
-//! any download over it costs besides reading the blob, so a cold download cannot beat
-//! `read_to(sink)` + the socket.
+//! Artifact download over the API (sent over loopback HTTP and read by a real client, no byte
+//! before it was verified) against the store reading the same blob in-process:
+//! `ArtifactStore::get`, the content in hand and verified, as a program embedding the store
+//! reads an artifact (the ratios printed), and `ArtifactStore::read_to` into `io::sink()`,
+//! verified and thrown away (the lower bound of any reader, shown for reference), for a
+//! compressible log (zstd) and incompressible data (raw) at 1, 8 and 64 MiB, medians of 7. The
+//! 1 MiB blobs are verified whole before the status line; the 8 and 64 MiB ones (over
+//! `qorch_api::STREAM_MIN`) are streamed, each piece verified before it is sent. "cold"
+//! verifies at every request (the cache of verified content off), "warm" is a repeated
+//! download served from that cache; each over loopback TCP and over a Unix socket
+//! (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are the same byte
+//! count written and read over a plain socket of that kind in the same run: what any download
+//! over it costs besides reading the blob.
 //!
 //! `cargo bench -p qorch-api --bench download`
 

@@ -584,7 +584,7 @@ fn units(len: u64) -> u32 {
     len.div_ceil(UNIT).max(1).min(u64::from(u32::MAX)) as u32
 }
 
-/// `GET /api/v1/artifacts/{id}/content`: the content, verified whole before the first byte.
+/// `GET /api/v1/artifacts/{id}/content`: the content, no byte sent before it was verified.
 pub(crate) async fn content(
     State(state): State<ApiState>,
     Path(id): Path<String>,
