@@ -153,8 +153,8 @@ pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Vec<Cha
     (Digest::from(root_of(&cvs)) == *digest).then_some(cvs)
 }
 
-/// Writes a tree file (to a temp file in `tmp`, then renamed into place). A tree is derived
-/// data: failing to write one costs speed later, not content.
+/// Writes a tree file (to a temp file in `tmp`, then renamed into place) unless a good one is
+/// there. A tree is derived data: failing to write one costs speed later, not content.
 pub(crate) fn store(
     trees: &Path,
     tmp: &Path,
@@ -163,7 +163,8 @@ pub(crate) fn store(
     cvs: &[ChainingValue],
 ) {
     let path = path_of(trees, digest);
-    if cvs.len() < 2 || path.exists() {
+    // One left damaged (trees are not fsynced: a power cut) is replaced.
+    if cvs.len() < 2 || load(&path, raw_len, digest).is_some() {
         return;
     }
     let write = || -> io::Result<()> {

@@ -925,6 +925,10 @@ fn ranges_of_large_blobs_are_verified_piece_by_piece() {
         fs::remove_file(&tree).unwrap();
         assert!(s.open_range(&r.id, 0..len).unwrap().is_none());
         assert_eq!(s.get(&r.id).unwrap(), data);
+        // Adding the content again puts a damaged tree right.
+        fs::write(&tree, b"AST1").unwrap();
+        s.add_bytes(art("t", "r3"), &data).unwrap();
+        assert_eq!(range_of(&s, &r.id, 0..len).unwrap(), data);
     }
     // Small content has no tree; an unknown id is an error.
     let small = s.add_bytes(art("t", "r2"), &noise(40_000, 3)).unwrap();
