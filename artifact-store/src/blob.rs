@@ -714,6 +714,32 @@ impl Blobs {
             .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))
     }
 
+    /// [`verify_file`](Self::verify_file) for a blob that arrived encoded (a remote fetch): the
+    /// content is also hashed group by group, and the tree kept for content of 256 KiB or more.
+    pub(crate) fn verify_file_keeping_tree(&self, path: &Path, digest: &Digest) -> Result<u64> {
+        struct Groups(TreeHasher);
+        impl Write for Groups {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let r = BlobReader::new(file, path.to_owned(), *digest)?;
+        let mut groups = Groups(TreeHasher::new());
+        let n = r
+            .copy_to(&mut groups)
+            .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))?;
+        let (d, cvs) = groups.0.finish();
+        if d == *digest && n >= SAMPLE as u64 {
+            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs);
+        }
+        Ok(n)
+    }
+
     /// Every blob file on disk with its digest (files with malformed names are returned as
     /// `Err(path)`).
     pub(crate) fn list(&self) -> Result<Vec<std::result::Result<(Digest, PathBuf), PathBuf>>> {

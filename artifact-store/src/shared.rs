@@ -672,7 +672,7 @@ impl ArtifactStore {
                 f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
             }
             drop(f);
-            match self.blobs.verify_file(&tmp, d) {
+            match self.blobs.verify_file_keeping_tree(&tmp, d) {
                 Ok(_) => {}
                 Err(Error::Corrupt { detail, .. }) => {
                     return Err(Error::Corrupt {

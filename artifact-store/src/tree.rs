@@ -9,8 +9,9 @@
 //! is what lets [`VerifiedRange`] return verified content piece by piece, and a range verify
 //! only the groups it covers, where a reader without the tree must hash everything first.
 //!
-//! A tree is derived data: a blob without one (written by an earlier version, or fetched from
-//! a remote) is read and verified whole, as before. Tree file: `AST1`, the group size
+//! A tree is derived data, also made when a blob arrives encoded (a remote fetch hashes it
+//! group by group as it verifies it): a blob without one (written by an earlier version) is
+//! read and verified whole, as before. Tree file: `AST1`, the group size
 //! as a power of two (16), three zero bytes, the content length (u64, little-endian), then 32
 //! bytes per group.
 

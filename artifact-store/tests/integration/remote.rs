@@ -89,6 +89,30 @@ fn workers_writing_through_a_directory_backend_are_all_seen_by_one_pull() {
         assert_eq!(&merged.get(id).unwrap(), data);
     }
     assert!(merged.verify(VerifyOptions::default()).unwrap().is_clean());
+
+    // A large blob fetched from the remote keeps its tree: its ranges are verified piecewise.
+    let big = noise(1 << 20, 9);
+    let r = a
+        .add_bytes(
+            NewArtifact::new("t1", "campaign", ArtifactKind::Other, "big.bin"),
+            &big,
+        )
+        .unwrap();
+    merged.pull_records().unwrap();
+    assert!(
+        merged.open_range(&r.id, 0..10).unwrap().is_none(),
+        "not fetched yet"
+    );
+    assert!(merged.get(&r.id).unwrap() == big);
+    let mut got = Vec::new();
+    for piece in merged
+        .open_range(&r.id, 0..big.len() as u64)
+        .unwrap()
+        .unwrap()
+    {
+        got.extend_from_slice(&piece.unwrap());
+    }
+    assert!(got == big);
 }
 
 #[test]
