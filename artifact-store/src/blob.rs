@@ -257,6 +257,27 @@ fn decompress_small(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
     })
 }
 
+/// An `InvalidData` error carrying a [`CorruptBlob`] (what verified readers return).
+pub(crate) fn corrupt_io(digest: Digest, path: &Path, detail: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        CorruptBlob {
+            digest,
+            path: path.to_owned(),
+            detail,
+        },
+    )
+}
+
+/// A decoder's error: an I/O error stays as it is, anything else means corrupt content.
+pub(crate) fn decode_error(e: io::Error, digest: Digest, path: &Path) -> io::Error {
+    if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() {
+        e
+    } else {
+        corrupt_io(digest, path, format!("undecodable content: {e}"))
+    }
+}
+
 /// The codec and content length of a blob starting with `h`, if it has a valid header.
 fn parse_header(h: &[u8]) -> Option<(u8, u64)> {
     if h.len() < 16 || &h[..4] != MAGIC {
@@ -628,20 +649,23 @@ impl Blobs {
         .map(|_| ())
     }
 
+    /// Opens a blob's file (a missing one is [`Error::MissingBlob`]).
+    fn open_file(&self, digest: &Digest) -> Result<(File, PathBuf)> {
+        let path = self.path_of(digest);
+        match File::open(&path) {
+            Ok(f) => Ok((f, path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::MissingBlob {
+                digest: *digest,
+                path,
+                artifact: None,
+            }),
+            Err(e) => Err(Error::io("open", path, e)),
+        }
+    }
+
     /// Opens a verifying reader.
     pub(crate) fn open(&self, digest: &Digest) -> Result<BlobReader> {
-        let path = self.path_of(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::MissingBlob {
-                    digest: *digest,
-                    path,
-                    artifact: None,
-                });
-            }
-            Err(e) => return Err(Error::io("open", path, e)),
-        };
+        let (file, path) = self.open_file(digest)?;
         BlobReader::new(file, path, *digest)
     }
 
@@ -656,18 +680,7 @@ impl Blobs {
         if !tree.exists() {
             return Ok(None);
         }
-        let path = self.path_of(digest);
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::MissingBlob {
-                    digest: *digest,
-                    path,
-                    artifact: None,
-                });
-            }
-            Err(e) => return Err(Error::io("open", path, e)),
-        };
+        let (mut file, path) = self.open_file(digest)?;
         let mut h = [0u8; 16];
         let n = read_full(&mut file, &mut h).map_err(|e| Error::io("read", &path, e))?;
         let corrupt = |detail: &str| Error::Corrupt {
@@ -936,14 +949,7 @@ impl BlobReader {
     }
 
     fn corrupt(&self, detail: String) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            CorruptBlob {
-                digest: self.digest,
-                path: self.path.clone(),
-                detail,
-            },
-        )
+        corrupt_io(self.digest, &self.path, detail)
     }
 }
 
@@ -980,11 +986,7 @@ impl BlobReader {
 
     /// Turns a decoder error into a corruption error (I/O errors stay as they are).
     fn decode_error(&self, e: io::Error) -> io::Error {
-        if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() {
-            e
-        } else {
-            self.corrupt(format!("undecodable content: {e}"))
-        }
+        decode_error(e, self.digest, &self.path)
     }
 
     /// The whole content, verified (the store's fast path for small blobs: no copy).

@@ -24,7 +24,8 @@ use blake3::hazmat::{
 };
 
 use crate::Digest;
-use crate::error::{CorruptBlob, Error, Result};
+use crate::blob::corrupt_io;
+use crate::error::{Error, Result};
 
 /// Bytes per group: 64 BLAKE3 chunks, the subtree whose chaining value the tree keeps.
 pub(crate) const GROUP: u64 = 1 << GROUP_LOG;
@@ -207,7 +208,7 @@ enum Source {
 /// A range of a blob's content returned in pieces, each verified against the blob's digest
 /// (through its tree) before it is returned: whatever the caller passes on was verified, and a
 /// damaged group is an [`Error::Corrupt`] naming the artifact before any of its bytes are
-/// returned. The pieces before the damage were verified and are correct. Only the groups
+/// returned, and the last item. The pieces before the damage were verified and are correct. Only the groups
 /// the range covers are hashed; compressed content is decoded from its start.
 pub struct VerifiedRange {
     source: Source,
@@ -288,18 +289,6 @@ impl VerifiedRange {
         self.raw_len
     }
 
-    fn corrupt(&mut self, detail: String) -> io::Error {
-        self.failed = true;
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            CorruptBlob {
-                digest: self.digest,
-                path: self.path.clone(),
-                detail,
-            },
-        )
-    }
-
     /// Reads `from..to` (group-aligned `from`) of the content into `buf` (emptied first).
     fn read(&mut self, from: u64, to: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         let n = to - from;
@@ -322,24 +311,20 @@ impl VerifiedRange {
             }
         };
         if let Err(e) = got {
-            return Err(self.decode_error(e));
+            return Err(crate::blob::decode_error(e, self.digest, &self.path));
         }
         if buf.len() as u64 != n {
-            return Err(self.corrupt(format!(
-                "content ends at {} but the header says {}",
-                from + buf.len() as u64,
-                self.raw_len
-            )));
+            return Err(corrupt_io(
+                self.digest,
+                &self.path,
+                format!(
+                    "content ends at {} but the header says {}",
+                    from + buf.len() as u64,
+                    self.raw_len
+                ),
+            ));
         }
         Ok(())
-    }
-
-    fn decode_error(&mut self, e: io::Error) -> io::Error {
-        if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error().is_some() {
-            e
-        } else {
-            self.corrupt(format!("undecodable content: {e}"))
-        }
     }
 }
 
@@ -358,6 +343,8 @@ impl VerifiedRange {
     pub fn next_into(&mut self, buf: &mut Vec<u8>) -> Option<Result<()>> {
         self.next_piece(buf).map(|r| {
             r.map_err(|e| {
+                // Nothing after an error.
+                self.failed = true;
                 let e = Error::io("read", &self.path, e);
                 match &self.artifact {
                     Some(id) => e.with_artifact(id),
@@ -383,10 +370,14 @@ impl VerifiedRange {
             let index = first + i as u64;
             if group_cv(index, group) != self.cvs[index as usize] {
                 let at = index * GROUP;
-                return Some(Err(self.corrupt(format!(
-                    "content at {at}..{} does not hash to its part of the digest",
-                    at + group.len() as u64
-                ))));
+                return Some(Err(corrupt_io(
+                    self.digest,
+                    &self.path,
+                    format!(
+                        "content at {at}..{} does not hash to its part of the digest",
+                        at + group.len() as u64
+                    ),
+                )));
             }
         }
         let take_end = self.end.min(to);

@@ -37,16 +37,7 @@ fn content(len: usize, compressible: bool) -> Vec<u8> {
         out.truncate(len);
         out
     } else {
-        // xorshift: incompressible and reproducible.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        testkit::noise(len, 1)
     }
 }
 

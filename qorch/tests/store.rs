@@ -560,15 +560,7 @@ fn cat_streams_large_content_verified_piece_by_piece() {
     use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, NewArtifact};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let data: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = testkit::noise(2 << 20, 5);
     let s = ArtifactStore::open(&root).unwrap();
     let r = s
         .add_bytes(

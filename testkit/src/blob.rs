@@ -18,6 +18,20 @@ pub fn blob(bytes: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `n` reproducible pseudo-random bytes (xorshift from `seed`): content that does not
+/// compress, so a store keeps it raw.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

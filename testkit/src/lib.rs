@@ -2,7 +2,7 @@
 //!
 //! [`plan`]: the checks of plan-file tests (located errors, the reference plan's commented
 //! tables). [`junit_case`]: one test case of a JUnit document. [`chromium`]: headless Chromium
-//! on a report page. [`MAKE_BLOB`] and [`blob`]: a guest-written blob the host can predict.
+//! on a report page. [`MAKE_BLOB`] and [`blob`]: a guest-written blob the host can predict; [`noise`]: incompressible bytes.
 //!
 //! Real S3 servers on loopback: [`GarageNode`], one Garage node, and [`GarageCluster`], several
 //! Garage nodes replicating one bucket, each with a bucket and a key ready when `start`
@@ -31,7 +31,7 @@ mod junit;
 mod kunit;
 pub mod plan;
 
-pub use blob::{MAKE_BLOB, blob};
+pub use blob::{MAKE_BLOB, blob, noise};
 pub use garage::{GarageCluster, GarageNode, REGION, S3Access, garage_binary, list_keys};
 pub use junit::junit_case;
 pub use kunit::kunit_kernels;

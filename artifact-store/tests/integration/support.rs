@@ -10,15 +10,7 @@ pub(crate) fn store() -> (TempDir, ArtifactStore) {
 
 /// `n` pseudo-random bytes: incompressible, so stored in a file of its own when over 16 KiB.
 pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testkit::noise(n, seed)
 }
 
 /// Rewrites the encoded blob the catalog keeps for `digest` with `f` (to damage it).
