@@ -10,7 +10,8 @@
 //! download served from that cache; each over loopback TCP and over a Unix socket
 //! (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are the same byte
 //! count written and read over a plain socket of that kind in the same run: what any download
-//! over it costs besides reading the blob.
+//! over it costs besides reading the blob. Then a range (the last 64 KiB, cold, over TCP)
+//! against the whole download: a streamed blob's range hashes only the groups it covers.
 //!
 //! `cargo bench -p qorch-api --bench download`
 
@@ -228,6 +229,40 @@ fn main() {
             ));
         }
         println!("{line}");
+    }
+    // A range is verified alone when its blob is streamed (a tree): the last 64 KiB of each
+    // blob, cold over TCP, against the whole first download.
+    println!(
+        "\n{:<14} {:>12} {:>14}   (cold, TCP, medians of 7)",
+        "blob", "last 64 KiB", "whole"
+    );
+    for (label, id, len) in &ids {
+        let mut times = (Vec::new(), Vec::new());
+        let (client, base) = &clients[0];
+        for _ in 0..7 {
+            let t = Instant::now();
+            let got = rt.block_on(async {
+                let r = client
+                    .get(format!("{base}/api/v1/artifacts/{id}/content"))
+                    .header("Range", "bytes=-65536")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 206);
+                r.bytes().await.unwrap().len()
+            });
+            times.0.push(t.elapsed());
+            assert_eq!(got, 65536);
+            let t = Instant::now();
+            assert_eq!(fetch(&clients[0], id), *len);
+            times.1.push(t.elapsed());
+        }
+        let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
+        println!(
+            "{label:<14} {:>9.2} ms {:>11.2} ms",
+            ms(times.0),
+            ms(times.1)
+        );
     }
     for (tx, server) in servers {
         let _ = tx.send(());
