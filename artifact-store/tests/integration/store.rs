@@ -848,6 +848,7 @@ fn ranges_of_large_blobs_are_verified_piece_by_piece() {
             .join(&r.digest.to_hex()[2..4])
             .join(r.digest.to_hex());
         assert!(tree.is_file(), "the tree is kept beside the blob");
+        assert!(s.verify(VerifyOptions::default()).unwrap().is_clean());
         for (a, b) in [
             (0, len),
             (0, 1),
