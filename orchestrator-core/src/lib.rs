@@ -50,13 +50,15 @@
 //! Composed: each result gets its resource usage, and its files and metrics land in the store.
 //!
 //! ```
+//! # #[cfg(all(feature = "store", feature = "monitor"))]
+//! # mod composed {
 //! use std::time::Duration;
 //! use orchestrator_core::artifact_store::{ArtifactKind, ArtifactStore, Query};
 //! use orchestrator_core::perf_monitor::{Monitor, MonitorConfig};
 //! use orchestrator_core::{Orchestrator, ProcessRunner, RunConfig, TestCase};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let report = Orchestrator::new(RunConfig::new(dir.path().join("scratch")))
 //!     .with_runner(ProcessRunner::default())
@@ -70,6 +72,11 @@
 //! let logs = store.query(&Query::new().test("log").kind(ArtifactKind::Log))?;
 //! assert_eq!(store.get(&logs[0].id)?, b"done\n");
 //! # Ok(())
+//! # }
+//! # }
+//! # fn main() {
+//! #     #[cfg(all(feature = "store", feature = "monitor"))]
+//! #     composed::main().unwrap();
 //! # }
 //! ```
 #![deny(missing_docs)]

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use orchestrator_core::plan::{self, PlanError};
 
+// The snapshots include plans whose [store] and [monitor] tables need those features.
+#[cfg(all(feature = "store", feature = "monitor"))]
 #[test]
 fn bad_plans_are_rejected_with_located_errors() {
     let mut count = 0;

@@ -140,6 +140,20 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
             "warnings",
         ]);
         step("clippy", clippy)?;
+        // An embedder may turn orchestrator-core's default features off: the library and every
+        // test target must still build (tests that need a feature say so).
+        let mut lean = cargo();
+        lean.args([
+            "clippy",
+            "-p",
+            "orchestrator-core",
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        step("clippy, orchestrator-core without default features", lean)?;
         let mut doc = cargo();
         doc.args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings");

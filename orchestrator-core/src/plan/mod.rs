@@ -258,6 +258,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    #[cfg(feature = "store")]
     use crate::artifact_store;
     use crate::case::{Arch, Command, DEFAULT_TIMEOUT, Expectation, FileSpec, Requirements};
 
@@ -290,6 +291,11 @@ mod tests {
     }
 
     #[test]
+    // Without `store` and `monitor`, these are all of the settings.
+    #[cfg_attr(
+        not(all(feature = "store", feature = "monitor")),
+        allow(clippy::needless_update)
+    )]
     fn run_settings() {
         let plan = parse_ok(
             r#"
@@ -793,6 +799,7 @@ mod tests {
         );
     }
 
+    #[cfg(any(feature = "store", feature = "monitor"))]
     const TEST: &str = "[[test]]\nid = \"t\"\nscript = \"true\"\n";
 
     #[test]
@@ -930,6 +937,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "store")]
     #[test]
     fn durations_accept_days_and_weeks() {
         let plan = parse_ok(&format!(
@@ -948,6 +956,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "store")]
     #[test]
     fn store_table() {
         let plan = parse(
@@ -975,6 +984,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "store")]
     #[test]
     fn store_errors() {
         for (table, says) in [
@@ -1040,6 +1050,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "monitor")]
     #[test]
     fn monitor_table() {
         let plan = parse_ok(&format!(
@@ -1077,6 +1088,7 @@ mod tests {
         }
     }
 
+    #[cfg(all(feature = "store", feature = "monitor"))]
     #[test]
     fn default_plan_commented_tables_are_valid() {
         // Uncomment the key and header lines of the [store] section (the [qemu] section is
@@ -1092,6 +1104,7 @@ mod tests {
         assert_eq!(rules.pin_tags, ["release"]);
     }
 
+    #[cfg(all(feature = "store", feature = "monitor"))]
     #[test]
     fn default_plan_is_valid() {
         let plan = parse(

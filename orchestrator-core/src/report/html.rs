@@ -1328,8 +1328,10 @@ mod tests {
             artifacts_stored: 4,
             bytes_stored: 10_000,
             errors: vec!["fs@x86_64: core.1: disk <full>".into()],
-            retention: Some(artifact_store::RetentionOutcome::default()),
-            stats: Some(artifact_store::Stats::default()),
+            #[cfg(feature = "store")]
+            retention: Some(crate::artifact_store::RetentionOutcome::default()),
+            #[cfg(feature = "store")]
+            stats: Some(crate::artifact_store::Stats::default()),
         });
         r
     }

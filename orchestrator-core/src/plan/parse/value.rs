@@ -564,6 +564,7 @@ mod tests {
         .to_string()
     }
 
+    #[cfg(all(feature = "store", feature = "monitor"))]
     #[test]
     fn derived_tables_report_the_first_problem_in_the_file() {
         let err = parse_err("[monitor]\ninterval = 0.001\nenabled = 3\n");
