@@ -284,11 +284,6 @@ impl VerifiedRange {
         self
     }
 
-    /// The content length of the whole blob.
-    pub fn content_len(&self) -> u64 {
-        self.raw_len
-    }
-
     /// Reads `from..to` (group-aligned `from`) of the content into `buf` (emptied first).
     fn read(&mut self, from: u64, to: u64, buf: &mut Vec<u8>) -> io::Result<()> {
         let n = to - from;

@@ -704,7 +704,7 @@ pub(crate) async fn content(
             let (first, rest) = streamed?;
             // Memory: the pieces in flight, and the whole content when it is kept for the
             // next requests (a whole download of what fits the cache, memory free at once).
-            let whole = span.is_none() && len <= downloads.in_memory_max;
+            let whole = downloads.caching() && span.is_none() && len <= downloads.in_memory_max;
             let in_flight = units(len.min(STREAM_DEPTH as u64 * (1 << 20) + (1 << 20)))
                 .min(downloads.memory_units);
             let (keep, permit) = match whole
@@ -728,14 +728,7 @@ pub(crate) async fn content(
                         .map_err(|_| ApiError::internal("the download pool is closed"))?,
                 ),
             };
-            let body = stream_body(
-                state.clone(),
-                record.clone(),
-                first,
-                rest,
-                keep && downloads.caching(),
-                permit,
-            );
+            let body = stream_body(state.clone(), record.clone(), first, rest, keep, permit);
             return build(builder, body);
         }
         Early::Verified(verified, permit) => (verified?, permit),
@@ -874,6 +867,11 @@ fn stream_body(
             state.inner.downloads.keep(record.digest, Pieces(k.into()));
         }
     });
+    channel_body(rx)
+}
+
+/// A body of what a blocking task sends through `rx`; an error ends it early.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> Body {
     Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -897,9 +895,7 @@ fn file_body(file: File, start: u64, end: u64, permit: Option<OwnedSemaphorePerm
             pos += n as u64;
         }
     });
-    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    channel_body(rx)
 }
 
 #[cfg(test)]
