@@ -17,6 +17,20 @@ const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 /// Bytes looked at to decide whether content compresses.
 const SAMPLE: usize = 256 * 1024;
+
+/// What [`Blobs::verify_file_tree`] found of a blob's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TreeCheck {
+    /// Content under 256 KiB: read whole, no tree kept.
+    NotNeeded,
+    /// A tree that matches the digest.
+    Present,
+    /// None, or one that does not match (a blob written by an earlier version, a damaged
+    /// tree file).
+    Missing,
+    /// Was missing, made now.
+    Written,
+}
 /// Streaming chunk size: memory per put or get is a few of these, whatever the blob size.
 const CHUNK: usize = 1024 * 1024;
 const ZSTD_LEVEL: i32 = 3;
@@ -727,9 +741,21 @@ impl Blobs {
             .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))
     }
 
-    /// [`verify_file`](Self::verify_file) for a blob that arrived encoded (a remote fetch): the
-    /// content is also hashed group by group, and the tree kept for content of 256 KiB or more.
+    /// [`verify_file`](Self::verify_file) for a blob that arrived encoded (a remote fetch): its
+    /// tree is made from the same read (content of 256 KiB or more).
     pub(crate) fn verify_file_keeping_tree(&self, path: &Path, digest: &Digest) -> Result<u64> {
+        self.verify_file_tree(path, digest, true).map(|(n, _)| n)
+    }
+
+    /// [`verify_file`](Self::verify_file), also telling whether content of 256 KiB or more has
+    /// a usable tree; with `make`, a missing or damaged one is made from the same read (the
+    /// content hashed group by group beside the verifying reader).
+    pub(crate) fn verify_file_tree(
+        &self,
+        path: &Path,
+        digest: &Digest,
+        make: bool,
+    ) -> Result<(u64, TreeCheck)> {
         struct Groups(TreeHasher);
         impl Write for Groups {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -742,15 +768,31 @@ impl Blobs {
         }
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let r = BlobReader::new(file, path.to_owned(), *digest)?;
+        let raw_len = r.len_hint();
+        let tree = crate::tree::path_of(&self.trees, digest);
+        let usable = || crate::tree::load(&tree, raw_len, digest).is_some();
+        let check = if raw_len < SAMPLE as u64 {
+            TreeCheck::NotNeeded
+        } else if usable() {
+            TreeCheck::Present
+        } else {
+            TreeCheck::Missing
+        };
+        let read = |r: BlobReader, out: &mut dyn Write| {
+            r.copy_to(out)
+                .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))
+        };
+        if check != TreeCheck::Missing || !make {
+            return Ok((read(r, &mut io::sink())?, check));
+        }
         let mut groups = Groups(TreeHasher::new());
-        let n = r
-            .copy_to(&mut groups)
-            .map_err(|e| Error::io("read", path, e.unwrap_or_else(|e| e)))?;
+        let n = read(r, &mut groups)?;
         let (d, cvs) = groups.0.finish();
-        if d == *digest && n >= SAMPLE as u64 {
+        // The reader checked the digest; the groups were hashed from the same bytes.
+        if d == *digest {
             crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs);
         }
-        Ok(n)
+        Ok((n, if usable() { TreeCheck::Written } else { check }))
     }
 
     /// Every blob file on disk with its digest (files with malformed names are returned as

@@ -10,7 +10,9 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::Digest;
-use crate::blob::{BlobReader, Blobs, Durability, Encoded, Head, PendingBlob, pid_alive};
+use crate::blob::{
+    BlobReader, Blobs, Durability, Encoded, Head, PendingBlob, TreeCheck, pid_alive,
+};
 use crate::catalog::{BlobInfo, BlobOf, Catalog};
 use crate::error::{Error, Result};
 use crate::model::{ArtifactRecord, NewArtifact, Query};
@@ -103,8 +105,8 @@ pub struct MissingEntry {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyOptions {
     /// Repair: corrupt blobs are moved to `quarantine/`, their records and records of missing
-    /// blobs are marked evicted (`blob corrupt` / `blob missing`), stray files are quarantined
-    /// and orphans are collected.
+    /// blobs are marked evicted (`blob corrupt` / `blob missing`), stray files are quarantined,
+    /// orphans are collected, and good blobs without a tree get one.
     pub repair: bool,
 }
 
@@ -123,6 +125,15 @@ pub struct VerifyReport {
     pub stray_files: Vec<PathBuf>,
     /// Whether the findings were repaired.
     pub repaired: bool,
+    /// Good blobs of 256 KiB or more found without a usable tree (written by an earlier
+    /// version, or a damaged tree file): read and verified whole before use, where a tree lets
+    /// downloads stream and ranges verify alone. Not damage: [`is_clean`](Self::is_clean)
+    /// ignores them.
+    #[serde(default)]
+    pub trees_missing: u64,
+    /// Of those, the trees made by a repair (from the same read as the check).
+    #[serde(default)]
+    pub trees_written: u64,
 }
 
 impl VerifyReport {
@@ -840,9 +851,17 @@ impl ArtifactStore {
             match entry {
                 Ok((d, path)) => {
                     report.blobs_checked += 1;
-                    match self.blobs.verify_file(&path, &d) {
-                        Ok(_) => {
+                    match self.blobs.verify_file_tree(&path, &d, options.repair) {
+                        Ok((_, tree)) => {
                             good.insert(d);
+                            match tree {
+                                TreeCheck::Missing => report.trees_missing += 1,
+                                TreeCheck::Written => {
+                                    report.trees_missing += 1;
+                                    report.trees_written += 1;
+                                }
+                                TreeCheck::NotNeeded | TreeCheck::Present => {}
+                            }
                         }
                         Err(Error::Corrupt { detail, .. }) => {
                             corrupt_paths.push((d, path.clone()));

@@ -11,7 +11,9 @@
 //! (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are the same byte
 //! count written and read over a plain socket of that kind in the same run: what any download
 //! over it costs besides reading the blob. Then a range (the last 64 KiB, cold, over TCP)
-//! against the whole download: a streamed blob's range hashes only the groups it covers.
+//! against the whole download: a streamed blob's range hashes only the groups it covers. And
+//! what any request costs besides its content: a `304 Not Modified` answer (the record looked
+//! up, nothing read or sent), beside `get` of the 1 MiB blobs.
 //!
 //! `cargo bench -p qorch-api --bench download`
 
@@ -73,7 +75,7 @@ fn main() {
                     &data,
                 )
                 .unwrap();
-            ids.push((label, r.id, len));
+            ids.push((label, r.id, len, r.digest));
         }
     }
     // Servers: cold and warm, over TCP and over a Unix socket; a client and base URL each.
@@ -186,7 +188,7 @@ fn main() {
             n
         })
     };
-    for (label, id, len) in &ids {
+    for (label, id, len, _) in &ids {
         let (mut sink, mut local, mut raw, mut raw_unix) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Per server: TCP cold, TCP warm, Unix cold, Unix warm.
@@ -230,13 +232,43 @@ fn main() {
         }
         println!("{line}");
     }
+    // What every request costs besides its content: a conditional request of the 1 MiB
+    // blobs answered `304 Not Modified` (the record looked up, no content read or sent),
+    // cold over TCP, against `get` of the same blob.
+    println!(
+        "\n{:<14} {:>12} {:>12}   (cold, TCP, medians of 7)",
+        "blob", "304", "get"
+    );
+    for (label, id, _, digest) in ids.iter().filter(|(_, _, len, _)| *len == 1 << 20) {
+        let (client, base) = &clients[0];
+        let (mut answer, mut local) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let t = Instant::now();
+            let status = rt.block_on(async {
+                client
+                    .get(format!("{base}/api/v1/artifacts/{id}/content"))
+                    .header("If-None-Match", format!("\"{digest}\""))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            });
+            answer.push(t.elapsed());
+            assert_eq!(status, 304);
+            let t = Instant::now();
+            drop(std::hint::black_box(store.get(id).unwrap()));
+            local.push(t.elapsed());
+        }
+        let ms = |v: Vec<Duration>| median(v).as_secs_f64() * 1e3;
+        println!("{label:<14} {:>9.2} ms {:>9.2} ms", ms(answer), ms(local));
+    }
     // A range is verified alone when its blob is streamed (a tree): the last 64 KiB of each
     // blob, cold over TCP, against the whole first download.
     println!(
         "\n{:<14} {:>12} {:>14}   (cold, TCP, medians of 7)",
         "blob", "last 64 KiB", "whole"
     );
-    for (label, id, len) in &ids {
+    for (label, id, len, _) in &ids {
         let mut times = (Vec::new(), Vec::new());
         let (client, base) = &clients[0];
         for _ in 0..7 {

@@ -664,6 +664,21 @@ fn verify(store: &ArtifactStore, repair: bool) -> anyhow::Result<ExitCode> {
     for s in &r.stray_files {
         println!("stray file {}", s.display());
     }
+    if r.trees_written > 0 {
+        println!(
+            "trees written for {} blobs of 256 KiB or more (written by an earlier version, or \
+             with a damaged tree): their downloads now stream, their ranges verify alone",
+            r.trees_written
+        );
+    }
+    if r.trees_missing > r.trees_written {
+        println!(
+            "{} blobs of 256 KiB or more have no tree (written by an earlier version, or a \
+             damaged tree): they are verified whole before use; `qorch store verify --repair` \
+             writes their trees",
+            r.trees_missing - r.trees_written
+        );
+    }
     if r.is_clean() {
         println!("the store is intact");
         return Ok(ExitCode::SUCCESS);
