@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Digest;
 use crate::error::{CorruptBlob, Error, Result};
+use crate::frames::FrameWriter;
 use crate::tree::{TreeHasher, VerifiedRange};
 
 const MAGIC: &[u8; 4] = b"ASB1";
@@ -495,12 +496,15 @@ impl Blobs {
             .map_err(werr)?;
         let mut buf = vec![0u8; CHUNK];
         let total;
+        let mut frames = None;
         if compressed {
-            let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(werr)?;
-            // One worker thread: compression overlaps with reading and hashing.
-            enc.multithread(1).map_err(werr)?;
+            // Independent frames of 1 MiB of content, compressed on a worker thread while
+            // this one reads and hashes; where each starts goes into the tree file.
+            let mut enc = FrameWriter::new(out, ZSTD_LEVEL).map_err(werr)?;
             total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut enc, &temp)?;
-            out = enc.finish().map_err(werr)?;
+            let (inner, offsets) = enc.finish().map_err(werr)?;
+            out = inner;
+            frames = Some(offsets);
         } else {
             total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut out, &temp)?;
         }
@@ -514,7 +518,14 @@ impl Blobs {
         }
         drop(file);
         let (digest, cvs) = hasher.finish();
-        crate::tree::store(&self.trees, &self.tmp, &digest, raw_size, &cvs);
+        crate::tree::store(
+            &self.trees,
+            &self.tmp,
+            &digest,
+            raw_size,
+            &cvs,
+            frames.as_deref(),
+        );
         Ok(Encoded::Temp(Written {
             digest,
             raw_size,
@@ -717,13 +728,13 @@ impl Blobs {
                 ),
             });
         }
-        let Some(cvs) = crate::tree::load(&tree, raw_len, digest) else {
+        let Some(tree) = crate::tree::load(&tree, raw_len, digest) else {
             return Ok(None);
         };
         VerifiedRange::new(
             file,
             codec == CODEC_ZSTD,
-            cvs,
+            tree,
             *digest,
             path.clone(),
             raw_len,
@@ -790,7 +801,9 @@ impl Blobs {
         let (d, cvs) = groups.0.finish();
         // The reader checked the digest; the groups were hashed from the same bytes.
         if d == *digest {
-            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs);
+            // Where frames start is not known here: ranges of compressed content are then
+            // decoded from the blob's start.
+            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs, None);
         }
         Ok((n, if usable() { TreeCheck::Written } else { check }))
     }

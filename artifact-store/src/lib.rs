@@ -64,6 +64,7 @@ mod bundle;
 mod catalog;
 mod digest;
 mod error;
+mod frames;
 mod model;
 pub mod remote;
 pub mod retention;

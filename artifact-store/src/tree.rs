@@ -11,9 +11,11 @@
 //!
 //! A tree is derived data, also made when a blob arrives encoded (a remote fetch hashes it
 //! group by group as it verifies it): a blob without one (written by an earlier version) is
-//! read and verified whole, as before. Tree file: `AST1`, the group size
-//! as a power of two (16), three zero bytes, the content length (u64, little-endian), then 32
-//! bytes per group.
+//! read and verified whole, as before. Tree file: `AST1`, the group size as a power of two
+//! (16), the frame size as a power of two (20; 0 without a frame table), two zero bytes, the
+//! content length (u64, little-endian), then 32 bytes per group; with a frame table (blobs
+//! compressed in independent frames, see `frames`), then the compressed offset of each frame
+//! (u64, little-endian) and a 32-byte check of the table against the digest.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -26,6 +28,7 @@ use blake3::hazmat::{
 use crate::Digest;
 use crate::blob::corrupt_io;
 use crate::error::{Error, Result};
+use crate::frames::{FRAME, FRAME_LOG};
 
 /// Bytes per group: 64 BLAKE3 chunks, the subtree whose chaining value the tree keeps.
 pub(crate) const GROUP: u64 = 1 << GROUP_LOG;
@@ -115,44 +118,104 @@ fn groups(len: u64) -> u64 {
     len.div_ceil(GROUP).max(1)
 }
 
-/// The tree file's bytes.
-pub(crate) fn encode(raw_len: u64, cvs: &[ChainingValue]) -> Vec<u8> {
+/// Frames in content of `len` bytes.
+fn frames(len: u64) -> u64 {
+    len.div_ceil(FRAME).max(1)
+}
+
+/// What a tree file holds: the group values, and where each compressed frame starts when the
+/// blob was written as independent frames (see `frames`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Tree {
+    pub(crate) cvs: Vec<ChainingValue>,
+    pub(crate) frames: Option<Vec<u64>>,
+}
+
+/// The check of a frame table: the digest it belongs to, the header and the offsets, hashed.
+fn frame_check(digest: &Digest, header: &[u8], table: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(digest.as_bytes());
+    h.update(header);
+    h.update(table);
+    *h.finalize().as_bytes()
+}
+
+/// The tree file's bytes. With `frames`, the header's second byte is the frame size as a power
+/// of two and the group values are followed by one offset per frame (u64, little-endian) and
+/// the table's check ([`frame_check`]); without, that byte is zero and the values end the
+/// file (the layout of earlier versions, which refuse a file with a frame table and read the
+/// blob whole).
+pub(crate) fn encode(
+    raw_len: u64,
+    cvs: &[ChainingValue],
+    frames: Option<&[u64]>,
+    digest: &Digest,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 32 * cvs.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[GROUP_LOG, 0, 0, 0]);
+    let frame_log = if frames.is_some() { FRAME_LOG } else { 0 };
+    out.extend_from_slice(&[GROUP_LOG, frame_log, 0, 0]);
     out.extend_from_slice(&raw_len.to_le_bytes());
     for cv in cvs {
         out.extend_from_slice(cv);
     }
+    if let Some(offsets) = frames {
+        let table: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        let check = frame_check(digest, &out[..HEADER], &table);
+        out.extend_from_slice(&table);
+        out.extend_from_slice(&check);
+    }
     out
 }
 
-/// The group values of the tree file at `path` if it describes content of `raw_len` bytes
-/// hashing to `digest`; `None` for a missing, malformed, damaged or forged file.
-pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Vec<ChainingValue>> {
+/// The tree file at `path` if it describes content of `raw_len` bytes hashing to `digest`;
+/// `None` for a missing, malformed, damaged or forged file. A frame table that does not check
+/// is left out (the content is then decoded from its start).
+pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Tree> {
     let n = groups(raw_len);
     if n < 2 {
         return None;
     }
-    let want = HEADER as u64 + 32 * n;
+    let values = HEADER as u64 + 32 * n;
+    let table = 8 * frames(raw_len) + 32;
     let mut f = File::open(path).ok()?;
-    if f.metadata().ok()?.len() != want {
+    let size = f.metadata().ok()?.len();
+    if size != values && size != values + table {
         return None;
     }
-    let mut buf = Vec::with_capacity(want as usize);
+    let mut buf = Vec::with_capacity(size as usize);
     f.read_to_end(&mut buf).ok()?;
-    if buf.len() as u64 != want
+    let framed = buf.len() as u64 == values + table && buf.get(5) == Some(&FRAME_LOG);
+    if !(buf.len() as u64 == values || framed)
         || &buf[..4] != MAGIC
-        || buf[4..8] != [GROUP_LOG, 0, 0, 0]
+        || buf[4] != GROUP_LOG
+        || buf[6..8] != [0, 0]
+        || (!framed && buf[5] != 0)
         || u64::from_le_bytes(buf[8..16].try_into().ok()?) != raw_len
     {
         return None;
     }
-    let cvs: Vec<ChainingValue> = buf[HEADER..]
+    let cvs: Vec<ChainingValue> = buf[HEADER..values as usize]
         .chunks_exact(32)
         .map(|c| c.try_into().expect("32-byte chunks"))
         .collect();
-    (Digest::from(root_of(&cvs)) == *digest).then_some(cvs)
+    if Digest::from(root_of(&cvs)) != *digest {
+        return None;
+    }
+    let frames = framed
+        .then(|| {
+            let (table, check) = buf[values as usize..].split_at(buf.len() - values as usize - 32);
+            let offsets: Vec<u64> = table
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+                .collect();
+            let ok = frame_check(digest, &buf[..HEADER], table) == check
+                && offsets.first() == Some(&0)
+                && offsets.windows(2).all(|w| w[0] < w[1]);
+            ok.then_some(offsets)
+        })
+        .flatten();
+    Some(Tree { cvs, frames })
 }
 
 /// Writes a tree file (to a temp file in `tmp`, then renamed into place) unless a good one is
@@ -163,10 +226,14 @@ pub(crate) fn store(
     digest: &Digest,
     raw_len: u64,
     cvs: &[ChainingValue],
+    frames: Option<&[u64]>,
 ) {
     let path = path_of(trees, digest);
-    // One left damaged (trees are not fsynced: a power cut) is replaced.
-    if cvs.len() < 2 || load(&path, raw_len, digest).is_some() {
+    // One left damaged (trees are not fsynced: a power cut) is replaced, and so is one without
+    // the frame table this write knows.
+    if cvs.len() < 2
+        || load(&path, raw_len, digest).is_some_and(|t| frames.is_none() || t.frames.is_some())
+    {
         return;
     }
     let write = || -> io::Result<()> {
@@ -175,7 +242,7 @@ pub(crate) fn store(
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        fs::write(&temp, encode(raw_len, cvs))?;
+        fs::write(&temp, encode(raw_len, cvs, frames, digest))?;
         let shard = path.parent().expect("tree paths have a parent");
         fs::create_dir_all(shard)
             .and_then(|()| fs::rename(&temp, &path))
@@ -198,7 +265,8 @@ pub(crate) fn path_of(trees: &Path, d: &Digest) -> PathBuf {
 enum Source {
     /// Raw content: the blob file, positioned at the next group to read.
     Raw(io::Take<File>),
-    /// Compressed content: decoded from the start; `at` is the decoded position.
+    /// Compressed content: decoded from the start of the frame holding the range's start (from
+    /// the blob's start without a frame table); `at` is the decoded position.
     Zstd {
         decoder: Box<zstd::stream::read::Decoder<'static, io::BufReader<File>>>,
         at: u64,
@@ -209,7 +277,8 @@ enum Source {
 /// (through its tree) before it is returned: whatever the caller passes on was verified, and a
 /// damaged group is an [`Error::Corrupt`] naming the artifact before any of its bytes are
 /// returned, and the last item. The pieces before the damage were verified and are correct. Only the groups
-/// the range covers are hashed; compressed content is decoded from its start.
+/// the range covers are hashed; compressed content is decoded from the frame holding the
+/// range's start when the blob was written in frames, else from its start.
 pub struct VerifiedRange {
     source: Source,
     cvs: Vec<ChainingValue>,
@@ -242,7 +311,7 @@ impl VerifiedRange {
     pub(crate) fn new(
         mut file: File,
         compressed: bool,
-        cvs: Vec<ChainingValue>,
+        tree: Tree,
         digest: Digest,
         path: PathBuf,
         raw_len: u64,
@@ -251,15 +320,24 @@ impl VerifiedRange {
         let std::ops::Range { start, end } = range;
         debug_assert!(start <= end && end <= raw_len);
         let first = start / GROUP * GROUP;
+        let Tree { cvs, frames } = tree;
         let source = if compressed {
-            file.seek(SeekFrom::Start(HEADER as u64))?;
+            // The frame holding the first group, where there is a frame table.
+            let (offset, at) = frames
+                .as_deref()
+                .and_then(|f| {
+                    let k = (first / FRAME) as usize;
+                    f.get(k).map(|&o| (o, k as u64 * FRAME))
+                })
+                .unwrap_or((0, 0));
+            file.seek(SeekFrom::Start(HEADER as u64 + offset))?;
             let decoder = zstd::stream::read::Decoder::with_buffer(io::BufReader::with_capacity(
                 1 << 20,
                 file,
             ))?;
             Source::Zstd {
                 decoder: Box::new(decoder),
-                at: 0,
+                at,
             }
         } else {
             file.seek(SeekFrom::Start(HEADER as u64 + first))?;
@@ -463,9 +541,15 @@ mod tests {
         h.update(&data);
         let (d, cvs) = h.finish();
         let len = data.len() as u64;
-        store(dir.path(), dir.path(), &d, len, &cvs);
+        store(dir.path(), dir.path(), &d, len, &cvs, None);
         let path = path_of(dir.path(), &d);
-        assert_eq!(load(&path, len, &d).unwrap(), cvs);
+        assert_eq!(
+            load(&path, len, &d).unwrap(),
+            Tree {
+                cvs: cvs.clone(),
+                frames: None
+            }
+        );
         // Another digest, another length: refused.
         assert!(load(&path, len, &Digest::of(b"other")).is_none());
         assert!(load(&path, len + 1, &d).is_none());
@@ -475,7 +559,43 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         assert!(load(&path, len, &d).is_none());
         // Truncated.
-        fs::write(&path, encode(len, &cvs[..3])).unwrap();
+        fs::write(&path, encode(len, &cvs[..3], None, &d)).unwrap();
         assert!(load(&path, len, &d).is_none());
+    }
+
+    #[test]
+    fn a_frame_table_is_used_only_when_it_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(2 * FRAME as usize + 100);
+        let mut h = TreeHasher::new();
+        h.update(&data);
+        let (d, cvs) = h.finish();
+        let len = data.len() as u64;
+        let path = path_of(dir.path(), &d);
+        let frames = [0u64, 1000, 2500];
+        // A tree without a table is replaced by one with it, never the other way round.
+        store(dir.path(), dir.path(), &d, len, &cvs, None);
+        assert_eq!(load(&path, len, &d).unwrap().frames, None);
+        store(dir.path(), dir.path(), &d, len, &cvs, Some(&frames));
+        let t = load(&path, len, &d).unwrap();
+        assert_eq!((t.cvs, t.frames), (cvs.clone(), Some(frames.to_vec())));
+        store(dir.path(), dir.path(), &d, len, &cvs, None);
+        assert_eq!(load(&path, len, &d).unwrap().frames, Some(frames.to_vec()));
+        // A changed offset: the table fails its check and is left out; the values still serve.
+        let mut bytes = fs::read(&path).unwrap();
+        let at = HEADER + 32 * cvs.len() + 9;
+        bytes[at] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let t = load(&path, len, &d).unwrap();
+        assert_eq!((t.cvs, t.frames), (cvs.clone(), None));
+        // Offsets out of order, even with a good check: left out.
+        fs::write(&path, encode(len, &cvs, Some(&[0, 2500, 1000]), &d)).unwrap();
+        assert_eq!(load(&path, len, &d).unwrap().frames, None);
+        // A table of another length: the whole file is refused.
+        fs::write(&path, encode(len, &cvs, Some(&[0, 1000]), &d)).unwrap();
+        assert!(load(&path, len, &d).is_none());
+        // A table checked for another digest: left out.
+        fs::write(&path, encode(len, &cvs, Some(&frames), &Digest::of(b"x"))).unwrap();
+        assert_eq!(load(&path, len, &d).unwrap().frames, None);
     }
 }

@@ -1,0 +1,177 @@
+//! Large compressed content as independent zstd frames, one per 1 MiB of content.
+//!
+//! Concatenated frames are one valid zstd stream, so every reader (earlier versions, `zstd -d`)
+//! decodes such a blob from its start as before. The compressed offset of each frame is kept
+//! in the blob's tree file (see `tree`), so a range of the content is decoded from the frame
+//! that holds its start instead of from the blob's start: the end of a large console log is
+//! read in about the time of one frame. The frames are compressed on a worker thread while the
+//! caller reads and hashes the next ones, as the single zstd stream was before.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+/// Content bytes per frame: 16 tree groups.
+pub(crate) const FRAME: u64 = 1 << FRAME_LOG;
+/// `FRAME` as a power of two (as the tree file records it).
+pub(crate) const FRAME_LOG: u8 = 20;
+
+/// What the worker gives back: the output, and where each frame starts in it.
+type Written<W> = io::Result<(W, Vec<u64>)>;
+
+/// A writer that compresses what it is given into frames of [`FRAME`] content bytes and writes
+/// them to `out` in order, recording where each starts (relative to the first).
+pub(crate) struct FrameWriter<W: Write + Send + 'static> {
+    pending: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    worker: Option<JoinHandle<Written<W>>>,
+}
+
+impl<W: Write + Send + 'static> FrameWriter<W> {
+    /// Frames compressed at zstd `level`, written to `out`.
+    pub(crate) fn new(out: W, level: i32) -> io::Result<Self> {
+        let mut compressor = zstd::bulk::Compressor::new(level)?;
+        // One frame compressing, one filled and waiting: the reader never waits for more than
+        // the compression of one frame.
+        let (tx, rx): (_, Receiver<Vec<u8>>) = sync_channel(1);
+        let worker = std::thread::Builder::new()
+            .name("artifact-store-zstd".into())
+            .spawn(move || {
+                let mut out = out;
+                let mut offsets = Vec::new();
+                let mut at = 0u64;
+                for content in rx {
+                    let frame = compressor.compress(&content)?;
+                    out.write_all(&frame)?;
+                    offsets.push(at);
+                    at += frame.len() as u64;
+                }
+                Ok((out, offsets))
+            })?;
+        Ok(FrameWriter {
+            pending: Vec::with_capacity(FRAME as usize),
+            tx: Some(tx),
+            worker: Some(worker),
+        })
+    }
+
+    /// Hands the pending content to the worker as one frame.
+    fn send(&mut self) -> io::Result<()> {
+        let content = std::mem::replace(&mut self.pending, Vec::with_capacity(FRAME as usize));
+        let sent = self.tx.as_ref().map(|tx| tx.send(content));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The worker stopped: its error says why.
+            _ => Err(self.join().err().unwrap_or_else(|| {
+                io::Error::other("the zstd worker stopped before the content ended")
+            })),
+        }
+    }
+
+    fn join(&mut self) -> Written<W> {
+        self.tx = None;
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the zstd worker panicked")),
+            None => Err(io::Error::other("the zstd worker has already stopped")),
+        }
+    }
+
+    /// Compresses what is pending and returns `out` with the offset of every frame.
+    pub(crate) fn finish(mut self) -> Written<W> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for FrameWriter<W> {
+    fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let take = (FRAME as usize - self.pending.len()).min(buf.len());
+            self.pending.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.pending.len() == FRAME as usize {
+                self.send()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for FrameWriter<W> {
+    fn drop(&mut self) {
+        // An abandoned write (an error upstream): stop the worker.
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_alone_and_together() {
+        let content: Vec<u8> = (0..)
+            .flat_map(|i: u32| format!("line {i} of a log\n").into_bytes())
+            .take(3 * FRAME as usize + 12_345)
+            .collect();
+        let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+        // Odd-sized writes straddle the frame edges.
+        for piece in content.chunks(77_777) {
+            w.write_all(piece).unwrap();
+        }
+        let (out, offsets) = w.finish().unwrap();
+        assert_eq!(offsets.len(), 4);
+        assert_eq!(offsets[0], 0);
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+        // One stream to a reader that knows nothing of frames.
+        assert_eq!(zstd::decode_all(&out[..]).unwrap(), content);
+        // Each frame on its own, from its offset.
+        for (k, &at) in offsets.iter().enumerate() {
+            let end = offsets.get(k + 1).map_or(out.len(), |&e| e as usize);
+            let frame = zstd::decode_all(&out[at as usize..end]).unwrap();
+            let from = k * FRAME as usize;
+            assert_eq!(
+                frame,
+                &content[from..(from + FRAME as usize).min(content.len())]
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_output_is_an_error_not_a_hang() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = FrameWriter::new(Full, 3).unwrap();
+        let chunk = vec![7u8; 100_000];
+        let mut failed = None;
+        for _ in 0..100 {
+            if let Err(e) = w.write_all(&chunk) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => w.finish().map(|_| ()).unwrap_err(),
+        };
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
+}
