@@ -498,7 +498,7 @@ impl Blobs {
         let total;
         let mut frames = None;
         if compressed {
-            // Independent frames of 1 MiB of content, compressed on a worker thread while
+            // Independent frames of 8 MiB of content, compressed on a worker thread while
             // this one reads and hashes; where each starts goes into the tree file.
             let mut enc = FrameWriter::new(out, ZSTD_LEVEL).map_err(werr)?;
             total = hash_copy(&sample, reader, &mut buf, &mut hasher, &mut enc, &temp)?;

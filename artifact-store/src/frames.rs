@@ -1,20 +1,24 @@
-//! Large compressed content as independent zstd frames, one per 1 MiB of content.
+//! Large compressed content as independent zstd frames, one per 8 MiB of content.
 //!
 //! Concatenated frames are one valid zstd stream, so every reader (earlier versions, `zstd -d`)
 //! decodes such a blob from its start as before. The compressed offset of each frame is kept
 //! in the blob's tree file (see `tree`), so a range of the content is decoded from the frame
 //! that holds its start instead of from the blob's start: the end of a large console log is
 //! read in about the time of one frame. The frames are compressed on a worker thread while the
-//! caller reads and hashes the next ones, as the single zstd stream was before.
+//! caller reads and hashes the next ones, as the single zstd stream was before. Each frame
+//! starts without history, which costs compression: for 60 MB of varied text (source code)
+//! 1 MiB frames stored 38 % more than one stream, 4 MiB 5.8 %, 8 MiB 1.9 % (a console log:
+//! 12 %, 2.0 %, 0.7 %), measured with `zstd -3` on the pieces; 8 MiB frames keep that small
+//! while a range still decodes at most 8 MiB before its start.
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-/// Content bytes per frame: 16 tree groups.
+/// Content bytes per frame: 128 tree groups.
 pub(crate) const FRAME: u64 = 1 << FRAME_LOG;
 /// `FRAME` as a power of two (as the tree file records it).
-pub(crate) const FRAME_LOG: u8 = 20;
+pub(crate) const FRAME_LOG: u8 = 23;
 
 /// What the worker gives back: the output, and where each frame starts in it.
 type Written<W> = io::Result<(W, Vec<u64>)>;
@@ -31,9 +35,9 @@ impl<W: Write + Send + 'static> FrameWriter<W> {
     /// Frames compressed at zstd `level`, written to `out`.
     pub(crate) fn new(out: W, level: i32) -> io::Result<Self> {
         let mut compressor = zstd::bulk::Compressor::new(level)?;
-        // One frame compressing, one filled and waiting: the reader never waits for more than
-        // the compression of one frame.
-        let (tx, rx): (_, Receiver<Vec<u8>>) = sync_channel(1);
+        // Handed over when the worker is free: one frame compressing while the next fills, so
+        // at most two frames of content are held.
+        let (tx, rx): (_, Receiver<Vec<u8>>) = sync_channel(0);
         let worker = std::thread::Builder::new()
             .name("artifact-store-zstd".into())
             .spawn(move || {
@@ -123,15 +127,15 @@ mod tests {
     fn frames_decode_alone_and_together() {
         let content: Vec<u8> = (0..)
             .flat_map(|i: u32| format!("line {i} of a log\n").into_bytes())
-            .take(3 * FRAME as usize + 12_345)
+            .take(2 * FRAME as usize + 12_345)
             .collect();
         let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
         // Odd-sized writes straddle the frame edges.
-        for piece in content.chunks(77_777) {
+        for piece in content.chunks(777_777) {
             w.write_all(piece).unwrap();
         }
         let (out, offsets) = w.finish().unwrap();
-        assert_eq!(offsets.len(), 4);
+        assert_eq!(offsets.len(), 3);
         assert_eq!(offsets[0], 0);
         assert!(offsets.windows(2).all(|w| w[0] < w[1]));
         // One stream to a reader that knows nothing of frames.

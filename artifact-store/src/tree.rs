@@ -12,7 +12,7 @@
 //! A tree is derived data, also made when a blob arrives encoded (a remote fetch hashes it
 //! group by group as it verifies it): a blob without one (written by an earlier version) is
 //! read and verified whole, as before. Tree file: `AST1`, the group size as a power of two
-//! (16), the frame size as a power of two (20; 0 without a frame table), two zero bytes, the
+//! (16), the frame size as a power of two (23; 0 without a frame table), two zero bytes, the
 //! content length (u64, little-endian), then 32 bytes per group; with a frame table (blobs
 //! compressed in independent frames, see `frames`), then the compressed offset of each frame
 //! (u64, little-endian) and a 32-byte check of the table against the digest.
