@@ -10,10 +10,11 @@
 //! download served from that cache; each over loopback TCP and over a Unix socket
 //! (`ApiConfig::unix_socket`, `qorch serve --unix-socket`). "TCP" and "Unix" are the same byte
 //! count written and read over a plain socket of that kind in the same run: what any download
-//! over it costs besides reading the blob. Then a range (the last 64 KiB, cold, over TCP)
-//! against the whole download: a streamed blob's range hashes only the groups it covers. And
-//! what any request costs besides its content: a `304 Not Modified` answer (the record looked
-//! up, nothing read or sent), beside `get` of the 1 MiB blobs.
+//! over it costs besides reading the blob. Then what any request costs besides its content: a
+//! `304 Not Modified` answer (the record looked up, nothing read or sent), beside `get` of the
+//! 1 MiB blobs. Then a range (the last 64 KiB, cold, over TCP) against the whole download: a
+//! blob with a tree hashes only the groups the range covers, and compressed content is decoded
+//! from the 8 MiB frame holding the range's start.
 //!
 //! `cargo bench -p qorch-api --bench download`
 
