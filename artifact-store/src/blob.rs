@@ -524,7 +524,10 @@ impl Blobs {
             &digest,
             raw_size,
             &cvs,
-            frames.as_deref(),
+            frames.as_deref().map(|offsets| crate::tree::Frames {
+                offsets,
+                stored_len: stored_size,
+            }),
         );
         Ok(Encoded::Temp(Written {
             digest,
@@ -728,7 +731,11 @@ impl Blobs {
                 ),
             });
         }
-        let Some(tree) = crate::tree::load(&tree, raw_len, digest) else {
+        let stored_len = file
+            .metadata()
+            .map_err(|e| Error::io("read", &path, e))?
+            .len();
+        let Some(tree) = crate::tree::load(&tree, raw_len, digest, Some(stored_len)) else {
             return Ok(None);
         };
         VerifiedRange::new(
@@ -781,7 +788,7 @@ impl Blobs {
         let r = BlobReader::new(file, path.to_owned(), *digest)?;
         let raw_len = r.len_hint();
         let tree = crate::tree::path_of(&self.trees, digest);
-        let usable = || crate::tree::load(&tree, raw_len, digest).is_some();
+        let usable = || crate::tree::load(&tree, raw_len, digest, None).is_some();
         let check = if raw_len < SAMPLE as u64 {
             TreeCheck::NotNeeded
         } else if usable() {

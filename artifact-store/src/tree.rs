@@ -131,12 +131,23 @@ pub(crate) struct Tree {
     pub(crate) frames: Option<Vec<u64>>,
 }
 
-/// The check of a frame table: the digest it belongs to, the header and the offsets, hashed.
-fn frame_check(digest: &Digest, header: &[u8], table: &[u8]) -> [u8; 32] {
+/// Where the frames of one blob file start, and that file's size: a table describes one
+/// encoding of the content, and another encoding of it (an earlier version's single stream,
+/// another zstd release) is another file, almost surely of another size.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Frames<'a> {
+    pub(crate) offsets: &'a [u64],
+    pub(crate) stored_len: u64,
+}
+
+/// The check of a frame table: the digest it belongs to, the header, the offsets and the size
+/// of the blob file they describe, hashed.
+fn frame_check(digest: &Digest, header: &[u8], table: &[u8], stored_len: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(digest.as_bytes());
     h.update(header);
     h.update(table);
+    h.update(&stored_len.to_le_bytes());
     *h.finalize().as_bytes()
 }
 
@@ -148,7 +159,7 @@ fn frame_check(digest: &Digest, header: &[u8], table: &[u8]) -> [u8; 32] {
 pub(crate) fn encode(
     raw_len: u64,
     cvs: &[ChainingValue],
-    frames: Option<&[u64]>,
+    frames: Option<Frames<'_>>,
     digest: &Digest,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 32 * cvs.len());
@@ -159,9 +170,13 @@ pub(crate) fn encode(
     for cv in cvs {
         out.extend_from_slice(cv);
     }
-    if let Some(offsets) = frames {
+    if let Some(Frames {
+        offsets,
+        stored_len,
+    }) = frames
+    {
         let table: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
-        let check = frame_check(digest, &out[..HEADER], &table);
+        let check = frame_check(digest, &out[..HEADER], &table, stored_len);
         out.extend_from_slice(&table);
         out.extend_from_slice(&check);
     }
@@ -169,9 +184,15 @@ pub(crate) fn encode(
 }
 
 /// The tree file at `path` if it describes content of `raw_len` bytes hashing to `digest`;
-/// `None` for a missing, malformed, damaged or forged file. A frame table that does not check
-/// is left out (the content is then decoded from its start).
-pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Tree> {
+/// `None` for a missing, malformed, damaged or forged file. The frame table is kept only for a
+/// blob file of `stored_len` bytes, and when it checks: else it is left out (the content is
+/// then decoded from its start).
+pub(crate) fn load(
+    path: &Path,
+    raw_len: u64,
+    digest: &Digest,
+    stored_len: Option<u64>,
+) -> Option<Tree> {
     let n = groups(raw_len);
     if n < 2 {
         return None;
@@ -202,14 +223,15 @@ pub(crate) fn load(path: &Path, raw_len: u64, digest: &Digest) -> Option<Tree> {
     if Digest::from(root_of(&cvs)) != *digest {
         return None;
     }
-    let frames = framed
+    let frames = (framed && stored_len.is_some())
         .then(|| {
             let (table, check) = buf[values as usize..].split_at(buf.len() - values as usize - 32);
             let offsets: Vec<u64> = table
                 .chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
                 .collect();
-            let ok = frame_check(digest, &buf[..HEADER], table) == check
+            let stored_len = stored_len.expect("checked above");
+            let ok = frame_check(digest, &buf[..HEADER], table, stored_len) == check
                 && offsets.first() == Some(&0)
                 && offsets.windows(2).all(|w| w[0] < w[1]);
             ok.then_some(offsets)
@@ -226,13 +248,14 @@ pub(crate) fn store(
     digest: &Digest,
     raw_len: u64,
     cvs: &[ChainingValue],
-    frames: Option<&[u64]>,
+    frames: Option<Frames<'_>>,
 ) {
     let path = path_of(trees, digest);
     // One left damaged (trees are not fsynced: a power cut) is replaced, and so is one without
-    // the frame table this write knows.
+    // the frame table of the blob file just written.
+    let kept = load(&path, raw_len, digest, frames.map(|f| f.stored_len));
     if cvs.len() < 2
-        || load(&path, raw_len, digest).is_some_and(|t| frames.is_none() || t.frames.is_some())
+        || kept.is_some_and(|t| frames.is_none_or(|f| t.frames.as_deref() == Some(f.offsets)))
     {
         return;
     }
@@ -544,23 +567,23 @@ mod tests {
         store(dir.path(), dir.path(), &d, len, &cvs, None);
         let path = path_of(dir.path(), &d);
         assert_eq!(
-            load(&path, len, &d).unwrap(),
+            load(&path, len, &d, None).unwrap(),
             Tree {
                 cvs: cvs.clone(),
                 frames: None
             }
         );
         // Another digest, another length: refused.
-        assert!(load(&path, len, &Digest::of(b"other")).is_none());
-        assert!(load(&path, len + 1, &d).is_none());
+        assert!(load(&path, len, &Digest::of(b"other"), None).is_none());
+        assert!(load(&path, len + 1, &d, None).is_none());
         // A changed value: its root no longer matches.
         let mut bytes = fs::read(&path).unwrap();
         bytes[HEADER + 40] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(load(&path, len, &d).is_none());
+        assert!(load(&path, len, &d, None).is_none());
         // Truncated.
         fs::write(&path, encode(len, &cvs[..3], None, &d)).unwrap();
-        assert!(load(&path, len, &d).is_none());
+        assert!(load(&path, len, &d, None).is_none());
     }
 
     #[test]
@@ -572,30 +595,61 @@ mod tests {
         let (d, cvs) = h.finish();
         let len = data.len() as u64;
         let path = path_of(dir.path(), &d);
-        let frames = [0u64, 1000, 2500];
+        const OFFSETS: [u64; 3] = [0, 1000, 2500];
+        let offsets = OFFSETS;
+        let framed = |offsets: &'static [u64], stored_len| {
+            Some(Frames {
+                offsets,
+                stored_len,
+            })
+        };
+        let frames_of = |stored_len| load(&path, len, &d, stored_len).unwrap().frames;
         // A tree without a table is replaced by one with it, never the other way round.
         store(dir.path(), dir.path(), &d, len, &cvs, None);
-        assert_eq!(load(&path, len, &d).unwrap().frames, None);
-        store(dir.path(), dir.path(), &d, len, &cvs, Some(&frames));
-        let t = load(&path, len, &d).unwrap();
-        assert_eq!((t.cvs, t.frames), (cvs.clone(), Some(frames.to_vec())));
+        assert_eq!(frames_of(Some(4000)), None);
+        store(
+            dir.path(),
+            dir.path(),
+            &d,
+            len,
+            &cvs,
+            framed(&[0, 1000, 2500], 4000),
+        );
+        let t = load(&path, len, &d, Some(4000)).unwrap();
+        assert_eq!((t.cvs, t.frames), (cvs.clone(), Some(offsets.to_vec())));
         store(dir.path(), dir.path(), &d, len, &cvs, None);
-        assert_eq!(load(&path, len, &d).unwrap().frames, Some(frames.to_vec()));
+        assert_eq!(frames_of(Some(4000)), Some(offsets.to_vec()));
+        // The table describes one blob file: for a file of another size (another encoding of
+        // the same content), or when the size is not asked for, it is left out.
+        assert_eq!(frames_of(Some(4001)), None);
+        assert_eq!(frames_of(None), None);
+        // ...and the blob file written now replaces it with its own.
+        store(
+            dir.path(),
+            dir.path(),
+            &d,
+            len,
+            &cvs,
+            framed(&[0, 900, 2000], 3000),
+        );
+        assert_eq!(frames_of(Some(3000)), Some(vec![0, 900, 2000]));
+        assert_eq!(frames_of(Some(4000)), None);
         // A changed offset: the table fails its check and is left out; the values still serve.
         let mut bytes = fs::read(&path).unwrap();
         let at = HEADER + 32 * cvs.len() + 9;
         bytes[at] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        let t = load(&path, len, &d).unwrap();
+        let t = load(&path, len, &d, Some(3000)).unwrap();
         assert_eq!((t.cvs, t.frames), (cvs.clone(), None));
         // Offsets out of order, even with a good check: left out.
-        fs::write(&path, encode(len, &cvs, Some(&[0, 2500, 1000]), &d)).unwrap();
-        assert_eq!(load(&path, len, &d).unwrap().frames, None);
+        fs::write(&path, encode(len, &cvs, framed(&[0, 2500, 1000], 10), &d)).unwrap();
+        assert_eq!(frames_of(Some(10)), None);
         // A table of another length: the whole file is refused.
-        fs::write(&path, encode(len, &cvs, Some(&[0, 1000]), &d)).unwrap();
-        assert!(load(&path, len, &d).is_none());
+        fs::write(&path, encode(len, &cvs, framed(&[0, 1000], 10), &d)).unwrap();
+        assert!(load(&path, len, &d, Some(10)).is_none());
         // A table checked for another digest: left out.
-        fs::write(&path, encode(len, &cvs, Some(&frames), &Digest::of(b"x"))).unwrap();
-        assert_eq!(load(&path, len, &d).unwrap().frames, None);
+        let other = Digest::of(b"x");
+        fs::write(&path, encode(len, &cvs, framed(&OFFSETS, 10), &other)).unwrap();
+        assert_eq!(frames_of(Some(10)), None);
     }
 }

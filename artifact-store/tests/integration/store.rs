@@ -865,6 +865,16 @@ fn compressed_ranges_are_decoded_from_their_own_frame() {
         range_of(&s, &r.id, f..f + 100_000).unwrap(),
         &log[frame..frame + 100_000]
     );
+    // The same content encoded otherwise (one stream, as an earlier version wrote it): the
+    // frame table describes another file and is not used; ranges decode from the start.
+    let mut single = bytes[..16].to_vec();
+    single.extend_from_slice(&zstd::encode_all(&log[..], 3).unwrap());
+    fs::write(&blob, &single).unwrap();
+    assert_eq!(s.get(&r.id).unwrap(), log);
+    assert_eq!(
+        range_of(&s, &r.id, len - 65536..len).unwrap(),
+        &log[log.len() - 65536..]
+    );
 }
 
 #[test]
