@@ -556,14 +556,18 @@ mod tests {
         }
     }
 
+    /// The digest, group values and length of test content of `len` bytes.
+    fn hashed(len: usize) -> (Digest, Vec<ChainingValue>, u64) {
+        let mut h = TreeHasher::new();
+        h.update(&content(len));
+        let (d, cvs) = h.finish();
+        (d, cvs, len as u64)
+    }
+
     #[test]
     fn a_tree_file_is_used_only_for_its_own_content() {
         let dir = tempfile::tempdir().unwrap();
-        let data = content(5 * GROUP as usize + 9);
-        let mut h = TreeHasher::new();
-        h.update(&data);
-        let (d, cvs) = h.finish();
-        let len = data.len() as u64;
+        let (d, cvs, len) = hashed(5 * GROUP as usize + 9);
         store(dir.path(), dir.path(), &d, len, &cvs, None);
         let path = path_of(dir.path(), &d);
         assert_eq!(
@@ -589,11 +593,7 @@ mod tests {
     #[test]
     fn a_frame_table_is_used_only_when_it_checks() {
         let dir = tempfile::tempdir().unwrap();
-        let data = content(2 * FRAME as usize + 100);
-        let mut h = TreeHasher::new();
-        h.update(&data);
-        let (d, cvs) = h.finish();
-        let len = data.len() as u64;
+        let (d, cvs, len) = hashed(2 * FRAME as usize + 100);
         let path = path_of(dir.path(), &d);
         const OFFSETS: [u64; 3] = [0, 1000, 2500];
         let offsets = OFFSETS;
@@ -604,34 +604,21 @@ mod tests {
             })
         };
         let frames_of = |stored_len| load(&path, len, &d, stored_len).unwrap().frames;
+        let keep = |frames| store(dir.path(), dir.path(), &d, len, &cvs, frames);
         // A tree without a table is replaced by one with it, never the other way round.
-        store(dir.path(), dir.path(), &d, len, &cvs, None);
+        keep(None);
         assert_eq!(frames_of(Some(4000)), None);
-        store(
-            dir.path(),
-            dir.path(),
-            &d,
-            len,
-            &cvs,
-            framed(&[0, 1000, 2500], 4000),
-        );
+        keep(framed(&OFFSETS, 4000));
         let t = load(&path, len, &d, Some(4000)).unwrap();
         assert_eq!((t.cvs, t.frames), (cvs.clone(), Some(offsets.to_vec())));
-        store(dir.path(), dir.path(), &d, len, &cvs, None);
+        keep(None);
         assert_eq!(frames_of(Some(4000)), Some(offsets.to_vec()));
         // The table describes one blob file: for a file of another size (another encoding of
         // the same content), or when the size is not asked for, it is left out.
         assert_eq!(frames_of(Some(4001)), None);
         assert_eq!(frames_of(None), None);
         // ...and the blob file written now replaces it with its own.
-        store(
-            dir.path(),
-            dir.path(),
-            &d,
-            len,
-            &cvs,
-            framed(&[0, 900, 2000], 3000),
-        );
+        keep(framed(&[0, 900, 2000], 3000));
         assert_eq!(frames_of(Some(3000)), Some(vec![0, 900, 2000]));
         assert_eq!(frames_of(Some(4000)), None);
         // A changed offset: the table fails its check and is left out; the values still serve.
