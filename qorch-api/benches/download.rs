@@ -111,6 +111,12 @@ fn main() {
         }
     }
     let store = ArtifactStore::open_read_only(&root).unwrap();
+    // The client runs on a runtime of its own on this thread, as a separate program would:
+    // not on the server's workers.
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
         "{:<14} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>5} {:>9} {:>5} | {:>9} {:>5} {:>9} {:>5}   (MiB/s; ratio = get time ÷ download time)",
         "blob",
@@ -175,7 +181,7 @@ fn main() {
         t.elapsed()
     }
     let fetch = |(client, base): &(reqwest::Client, String), id: &str| {
-        rt.block_on(async {
+        client_rt.block_on(async {
             let mut r = client
                 .get(format!("{base}/api/v1/artifacts/{id}/content"))
                 .send()
@@ -245,7 +251,7 @@ fn main() {
         let (mut answer, mut local) = (Vec::new(), Vec::new());
         for _ in 0..7 {
             let t = Instant::now();
-            let status = rt.block_on(async {
+            let status = client_rt.block_on(async {
                 client
                     .get(format!("{base}/api/v1/artifacts/{id}/content"))
                     .header("If-None-Match", format!("\"{digest}\""))
@@ -274,7 +280,7 @@ fn main() {
         let (client, base) = &clients[0];
         for _ in 0..7 {
             let t = Instant::now();
-            let got = rt.block_on(async {
+            let got = client_rt.block_on(async {
                 let r = client
                     .get(format!("{base}/api/v1/artifacts/{id}/content"))
                     .header("Range", "bytes=-65536")
