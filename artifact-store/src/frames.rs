@@ -111,11 +111,10 @@ impl<W: Write + Send + 'static> Write for FrameWriter<W> {
 
 impl<W: Write + Send + 'static> Drop for FrameWriter<W> {
     fn drop(&mut self) {
-        // An abandoned write (an error upstream): stop the worker.
+        // An abandoned write (an error upstream): the worker sees the channel close, finishes
+        // the frame it holds and stops on its own; nothing here waits for it.
         self.tx = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+        drop(self.worker.take());
     }
 }
 
