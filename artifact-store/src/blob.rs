@@ -223,6 +223,22 @@ fn hash_copy(
     }
 }
 
+/// The frame table of a compressed blob file holding `content_len` bytes of content, with the
+/// file's size, when its stream is the frames a `FrameWriter` writes (a blob written by this
+/// version elsewhere and fetched, or content within one frame); `None` for raw content or any
+/// other stream, whose ranges are then decoded from the start.
+fn frames_of_file(path: &Path, content_len: u64) -> Option<(Vec<u64>, u64)> {
+    let mut file = File::open(path).ok()?;
+    let stored_len = file.metadata().ok()?.len();
+    let mut h = [0u8; 16];
+    file.read_exact(&mut h).ok()?;
+    if parse_header(&h)?.0 != CODEC_ZSTD {
+        return None;
+    }
+    let mut stream = io::BufReader::with_capacity(CHUNK, file);
+    crate::frames::scan(&mut stream, stored_len - 16, content_len).map(|o| (o, stored_len))
+}
+
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -808,9 +824,14 @@ impl Blobs {
         let (d, cvs) = groups.0.finish();
         // The reader checked the digest; the groups were hashed from the same bytes.
         if d == *digest {
-            // Where frames start is not known here: ranges of compressed content are then
-            // decoded from the blob's start.
-            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs, None);
+            let offsets = frames_of_file(path, n);
+            let frames = offsets
+                .as_ref()
+                .map(|(offsets, stored_len)| crate::tree::Frames {
+                    offsets,
+                    stored_len: *stored_len,
+                });
+            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs, frames);
         }
         Ok((n, if usable() { TreeCheck::Written } else { check }))
     }

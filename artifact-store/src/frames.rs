@@ -118,16 +118,65 @@ impl<W: Write + Send + 'static> Drop for FrameWriter<W> {
     }
 }
 
+/// Where the frames of a zstd stream start (from the start of `stream`, a reader at its
+/// first byte holding `len` bytes), when it is the frames a [`FrameWriter`] writes for
+/// `content_len` bytes of content: every frame but the last holds [`FRAME`] bytes of content
+/// and says so, the last the rest. `None` for anything else (an earlier version's single
+/// stream of more than one frame's content, other frame sizes, a frame that does not say its
+/// size, unreadable bytes). Reads the compressed bytes once, holding one frame at a time.
+pub(crate) fn scan(stream: &mut dyn io::Read, len: u64, content_len: u64) -> Option<Vec<u64>> {
+    use zstd::zstd_safe::{find_frame_compressed_size, get_frame_content_size};
+    let frames = content_len.div_ceil(FRAME).max(1);
+    // The most a frame of `FRAME` content bytes compresses to, and some room.
+    let most = zstd::zstd_safe::compress_bound(FRAME as usize) + (64 << 10);
+    let mut offsets = Vec::with_capacity(frames as usize);
+    let mut buf: Vec<u8> = Vec::new();
+    let (mut at, mut read, mut content) = (0u64, 0u64, 0u64);
+    while at < len {
+        // The whole next frame in `buf`: read more until zstd finds its end.
+        let size = loop {
+            if let Ok(n) = find_frame_compressed_size(&buf) {
+                break n;
+            }
+            let want = (buf.len() * 2).clamp(64 << 10, most);
+            if buf.len() >= most || read >= len {
+                return None;
+            }
+            let more = (want - buf.len()).min((len - read) as usize);
+            let start = buf.len();
+            buf.resize(start + more, 0);
+            stream.read_exact(&mut buf[start..]).ok()?;
+            read += more as u64;
+        };
+        let holds = get_frame_content_size(&buf).ok()??;
+        let last = offsets.len() as u64 + 1 == frames;
+        let expected = if last { content_len - content } else { FRAME };
+        if offsets.len() as u64 >= frames || holds != expected {
+            return None;
+        }
+        offsets.push(at);
+        content += holds;
+        at += size as u64;
+        buf.drain(..size);
+    }
+    (offsets.len() as u64 == frames && content == content_len).then_some(offsets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Log-like text of `len` bytes.
+    fn log(len: usize) -> Vec<u8> {
+        (0..)
+            .flat_map(|i: u32| format!("line {i} of a log\n").into_bytes())
+            .take(len)
+            .collect()
+    }
+
     #[test]
     fn frames_decode_alone_and_together() {
-        let content: Vec<u8> = (0..)
-            .flat_map(|i: u32| format!("line {i} of a log\n").into_bytes())
-            .take(2 * FRAME as usize + 12_345)
-            .collect();
+        let content = log(2 * FRAME as usize + 12_345);
         let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
         // Odd-sized writes straddle the frame edges.
         for piece in content.chunks(777_777) {
@@ -149,6 +198,31 @@ mod tests {
                 &content[from..(from + FRAME as usize).min(content.len())]
             );
         }
+    }
+
+    #[test]
+    fn a_scan_finds_the_frames_a_writer_wrote_and_nothing_else() {
+        let content = log(2 * FRAME as usize + 999);
+        let n = content.len() as u64;
+        let mut w = FrameWriter::new(Vec::new(), 3).unwrap();
+        w.write_all(&content).unwrap();
+        let (out, offsets) = w.finish().unwrap();
+        let scan_of = |bytes: &[u8], n| scan(&mut &bytes[..], bytes.len() as u64, n);
+        assert_eq!(scan_of(&out, n), Some(offsets));
+        // Content of another length, a truncated stream, one stream of it all: none.
+        assert_eq!(scan_of(&out, n + 1), None);
+        assert_eq!(scan_of(&out[..out.len() - 5], n), None);
+        let single = zstd::encode_all(&content[..], 3).unwrap();
+        assert_eq!(scan_of(&single, n), None);
+        // Content within one frame that says its size is one frame; a stream that does not
+        // say its size is not used.
+        let small = &content[..300_000];
+        let one = zstd::bulk::compress(small, 3).unwrap();
+        assert_eq!(scan_of(&one, small.len() as u64), Some(vec![0]));
+        let streamed = zstd::encode_all(small, 3).unwrap();
+        assert_eq!(scan_of(&streamed, small.len() as u64), None);
+        // Not zstd at all.
+        assert_eq!(scan_of(&content[..100_000], 100_000), None);
     }
 
     #[test]
