@@ -19,6 +19,10 @@ const CODEC_ZSTD: u8 = 1;
 /// Bytes looked at to decide whether content compresses.
 const SAMPLE: usize = 256 * 1024;
 
+/// Streaming chunk size: memory per put or get is a few of these, whatever the blob size.
+const CHUNK: usize = 1024 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+
 /// What [`Blobs::verify_file_tree`] found of a blob's tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TreeCheck {
@@ -32,9 +36,6 @@ pub(crate) enum TreeCheck {
     /// Was missing, made now.
     Written,
 }
-/// Streaming chunk size: memory per put or get is a few of these, whatever the blob size.
-const CHUNK: usize = 1024 * 1024;
-const ZSTD_LEVEL: i32 = 3;
 
 /// How hard the store works to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

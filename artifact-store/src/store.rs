@@ -592,7 +592,8 @@ impl ArtifactStore {
     /// is hashed. `Ok(None)` when the artifact's blob has no tree to verify pieces with (content
     /// under 256 KiB, a blob written by an earlier version, or one not held here yet, which a
     /// store with a remote fetches at the first whole read, keeping its tree): read it with
-    /// [`open_artifact`](Self::open_artifact), which verifies the whole. A range beyond the content is an [`Error::Invalid`].
+    /// [`open_artifact`](Self::open_artifact), which verifies the whole. A range beyond the
+    /// content is an [`Error::Invalid`].
     pub fn open_range(
         &self,
         id: &str,

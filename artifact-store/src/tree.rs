@@ -15,7 +15,8 @@
 //! (16), the frame size as a power of two (23; 0 without a frame table), two zero bytes, the
 //! content length (u64, little-endian), then 32 bytes per group; with a frame table (blobs
 //! compressed in independent frames, see `frames`), then the compressed offset of each frame
-//! (u64, little-endian) and a 32-byte check of the table against the digest.
+//! (u64, little-endian) and a 32-byte check of the table against the digest and the size of
+//! the blob file it describes.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -223,20 +224,17 @@ pub(crate) fn load(
     if Digest::from(root_of(&cvs)) != *digest {
         return None;
     }
-    let frames = (framed && stored_len.is_some())
-        .then(|| {
-            let (table, check) = buf[values as usize..].split_at(buf.len() - values as usize - 32);
-            let offsets: Vec<u64> = table
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
-                .collect();
-            let stored_len = stored_len.expect("checked above");
-            let ok = frame_check(digest, &buf[..HEADER], table, stored_len) == check
-                && offsets.first() == Some(&0)
-                && offsets.windows(2).all(|w| w[0] < w[1]);
-            ok.then_some(offsets)
-        })
-        .flatten();
+    let frames = stored_len.filter(|_| framed).and_then(|stored_len| {
+        let (table, check) = buf[values as usize..].split_at(buf.len() - values as usize - 32);
+        let offsets: Vec<u64> = table
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+            .collect();
+        let ok = frame_check(digest, &buf[..HEADER], table, stored_len) == check
+            && offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] < w[1]);
+        ok.then_some(offsets)
+    });
     Some(Tree { cvs, frames })
 }
 
@@ -299,9 +297,9 @@ enum Source {
 /// A range of a blob's content returned in pieces, each verified against the blob's digest
 /// (through its tree) before it is returned: whatever the caller passes on was verified, and a
 /// damaged group is an [`Error::Corrupt`] naming the artifact before any of its bytes are
-/// returned, and the last item. The pieces before the damage were verified and are correct. Only the groups
-/// the range covers are hashed; compressed content is decoded from the frame holding the
-/// range's start when the blob was written in frames, else from its start.
+/// returned, and the last item. The pieces before the damage were verified and are correct.
+/// Only the groups the range covers are hashed; compressed content is decoded from the frame
+/// holding the range's start when the blob was written in frames, else from its start.
 pub struct VerifiedRange {
     source: Source,
     cvs: Vec<ChainingValue>,
