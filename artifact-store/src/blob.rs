@@ -805,10 +805,9 @@ impl Blobs {
         let r = BlobReader::new(file, path.to_owned(), *digest)?;
         let raw_len = r.len_hint();
         let tree = crate::tree::path_of(&self.trees, digest);
-        let usable = || crate::tree::load(&tree, raw_len, digest, None).is_some();
         let check = if raw_len < SAMPLE as u64 {
             TreeCheck::NotNeeded
-        } else if usable() {
+        } else if crate::tree::load(&tree, raw_len, digest, None).is_some() {
             TreeCheck::Present
         } else {
             TreeCheck::Missing
@@ -824,7 +823,7 @@ impl Blobs {
         let n = read(r, &mut groups)?;
         let (d, cvs) = groups.0.finish();
         // The reader checked the digest; the groups were hashed from the same bytes.
-        if d == *digest {
+        let written = d == *digest && {
             let offsets = frames_of_file(path, n);
             let frames = offsets
                 .as_ref()
@@ -832,9 +831,9 @@ impl Blobs {
                     offsets,
                     stored_len: *stored_len,
                 });
-            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs, frames);
-        }
-        Ok((n, if usable() { TreeCheck::Written } else { check }))
+            crate::tree::store(&self.trees, &self.tmp, digest, n, &cvs, frames)
+        };
+        Ok((n, if written { TreeCheck::Written } else { check }))
     }
 
     /// Every blob file on disk with its digest (files with malformed names are returned as

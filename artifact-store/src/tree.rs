@@ -239,7 +239,8 @@ pub(crate) fn load(
 }
 
 /// Writes a tree file (to a temp file in `tmp`, then renamed into place) unless a good one is
-/// there. A tree is derived data: failing to write one costs speed later, not content.
+/// there; returns whether a tree of the content is in place afterwards. A tree is derived
+/// data: failing to write one costs speed later, not content.
 pub(crate) fn store(
     trees: &Path,
     tmp: &Path,
@@ -247,15 +248,16 @@ pub(crate) fn store(
     raw_len: u64,
     cvs: &[ChainingValue],
     frames: Option<Frames<'_>>,
-) {
+) -> bool {
+    if cvs.len() < 2 {
+        return false;
+    }
     let path = path_of(trees, digest);
     // One left damaged (trees are not fsynced: a power cut) is replaced, and so is one without
     // the frame table of the blob file just written.
     let kept = load(&path, raw_len, digest, frames.map(|f| f.stored_len));
-    if cvs.len() < 2
-        || kept.is_some_and(|t| frames.is_none_or(|f| t.frames.as_deref() == Some(f.offsets)))
-    {
-        return;
+    if kept.is_some_and(|t| frames.is_none_or(|f| t.frames.as_deref() == Some(f.offsets))) {
+        return true;
     }
     let write = || -> io::Result<()> {
         let temp = tmp.join(format!(
@@ -271,9 +273,11 @@ pub(crate) fn store(
                 let _ = fs::remove_file(&temp);
             })
     };
-    if let Err(e) = write() {
-        tracing::debug!(path = %path.display(), error = %e, "cannot keep a blob's tree");
-    }
+    write()
+        .inspect_err(|e| {
+            tracing::debug!(path = %path.display(), error = %e, "cannot keep a blob's tree");
+        })
+        .is_ok()
 }
 
 /// `trees-v1/blake3/ab/cd/<hex>` under the store root's `trees` directory.

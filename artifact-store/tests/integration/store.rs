@@ -815,7 +815,6 @@ fn a_read_only_store_reads_and_changes_nothing() {
     assert!(!dir.path().join("missing").exists());
 }
 
-/// Every piece of a verified range, joined.
 /// Where the store keeps the tree of `digest`.
 fn tree_path(s: &ArtifactStore, digest: &artifact_store::Digest) -> std::path::PathBuf {
     let hex = digest.to_hex();
@@ -826,6 +825,7 @@ fn tree_path(s: &ArtifactStore, digest: &artifact_store::Digest) -> std::path::P
         .join(&hex)
 }
 
+/// Every piece of a verified range, joined.
 fn range_of(s: &ArtifactStore, id: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>, Error> {
     let pieces = s
         .open_range(id, range)
